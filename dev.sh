@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The two commands of the README:
+#   ./dev.sh demo   build ordergate and run the demo (fleet + proxy on 127.0.0.1:8080)
+#   ./dev.sh test   build and run the whole test suite
+# Both first install what a fresh Debian machine with only Rust lacks: cmake
+# (pingora's zlib-ng is built with it) and a C compiler.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_packages() {
+  local missing=()
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+  command -v cc >/dev/null 2>&1 || missing+=(gcc)
+  command -v c++ >/dev/null 2>&1 || missing+=(g++)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "dev.sh: installing ${missing[*]} with apt-get" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "dev.sh: installing ${missing[*]} with sudo apt-get" >&2
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "dev.sh: please install: ${missing[*]} (on Debian: apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+}
+
+case "${1:-}" in
+  demo)
+    need_packages
+    shift
+    exec cargo run --release --bin ordergate -- demo "$@"
+    ;;
+  test)
+    need_packages
+    cargo test
+    ;;
+  *)
+    echo "usage: ./dev.sh demo [--listen ADDR] | ./dev.sh test" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,564 @@
+//! `FileConfig -> Config`: runs every check and returns all problems at once, each
+//! with its key path, the bad value and what would fix it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+
+use super::file::{FileBackend, FilePool, FileRoute, FileServer};
+use super::{
+    parse_duration, Balance, BackendConfig, Config, ConfigError, FileConfig, HashKey, PoolConfig,
+    RouteConfig, ServerConfig,
+};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_THREADS: usize = 2;
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_WEIGHT: i64 = 1000;
+
+/// Collects problems while the checks run.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates a parsed file into a [`Config`], or returns every problem found.
+pub(super) fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
+    let mut problems = Problems::default();
+    let server = server(&file.server, &mut problems);
+    let pools: Vec<PoolConfig> = file
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, pool)| self::pool(i, pool, &mut problems))
+        .collect();
+    check_unique_pool_names(&file.pools, &mut problems);
+    let routes = routes(&file.routes, &file.pools, &mut problems);
+    if problems.0.is_empty() {
+        Ok(Config {
+            server,
+            pools,
+            routes,
+        })
+    } else {
+        Err(problems.0)
+    }
+}
+
+fn server(file: &FileServer, problems: &mut Problems) -> ServerConfig {
+    let listen_text = file
+        .listen
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+    if listen_text.is_empty() {
+        problems.add(
+            "server.listen",
+            format!("is empty; give at least one address, e.g. [\"{DEFAULT_LISTEN}\"]"),
+        );
+    }
+    let mut listen = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, text) in listen_text.iter().enumerate() {
+        let path = format!("server.listen[{i}]");
+        match socket_addr(text) {
+            Ok(addr) if !seen.insert(addr) => problems.add(path, format!("{text:?} is listed twice")),
+            Ok(addr) => listen.push(addr),
+            Err(message) => problems.add(path, message),
+        }
+    }
+    let threads = match file.threads {
+        None => DEFAULT_THREADS,
+        Some(n @ 1..=256) => n as usize,
+        Some(n) => {
+            problems.add(
+                "server.threads",
+                format!("{n} is out of range; use 1 to 256 (one per core is typical)"),
+            );
+            DEFAULT_THREADS
+        }
+    };
+    let grace_period = duration_or(
+        "server.grace_period",
+        file.grace_period.as_deref(),
+        DEFAULT_GRACE_PERIOD,
+        true,
+        problems,
+    );
+    ServerConfig {
+        listen,
+        threads,
+        grace_period,
+    }
+}
+
+fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> PoolConfig {
+    let at = format!("pools[{index}] {:?}", file.name);
+    check_name(&at, &file.name, problems);
+    let balance = balance(&at, file, problems);
+    let connect_timeout = duration_or(
+        &format!("{at}.connect_timeout"),
+        file.connect_timeout.as_deref(),
+        DEFAULT_CONNECT_TIMEOUT,
+        false,
+        problems,
+    );
+    let request_timeout = duration_or(
+        &format!("{at}.request_timeout"),
+        file.request_timeout.as_deref(),
+        DEFAULT_REQUEST_TIMEOUT,
+        false,
+        problems,
+    );
+    if file.backends.is_empty() {
+        problems.add(
+            format!("{at}.backends"),
+            "is empty; list at least one backend, e.g. [ { addr = \"127.0.0.1:9001\" } ]",
+        );
+    }
+    let mut backends = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, entry) in file.backends.iter().enumerate() {
+        if let Some(backend) = backend(&format!("{at}.backends[{i}]"), entry, problems) {
+            if seen.insert(backend.addr) {
+                backends.push(backend);
+            } else {
+                problems.add(
+                    format!("{at}.backends[{i}].addr"),
+                    format!(
+                        "{:?} is listed twice in this pool; raise its weight instead",
+                        entry.addr
+                    ),
+                );
+            }
+        }
+    }
+    PoolConfig {
+        name: file.name.clone(),
+        balance,
+        connect_timeout,
+        request_timeout,
+        backends,
+    }
+}
+
+fn balance(at: &str, file: &FilePool, problems: &mut Problems) -> Balance {
+    const NAMES: &str = "round_robin, random, least_request, peak_ewma, consistent_hash";
+    let name = file.balance.as_deref().unwrap_or("round_robin");
+    let balance = match name {
+        "round_robin" => Balance::RoundRobin,
+        "random" => Balance::Random,
+        "least_request" => Balance::LeastRequest,
+        "peak_ewma" => Balance::PeakEwma,
+        "consistent_hash" => {
+            let Some(text) = file.hash_key.as_deref() else {
+                problems.add(
+                    format!("{at}.hash_key"),
+                    "is required when balance = \"consistent_hash\"; e.g. \"header:x-cart-id\", \"cookie:cart\" or \"client_ip\"",
+                );
+                return Balance::RoundRobin;
+            };
+            match hash_key(text) {
+                Ok(key) => return Balance::ConsistentHash(key),
+                Err(message) => {
+                    problems.add(format!("{at}.hash_key"), message);
+                    return Balance::RoundRobin;
+                }
+            }
+        }
+        other => {
+            problems.add(
+                format!("{at}.balance"),
+                format!("{other:?} is not an algorithm; use one of: {NAMES}"),
+            );
+            Balance::RoundRobin
+        }
+    };
+    if let Some(key) = &file.hash_key {
+        problems.add(
+            format!("{at}.hash_key"),
+            format!(
+                "{key:?} is only used with balance = \"consistent_hash\" (this pool uses {name:?}); remove it or change balance"
+            ),
+        );
+    }
+    balance
+}
+
+fn hash_key(text: &str) -> Result<HashKey, String> {
+    let usage = "use \"header:NAME\", \"cookie:NAME\" or \"client_ip\"";
+    if text == "client_ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    if let Some(name) = text.strip_prefix("header:") {
+        return HeaderName::from_str(name)
+            .map(HashKey::Header)
+            .map_err(|_| format!("{text:?}: {name:?} is not a valid header name; {usage}"));
+    }
+    if let Some(name) = text.strip_prefix("cookie:") {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        return if valid {
+            Ok(HashKey::Cookie(name.to_string()))
+        } else {
+            Err(format!(
+                "{text:?}: {name:?} is not a valid cookie name; {usage}"
+            ))
+        };
+    }
+    Err(format!("{text:?} is not a hash key; {usage}"))
+}
+
+fn backend(at: &str, file: &FileBackend, problems: &mut Problems) -> Option<BackendConfig> {
+    let weight = match file.weight {
+        None => 1,
+        Some(w @ 1..=MAX_WEIGHT) => w as u32,
+        Some(w) => {
+            problems.add(
+                format!("{at}.weight"),
+                format!(
+                    "{w} is out of range; use 1 to {MAX_WEIGHT} (remove the backend to send it nothing)"
+                ),
+            );
+            1
+        }
+    };
+    match socket_addr(&file.addr) {
+        Ok(addr) => Some(BackendConfig { addr, weight }),
+        Err(message) => {
+            problems.add(format!("{at}.addr"), message);
+            None
+        }
+    }
+}
+
+fn check_unique_pool_names(pools: &[FilePool], problems: &mut Problems) {
+    let mut seen = HashSet::new();
+    for (i, pool) in pools.iter().enumerate() {
+        if !seen.insert(pool.name.as_str()) {
+            problems.add(
+                format!("pools[{i}] {:?}", pool.name),
+                "this pool name is already used by an earlier pool; pool names must be unique",
+            );
+        }
+    }
+}
+
+fn routes(files: &[FileRoute], pools: &[FilePool], problems: &mut Problems) -> Vec<RouteConfig> {
+    if files.is_empty() {
+        problems.add(
+            "routes",
+            "no routes are defined; add a [[routes]] table with a name and a pool",
+        );
+    }
+    let mut names = HashSet::new();
+    let mut matchers = Vec::new();
+    let mut routes = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let at = format!("routes[{i}] {:?}", file.name);
+        check_name(&at, &file.name, problems);
+        if !names.insert(file.name.as_str()) {
+            problems.add(
+                &at,
+                "this route name is already used by an earlier route; route names must be unique",
+            );
+        }
+        let route = route(&at, file, pools, problems);
+        let matcher = (
+            route.host.clone(),
+            route.path_prefix.clone(),
+            route.methods.clone(),
+        );
+        if let Some(earlier) = matchers.iter().position(|m| *m == matcher) {
+            problems.add(
+                &at,
+                format!(
+                    "matches exactly the same requests as routes[{earlier}] {:?}, so it would never be used; change its host, path_prefix or methods",
+                    files[earlier].name
+                ),
+            );
+        }
+        matchers.push(matcher);
+        routes.push(route);
+    }
+    routes
+}
+
+fn route(at: &str, file: &FileRoute, pools: &[FilePool], problems: &mut Problems) -> RouteConfig {
+    let pool = match pools.iter().position(|p| p.name == file.pool) {
+        Some(index) => index,
+        None => {
+            let defined: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+            let defined = if defined.is_empty() {
+                "no pools are defined; add a [[pools]] table".to_string()
+            } else {
+                format!("defined: {}", defined.join(", "))
+            };
+            problems.add(
+                at,
+                format!("pool {:?} is not defined ({defined})", file.pool),
+            );
+            0
+        }
+    };
+    let host = file.host.as_ref().and_then(|host| {
+        let host = host.to_ascii_lowercase();
+        let valid = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if valid {
+            Some(host)
+        } else {
+            problems.add(
+                format!("{at}.host"),
+                format!(
+                    "{host:?} is not a host name; write the bare name without scheme, port or path, e.g. \"shop.example\""
+                ),
+            );
+            None
+        }
+    });
+    let path_prefix = file.path_prefix.clone().unwrap_or_else(|| "/".to_string());
+    if !path_prefix.starts_with('/') || path_prefix.contains(['?', '#', ' ']) {
+        problems.add(
+            format!("{at}.path_prefix"),
+            format!("{path_prefix:?} is not a path prefix; it must start with \"/\" and hold no query, e.g. \"/api/orders\""),
+        );
+    }
+    let methods = file.methods.as_ref().map(|names| {
+        if names.is_empty() {
+            problems.add(
+                format!("{at}.methods"),
+                "is empty, so the route matches nothing; list methods or remove the key to accept any",
+            );
+        }
+        names
+            .iter()
+            .enumerate()
+            .filter_map(|(j, name)| match method(name) {
+                Ok(method) => Some(method),
+                Err(message) => {
+                    problems.add(format!("{at}.methods[{j}]"), message);
+                    None
+                }
+            })
+            .collect()
+    });
+    RouteConfig {
+        name: file.name.clone(),
+        host,
+        path_prefix,
+        methods,
+        pool,
+    }
+}
+
+fn method(name: &str) -> Result<Method, String> {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    if KNOWN.contains(&name) {
+        Method::from_str(name).map_err(|e| format!("{name:?}: {e}"))
+    } else if KNOWN.contains(&name.to_ascii_uppercase().as_str()) {
+        Err(format!(
+            "{name:?} must be upper case: {:?}",
+            name.to_ascii_uppercase()
+        ))
+    } else {
+        Err(format!(
+            "{name:?} is not an HTTP method; use {}",
+            KNOWN.join(", ")
+        ))
+    }
+}
+
+/// Names become metric labels and log fields: keep them short and plain.
+fn check_name(at: &str, name: &str, problems: &mut Problems) {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        problems.add(
+            format!("{at}.name"),
+            format!("{name:?} is not a valid name; use 1 to 64 letters, digits, '_' or '-'"),
+        );
+    }
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    SocketAddr::from_str(text.trim()).map_err(|_| {
+        format!("{text:?} is not an IP:PORT address; write e.g. \"127.0.0.1:9001\" or \"[::1]:9001\"")
+    })
+}
+
+fn duration_or(
+    path: &str,
+    text: Option<&str>,
+    default: Duration,
+    zero_allowed: bool,
+    problems: &mut Problems,
+) -> Duration {
+    let Some(text) = text else {
+        return default;
+    };
+    match parse_duration(text) {
+        Ok(d) if d.is_zero() && !zero_allowed => {
+            problems.add(path, format!("{text:?} must be longer than zero"));
+            default
+        }
+        Ok(d) => d,
+        Err(message) => {
+            problems.add(path, message);
+            default
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::from_toml(text) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const GOOD: &str = r#"
+        [server]
+        listen = ["127.0.0.1:8080"]
+        threads = 2
+        [[pools]]
+        name = "orders"
+        balance = "consistent_hash"
+        hash_key = "header:x-cart-id"
+        connect_timeout = "500ms"
+        request_timeout = "5s"
+        backends = [ { addr = "127.0.0.1:9001", weight = 1 }, { addr = "127.0.0.1:9002", weight = 2 } ]
+        [[pools]]
+        name = "catalog"
+        backends = [ { addr = "127.0.0.1:9003" } ]
+        [[routes]]
+        name = "checkout"
+        host = "Shop.Example"
+        path_prefix = "/api/orders"
+        methods = ["POST"]
+        pool = "orders"
+        [[routes]]
+        name = "browse"
+        pool = "catalog"
+    "#;
+
+    #[test]
+    fn accepts_the_documented_shape_and_resolves_references() {
+        let config = Config::from_toml(GOOD).expect("valid");
+        assert_eq!(config.server.threads, 2);
+        assert_eq!(
+            config.pools[0].balance,
+            Balance::ConsistentHash(HashKey::Header(HeaderName::from_static("x-cart-id")))
+        );
+        assert_eq!(config.pools[0].connect_timeout, Duration::from_millis(500));
+        assert_eq!(config.pools[1].request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(config.pools[0].backends[1].weight, 2);
+        assert_eq!(config.routes[0].host.as_deref(), Some("shop.example"));
+        assert_eq!(config.routes[0].methods, Some(vec![Method::POST]));
+        assert_eq!(config.routes[1].pool, 1);
+        assert_eq!(config.routes[1].path_prefix, "/");
+    }
+
+    #[test]
+    fn reports_every_error_with_its_key_path() {
+        let text = r#"
+            [server]
+            listen = ["localhost"]
+            [[pools]]
+            name = "orders"
+            balance = "fastest"
+            request_timeout = "5"
+            backends = [ { addr = "127.0.0.1:9001", weight = 0 } ]
+            [[routes]]
+            name = "checkout"
+            methods = ["post"]
+            pool = "payment"
+        "#;
+        let errors = errors(text);
+        let expected = [
+            "server.listen[0]: \"localhost\" is not an IP:PORT address",
+            "pools[0] \"orders\".balance: \"fastest\" is not an algorithm",
+            "pools[0] \"orders\".request_timeout: \"5\" has no unit",
+            "pools[0] \"orders\".backends[0].weight: 0 is out of range",
+            "routes[0] \"checkout\".methods[0]: \"post\" must be upper case",
+            "routes[0] \"checkout\": pool \"payment\" is not defined (defined: orders)",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for want in expected {
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errors:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_keys_with_their_name() {
+        let errors = errors("[server]\nlisten = [\"127.0.0.1:1\"]\nthread = 2\n");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("unknown field `thread`"), "{errors:?}");
+    }
+
+    #[test]
+    fn consistent_hash_needs_a_valid_key_and_other_algorithms_reject_one() {
+        let base = |balance: &str, key: &str| {
+            format!(
+                "[[pools]]\nname = \"p\"\nbalance = \"{balance}\"\n{key}\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n"
+            )
+        };
+        assert!(errors(&base("consistent_hash", "")).iter().any(|e| e.contains("hash_key: is required")));
+        assert!(errors(&base("consistent_hash", "hash_key = \"body\"")).iter().any(|e| e.contains("is not a hash key")));
+        assert!(errors(&base("round_robin", "hash_key = \"client_ip\"")).iter().any(|e| e.contains("only used with")));
+        assert!(errors(&base("consistent_hash", "hash_key = \"cookie:cart\"")).is_empty());
+    }
+
+    #[test]
+    fn rejects_duplicates_and_shadowed_routes() {
+        let text = r#"
+            [[pools]]
+            name = "p"
+            backends = [ { addr = "127.0.0.1:1" }, { addr = "127.0.0.1:1" } ]
+            [[pools]]
+            name = "p"
+            backends = [ { addr = "127.0.0.1:2" } ]
+            [[routes]]
+            name = "a"
+            path_prefix = "/x"
+            pool = "p"
+            [[routes]]
+            name = "b"
+            path_prefix = "/x"
+            pool = "p"
+        "#;
+        let errors = errors(text);
+        assert!(errors.iter().any(|e| e.contains("listed twice")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("pool name is already used")));
+        assert!(errors.iter().any(|e| e.contains("never be used")));
+    }
+}

@@ -1,0 +1,63 @@
+//! The `ordergate` binary: parse the command line, then serve, check, demo or sim.
+//! Every failure exits 1 with a message; nothing panics on user input.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use ordergate::cli::{Cli, Command};
+use ordergate::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match (cli.command, cli.config) {
+        (Some(Command::Run { config }), _) | (None, Some(config)) => {
+            load(&config).and_then(ordergate::server::run)
+        }
+        (Some(Command::Check { config }), _) => check(&config),
+        (Some(Command::Demo { listen }), _) => ordergate::demo::run(listen),
+        (Some(Command::Sim(args)), _) => ordergate::sim::run(args),
+        (None, None) => {
+            let _ = Cli::command().print_help();
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ordergate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let default = "info,pingora_core=warn,pingora_proxy=warn,access=off";
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+}
+
+fn load(path: &Path) -> Result<Config, String> {
+    Config::load(path).map_err(|errors| report(path, &errors))
+}
+
+fn check(path: &Path) -> Result<(), String> {
+    let config = load(path)?;
+    println!("{}: ok", path.display());
+    print!("{}", config.summary());
+    Ok(())
+}
+
+fn report(path: &Path, errors: &[ordergate::config::ConfigError]) -> String {
+    let mut message = format!(
+        "{} has {} problem{}:",
+        path.display(),
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    for error in errors {
+        message.push_str("\n  ");
+        message.push_str(&error.to_string());
+    }
+    message
+}

@@ -1,0 +1,156 @@
+//! Classify a request to a Route by host, path prefix and method.
+//!
+//! The most specific route wins, checked in this order:
+//! 1. a route naming the request's host beats one that accepts any host;
+//! 2. a longer path prefix beats a shorter one;
+//! 3. a route listing methods beats one that accepts any method;
+//! 4. on a tie, the route written first in the file wins.
+//!
+//! Path prefixes match whole segments: `/api/orders` matches `/api/orders`,
+//! `/api/orders/` and `/api/orders/7`, but not `/api/orders-old`.
+
+use http::Method;
+
+use crate::config::RouteConfig;
+
+/// A compiled route: what it matches and where it sends.
+#[derive(Debug)]
+pub struct Route {
+    /// Route name, for logs and metric labels.
+    pub name: String,
+    /// Index of the pool in the snapshot.
+    pub pool: usize,
+    host: Option<String>,
+    path_prefix: String,
+    methods: Option<Vec<Method>>,
+}
+
+/// Routes sorted by specificity, so the first match is the best.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Compiles validated routes into a table.
+    pub fn new(configs: &[RouteConfig]) -> RouteTable {
+        let mut routes: Vec<Route> = configs
+            .iter()
+            .map(|c| Route {
+                name: c.name.clone(),
+                pool: c.pool,
+                host: c.host.clone(),
+                path_prefix: c.path_prefix.clone(),
+                methods: c.methods.clone(),
+            })
+            .collect();
+        // A stable sort keeps file order among equals.
+        routes.sort_by_key(|r| {
+            (
+                r.host.is_none(),
+                std::cmp::Reverse(r.path_prefix.trim_end_matches('/').len()),
+                r.methods.is_none(),
+            )
+        });
+        RouteTable { routes }
+    }
+
+    /// The route at an index returned by [`RouteTable::classify`].
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
+
+    /// The index of the best route for a request, if any. `host` may carry a port
+    /// and any case.
+    pub fn classify(&self, host: Option<&str>, path: &str, method: &Method) -> Option<usize> {
+        let host = host.map(strip_port);
+        self.routes.iter().position(|route| {
+            route
+                .host
+                .as_deref()
+                .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && prefix_matches(&route.path_prefix, path)
+                && route
+                    .methods
+                    .as_ref()
+                    .is_none_or(|methods| methods.contains(method))
+        })
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [::1]:8080
+        return host.split_once(']').map_or(host, |(ip, _)| &ip[1..]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, host: Option<&str>, prefix: &str, methods: Option<&[Method]>) -> RouteConfig {
+        RouteConfig {
+            name: name.to_string(),
+            host: host.map(str::to_string),
+            path_prefix: prefix.to_string(),
+            methods: methods.map(<[Method]>::to_vec),
+            pool: 0,
+        }
+    }
+
+    fn name<'a>(table: &'a RouteTable, host: Option<&str>, path: &str, method: Method) -> Option<&'a str> {
+        let index = table.classify(host, path, &method)?;
+        table.get(index).map(|r| r.name.as_str())
+    }
+
+    #[test]
+    fn most_specific_route_wins() {
+        let table = RouteTable::new(&[
+            route("fallback", None, "/", None),
+            route("orders", None, "/api/orders", None),
+            route("checkout", None, "/api/orders", Some(&[Method::POST])),
+            route("shop-orders", Some("shop.example"), "/api", None),
+        ]);
+        assert_eq!(name(&table, None, "/api/orders/7", Method::GET), Some("orders"));
+        assert_eq!(name(&table, None, "/api/orders", Method::POST), Some("checkout"));
+        assert_eq!(name(&table, Some("SHOP.example:8080"), "/api/orders", Method::POST), Some("shop-orders"));
+        assert_eq!(name(&table, Some("other.example"), "/", Method::GET), Some("fallback"));
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let table = RouteTable::new(&[route("orders", None, "/api/orders/", None)]);
+        assert_eq!(name(&table, None, "/api/orders", Method::GET), Some("orders"));
+        assert_eq!(name(&table, None, "/api/orders/1", Method::GET), Some("orders"));
+        assert_eq!(name(&table, None, "/api/orders-old", Method::GET), None);
+        assert_eq!(name(&table, None, "/api", Method::GET), None);
+    }
+
+    #[test]
+    fn no_match_when_host_or_method_differs() {
+        let table = RouteTable::new(&[route("checkout", Some("shop.example"), "/", Some(&[Method::POST]))]);
+        assert_eq!(name(&table, Some("shop.example"), "/", Method::GET), None);
+        assert_eq!(name(&table, None, "/", Method::POST), None);
+        assert_eq!(name(&table, Some("[::1]:80"), "/", Method::POST), None);
+    }
+
+    #[test]
+    fn strips_ports_from_hosts() {
+        assert_eq!(strip_port("shop.example:8080"), "shop.example");
+        assert_eq!(strip_port("shop.example"), "shop.example");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+    }
+}

@@ -1,0 +1,369 @@
+//! Black-box test support: a simulated order [`Fleet`] and a real ordergate
+//! [`Proxy`], both child processes of the `ordergate` binary on loopback ports
+//! chosen at run time, plus a small HTTP client that reports resets and empty
+//! replies as such, and [`wait_until`] for waiting on conditions.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ordergate")
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process that is killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ordergate sim` serving several backends from one process.
+pub struct Fleet {
+    /// The backends' addresses, in the order they were asked for.
+    pub addrs: Vec<SocketAddr>,
+    _process: Process,
+}
+
+impl Fleet {
+    /// Starts `n` simulated backends on free loopback ports.
+    pub fn start(n: usize) -> Fleet {
+        Fleet::start_with(n, &[])
+    }
+
+    /// Starts `n` simulated backends with extra `ordergate sim` flags.
+    pub fn start_with(n: usize, flags: &[&str]) -> Fleet {
+        let mut command = Command::new(bin());
+        command.arg("sim");
+        for _ in 0..n {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        command.args(flags);
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ordergate sim");
+        let stdout = child.stdout.take().expect("sim stdout");
+        let process = Process(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("ordergate sim listening on ") {
+                    if let Ok(addr) = addr.trim().parse::<SocketAddr>() {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut addrs = Vec::new();
+        while addrs.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(addr) => addrs.push(addr),
+                Err(_) => panic!("sim did not report {n} listeners within 10s (got {addrs:?})"),
+            }
+        }
+        Fleet {
+            addrs,
+            _process: process,
+        }
+    }
+
+    /// Sets the mode of one backend (`PUT /__sim/mode`), e.g. `{"latency_ms":200}`.
+    pub fn set_mode(&self, backend: SocketAddr, mode: &str) {
+        let response = request(backend, "PUT", "/__sim/mode", &[("content-type", "application/json")], mode.as_bytes())
+            .expect("PUT /__sim/mode");
+        assert_eq!(response.status, 200, "set mode: {}", response.text());
+    }
+
+    /// The fleet's counters (`GET /__sim/stats`).
+    pub fn stats(&self) -> serde_json::Value {
+        let response = get(self.addrs[0], "/__sim/stats").expect("GET /__sim/stats");
+        serde_json::from_slice(&response.body).expect("stats are JSON")
+    }
+
+    /// A backends config line: `[ { addr = "..." , weight = w }, ... ]`.
+    pub fn backends_toml(&self, weights: &[u32]) -> String {
+        let entries: Vec<String> = self
+            .addrs
+            .iter()
+            .zip(weights.iter().chain(std::iter::repeat(&1)))
+            .map(|(addr, weight)| format!("{{ addr = \"{addr}\", weight = {weight} }}"))
+            .collect();
+        format!("[ {} ]", entries.join(", "))
+    }
+}
+
+static NEXT_FILE: AtomicUsize = AtomicUsize::new(0);
+
+/// A file in a fresh temporary directory, removed with its directory on drop.
+pub struct TempFile {
+    /// Where the file is.
+    pub path: PathBuf,
+}
+
+impl TempFile {
+    /// Writes `text` to a new temporary file.
+    pub fn new(name: &str, text: &str) -> TempFile {
+        let dir = std::env::temp_dir().join(format!(
+            "ordergate-test-{}-{}",
+            std::process::id(),
+            NEXT_FILE.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write temp file");
+        TempFile { path }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The real ordergate binary serving a temporary config.
+pub struct Proxy {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _config: TempFile,
+    _process: Process,
+}
+
+impl Proxy {
+    /// Starts ordergate with `[server] listen` on a free port, followed by `body`
+    /// (pools and routes), and waits until it accepts connections.
+    pub fn start(body: &str) -> Proxy {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let text = format!("[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period = \"0s\"\n\n{body}");
+        let config = TempFile::new("ordergate.toml", &text);
+        let child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(&config.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ordergate run");
+        let mut process = Process(child);
+        let up = wait_until(Duration::from_secs(15), || {
+            if let Ok(Some(status)) = process.0.try_wait() {
+                panic!("ordergate exited early ({status}) with config:\n{text}");
+            }
+            TcpStream::connect(addr).is_ok()
+        });
+        assert!(up, "ordergate did not listen on {addr} within 15s");
+        Proxy {
+            addr,
+            _config: config,
+            _process: process,
+        }
+    }
+
+    /// `GET path` through the proxy.
+    pub fn get(&self, path: &str) -> Response {
+        get(self.addr, path).unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
+    }
+
+    /// A request through the proxy; panics on a reset or empty reply.
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        request(self.addr, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"))
+    }
+}
+
+/// What went wrong at the HTTP level: what a shopper must never see.
+#[derive(Debug)]
+pub enum HttpError {
+    /// The connection was reset.
+    Reset,
+    /// The connection closed before a complete response.
+    Empty,
+    /// The reply was not HTTP.
+    Malformed(String),
+    /// Any other I/O error (refused, timed out, ...).
+    Io(std::io::Error),
+}
+
+/// A complete HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    /// The whole body (chunked bodies decoded).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// Which simulated backend answered.
+    pub fn backend(&self) -> SocketAddr {
+        self.header("x-sim-backend")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no x-sim-backend in {:?}", self.headers))
+    }
+}
+
+/// `GET path` on `addr`.
+pub fn get(addr: SocketAddr, path: &str) -> Result<Response, HttpError> {
+    request(addr, "GET", path, &[], b"")
+}
+
+/// Sends one request on a new connection (`Connection: close`) and reads the
+/// whole response within 20 seconds.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, HttpError> {
+    let mut stream = TcpStream::connect(addr).map_err(HttpError::Io)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(HttpError::Io)?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: shop.test\r\n");
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).map_err(io_error)?;
+    stream.write_all(body).map_err(io_error)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io_error)?;
+    parse_response(&raw)
+}
+
+fn io_error(e: std::io::Error) -> HttpError {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => HttpError::Reset,
+        _ => HttpError::Io(e),
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
+    if raw.is_empty() {
+        return Err(HttpError::Empty);
+    }
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(HttpError::Empty)?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| HttpError::Malformed(status_line.to_string()))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        decode_chunked(rest)?
+    } else if let Some(len) = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        if rest.len() < len {
+            return Err(HttpError::Empty);
+        }
+        rest[..len].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn decode_chunked(mut data: &[u8]) -> Result<Vec<u8>, HttpError> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or(HttpError::Empty)?;
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| HttpError::Malformed(size_text.to_string()))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        if data.len() < size + 2 {
+            return Err(HttpError::Empty);
+        }
+        body.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
