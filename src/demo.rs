@@ -3,8 +3,6 @@
 
 use std::net::SocketAddr;
 
-use clap::Parser;
-
 use crate::config::Config;
 use crate::sim::{self, SimArgs};
 
@@ -25,7 +23,7 @@ pub fn run(listen: SocketAddr) -> Result<(), String> {
         .collect();
     backends.sort();
     backends.dedup();
-    let fleet = sim::spawn(sim_args(&backends))?;
+    let fleet = sim::spawn(SimArgs::new(backends))?;
     let fleet: Vec<String> = fleet.iter().map(ToString::to_string).collect();
     println!("ordergate demo");
     println!("  simulated order backends: {}", fleet.join(", "));
@@ -45,17 +43,3 @@ pub fn run(listen: SocketAddr) -> Result<(), String> {
     crate::server::run(config)
 }
 
-/// The fleet's arguments, as if `ordergate sim --listen A --listen B ...` was typed.
-fn sim_args(backends: &[SocketAddr]) -> SimArgs {
-    #[derive(Parser)]
-    struct Sim {
-        #[command(flatten)]
-        args: SimArgs,
-    }
-    let mut argv = vec!["sim".to_string()];
-    for addr in backends {
-        argv.push("--listen".to_string());
-        argv.push(addr.to_string());
-    }
-    Sim::parse_from(argv).args
-}

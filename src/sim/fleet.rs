@@ -198,3 +198,55 @@ impl Drop for InFlight {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_changes_replace_the_semaphore() {
+        let addr: SocketAddr = "127.0.0.1:9001".parse().expect("address");
+        let defaults = Mode {
+            capacity: Some(2),
+            ..Mode::default()
+        };
+        let fleet = Fleet::new(defaults, &[addr]);
+        let listener = Arc::clone(&fleet.listeners()[0]);
+        assert_eq!(listener.name(), "127.0.0.1:9001");
+        let (_, first) = listener.mode_and_limit();
+        let first = first.expect("limited");
+        assert_eq!(first.available_permits(), 2);
+
+        let latency = ModePatch::from_json(br#"{"latency_ms":5}"#).expect("patch");
+        fleet.patch_mode(&listener, &latency);
+        let (_, same) = listener.mode_and_limit();
+        assert!(Arc::ptr_eq(&first, &same.expect("limited")));
+
+        let wider = ModePatch::from_json(br#"{"capacity":5}"#).expect("patch");
+        fleet.patch_mode(&listener, &wider);
+        let (mode, wider) = listener.mode_and_limit();
+        assert_eq!(mode.capacity, Some(5));
+        assert_eq!(wider.expect("limited").available_permits(), 5);
+
+        let unlimited = ModePatch::from_json(br#"{"capacity":null}"#).expect("patch");
+        fleet.patch_mode(&listener, &unlimited);
+        assert!(listener.mode_and_limit().1.is_none());
+
+        listener.count_request();
+        fleet.reset();
+        assert_eq!(listener.mode(), defaults);
+        assert_eq!(listener.requests(), 0);
+        assert!(listener.mode_and_limit().1.is_some());
+    }
+
+    #[test]
+    fn in_flight_follows_the_guards() {
+        let fleet = Fleet::new(Mode::default(), &[]);
+        let one = fleet.start_request();
+        let two = fleet.start_request();
+        assert_eq!(fleet.stats()["in_flight"], 2);
+        drop(one);
+        drop(two);
+        assert_eq!(fleet.stats()["in_flight"], 0);
+    }
+}

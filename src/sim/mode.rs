@@ -21,9 +21,10 @@ pub enum Fault {
     /// No fault: answer normally.
     #[default]
     None,
-    /// Close new connections as soon as they are accepted, without reading
-    /// (the closest a live listener gets to refusing them); requests arriving
-    /// on already open connections get the connection closed without an answer.
+    /// Close new connections unread right after accepting them (the closest a
+    /// live listener gets to refusing them; only a connection whose first
+    /// request is for `/__sim/` is served, so the fault can be switched off);
+    /// a request on a connection already open gets it closed unanswered.
     Refuse,
     /// Read the request head, then abort the connection with a TCP RST.
     Reset,

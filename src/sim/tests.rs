@@ -96,6 +96,15 @@ fn put_mode(addr: SocketAddr, mode: &str) -> Answer {
     send(addr, "PUT", "/__sim/mode", &[], mode).expect("answer")
 }
 
+/// Waits (up to 5 s) until the fleet reports `n` requests in flight.
+fn wait_for_in_flight(addr: SocketAddr, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(addr, "/__sim/stats").json()["in_flight"] != n {
+        assert!(Instant::now() < deadline, "in_flight never became {n}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn serves_orders_across_listeners() {
     let addrs = fleet(2);
@@ -276,7 +285,7 @@ fn reset_faults_send_a_tcp_reset() {
 }
 
 #[test]
-fn refuse_and_hang_never_answer() {
+fn refuse_closes_all_but_control_connections() {
     let addrs = fleet(1);
     let a = addrs[0];
 
@@ -329,14 +338,10 @@ fn hang_holds_the_request() {
         ),
         "{err}"
     );
-    assert_eq!(get(a, "/__sim/stats").json()["in_flight"], 1);
+    wait_for_in_flight(a, 1);
     drop(stream);
     // The hung request ends when its client goes away.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(a, "/__sim/stats").json()["in_flight"] != 0 {
-        assert!(Instant::now() < deadline, "hung request never ended");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_in_flight(a, 0);
 }
 
 #[test]
@@ -352,11 +357,14 @@ fn slow_body_dribbles_after_the_head() {
     let mut first = [0u8; 1024];
     let n = stream.read(&mut first).expect("head arrives");
     let head_after = started.elapsed();
-    assert!(head_after < Duration::from_millis(400), "{head_after:?}");
     let mut raw = first[..n].to_vec();
     stream.read_to_end(&mut raw).expect("body arrives");
     let total = started.elapsed();
     assert!(total >= Duration::from_secs(3), "{total:?}");
+    assert!(
+        total - head_after >= Duration::from_secs(2),
+        "{head_after:?}, {total:?}"
+    );
     let answer = parse(&raw).expect("parses");
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json()["id"], "7");
@@ -371,21 +379,21 @@ fn capacity_makes_requests_wait() {
     let addrs = fleet(1);
     let a = addrs[0];
     assert_eq!(
-        put_mode(a, r#"{"capacity":1,"latency_ms":300}"#).status,
+        put_mode(a, r#"{"capacity":1,"latency_ms":1000}"#).status,
         200
     );
     let started = Instant::now();
     let clients: Vec<_> = (0..2)
         .map(|_| std::thread::spawn(move || send(a, "GET", "/health", &[], "")))
         .collect();
-    std::thread::sleep(Duration::from_millis(150));
-    assert_eq!(get(a, "/__sim/stats").json()["in_flight"], 2);
+    // Both are in flight, one of them waiting for the other's slot.
+    wait_for_in_flight(a, 2);
     for client in clients {
         let answer = client.join().expect("client thread").expect("answer");
         assert_eq!(answer.status, 200);
     }
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(2000), "{elapsed:?}");
 }
 
 #[test]
@@ -393,4 +401,61 @@ fn spawn_names_the_address_it_cannot_bind() {
     let addrs = fleet(1);
     let err = spawn(SimArgs::new(vec![addrs[0]])).expect_err("address in use");
     assert!(err.contains(&addrs[0].to_string()), "{err}");
+}
+
+#[derive(clap::Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+fn cli(args: &[&str]) -> Result<SimArgs, clap::Error> {
+    use clap::Parser;
+    Cli::try_parse_from(std::iter::once("sim").chain(args.iter().copied())).map(|cli| cli.sim)
+}
+
+#[test]
+fn command_line_sets_the_starting_mode() {
+    let args = cli(&[
+        "--listen",
+        "127.0.0.1:9001",
+        "--listen",
+        "127.0.0.1:0",
+        "--latency-ms",
+        "200",
+        "--jitter-ms",
+        "20",
+        "--status",
+        "503",
+        "--capacity",
+        "4",
+        "--fault",
+        "reset_after_body",
+    ])
+    .expect("valid arguments");
+    assert_eq!(args.listen.len(), 2);
+    assert_eq!(
+        args.mode(),
+        Mode {
+            latency_ms: 200,
+            jitter_ms: 20,
+            status: Some(503),
+            capacity: Some(4),
+            fault: Fault::ResetAfterBody,
+        }
+    );
+    let plain = cli(&["--listen", "127.0.0.1:0"]).expect("valid arguments");
+    assert_eq!(plain.mode(), Mode::default());
+
+    assert!(cli(&[]).is_err(), "--listen is required");
+    for bad in [
+        ["--status", "99"],
+        ["--capacity", "0"],
+        ["--fault", "explode"],
+        ["--latency-ms", "-1"],
+    ] {
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend(bad);
+        assert!(cli(&args).is_err(), "{bad:?} accepted");
+    }
 }
