@@ -82,8 +82,12 @@ fn main() {
     let mut headers = HeaderMap::new();
     headers.insert("x-cart-id", HeaderValue::from_static("cart-12345"));
     for pool in &snapshot.pools {
-        measure(&format!("pick + in-flight: {}", pool.name), iterations, || {
-            black_box(pool.pick(&headers, None));
-        });
+        measure(
+            &format!("pick + in-flight: {}", pool.name),
+            iterations,
+            || {
+                black_box(pool.pick(&headers, None, &[], std::time::Duration::from_secs(1)));
+            },
+        );
     }
 }

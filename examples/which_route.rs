@@ -39,8 +39,14 @@ fn main() -> ExitCode {
     match found {
         Some(route) => {
             let pool = &snapshot.pools[route.pool];
-            let backends: Vec<String> = pool.backends().iter().map(|b| b.addr.to_string()).collect();
-            println!("route {:?} -> pool {:?} ({})", route.name, pool.name, backends.join(", "));
+            let backends: Vec<String> =
+                pool.backends().iter().map(|b| b.addr.to_string()).collect();
+            println!(
+                "route {:?} -> pool {:?} ({})",
+                route.name,
+                pool.name,
+                backends.join(", ")
+            );
         }
         None => println!("no route: ordergate answers 404"),
     }

@@ -37,9 +37,13 @@ pub fn run(listen: SocketAddr) -> Result<(), String> {
     println!(
         "  curl -i -X POST -H 'x-cart-id: cart-7' -d '{{}}' http://{listen}/api/orders   # run twice: same cart, same backend"
     );
-    println!("  curl -i http://{listen}/nowhere                             # no route: a friendly 404");
-    println!("  curl -s http://{}/__sim/stats                    # what the fleet saw", fleet[0]);
+    println!(
+        "  curl -i http://{listen}/nowhere                             # no route: a friendly 404"
+    );
+    println!(
+        "  curl -s http://{}/__sim/stats                    # what the fleet saw",
+        fleet[0]
+    );
     println!("Stop with Ctrl-C.");
     crate::server::run(config)
 }
-

@@ -26,6 +26,7 @@ pub mod demo;
 pub mod forward;
 pub mod proxy;
 pub mod respond;
+pub mod retry;
 pub mod route;
 pub mod server;
 pub mod sim;

@@ -116,7 +116,11 @@ impl Outcome {
 }
 
 /// Renders the page for an outcome: JSON unless the client prefers HTML.
-pub fn render(outcome: Outcome, request_id: &str, request: &HeaderMap) -> Result<(ResponseHeader, Bytes)> {
+pub fn render(
+    outcome: Outcome,
+    request_id: &str,
+    request: &HeaderMap,
+) -> Result<(ResponseHeader, Bytes)> {
     let wants_html = request
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -140,7 +144,9 @@ pub fn render(outcome: Outcome, request_id: &str, request: &HeaderMap) -> Result
 /// Writes the page for an outcome to the client.
 pub async fn send(session: &mut Session, outcome: Outcome, request_id: &str) -> Result<()> {
     let (header, body) = render(outcome, request_id, &session.req_header().headers)?;
-    session.write_response_header(Box::new(header), false).await?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
     session.write_response_body(Some(body), true).await
 }
 
@@ -188,11 +194,15 @@ mod tests {
 
     #[test]
     fn json_page_carries_status_reason_id_and_retry_after() {
-        let (header, body) = render(Outcome::NoHealthyBackend, "abc", &HeaderMap::new()).expect("page");
+        let (header, body) =
+            render(Outcome::NoHealthyBackend, "abc", &HeaderMap::new()).expect("page");
         assert_eq!(header.status.as_u16(), 503);
         assert_eq!(header.headers["retry-after"], "5");
         assert_eq!(header.headers["x-request-id"], "abc");
-        assert_eq!(header.headers["content-length"], body.len().to_string().as_str());
+        assert_eq!(
+            header.headers["content-length"],
+            body.len().to_string().as_str()
+        );
         let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(page["error"], "no_healthy_backend");
         assert_eq!(page["request_id"], "abc");
@@ -205,19 +215,43 @@ mod tests {
         assert_eq!(header.status.as_u16(), 404);
         assert!(header.headers.get("retry-after").is_none());
         let text = String::from_utf8(body.to_vec()).expect("utf-8");
-        assert!(text.contains("&lt;id&gt;") && !text.contains("<id>"), "{text}");
+        assert!(
+            text.contains("&lt;id&gt;") && !text.contains("<id>"),
+            "{text}"
+        );
     }
 
     #[test]
     fn classifies_errors_by_source_and_kind() {
         let upstream = |t| Error::new(t).into_up();
         let downstream = |t| Error::new(t).into_down();
-        assert_eq!(Outcome::from_error(&Error::new(ErrorType::ConnectRefused)), Outcome::ConnectFailed);
-        assert_eq!(Outcome::from_error(&upstream(ErrorType::ReadTimedout)), Outcome::UpstreamTimeout);
-        assert_eq!(Outcome::from_error(&upstream(ErrorType::ConnectionClosed)), Outcome::UpstreamReset);
-        assert_eq!(Outcome::from_error(&upstream(ErrorType::InvalidHTTPHeader)), Outcome::UpstreamError);
-        assert_eq!(Outcome::from_error(&downstream(ErrorType::ConnectionClosed)), Outcome::ClientGone);
-        assert_eq!(Outcome::from_error(&downstream(ErrorType::InvalidHTTPHeader)), Outcome::BadRequest);
-        assert_eq!(Outcome::from_error(&Error::new(ErrorType::InternalError)), Outcome::Internal);
+        assert_eq!(
+            Outcome::from_error(&Error::new(ErrorType::ConnectRefused)),
+            Outcome::ConnectFailed
+        );
+        assert_eq!(
+            Outcome::from_error(&upstream(ErrorType::ReadTimedout)),
+            Outcome::UpstreamTimeout
+        );
+        assert_eq!(
+            Outcome::from_error(&upstream(ErrorType::ConnectionClosed)),
+            Outcome::UpstreamReset
+        );
+        assert_eq!(
+            Outcome::from_error(&upstream(ErrorType::InvalidHTTPHeader)),
+            Outcome::UpstreamError
+        );
+        assert_eq!(
+            Outcome::from_error(&downstream(ErrorType::ConnectionClosed)),
+            Outcome::ClientGone
+        );
+        assert_eq!(
+            Outcome::from_error(&downstream(ErrorType::InvalidHTTPHeader)),
+            Outcome::BadRequest
+        );
+        assert_eq!(
+            Outcome::from_error(&Error::new(ErrorType::InternalError)),
+            Outcome::Internal
+        );
     }
 }

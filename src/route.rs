@@ -9,9 +9,11 @@
 //! Path prefixes match whole segments: `/api/orders` matches `/api/orders`,
 //! `/api/orders/` and `/api/orders/7`, but not `/api/orders-old`.
 
+use std::time::Duration;
+
 use http::Method;
 
-use crate::config::RouteConfig;
+use crate::config::{RetryConfig, RouteConfig};
 
 /// A compiled route: what it matches and where it sends.
 #[derive(Debug)]
@@ -20,6 +22,10 @@ pub struct Route {
     pub name: String,
     /// Index of the pool in the snapshot.
     pub pool: usize,
+    /// Overall deadline of a request, retries included.
+    pub timeout: Duration,
+    /// The route's retry policy.
+    pub retry: RetryConfig,
     host: Option<String>,
     path_prefix: String,
     methods: Option<Vec<Method>>,
@@ -39,6 +45,8 @@ impl RouteTable {
             .map(|c| Route {
                 name: c.name.clone(),
                 pool: c.pool,
+                timeout: c.timeout,
+                retry: c.retry.clone(),
                 host: c.host.clone(),
                 path_prefix: c.path_prefix.clone(),
                 methods: c.methods.clone(),
@@ -101,17 +109,32 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn route(name: &str, host: Option<&str>, prefix: &str, methods: Option<&[Method]>) -> RouteConfig {
+    fn route(
+        name: &str,
+        host: Option<&str>,
+        prefix: &str,
+        methods: Option<&[Method]>,
+    ) -> RouteConfig {
+        let text = "[[pools]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\nname = \"r\"\npool = \"p\"\n";
+        let template = crate::config::Config::from_toml(text)
+            .expect("valid")
+            .routes
+            .remove(0);
         RouteConfig {
             name: name.to_string(),
             host: host.map(str::to_string),
             path_prefix: prefix.to_string(),
             methods: methods.map(<[Method]>::to_vec),
-            pool: 0,
+            ..template
         }
     }
 
-    fn name<'a>(table: &'a RouteTable, host: Option<&str>, path: &str, method: Method) -> Option<&'a str> {
+    fn name<'a>(
+        table: &'a RouteTable,
+        host: Option<&str>,
+        path: &str,
+        method: Method,
+    ) -> Option<&'a str> {
         let index = table.classify(host, path, &method)?;
         table.get(index).map(|r| r.name.as_str())
     }
@@ -124,24 +147,52 @@ mod tests {
             route("checkout", None, "/api/orders", Some(&[Method::POST])),
             route("shop-orders", Some("shop.example"), "/api", None),
         ]);
-        assert_eq!(name(&table, None, "/api/orders/7", Method::GET), Some("orders"));
-        assert_eq!(name(&table, None, "/api/orders", Method::POST), Some("checkout"));
-        assert_eq!(name(&table, Some("SHOP.example:8080"), "/api/orders", Method::POST), Some("shop-orders"));
-        assert_eq!(name(&table, Some("other.example"), "/", Method::GET), Some("fallback"));
+        assert_eq!(
+            name(&table, None, "/api/orders/7", Method::GET),
+            Some("orders")
+        );
+        assert_eq!(
+            name(&table, None, "/api/orders", Method::POST),
+            Some("checkout")
+        );
+        assert_eq!(
+            name(
+                &table,
+                Some("SHOP.example:8080"),
+                "/api/orders",
+                Method::POST
+            ),
+            Some("shop-orders")
+        );
+        assert_eq!(
+            name(&table, Some("other.example"), "/", Method::GET),
+            Some("fallback")
+        );
     }
 
     #[test]
     fn prefixes_match_whole_segments() {
         let table = RouteTable::new(&[route("orders", None, "/api/orders/", None)]);
-        assert_eq!(name(&table, None, "/api/orders", Method::GET), Some("orders"));
-        assert_eq!(name(&table, None, "/api/orders/1", Method::GET), Some("orders"));
+        assert_eq!(
+            name(&table, None, "/api/orders", Method::GET),
+            Some("orders")
+        );
+        assert_eq!(
+            name(&table, None, "/api/orders/1", Method::GET),
+            Some("orders")
+        );
         assert_eq!(name(&table, None, "/api/orders-old", Method::GET), None);
         assert_eq!(name(&table, None, "/api", Method::GET), None);
     }
 
     #[test]
     fn no_match_when_host_or_method_differs() {
-        let table = RouteTable::new(&[route("checkout", Some("shop.example"), "/", Some(&[Method::POST]))]);
+        let table = RouteTable::new(&[route(
+            "checkout",
+            Some("shop.example"),
+            "/",
+            Some(&[Method::POST]),
+        )]);
         assert_eq!(name(&table, Some("shop.example"), "/", Method::GET), None);
         assert_eq!(name(&table, None, "/", Method::POST), None);
         assert_eq!(name(&table, Some("[::1]:80"), "/", Method::POST), None);

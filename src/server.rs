@@ -9,6 +9,7 @@ use pingora::server::configuration::ServerConf;
 use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::state::State;
+use crate::upstream::checker::HealthChecker;
 
 /// Serves a config until the process is told to stop. Returns only on a
 /// startup error; otherwise pingora exits the process when it shuts down.
@@ -33,13 +34,17 @@ pub fn run(config: Config) -> Result<(), String> {
     let state = Arc::new(State::new(&config));
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Proxy::new(state),
+        Proxy::new(Arc::clone(&state)),
         "ordergate proxy",
     );
     for addr in &config.server.listen {
         proxy.add_tcp(&addr.to_string());
     }
     server.add_service(proxy);
+    server.add_service(pingora::services::background::background_service(
+        "health checker",
+        HealthChecker::new(Arc::clone(&state)),
+    ));
     log::info!(
         "ordergate listening on {}",
         config

@@ -29,11 +29,17 @@ fn every_shipped_config_passes_check() {
         if path.extension().is_some_and(|e| e == "toml") {
             let (ok, stdout, stderr) = check(&path);
             assert!(ok, "{} fails check:\n{stderr}", path.display());
-            assert!(stdout.contains("routes (") && stdout.contains("pools ("), "{stdout}");
+            assert!(
+                stdout.contains("routes (") && stdout.contains("pools ("),
+                "{stdout}"
+            );
             checked += 1;
         }
     }
-    assert!(checked >= 2, "expected conf/ordergate.toml and conf/demo.toml");
+    assert!(
+        checked >= 2,
+        "expected conf/ordergate.toml and conf/demo.toml"
+    );
 }
 
 #[test]
@@ -64,7 +70,10 @@ pool = "payment"
         "pools[0] \"orders\".connect_timeout: \"500\" has no unit",
         "routes[0] \"checkout\": pool \"payment\" is not defined (defined: orders)",
     ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }
 
@@ -72,7 +81,10 @@ pool = "payment"
 fn unreadable_and_unknown_keys_are_clear_errors() {
     let (ok, _, stderr) = check(std::path::Path::new("/nonexistent/ordergate.toml"));
     assert!(!ok);
-    assert!(stderr.contains("cannot read config file /nonexistent/ordergate.toml"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read config file /nonexistent/ordergate.toml"),
+        "{stderr}"
+    );
 
     let typo = TempFile::new("typo.toml", "[server]\nlisen = [\"127.0.0.1:1\"]\n");
     let (ok, _, stderr) = check(&typo.path);

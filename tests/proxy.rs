@@ -33,19 +33,40 @@ fn routes_by_host_path_and_method() {
         pool("orders", "", &one(1)),
         pool("vip", "", &one(2)),
         route("catalog", "path_prefix = \"/\"", "catalog"),
-        route("checkout", "path_prefix = \"/api/orders\"\nmethods = [\"POST\"]", "orders"),
-        route("vip", "host = \"vip.shop.test\"\npath_prefix = \"/api\"", "vip"),
+        route(
+            "checkout",
+            "path_prefix = \"/api/orders\"\nmethods = [\"POST\"]",
+            "orders",
+        ),
+        route(
+            "vip",
+            "host = \"vip.shop.test\"\npath_prefix = \"/api\"",
+            "vip",
+        ),
     ]
     .concat();
     let proxy = Proxy::start(&config);
 
     assert_eq!(proxy.get("/api/products/1").backend(), fleet.addrs[0]);
-    let order = proxy.send("POST", "/api/orders", &[("content-type", "application/json")], b"{\"sku\":\"a\"}");
+    let order = proxy.send(
+        "POST",
+        "/api/orders",
+        &[("content-type", "application/json")],
+        b"{\"sku\":\"a\"}",
+    );
     assert_eq!(order.status, 201, "{}", order.text());
     assert_eq!(order.backend(), fleet.addrs[1]);
     // GET on the same path is not the checkout route.
-    assert_eq!(proxy.get("/api/orders/ord-000001").backend(), fleet.addrs[0]);
-    let vip = proxy.send("POST", "/api/orders", &[("host", "VIP.shop.test:8080")], b"{}");
+    assert_eq!(
+        proxy.get("/api/orders/ord-000001").backend(),
+        fleet.addrs[0]
+    );
+    let vip = proxy.send(
+        "POST",
+        "/api/orders",
+        &[("host", "VIP.shop.test:8080")],
+        b"{}",
+    );
     assert_eq!(vip.backend(), fleet.addrs[2], "host beats a longer path");
 }
 
@@ -61,15 +82,25 @@ fn no_route_is_a_404_page_with_request_id() {
 
     let response = proxy.get("/api/ordersX");
     assert_eq!(response.status, 404);
-    assert!(response.header("x-sim-backend").is_none(), "ordergate answers, not a backend");
+    assert!(
+        response.header("x-sim-backend").is_none(),
+        "ordergate answers, not a backend"
+    );
     let id = response.header("x-request-id").expect("request id");
     let page = response.json();
     assert_eq!(page["error"], "no_route");
     assert_eq!(page["request_id"], id);
 
-    let html = proxy.send("GET", "/nowhere", &[("accept", "text/html"), ("x-request-id", "shopper-1")], b"");
+    let html = proxy.send(
+        "GET",
+        "/nowhere",
+        &[("accept", "text/html"), ("x-request-id", "shopper-1")],
+        b"",
+    );
     assert_eq!(html.status, 404);
-    assert!(html.header("content-type").is_some_and(|t| t.starts_with("text/html")));
+    assert!(html
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/html")));
     assert!(html.text().contains("shopper-1"), "{}", html.text());
 }
 
@@ -77,7 +108,11 @@ fn no_route_is_a_404_page_with_request_id() {
 fn weighted_round_robin_follows_weights() {
     let fleet = Fleet::start(3);
     let config = [
-        pool("orders", "balance = \"round_robin\"", &fleet.backends_toml(&[1, 2, 3])),
+        pool(
+            "orders",
+            "balance = \"round_robin\"",
+            &fleet.backends_toml(&[1, 2, 3]),
+        ),
         route("all", "", "orders"),
     ]
     .concat();
@@ -88,7 +123,10 @@ fn weighted_round_robin_follows_weights() {
         let got = counts.get(addr).copied().unwrap_or(0);
         let want = 100 * weight;
         // Smooth round robin is exact over whole cycles; allow 5% for safety.
-        assert!(got.abs_diff(want) <= want / 20, "{addr}: {got} of 600, want {want}: {counts:?}");
+        assert!(
+            got.abs_diff(want) <= want / 20,
+            "{addr}: {got} of 600, want {want}: {counts:?}"
+        );
     }
 }
 
@@ -98,7 +136,11 @@ fn least_request_sends_most_traffic_away_from_a_slow_backend() {
     let slow = fleet.addrs[0];
     fleet.set_mode(slow, r#"{"latency_ms": 300}"#);
     let config = [
-        pool("orders", "balance = \"least_request\"", &fleet.backends_toml(&[1, 1, 1])),
+        pool(
+            "orders",
+            "balance = \"least_request\"",
+            &fleet.backends_toml(&[1, 1, 1]),
+        ),
         route("all", "", "orders"),
     ]
     .concat();
@@ -108,7 +150,10 @@ fn least_request_sends_most_traffic_away_from_a_slow_backend() {
     let total: usize = counts.values().sum();
     let on_slow = counts.get(&slow).copied().unwrap_or(0);
     // Round robin would give the slow backend a third (67 of 200).
-    assert!(on_slow * 10 < total, "slow backend got {on_slow} of {total}: {counts:?}");
+    assert!(
+        on_slow * 10 < total,
+        "slow backend got {on_slow} of {total}: {counts:?}"
+    );
 }
 
 #[test]
@@ -117,7 +162,11 @@ fn peak_ewma_sends_most_traffic_away_from_a_slow_backend() {
     let slow = fleet.addrs[0];
     fleet.set_mode(slow, r#"{"latency_ms": 300}"#);
     let config = [
-        pool("orders", "balance = \"peak_ewma\"", &fleet.backends_toml(&[1, 1, 1])),
+        pool(
+            "orders",
+            "balance = \"peak_ewma\"",
+            &fleet.backends_toml(&[1, 1, 1]),
+        ),
         route("all", "", "orders"),
     ]
     .concat();
@@ -126,7 +175,10 @@ fn peak_ewma_sends_most_traffic_away_from_a_slow_backend() {
     let counts = concurrent_counts(&proxy, 4, 40);
     let total: usize = counts.values().sum();
     let on_slow = counts.get(&slow).copied().unwrap_or(0);
-    assert!(on_slow * 10 < total, "slow backend got {on_slow} of {total}: {counts:?}");
+    assert!(
+        on_slow * 10 < total,
+        "slow backend got {on_slow} of {total}: {counts:?}"
+    );
 }
 
 /// `clients` threads each send `each` requests; counts answers per backend.
@@ -136,12 +188,20 @@ fn concurrent_counts(proxy: &Proxy, clients: usize, each: usize) -> HashMap<Sock
         .map(|_| {
             std::thread::spawn(move || {
                 (0..each)
-                    .map(|_| support::get(addr, "/api/products/1").expect("response").backend())
+                    .map(|_| {
+                        support::get(addr, "/api/products/1")
+                            .expect("response")
+                            .backend()
+                    })
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    count_backends(threads.into_iter().flat_map(|t| t.join().expect("client thread")))
+    count_backends(
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("client thread")),
+    )
 }
 
 #[test]
@@ -151,12 +211,22 @@ fn consistent_hash_keeps_carts_and_moves_about_one_nth_when_a_backend_leaves() {
     let placement = |proxy: &Proxy| -> Vec<SocketAddr> {
         carts
             .iter()
-            .map(|cart| proxy.send("GET", "/api/products/1", &[("x-cart-id", cart)], b"").backend())
+            .map(|cart| {
+                proxy
+                    .send("GET", "/api/products/1", &[("x-cart-id", cart)], b"")
+                    .backend()
+            })
             .collect()
     };
     let hashed = "balance = \"consistent_hash\"\nhash_key = \"header:x-cart-id\"";
 
-    let all = Proxy::start(&[pool("carts", hashed, &fleet.backends_toml(&[1, 1, 1])), route("all", "", "carts")].concat());
+    let all = Proxy::start(
+        &[
+            pool("carts", hashed, &fleet.backends_toml(&[1, 1, 1])),
+            route("all", "", "carts"),
+        ]
+        .concat(),
+    );
     let before = placement(&all);
     assert_eq!(before, placement(&all), "a cart stays on its backend");
     let spread = count_backends(before.iter().copied());
@@ -164,7 +234,10 @@ fn consistent_hash_keeps_carts_and_moves_about_one_nth_when_a_backend_leaves() {
     drop(all);
 
     let removed = fleet.addrs[2];
-    let two = format!("[ {{ addr = \"{}\" }}, {{ addr = \"{}\" }} ]", fleet.addrs[0], fleet.addrs[1]);
+    let two = format!(
+        "[ {{ addr = \"{}\" }}, {{ addr = \"{}\" }} ]",
+        fleet.addrs[0], fleet.addrs[1]
+    );
     let fewer = Proxy::start(&[pool("carts", hashed, &two), route("all", "", "carts")].concat());
     let after = placement(&fewer);
     let mut moved = 0;
@@ -181,13 +254,21 @@ fn consistent_hash_keeps_carts_and_moves_about_one_nth_when_a_backend_leaves() {
 #[test]
 fn forwards_client_headers_and_request_ids() {
     let fleet = Fleet::start(1);
-    let config = [pool("orders", "", &fleet.backends_toml(&[1])), route("all", "", "orders")].concat();
+    let config = [
+        pool("orders", "", &fleet.backends_toml(&[1])),
+        route("all", "", "orders"),
+    ]
+    .concat();
     let proxy = Proxy::start(&config);
 
     let echo = proxy.send(
         "GET",
         "/__sim/echo",
-        &[("host", "shop.example"), ("x-forwarded-for", "203.0.113.7"), ("x-request-id", "abc-123")],
+        &[
+            ("host", "shop.example"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-request-id", "abc-123"),
+        ],
         b"",
     );
     assert_eq!(echo.status, 200);
@@ -200,7 +281,12 @@ fn forwards_client_headers_and_request_ids() {
     assert_eq!(headers["x-request-id"], "abc-123");
 
     // An unsafe id is replaced by a fresh one, the same upstream and back.
-    let echo = proxy.send("GET", "/__sim/echo", &[("x-request-id", "bad id<script>")], b"");
+    let echo = proxy.send(
+        "GET",
+        "/__sim/echo",
+        &[("x-request-id", "bad id<script>")],
+        b"",
+    );
     let id = echo.header("x-request-id").expect("request id").to_string();
     assert_eq!(id.len(), 32, "{id}");
     assert_eq!(echo.json()["headers"]["x-request-id"], id.as_str());
@@ -210,7 +296,11 @@ fn forwards_client_headers_and_request_ids() {
 fn a_dead_backend_is_a_friendly_502_not_a_raw_error() {
     let port = support::free_port();
     let config = [
-        pool("orders", "connect_timeout = \"200ms\"", &format!("[ {{ addr = \"127.0.0.1:{port}\" }} ]")),
+        pool(
+            "orders",
+            "connect_timeout = \"200ms\"",
+            &format!("[ {{ addr = \"127.0.0.1:{port}\" }} ]"),
+        ),
         route("all", "", "orders"),
     ]
     .concat();
@@ -226,7 +316,11 @@ fn a_slow_backend_is_a_504_page_after_the_request_timeout() {
     let fleet = Fleet::start(1);
     fleet.set_mode(fleet.addrs[0], r#"{"latency_ms": 3000}"#);
     let config = [
-        pool("orders", "request_timeout = \"300ms\"", &fleet.backends_toml(&[1])),
+        pool(
+            "orders",
+            "request_timeout = \"300ms\"",
+            &fleet.backends_toml(&[1]),
+        ),
         route("all", "", "orders"),
     ]
     .concat();
@@ -235,5 +329,8 @@ fn a_slow_backend_is_a_504_page_after_the_request_timeout() {
     let response = proxy.get("/api/products/1");
     assert_eq!(response.status, 504, "{}", response.text());
     assert_eq!(response.json()["error"], "upstream_timeout");
-    assert!(started.elapsed() < Duration::from_secs(3), "answered before the backend did");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered before the backend did"
+    );
 }

@@ -47,6 +47,70 @@ pub struct FilePool {
     /// Backends.
     #[serde(default)]
     pub backends: Vec<FileBackend>,
+    /// `[pools.health]`: active health checks.
+    pub health: Option<FileHealth>,
+    /// `[pools.outlier]`: passive outlier detection.
+    pub outlier: Option<FileOutlier>,
+    /// Healthy share (percent) under which the pool panics.
+    pub panic_threshold: Option<i64>,
+    /// Ramp-up time of a backend that became healthy.
+    pub slow_start: Option<String>,
+    /// `[pools.retry_budget]`.
+    pub retry_budget: Option<FileRetryBudget>,
+}
+
+/// `[pools.health]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    /// `http` or `tcp`.
+    pub kind: Option<String>,
+    /// HTTP path to probe.
+    pub path: Option<String>,
+    /// HTTP method of the probe.
+    pub method: Option<String>,
+    /// Host header of the probe.
+    pub host: Option<String>,
+    /// Statuses that pass.
+    pub expect_status: Option<Vec<i64>>,
+    /// Time between probes.
+    pub interval: Option<String>,
+    /// Time a probe may take.
+    pub timeout: Option<String>,
+    /// Random extra delay added to each interval.
+    pub jitter: Option<String>,
+    /// Passing probes to become healthy.
+    pub healthy_threshold: Option<i64>,
+    /// Failing probes to become unhealthy.
+    pub unhealthy_threshold: Option<i64>,
+    /// Whether a new backend takes traffic before its first passing probe.
+    pub start_healthy: Option<bool>,
+}
+
+/// `[pools.outlier]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlier {
+    /// Consecutive gateway failures that eject.
+    pub consecutive_gateway_failures: Option<i64>,
+    /// Consecutive 5xx that eject.
+    pub consecutive_5xx: Option<i64>,
+    /// Ejection time per ejection so far.
+    pub base_ejection: Option<String>,
+    /// Longest ejection.
+    pub max_ejection: Option<String>,
+    /// Largest share of the pool ejected at once.
+    pub max_ejected_percent: Option<i64>,
+}
+
+/// `[pools.retry_budget]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetryBudget {
+    /// Retries as a percentage of recent requests.
+    pub percent: Option<i64>,
+    /// Retries always allowed per second.
+    pub min_per_second: Option<i64>,
 }
 
 /// One entry of `backends`.
@@ -73,4 +137,30 @@ pub struct FileRoute {
     pub methods: Option<Vec<String>>,
     /// Pool to send to.
     pub pool: String,
+    /// Overall deadline of a request, retries included.
+    pub timeout: Option<String>,
+    /// `[routes.retry]`.
+    pub retry: Option<FileRetry>,
+}
+
+/// `[routes.retry]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetry {
+    /// Most tries of one request, the first included.
+    pub attempts: Option<i64>,
+    /// Conditions to retry on.
+    pub on: Option<Vec<String>>,
+    /// Time one try may take.
+    pub per_try_timeout: Option<String>,
+    /// First backoff.
+    pub backoff_base: Option<String>,
+    /// Longest backoff.
+    pub backoff_max: Option<String>,
+    /// Header whose presence makes a non-idempotent request replayable.
+    pub idempotency_key_header: Option<String>,
+    /// Whether a request with an idempotency key may be retried after it reached a backend.
+    pub retry_with_idempotency_key: Option<bool>,
+    /// Methods this route treats as non-idempotent besides POST and PATCH.
+    pub unsafe_methods: Option<Vec<String>>,
 }

@@ -57,6 +57,82 @@ pub struct PoolConfig {
     pub request_timeout: Duration,
     /// The backends, in file order.
     pub backends: Vec<BackendConfig>,
+    /// Active health checks; `None`: backends are taken as healthy (passive checks still apply).
+    pub health: Option<HealthConfig>,
+    /// Passive outlier detection.
+    pub outlier: OutlierConfig,
+    /// When fewer than this percentage of backends can take traffic, spread over all
+    /// of them instead of crushing the few left. Default: 50.
+    pub panic_threshold: u8,
+    /// Time over which a backend that became healthy ramps up to its full share.
+    /// Default: 0s (off).
+    pub slow_start: Duration,
+    /// Limits retries so they cannot multiply load during an outage.
+    pub retry_budget: RetryBudgetConfig,
+}
+
+/// `[pools.health]`: active probes of every backend of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// HTTP or TCP.
+    pub probe: Probe,
+    /// Time between probes of one backend. Default: 1s.
+    pub interval: Duration,
+    /// Time a probe may take before it counts as failed. Default: 500ms.
+    pub timeout: Duration,
+    /// Random extra delay (0 to this) before each probe, so probes of many backends
+    /// do not align. Default: 10% of the interval.
+    pub jitter: Duration,
+    /// Consecutive passing probes before an unhealthy backend takes traffic again. Default: 2.
+    pub healthy_threshold: u32,
+    /// Consecutive failing probes before a backend is marked down. Default: 2.
+    pub unhealthy_threshold: u32,
+    /// Whether a new backend takes traffic before its first passing probe. Default: false.
+    pub start_healthy: bool,
+}
+
+/// What a health probe does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// An HTTP/1.1 request; passes when the status is one of `expect_status`.
+    Http {
+        /// Method. Default: GET.
+        method: Method,
+        /// Path. Default: /health.
+        path: String,
+        /// Host header; default: the backend's address.
+        host: Option<String>,
+        /// Statuses that pass. Default: 200.
+        expect_status: Vec<u16>,
+    },
+    /// A TCP connect; passes when the connection opens.
+    Tcp,
+}
+
+/// `[pools.outlier]`: ejection of backends that fail real requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    /// Consecutive gateway failures (refused, reset, timeout, 502/503/504) that eject
+    /// a backend; 0 turns this off. Default: 3.
+    pub consecutive_gateway_failures: u32,
+    /// Consecutive 5xx answers that eject a backend; 0 turns this off. Default: 5.
+    pub consecutive_5xx: u32,
+    /// Ejection time, multiplied by the number of times the backend was ejected. Default: 5s.
+    pub base_ejection: Duration,
+    /// Longest ejection. Default: 60s.
+    pub max_ejection: Duration,
+    /// Most backends of the pool ejected at once, in percent. Default: 50.
+    pub max_ejected_percent: u8,
+}
+
+/// `[pools.retry_budget]`: retries allowed per recent requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudgetConfig {
+    /// Retries as a percentage of the requests of the last 10 seconds. Default: 20.
+    pub percent: u8,
+    /// Retries per second allowed whatever the traffic, so a quiet pool can still
+    /// retry. Default: 3.
+    pub min_per_second: u32,
 }
 
 /// One backend of a pool.
@@ -131,6 +207,46 @@ pub struct RouteConfig {
     pub methods: Option<Vec<Method>>,
     /// Index into [`Config::pools`].
     pub pool: usize,
+    /// Overall deadline of a request, retries and backoff included. Default: 15s.
+    pub timeout: Duration,
+    /// When and how a failed request is tried again.
+    pub retry: RetryConfig,
+}
+
+/// `[routes.retry]`: the retry policy of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Most tries of one request, the first included; 1 turns retries off. Default: 3.
+    pub attempts: u32,
+    /// Failures worth another try. Default: connect_failure, reset, timeout, 502, 503, 504.
+    pub on: RetryOn,
+    /// Time one try may take; `None`: the pool's request timeout. Default: none.
+    pub per_try_timeout: Option<Duration>,
+    /// Backoff before the first retry; doubles each retry, with full jitter. Default: 25ms.
+    pub backoff_base: Duration,
+    /// Longest backoff. Default: 250ms.
+    pub backoff_max: Duration,
+    /// Header carrying an idempotency key. Default: `idempotency-key`.
+    pub idempotency_key_header: HeaderName,
+    /// Whether a non-idempotent request with an idempotency key may be retried after it
+    /// reached a backend. Default: true.
+    pub retry_with_idempotency_key: bool,
+    /// Methods that are never replayed once sent (unless keyed). Always POST and
+    /// PATCH; a route may add more (e.g. PUT, DELETE).
+    pub unsafe_methods: Vec<Method>,
+}
+
+/// Failures a retry policy answers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    /// The connection to the backend could not be opened (nothing was sent).
+    pub connect_failure: bool,
+    /// The backend closed or reset the connection before answering.
+    pub reset: bool,
+    /// The backend did not answer in time.
+    pub timeout: bool,
+    /// Backend statuses worth another try.
+    pub statuses: Vec<u16>,
 }
 
 /// One problem found in a config file, located by its key path.

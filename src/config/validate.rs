@@ -9,10 +9,14 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::Method;
 
-use super::file::{FileBackend, FilePool, FileRoute, FileServer};
+use super::file::{
+    FileBackend, FileHealth, FileOutlier, FilePool, FileRetry, FileRetryBudget, FileRoute,
+    FileServer,
+};
 use super::{
-    parse_duration, Balance, BackendConfig, Config, ConfigError, FileConfig, HashKey, PoolConfig,
-    RouteConfig, ServerConfig,
+    parse_duration, BackendConfig, Balance, Config, ConfigError, FileConfig, HashKey, HealthConfig,
+    OutlierConfig, PoolConfig, Probe, RetryBudgetConfig, RetryConfig, RetryOn, RouteConfig,
+    ServerConfig,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -74,7 +78,9 @@ fn server(file: &FileServer, problems: &mut Problems) -> ServerConfig {
     for (i, text) in listen_text.iter().enumerate() {
         let path = format!("server.listen[{i}]");
         match socket_addr(text) {
-            Ok(addr) if !seen.insert(addr) => problems.add(path, format!("{text:?} is listed twice")),
+            Ok(addr) if !seen.insert(addr) => {
+                problems.add(path, format!("{text:?} is listed twice"))
+            }
             Ok(addr) => listen.push(addr),
             Err(message) => problems.add(path, message),
         }
@@ -151,6 +157,364 @@ fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> PoolConfig {
         connect_timeout,
         request_timeout,
         backends,
+        health: file
+            .health
+            .as_ref()
+            .map(|h| health(&format!("{at}.health"), h, problems)),
+        outlier: outlier(&format!("{at}.outlier"), file.outlier.as_ref(), problems),
+        panic_threshold: percent(
+            &format!("{at}.panic_threshold"),
+            file.panic_threshold,
+            50,
+            problems,
+        ),
+        slow_start: duration_or(
+            &format!("{at}.slow_start"),
+            file.slow_start.as_deref(),
+            Duration::ZERO,
+            true,
+            problems,
+        ),
+        retry_budget: retry_budget(
+            &format!("{at}.retry_budget"),
+            file.retry_budget.as_ref(),
+            problems,
+        ),
+    }
+}
+
+fn health(at: &str, file: &FileHealth, problems: &mut Problems) -> HealthConfig {
+    let probe = match file.kind.as_deref().unwrap_or("http") {
+        "http" => {
+            let path = file.path.clone().unwrap_or_else(|| "/health".to_string());
+            if !path.starts_with('/') || path.contains([' ', '\r', '\n']) {
+                problems.add(
+                    format!("{at}.path"),
+                    format!("{path:?} is not a request path; it must start with \"/\", e.g. \"/health\""),
+                );
+            }
+            let method = match file.method.as_deref() {
+                None => Method::GET,
+                Some(name) => method(name).unwrap_or_else(|message| {
+                    problems.add(format!("{at}.method"), message);
+                    Method::GET
+                }),
+            };
+            let host = file.host.clone();
+            if let Some(host) = &host {
+                if host.is_empty() || host.contains([' ', '\r', '\n', '/']) {
+                    problems.add(format!("{at}.host"), format!("{host:?} is not a host name"));
+                }
+            }
+            let expect_status = match &file.expect_status {
+                None => vec![200],
+                Some(list) if list.is_empty() => {
+                    problems.add(
+                        format!("{at}.expect_status"),
+                        "is empty, so every probe would fail; list the passing statuses, e.g. [200]",
+                    );
+                    vec![200]
+                }
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, code)| {
+                        status(&format!("{at}.expect_status[{i}]"), *code, problems)
+                    })
+                    .collect(),
+            };
+            Probe::Http {
+                method,
+                path,
+                host,
+                expect_status,
+            }
+        }
+        "tcp" => {
+            for (key, set) in [
+                ("path", file.path.is_some()),
+                ("method", file.method.is_some()),
+                ("host", file.host.is_some()),
+                ("expect_status", file.expect_status.is_some()),
+            ] {
+                if set {
+                    problems.add(
+                        format!("{at}.{key}"),
+                        "only applies to kind = \"http\"; remove it or change kind",
+                    );
+                }
+            }
+            Probe::Tcp
+        }
+        other => {
+            problems.add(
+                format!("{at}.kind"),
+                format!("{other:?} is not a probe kind; use \"http\" or \"tcp\""),
+            );
+            Probe::Tcp
+        }
+    };
+    let interval = duration_or(
+        &format!("{at}.interval"),
+        file.interval.as_deref(),
+        Duration::from_secs(1),
+        false,
+        problems,
+    );
+    let timeout = duration_or(
+        &format!("{at}.timeout"),
+        file.timeout.as_deref(),
+        Duration::from_millis(500),
+        false,
+        problems,
+    );
+    if timeout > interval {
+        problems.add(
+            format!("{at}.timeout"),
+            format!("{timeout:?} is longer than the interval {interval:?}; probes would overlap, so make it at most the interval"),
+        );
+    }
+    HealthConfig {
+        probe,
+        interval,
+        timeout,
+        jitter: duration_or(
+            &format!("{at}.jitter"),
+            file.jitter.as_deref(),
+            interval / 10,
+            true,
+            problems,
+        ),
+        healthy_threshold: count(
+            &format!("{at}.healthy_threshold"),
+            file.healthy_threshold,
+            2,
+            1,
+            problems,
+        ),
+        unhealthy_threshold: count(
+            &format!("{at}.unhealthy_threshold"),
+            file.unhealthy_threshold,
+            2,
+            1,
+            problems,
+        ),
+        start_healthy: file.start_healthy.unwrap_or(false),
+    }
+}
+
+fn outlier(at: &str, file: Option<&FileOutlier>, problems: &mut Problems) -> OutlierConfig {
+    let get = |f: fn(&FileOutlier) -> Option<i64>| file.and_then(f);
+    let get_str = |f: fn(&FileOutlier) -> Option<&String>| file.and_then(f).map(String::as_str);
+    let base_ejection = duration_or(
+        &format!("{at}.base_ejection"),
+        get_str(|f| f.base_ejection.as_ref()),
+        Duration::from_secs(5),
+        false,
+        problems,
+    );
+    let max_ejection = duration_or(
+        &format!("{at}.max_ejection"),
+        get_str(|f| f.max_ejection.as_ref()),
+        Duration::from_secs(60),
+        false,
+        problems,
+    );
+    if max_ejection < base_ejection {
+        problems.add(
+            format!("{at}.max_ejection"),
+            format!("{max_ejection:?} is shorter than base_ejection {base_ejection:?}; make it at least as long"),
+        );
+    }
+    OutlierConfig {
+        consecutive_gateway_failures: count(
+            &format!("{at}.consecutive_gateway_failures"),
+            get(|f| f.consecutive_gateway_failures),
+            3,
+            0,
+            problems,
+        ),
+        consecutive_5xx: count(
+            &format!("{at}.consecutive_5xx"),
+            get(|f| f.consecutive_5xx),
+            5,
+            0,
+            problems,
+        ),
+        base_ejection,
+        max_ejection,
+        max_ejected_percent: percent(
+            &format!("{at}.max_ejected_percent"),
+            get(|f| f.max_ejected_percent),
+            50,
+            problems,
+        ),
+    }
+}
+
+fn retry_budget(
+    at: &str,
+    file: Option<&FileRetryBudget>,
+    problems: &mut Problems,
+) -> RetryBudgetConfig {
+    RetryBudgetConfig {
+        percent: percent(
+            &format!("{at}.percent"),
+            file.and_then(|f| f.percent),
+            20,
+            problems,
+        ),
+        min_per_second: count(
+            &format!("{at}.min_per_second"),
+            file.and_then(|f| f.min_per_second),
+            3,
+            0,
+            problems,
+        ),
+    }
+}
+
+fn retry(at: &str, file: Option<&FileRetry>, problems: &mut Problems) -> RetryConfig {
+    let duration =
+        |key: &str, text: Option<&String>, default: Duration, problems: &mut Problems| {
+            duration_or(
+                &format!("{at}.{key}"),
+                text.map(String::as_str),
+                default,
+                false,
+                problems,
+            )
+        };
+    let on = match file.and_then(|f| f.on.as_ref()) {
+        None => RetryOn {
+            connect_failure: true,
+            reset: true,
+            timeout: true,
+            statuses: vec![502, 503, 504],
+        },
+        Some(list) => {
+            let mut on = RetryOn::default();
+            for (i, item) in list.iter().enumerate() {
+                match item.as_str() {
+                    "connect_failure" => on.connect_failure = true,
+                    "reset" => on.reset = true,
+                    "timeout" => on.timeout = true,
+                    code => match code.parse::<i64>() {
+                        Ok(code) if (500..=599).contains(&code) => on.statuses.push(code as u16),
+                        _ => problems.add(
+                            format!("{at}.on[{i}]"),
+                            format!("{item:?} is not a retry condition; use \"connect_failure\", \"reset\", \"timeout\" or a 5xx status such as \"503\""),
+                        ),
+                    },
+                }
+            }
+            on
+        }
+    };
+    let backoff_base = duration(
+        "backoff_base",
+        file.and_then(|f| f.backoff_base.as_ref()),
+        Duration::from_millis(25),
+        problems,
+    );
+    let backoff_max = duration(
+        "backoff_max",
+        file.and_then(|f| f.backoff_max.as_ref()),
+        Duration::from_millis(250),
+        problems,
+    );
+    if backoff_max < backoff_base {
+        problems.add(
+            format!("{at}.backoff_max"),
+            format!("{backoff_max:?} is shorter than backoff_base {backoff_base:?}; make it at least as long"),
+        );
+    }
+    let header_text = file
+        .and_then(|f| f.idempotency_key_header.clone())
+        .unwrap_or_else(|| "idempotency-key".to_string());
+    let idempotency_key_header = HeaderName::from_str(&header_text).unwrap_or_else(|_| {
+        problems.add(
+            format!("{at}.idempotency_key_header"),
+            format!("{header_text:?} is not a valid header name, e.g. \"idempotency-key\""),
+        );
+        HeaderName::from_static("idempotency-key")
+    });
+    let mut unsafe_methods = vec![Method::POST, Method::PATCH];
+    for (i, name) in file
+        .and_then(|f| f.unsafe_methods.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match method(name) {
+            Ok(m) if !unsafe_methods.contains(&m) => unsafe_methods.push(m),
+            Ok(_) => {}
+            Err(message) => problems.add(format!("{at}.unsafe_methods[{i}]"), message),
+        }
+    }
+    RetryConfig {
+        attempts: match file.and_then(|f| f.attempts) {
+            None => 3,
+            Some(n @ 1..=10) => n as u32,
+            Some(n) => {
+                problems.add(
+                    format!("{at}.attempts"),
+                    format!("{n} is out of range; use 1 (no retries) to 10"),
+                );
+                3
+            }
+        },
+        on,
+        per_try_timeout: file.and_then(|f| f.per_try_timeout.as_ref()).map(|text| {
+            duration(
+                "per_try_timeout",
+                Some(text),
+                Duration::from_secs(1),
+                problems,
+            )
+        }),
+        backoff_base,
+        backoff_max,
+        idempotency_key_header,
+        retry_with_idempotency_key: file
+            .and_then(|f| f.retry_with_idempotency_key)
+            .unwrap_or(true),
+        unsafe_methods,
+    }
+}
+
+fn status(at: &str, code: i64, problems: &mut Problems) -> Option<u16> {
+    if (100..=599).contains(&code) {
+        Some(code as u16)
+    } else {
+        problems.add(at, format!("{code} is not an HTTP status; use 100 to 599"));
+        None
+    }
+}
+
+fn percent(at: &str, value: Option<i64>, default: u8, problems: &mut Problems) -> u8 {
+    match value {
+        None => default,
+        Some(v @ 0..=100) => v as u8,
+        Some(v) => {
+            problems.add(at, format!("{v} is not a percentage; use 0 to 100"));
+            default
+        }
+    }
+}
+
+/// A whole number of at least `min` (and at most a million, to catch typos).
+fn count(at: &str, value: Option<i64>, default: u32, min: i64, problems: &mut Problems) -> u32 {
+    match value {
+        None => default,
+        Some(v) if (min..=1_000_000).contains(&v) => v as u32,
+        Some(v) => {
+            problems.add(
+                at,
+                format!("{v} is out of range; use a whole number from {min} to 1000000"),
+            );
+            default
+        }
     }
 }
 
@@ -359,12 +723,21 @@ fn route(at: &str, file: &FileRoute, pools: &[FilePool], problems: &mut Problems
             })
             .collect()
     });
+    let timeout = duration_or(
+        &format!("{at}.timeout"),
+        file.timeout.as_deref(),
+        Duration::from_secs(15),
+        false,
+        problems,
+    );
     RouteConfig {
         name: file.name.clone(),
         host,
         path_prefix,
         methods,
         pool,
+        timeout,
+        retry: retry(&format!("{at}.retry"), file.retry.as_ref(), problems),
     }
 }
 
@@ -404,7 +777,9 @@ fn check_name(at: &str, name: &str, problems: &mut Problems) {
 
 fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     SocketAddr::from_str(text.trim()).map_err(|_| {
-        format!("{text:?} is not an IP:PORT address; write e.g. \"127.0.0.1:9001\" or \"[::1]:9001\"")
+        format!(
+            "{text:?} is not an IP:PORT address; write e.g. \"127.0.0.1:9001\" or \"[::1]:9001\""
+        )
     })
 }
 
@@ -532,9 +907,15 @@ mod tests {
                 "[[pools]]\nname = \"p\"\nbalance = \"{balance}\"\n{key}\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n"
             )
         };
-        assert!(errors(&base("consistent_hash", "")).iter().any(|e| e.contains("hash_key: is required")));
-        assert!(errors(&base("consistent_hash", "hash_key = \"body\"")).iter().any(|e| e.contains("is not a hash key")));
-        assert!(errors(&base("round_robin", "hash_key = \"client_ip\"")).iter().any(|e| e.contains("only used with")));
+        assert!(errors(&base("consistent_hash", ""))
+            .iter()
+            .any(|e| e.contains("hash_key: is required")));
+        assert!(errors(&base("consistent_hash", "hash_key = \"body\""))
+            .iter()
+            .any(|e| e.contains("is not a hash key")));
+        assert!(errors(&base("round_robin", "hash_key = \"client_ip\""))
+            .iter()
+            .any(|e| e.contains("only used with")));
         assert!(errors(&base("consistent_hash", "hash_key = \"cookie:cart\"")).is_empty());
     }
 
@@ -557,8 +938,13 @@ mod tests {
             pool = "p"
         "#;
         let errors = errors(text);
-        assert!(errors.iter().any(|e| e.contains("listed twice")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("pool name is already used")));
+        assert!(
+            errors.iter().any(|e| e.contains("listed twice")),
+            "{errors:?}"
+        );
+        assert!(errors
+            .iter()
+            .any(|e| e.contains("pool name is already used")));
         assert!(errors.iter().any(|e| e.contains("never be used")));
     }
 }

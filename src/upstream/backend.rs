@@ -1,19 +1,32 @@
-//! Live per-backend state, shared by every snapshot that names the backend.
+//! Live per-backend state, shared by every snapshot that names the backend:
+//! requests in flight, latency, active health, ejection, and drain.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::budget::RetryBudget;
+use super::health::{Health, HealthState};
+use super::outlier::{OutlierState, Signal};
+use crate::config::{HealthConfig, OutlierConfig};
 
 /// How fast old latency samples fade from the EWMA. Default: 10s, as linkerd.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 /// Latency assumed for a backend before its first answer. Default: 10ms.
 const EWMA_START: Duration = Duration::from_millis(10);
+/// Latency charged for a failed attempt, so a backend that fails fast does not
+/// look fast to peak-EWMA balancing.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+/// Weight of the newest attempt in the failure rate.
+const FAILURE_RATE_ALPHA: f64 = 0.1;
+/// How much a failure rate of 1 inflates a backend's least-request cost.
+const FAILURE_COST: f64 = 10.0;
 
-/// One backend's live state: what balancing and (later) health decisions read.
+/// One backend's live state: what balancing and health decisions read.
 #[derive(Debug)]
 pub struct Backend {
     /// Name of the pool this entry belongs to.
@@ -21,25 +34,65 @@ pub struct Backend {
     /// Where the backend listens.
     pub addr: SocketAddr,
     in_flight: AtomicUsize,
-    ewma: Mutex<Ewma>,
+    load: Mutex<Load>,
+    status: Mutex<Status>,
 }
 
 #[derive(Debug)]
-struct Ewma {
-    /// Smoothed latency in nanoseconds.
-    nanos: f64,
+struct Load {
+    /// Peak-EWMA latency in nanoseconds.
+    latency_nanos: f64,
+    /// Share of recent attempts that failed, 0 to 1.
+    failure_rate: f64,
     updated: Instant,
+}
+
+/// Health and ejection of a backend.
+#[derive(Debug)]
+struct Status {
+    health: HealthState,
+    outlier: OutlierState,
+    /// Since when the backend can take traffic (for slow start).
+    serving_since: Instant,
+    next_probe: Option<Instant>,
+}
+
+/// Whether a backend may take a new request now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Availability {
+    /// It may, since this long (for slow start).
+    Serving(Duration),
+    /// Active checks have not passed yet, or failed.
+    Unhealthy(Health),
+    /// Passive checks ejected it.
+    Ejected,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the state torn (each
+    // update is a few plain assignments), so a poisoned lock is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Backend {
     fn new(pool: &str, addr: SocketAddr) -> Backend {
+        let now = Instant::now();
         Backend {
             pool: pool.to_string(),
             addr,
             in_flight: AtomicUsize::new(0),
-            ewma: Mutex::new(Ewma {
-                nanos: EWMA_START.as_nanos() as f64,
-                updated: Instant::now(),
+            load: Mutex::new(Load {
+                latency_nanos: EWMA_START.as_nanos() as f64,
+                failure_rate: 0.0,
+                updated: now,
+            }),
+            status: Mutex::new(Status {
+                health: HealthState::new(),
+                outlier: OutlierState::default(),
+                serving_since: now,
+                next_probe: None,
             }),
         }
     }
@@ -58,28 +111,105 @@ impl Backend {
         }
     }
 
-    /// Feeds one observed latency into the peak EWMA: a slower sample replaces the
-    /// average at once, a faster one pulls it down gradually.
-    pub fn observe_latency(&self, latency: Duration) {
+    /// Feeds one attempt into the load estimates. A slower sample replaces the
+    /// peak EWMA at once, a faster one pulls it down gradually; a failure counts as
+    /// at least [`FAILURE_PENALTY`] and raises the failure rate.
+    pub fn observe(&self, latency: Duration, failed: bool) {
         let now = Instant::now();
-        let sample = latency.as_nanos() as f64;
-        let Ok(mut ewma) = self.ewma.lock() else {
-            return;
-        };
-        if sample > ewma.nanos {
-            ewma.nanos = sample;
+        let latency = if failed {
+            latency.max(FAILURE_PENALTY)
         } else {
-            let elapsed = now.saturating_duration_since(ewma.updated).as_secs_f64();
+            latency
+        };
+        let sample = latency.as_nanos() as f64;
+        let mut load = lock(&self.load);
+        if sample > load.latency_nanos {
+            load.latency_nanos = sample;
+        } else {
+            let elapsed = now.saturating_duration_since(load.updated).as_secs_f64();
             let keep = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
-            ewma.nanos = ewma.nanos * keep + sample * (1.0 - keep);
+            load.latency_nanos = load.latency_nanos * keep + sample * (1.0 - keep);
         }
-        ewma.updated = now;
+        let failed = if failed { 1.0 } else { 0.0 };
+        load.failure_rate += FAILURE_RATE_ALPHA * (failed - load.failure_rate);
+        load.updated = now;
     }
 
     /// The peak-EWMA load estimate: smoothed latency times (requests in flight + 1).
     pub fn ewma_cost(&self) -> f64 {
-        let nanos = self.ewma.lock().map_or(EWMA_START.as_nanos() as f64, |e| e.nanos);
-        nanos * (self.in_flight() + 1) as f64
+        lock(&self.load).latency_nanos * (self.in_flight() + 1) as f64
+    }
+
+    /// The least-request load estimate: requests in flight (+1), inflated by the
+    /// recent failure rate so a backend that fails fast does not attract traffic.
+    pub fn least_request_cost(&self) -> f64 {
+        let failure_rate = lock(&self.load).failure_rate;
+        (self.in_flight() + 1) as f64 * (1.0 + FAILURE_COST * failure_rate)
+    }
+
+    /// Whether the backend may take a new request now. `health` is the pool's
+    /// active-check config: without one, probes are not awaited.
+    pub fn availability(&self, now: Instant, health: Option<&HealthConfig>) -> Availability {
+        let status = lock(&self.status);
+        if let Some(config) = health {
+            let state = status.health.health();
+            let healthy =
+                state == Health::Healthy || (state == Health::Unproven && config.start_healthy);
+            if !healthy {
+                return Availability::Unhealthy(state);
+            }
+        }
+        if status.outlier.is_ejected(now, health.is_some()) {
+            return Availability::Ejected;
+        }
+        let since = match status.outlier.ejected_until() {
+            Some(until) => status.serving_since.max(until),
+            None => status.serving_since,
+        };
+        Availability::Serving(now.saturating_duration_since(since))
+    }
+
+    /// The current active-check health.
+    pub fn health(&self) -> Health {
+        lock(&self.status).health.health()
+    }
+
+    /// Records a probe result; returns the new health when it changed.
+    pub fn record_probe(&self, passed: bool, config: &HealthConfig) -> Option<Health> {
+        let now = Instant::now();
+        let mut status = lock(&self.status);
+        if passed {
+            status.outlier.probe_passed(now);
+        }
+        let change = status.health.record(passed, config);
+        if change == Some(Health::Healthy) {
+            status.serving_since = now;
+        }
+        change
+    }
+
+    /// Claims the next probe if it is due: returns true at most once per interval.
+    pub fn probe_due(&self, now: Instant, config: &HealthConfig) -> bool {
+        let mut status = lock(&self.status);
+        match status.next_probe {
+            Some(at) if at > now => false,
+            _ => {
+                status.next_probe = Some(now + super::health::next_probe_delay(config));
+                true
+            }
+        }
+    }
+
+    /// Counts an attempt's result for outlier detection. Returns true when this
+    /// signal tips the backend over a threshold (the caller decides, knowing the
+    /// pool, whether it may be ejected).
+    pub fn record_signal(&self, signal: Signal, config: &OutlierConfig) -> bool {
+        lock(&self.status).outlier.record(signal, config)
+    }
+
+    /// Ejects the backend; returns for how long.
+    pub fn eject(&self, config: &OutlierConfig) -> Duration {
+        lock(&self.status).outlier.eject(Instant::now(), config)
     }
 }
 
@@ -108,20 +238,28 @@ impl Drop for InFlight {
     }
 }
 
-/// Live state of every backend, keyed by (pool name, address). Entries are held by
-/// snapshots and requests; once none holds one, the next lookup forgets it.
+/// Live state of one pool that outlives snapshots.
+#[derive(Debug, Default)]
+pub struct PoolState {
+    /// Retries allowed per recent requests.
+    pub retry_budget: RetryBudget,
+    /// Whether the pool is in panic mode (logged on each change).
+    pub panicking: std::sync::atomic::AtomicBool,
+}
+
+/// Live state of every backend, keyed by (pool name, address), and of every pool.
+/// Entries are held by snapshots and requests; once none holds one, the next
+/// lookup forgets it.
 #[derive(Debug, Default)]
 pub struct Registry {
-    entries: Mutex<HashMap<(String, SocketAddr), Weak<Backend>>>,
+    backends: Mutex<HashMap<(String, SocketAddr), Weak<Backend>>>,
+    pools: Mutex<HashMap<String, Weak<PoolState>>>,
 }
 
 impl Registry {
     /// The live entry for a backend of a pool, created if it is new.
     pub fn backend(&self, pool: &str, addr: SocketAddr) -> Arc<Backend> {
-        let mut entries = match self.entries.lock() {
-            Ok(entries) => entries,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut entries = lock(&self.backends);
         entries.retain(|_, weak| weak.strong_count() > 0);
         let key = (pool.to_string(), addr);
         if let Some(backend) = entries.get(&key).and_then(Weak::upgrade) {
@@ -131,27 +269,64 @@ impl Registry {
         entries.insert(key, Arc::downgrade(&backend));
         backend
     }
+
+    /// The live state of a pool, created if it is new.
+    pub fn pool(&self, name: &str) -> Arc<PoolState> {
+        let mut entries = lock(&self.pools);
+        entries.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(pool) = entries.get(name).and_then(Weak::upgrade) {
+            return pool;
+        }
+        let pool = Arc::new(PoolState::default());
+        entries.insert(name.to_string(), Arc::downgrade(&pool));
+        pool
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Probe;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn health_config(start_healthy: bool) -> HealthConfig {
+        HealthConfig {
+            probe: Probe::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            jitter: Duration::ZERO,
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            start_healthy,
+        }
+    }
+
+    fn outlier_config() -> OutlierConfig {
+        OutlierConfig {
+            consecutive_gateway_failures: 3,
+            consecutive_5xx: 5,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(60),
+            max_ejected_percent: 50,
+        }
     }
 
     #[test]
     fn registry_shares_live_entries_and_forgets_dropped_ones() {
         let registry = Registry::default();
         let a = registry.backend("orders", addr(1));
-        let _guard = a.start_request();
+        let guard = a.start_request();
         let again = registry.backend("orders", addr(1));
         assert!(Arc::ptr_eq(&a, &again));
         assert_eq!(again.in_flight(), 1);
         assert!(!Arc::ptr_eq(&a, &registry.backend("catalog", addr(1))));
-        drop((a, again, _guard));
+        drop((a, again, guard));
         assert_eq!(registry.backend("orders", addr(1)).in_flight(), 0);
+        let pool = registry.pool("orders");
+        assert!(Arc::ptr_eq(&pool, &registry.pool("orders")));
     }
 
     #[test]
@@ -169,12 +344,86 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn peak_ewma_jumps_up_and_decays_down() {
         let backend = Backend::new("p", addr(1));
-        backend.observe_latency(Duration::from_millis(500));
+        backend.observe(Duration::from_millis(500), false);
         assert!((backend.ewma_cost() - 500e6).abs() < 1.0);
         tokio::time::advance(Duration::from_secs(10)).await;
-        backend.observe_latency(Duration::from_millis(10));
+        backend.observe(Duration::from_millis(10), false);
         // One decay period keeps e^-1 of the old value.
         let expected = 500e6 * (-1.0f64).exp() + 10e6 * (1.0 - (-1.0f64).exp());
-        assert!((backend.ewma_cost() - expected).abs() < 1e3, "{}", backend.ewma_cost());
+        assert!(
+            (backend.ewma_cost() - expected).abs() < 1e3,
+            "{}",
+            backend.ewma_cost()
+        );
+    }
+
+    #[test]
+    fn fast_failures_make_a_backend_look_expensive() {
+        let failing = Backend::new("p", addr(1));
+        let fine = Backend::new("p", addr(2));
+        for _ in 0..5 {
+            failing.observe(Duration::from_micros(100), true);
+            fine.observe(Duration::from_millis(20), false);
+        }
+        assert!(failing.ewma_cost() > 10.0 * fine.ewma_cost());
+        assert!(failing.least_request_cost() > 3.0 * fine.least_request_cost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn availability_follows_probes_and_ejection() {
+        let backend = Backend::new("p", addr(1));
+        let strict = health_config(false);
+        let now = Instant::now();
+        assert_eq!(
+            backend.availability(now, Some(&strict)),
+            Availability::Unhealthy(Health::Unproven)
+        );
+        assert!(matches!(
+            backend.availability(now, Some(&health_config(true))),
+            Availability::Serving(_)
+        ));
+        assert!(
+            matches!(backend.availability(now, None), Availability::Serving(_)),
+            "no checks: serving"
+        );
+
+        assert_eq!(backend.record_probe(true, &strict), Some(Health::Healthy));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            backend.availability(Instant::now(), Some(&strict)),
+            Availability::Serving(Duration::from_secs(3))
+        );
+
+        backend.eject(&outlier_config());
+        assert_eq!(
+            backend.availability(Instant::now(), Some(&strict)),
+            Availability::Ejected
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            backend.availability(Instant::now(), Some(&strict)),
+            Availability::Ejected,
+            "awaits a probe"
+        );
+        assert_eq!(
+            backend.availability(Instant::now(), None),
+            Availability::Serving(Duration::ZERO),
+            "slow start restarts"
+        );
+        backend.record_probe(true, &strict);
+        assert!(matches!(
+            backend.availability(Instant::now(), Some(&strict)),
+            Availability::Serving(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_are_claimed_once_per_interval() {
+        let backend = Backend::new("p", addr(1));
+        let config = health_config(false);
+        let now = Instant::now();
+        assert!(backend.probe_due(now, &config));
+        assert!(!backend.probe_due(now, &config));
+        assert!(backend.probe_due(now + Duration::from_secs(1), &config));
     }
 }

@@ -86,7 +86,7 @@ impl Balancer {
                 scan_from(fastrand::usize(0..n.max(1)), n, ok)
             }
             Balancer::LeastRequest => two_choices(n, ok, |i| {
-                backends[i].in_flight() as f64 / f64::from(weights[i])
+                backends[i].least_request_cost() / f64::from(weights[i])
             }),
             Balancer::PeakEwma => {
                 two_choices(n, ok, |i| backends[i].ewma_cost() / f64::from(weights[i]))
@@ -119,7 +119,9 @@ fn two_choices(n: usize, ok: impl Fn(usize) -> bool, cost: impl Fn(usize) -> f64
         return Some(first);
     }
     // A random offset of 1..n from the first never lands on it again.
-    let second = scan_from((first + fastrand::usize(1..n)) % n, n, |i| i != first && ok(i));
+    let second = scan_from((first + fastrand::usize(1..n)) % n, n, |i| {
+        i != first && ok(i)
+    });
     match second {
         Some(second) if cost(second) < cost(first) => Some(second),
         _ => Some(first),
@@ -138,7 +140,10 @@ fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
         for (c, w) in current.iter_mut().zip(&weights) {
             *c += w;
         }
-        let Some((best, _)) = current.iter().enumerate().max_by_key(|&(i, c)| (*c, -(i as i64)))
+        let Some((best, _)) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, c)| (*c, -(i as i64)))
         else {
             break;
         };
@@ -199,10 +204,17 @@ mod tests {
         (registry, list)
     }
 
-    fn counts(balancer: &Balancer, list: &[Arc<Backend>], weights: &[u32], rounds: usize) -> Vec<usize> {
+    fn counts(
+        balancer: &Balancer,
+        list: &[Arc<Backend>],
+        weights: &[u32],
+        rounds: usize,
+    ) -> Vec<usize> {
         let mut counts = vec![0; list.len()];
         for _ in 0..rounds {
-            let i = balancer.pick(list, weights, None, &|_| true).expect("a pick");
+            let i = balancer
+                .pick(list, weights, None, &|_| true)
+                .expect("a pick");
             counts[i] += 1;
         }
         counts
@@ -245,7 +257,11 @@ mod tests {
                 let pick = balancer.pick(&list, &weights, hash, &|b| b.addr.port() == 9001);
                 assert_eq!(pick, Some(1), "{balance:?}");
             }
-            assert_eq!(balancer.pick(&list, &weights, None, &|_| false), None, "{balance:?}");
+            assert_eq!(
+                balancer.pick(&list, &weights, None, &|_| false),
+                None,
+                "{balance:?}"
+            );
         }
     }
 
@@ -263,8 +279,8 @@ mod tests {
     fn peak_ewma_avoids_the_slow_backend() {
         let (_r, list) = backends(2);
         let weights = [1, 1];
-        list[0].observe_latency(std::time::Duration::from_millis(300));
-        list[1].observe_latency(std::time::Duration::from_millis(5));
+        list[0].observe(std::time::Duration::from_millis(300), false);
+        list[1].observe(std::time::Duration::from_millis(5), false);
         let balancer = Balancer::new(&Balance::PeakEwma, &list, &weights);
         assert_eq!(counts(&balancer, &list, &weights, 100), vec![0, 100]);
     }
@@ -281,7 +297,9 @@ mod tests {
         for k in 0..keys {
             let hash = Some(key_hash(format!("cart-{k}").as_bytes()));
             let old = before.pick(&list, &[1; 4], hash, &|_| true).expect("pick");
-            let new = after.pick(&list[..3], &[1; 3], hash, &|_| true).expect("pick");
+            let new = after
+                .pick(&list[..3], &[1; 3], hash, &|_| true)
+                .expect("pick");
             per_backend[old] += 1;
             if old != new {
                 moved += 1;

@@ -1,14 +1,20 @@
 //! Upstream: pools of backends, their live state, and how a request picks one.
 //!
-//! Live state ([`Backend`]: requests in flight, latency EWMA) outlives config
-//! snapshots: the [`Registry`] hands the same `Arc<Backend>` to every snapshot that
-//! names the same (pool, address), so a reload keeps counters. A [`Pool`] is part of
-//! a snapshot: its backend list and balancing tables are immutable.
+//! Live state ([`Backend`]: requests in flight, latency, health, ejection;
+//! [`PoolState`]: retry budget) outlives config snapshots: the [`Registry`] hands
+//! the same entry to every snapshot that names the same pool and address, so a
+//! reload keeps it. A [`Pool`] is part of a snapshot: its backend list, balancing
+//! tables and settings are immutable.
 
 mod backend;
 mod balance;
+mod budget;
+pub mod checker;
+pub mod health;
+pub mod outlier;
 mod pool;
 
-pub use backend::{Backend, InFlight, Registry};
+pub use backend::{Availability, Backend, InFlight, PoolState, Registry};
 pub use balance::key_hash;
-pub use pool::Pool;
+pub use budget::RetryBudget;
+pub use pool::{Pick, Pool};

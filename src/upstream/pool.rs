@@ -1,34 +1,56 @@
 //! A Pool as served: its backends (live entries from the registry), its balancing
-//! tables and its timeouts.
+//! tables, its health and outlier settings, and its timeouts.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::upstreams::peer::HttpPeer;
-
 use http::HeaderMap;
+use pingora::upstreams::peer::HttpPeer;
+use tokio::time::Instant;
 
 use super::balance::{key_hash, Balancer};
-use super::{Backend, InFlight, Registry};
-use crate::config::{Balance, HashKey, PoolConfig};
+use super::outlier::Signal;
+use super::{Availability, Backend, InFlight, PoolState, Registry};
+use crate::config::{Balance, HashKey, HealthConfig, OutlierConfig, PoolConfig};
+
+/// Share of traffic a backend gets at the very start of its slow start.
+const SLOW_START_FLOOR: f64 = 0.1;
 
 /// One pool of a snapshot.
 #[derive(Debug)]
 pub struct Pool {
     /// Pool name, for logs and metric labels.
     pub name: String,
-    /// What a consistent-hash pool hashes on; `None` for other algorithms.
-    pub hash_key: Option<HashKey>,
+    /// Live pool state (retry budget), shared across snapshots.
+    pub state: Arc<PoolState>,
+    hash_key: Option<HashKey>,
     backends: Vec<Arc<Backend>>,
     weights: Vec<u32>,
     balancer: Balancer,
     connect_timeout: Duration,
     request_timeout: Duration,
+    health: Option<HealthConfig>,
+    outlier: OutlierConfig,
+    panic_threshold: u8,
+    slow_start: Duration,
+    retry_budget: crate::config::RetryBudgetConfig,
+}
+
+/// A backend picked for one attempt.
+#[derive(Debug)]
+pub struct Pick {
+    /// Where to connect, with the pool's timeouts.
+    pub peer: HttpPeer,
+    /// The request, counted in flight at the backend.
+    pub in_flight: InFlight,
+    /// Whether the pool was in panic mode (too few healthy backends) for this pick.
+    pub panic: bool,
 }
 
 impl Pool {
-    /// Builds a pool from its config, reusing live backend state from the registry.
+    /// Builds a pool from its config, reusing live state from the registry.
     pub fn new(config: &PoolConfig, registry: &Registry) -> Pool {
         let backends: Vec<Arc<Backend>> = config
             .backends
@@ -42,18 +64,39 @@ impl Pool {
         };
         Pool {
             name: config.name.clone(),
+            state: registry.pool(&config.name),
             hash_key,
             balancer: Balancer::new(&config.balance, &backends, &weights),
             backends,
             weights,
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            health: config.health.clone(),
+            outlier: config.outlier.clone(),
+            panic_threshold: config.panic_threshold,
+            slow_start: config.slow_start,
+            retry_budget: config.retry_budget.clone(),
         }
     }
 
     /// The pool's backends, in config order.
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// The pool's active health checks, if any.
+    pub fn health(&self) -> Option<&HealthConfig> {
+        self.health.as_ref()
+    }
+
+    /// The longest wait for the next bytes of a backend's answer.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The pool's retry budget settings.
+    pub fn retry_budget(&self) -> &crate::config::RetryBudgetConfig {
+        &self.retry_budget
     }
 
     /// Picks a backend the caller accepts. `hash` is the request key's hash for
@@ -86,21 +129,127 @@ impl Pool {
         }
     }
 
-    /// Picks a backend for a request and counts the request in flight there.
-    /// Returns the pingora peer to connect to, or `None` when no backend can take it.
-    pub fn pick(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> Option<(HttpPeer, InFlight)> {
+    /// Picks a backend for one attempt of a request and counts it in flight there.
+    ///
+    /// Only backends that can take traffic (healthy, not ejected) are candidates,
+    /// unless fewer than `panic_threshold` percent can: then all are, so the few
+    /// left are not crushed. A backend in slow start is passed over in proportion
+    /// to how far its ramp has to go. Backends in `tried` are avoided while
+    /// another candidate exists. `timeout` bounds each wait for the answer.
+    pub fn pick(
+        &self,
+        headers: &HeaderMap,
+        client_ip: Option<IpAddr>,
+        tried: &[SocketAddr],
+        timeout: Duration,
+    ) -> Option<Pick> {
+        let now = Instant::now();
+        let serving: Vec<Option<Duration>> = self
+            .backends
+            .iter()
+            .map(|b| match b.availability(now, self.health.as_ref()) {
+                Availability::Serving(since) => Some(since),
+                _ => None,
+            })
+            .collect();
+        let up = serving.iter().filter(|s| s.is_some()).count();
+        let panic = up * 100 < usize::from(self.panic_threshold) * self.backends.len();
+        self.note_panic(panic, up);
+
+        let index_of = |backend: &Backend| {
+            self.backends
+                .iter()
+                .position(|b| std::ptr::eq(&**b, backend))
+        };
+        let candidate = |backend: &Backend, avoid_tried: bool, ramp: bool| {
+            let Some(i) = index_of(backend) else {
+                return false;
+            };
+            let usable = panic || serving[i].is_some();
+            let fresh = !avoid_tried || !tried.contains(&backend.addr);
+            let ramped = !ramp || serving[i].is_none_or(|since| self.passes_slow_start(since));
+            usable && fresh && ramped
+        };
         let hash = self.request_hash(headers, client_ip);
-        let backend = self.select(hash, &|_| true)?;
-        Some((self.peer(backend), backend.start_request()))
+        let ramp = self.hash_key.is_none() && !self.slow_start.is_zero();
+        let backend = self
+            .select(hash, &|b| candidate(b, true, ramp))
+            .or_else(|| self.select(hash, &|b| candidate(b, true, false)))
+            .or_else(|| self.select(hash, &|b| candidate(b, false, false)))?;
+        Some(Pick {
+            peer: self.peer(backend, timeout),
+            in_flight: backend.start_request(),
+            panic,
+        })
     }
 
-    /// The pingora peer for a backend of this pool, with the pool's timeouts.
-    /// The request timeout bounds each wait for the backend to send more of its answer.
-    fn peer(&self, backend: &Backend) -> HttpPeer {
+    /// Slow start: a backend serving for `since` of the pool's `slow_start` is
+    /// picked with that share of probability (at least [`SLOW_START_FLOOR`]).
+    fn passes_slow_start(&self, since: Duration) -> bool {
+        if since >= self.slow_start {
+            return true;
+        }
+        let share = (since.as_secs_f64() / self.slow_start.as_secs_f64()).max(SLOW_START_FLOOR);
+        fastrand::f64() < share
+    }
+
+    fn note_panic(&self, panic: bool, up: usize) {
+        if self.state.panicking.swap(panic, Ordering::Relaxed) != panic {
+            if panic {
+                log::warn!(
+                    "pool {}: panic mode, only {up} of {} backends can take traffic; spreading over all",
+                    self.name,
+                    self.backends.len()
+                );
+            } else {
+                log::info!(
+                    "pool {}: panic mode over, {up} of {} backends up",
+                    self.name,
+                    self.backends.len()
+                );
+            }
+        }
+    }
+
+    /// Feeds one attempt's result into the backend's passive health and load, and
+    /// ejects it when it crossed a threshold and the pool may lose it.
+    pub fn record_result(&self, backend: &Backend, signal: Signal, latency: Duration) {
+        backend.observe(latency, signal != Signal::Success);
+        if !backend.record_signal(signal, &self.outlier) {
+            return;
+        }
+        let now = Instant::now();
+        let ejected = self
+            .backends
+            .iter()
+            .filter(|b| b.availability(now, None) == Availability::Ejected)
+            .count();
+        let limit = self.backends.len() * usize::from(self.outlier.max_ejected_percent) / 100;
+        if ejected < limit {
+            let time = backend.eject(&self.outlier);
+            log::warn!(
+                "pool {}: backend {} ejected for {time:?} ({signal:?})",
+                self.name,
+                backend.addr
+            );
+        } else {
+            log::warn!(
+                "pool {}: backend {} keeps failing but {ejected} of {} are already ejected (max_ejected_percent {})",
+                self.name,
+                backend.addr,
+                self.backends.len(),
+                self.outlier.max_ejected_percent
+            );
+        }
+    }
+
+    /// The pingora peer for a backend of this pool, with the pool's connect timeout;
+    /// `timeout` bounds each wait for the backend to send more of its answer.
+    fn peer(&self, backend: &Backend, timeout: Duration) -> HttpPeer {
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.request_timeout);
-        peer.options.write_timeout = Some(self.request_timeout);
+        peer.options.connection_timeout = Some(self.connect_timeout.min(timeout));
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
         peer
     }
 }
@@ -110,11 +259,15 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn pool(balance: &str) -> Pool {
+    fn pool(extra: &str, backends: usize) -> Pool {
+        let list: Vec<String> = (0..backends)
+            .map(|i| format!("{{ addr = \"127.0.0.1:{}\" }}", 9000 + i))
+            .collect();
         let text = format!(
-            "[[pools]]\nname = \"p\"\n{balance}\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n"
+            "[[pools]]\nname = \"p\"\nbackends = [{}]\n{extra}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+            list.join(", ")
         );
-        let config = Config::from_toml(&text).expect("valid");
+        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e:?}"));
         Pool::new(&config.pools[0], &Registry::default())
     }
 
@@ -126,21 +279,125 @@ mod tests {
         map
     }
 
+    fn pick_port(pool: &Pool, tried: &[SocketAddr]) -> Option<(u16, bool)> {
+        pool.pick(&HeaderMap::new(), None, tried, Duration::from_secs(1))
+            .map(|p| (p.in_flight.backend().addr.port(), p.panic))
+    }
+
     #[test]
     fn hashes_the_configured_key_only() {
-        let by_header = pool("balance = \"consistent_hash\"\nhash_key = \"header:x-cart-id\"");
+        let by_header = pool(
+            "balance = \"consistent_hash\"\nhash_key = \"header:x-cart-id\"",
+            1,
+        );
         let cart = headers(&[("x-cart-id", "c1")]);
         assert_eq!(by_header.request_hash(&cart, None), Some(key_hash(b"c1")));
         assert_eq!(by_header.request_hash(&HeaderMap::new(), None), None);
 
-        let by_cookie = pool("balance = \"consistent_hash\"\nhash_key = \"cookie:cart\"");
+        let by_cookie = pool(
+            "balance = \"consistent_hash\"\nhash_key = \"cookie:cart\"",
+            1,
+        );
         let cookies = headers(&[("cookie", "a=1; cart=c9"), ("cookie", "b=2")]);
-        assert_eq!(by_cookie.request_hash(&cookies, None), Some(key_hash(b"c9")));
+        assert_eq!(
+            by_cookie.request_hash(&cookies, None),
+            Some(key_hash(b"c9"))
+        );
 
-        let by_ip = pool("balance = \"consistent_hash\"\nhash_key = \"client_ip\"");
+        let by_ip = pool("balance = \"consistent_hash\"\nhash_key = \"client_ip\"", 1);
         let ip = IpAddr::from([10, 0, 0, 1]);
-        assert_eq!(by_ip.request_hash(&HeaderMap::new(), Some(ip)), Some(key_hash(b"10.0.0.1")));
+        assert_eq!(
+            by_ip.request_hash(&HeaderMap::new(), Some(ip)),
+            Some(key_hash(b"10.0.0.1"))
+        );
 
-        assert_eq!(pool("").request_hash(&cart, Some(ip)), None);
+        assert_eq!(pool("", 1).request_hash(&cart, Some(ip)), None);
+    }
+
+    #[test]
+    fn avoids_tried_backends_while_another_exists() {
+        let pool = pool("", 2);
+        let first = SocketAddr::from(([127, 0, 0, 1], 9000));
+        for _ in 0..10 {
+            assert_eq!(pick_port(&pool, &[first]), Some((9001, false)));
+        }
+        let both = [first, SocketAddr::from(([127, 0, 0, 1], 9001))];
+        assert!(pick_port(&pool, &both).is_some(), "all tried: any will do");
+    }
+
+    #[test]
+    fn ejection_respects_max_ejected_percent() {
+        let pool = pool(
+            "[pools.outlier]\nconsecutive_gateway_failures = 1\nmax_ejected_percent = 50",
+            4,
+        );
+        for backend in pool.backends() {
+            pool.record_result(backend, Signal::GatewayFailure, Duration::ZERO);
+        }
+        let now = Instant::now();
+        let ejected = pool
+            .backends()
+            .iter()
+            .filter(|b| b.availability(now, None) == Availability::Ejected)
+            .count();
+        assert_eq!(ejected, 2);
+        for _ in 0..20 {
+            let (port, panic) = pick_port(&pool, &[]).expect("a pick");
+            assert!(port == 9002 || port == 9003, "{port}");
+            assert!(
+                !panic,
+                "half the pool is up: at the threshold, not under it"
+            );
+        }
+    }
+
+    #[test]
+    fn panics_and_spreads_over_all_when_too_few_are_healthy() {
+        let pool = pool("[pools.health]\nkind = \"tcp\"\n", 4);
+        let health = pool.health().cloned().expect("health");
+        pool.backends()[0].record_probe(true, &health);
+        // 1 of 4 up is under the default 50%: all four take traffic.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let (port, panic) = pick_port(&pool, &[]).expect("a pick");
+            assert!(panic);
+            seen.insert(port);
+        }
+        assert_eq!(seen.len(), 4);
+        for backend in &pool.backends()[1..3] {
+            backend.record_probe(true, &health);
+        }
+        for _ in 0..50 {
+            let (port, panic) = pick_port(&pool, &[]).expect("a pick");
+            assert!(!panic);
+            assert_ne!(port, 9003, "the unproven backend gets nothing");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_returning_backend_up() {
+        let pool = pool(
+            "slow_start = \"10s\"\nbalance = \"random\"\n[pools.health]\nkind = \"tcp\"\n",
+            2,
+        );
+        let health = pool.health().cloned().expect("health");
+        pool.backends()[0].record_probe(true, &health);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        pool.backends()[1].record_probe(true, &health);
+        let share = |pool: &Pool| {
+            let picks = 2000;
+            let on_new = (0..picks)
+                .filter(|_| pick_port(pool, &[]).map(|p| p.0) == Some(9001))
+                .count();
+            on_new as f64 / picks as f64
+        };
+        let at_start = share(&pool);
+        assert!(at_start < 0.15, "{at_start}");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let halfway = share(&pool);
+        assert!((0.25..0.42).contains(&halfway), "{halfway}");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let done = share(&pool);
+        assert!((0.44..0.56).contains(&done), "{done}");
     }
 }

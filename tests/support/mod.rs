@@ -98,8 +98,14 @@ impl Fleet {
 
     /// Sets the mode of one backend (`PUT /__sim/mode`), e.g. `{"latency_ms":200}`.
     pub fn set_mode(&self, backend: SocketAddr, mode: &str) {
-        let response = request(backend, "PUT", "/__sim/mode", &[("content-type", "application/json")], mode.as_bytes())
-            .expect("PUT /__sim/mode");
+        let response = request(
+            backend,
+            "PUT",
+            "/__sim/mode",
+            &[("content-type", "application/json")],
+            mode.as_bytes(),
+        )
+        .expect("PUT /__sim/mode");
         assert_eq!(response.status, 200, "set mode: {}", response.text());
     }
 
@@ -173,7 +179,9 @@ impl Proxy {
     /// (pools and routes), and waits until it accepts connections.
     pub fn start(body: &str) -> Proxy {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let text = format!("[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period = \"0s\"\n\n{body}");
+        let text = format!(
+            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period = \"0s\"\n\n{body}"
+        );
         let config = TempFile::new("ordergate.toml", &text);
         let child = Command::new(bin())
             .args(["run", "-c"])
@@ -203,7 +211,13 @@ impl Proxy {
     }
 
     /// A request through the proxy; panics on a reset or empty reply.
-    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         request(self.addr, method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"))
     }
@@ -249,7 +263,8 @@ impl Response {
 
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     /// Which simulated backend answered.
@@ -275,7 +290,9 @@ pub fn request(
     body: &[u8],
 ) -> Result<Response, HttpError> {
     let mut stream = TcpStream::connect(addr).map_err(HttpError::Io)?;
-    stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(HttpError::Io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(HttpError::Io)?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         head.push_str("Host: shop.test\r\n");
@@ -296,7 +313,9 @@ pub fn request(
 
 fn io_error(e: std::io::Error) -> HttpError {
     match e.kind() {
-        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => HttpError::Reset,
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+            HttpError::Reset
+        }
         _ => HttpError::Io(e),
     }
 }

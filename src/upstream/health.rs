@@ -1,0 +1,252 @@
+//! Active health checks: the per-backend state machine (rise and fall thresholds)
+//! and the probes themselves (HTTP/1.1 or TCP connect).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{HealthConfig, Probe};
+
+/// What active checks know of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No probe has passed yet (a new backend).
+    Unproven,
+    /// Probes pass.
+    Healthy,
+    /// Probes fail.
+    Unhealthy,
+}
+
+impl Health {
+    /// Lower-case name for logs and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unproven => "unproven",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// Consecutive probe results and the health they add up to.
+#[derive(Debug, Clone)]
+pub struct HealthState {
+    health: Health,
+    passes: u32,
+    failures: u32,
+}
+
+impl HealthState {
+    /// A new backend's state.
+    pub fn new() -> HealthState {
+        HealthState {
+            health: Health::Unproven,
+            passes: 0,
+            failures: 0,
+        }
+    }
+
+    /// The current health.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Counts one probe result; returns the new health when it changed. A new
+    /// backend becomes healthy on its first passing probe; after that, it takes
+    /// `healthy_threshold` passes in a row to come back and `unhealthy_threshold`
+    /// failures in a row to go down.
+    pub fn record(&mut self, passed: bool, config: &HealthConfig) -> Option<Health> {
+        let next = if passed {
+            self.passes += 1;
+            self.failures = 0;
+            match self.health {
+                Health::Unproven => Health::Healthy,
+                Health::Unhealthy if self.passes >= config.healthy_threshold => Health::Healthy,
+                other => other,
+            }
+        } else {
+            self.failures += 1;
+            self.passes = 0;
+            if self.failures >= config.unhealthy_threshold {
+                Health::Unhealthy
+            } else {
+                self.health
+            }
+        };
+        let changed = next != self.health;
+        self.health = next;
+        changed.then_some(next)
+    }
+}
+
+impl Default for HealthState {
+    fn default() -> Self {
+        HealthState::new()
+    }
+}
+
+/// The wait before a backend's next probe: the interval plus a random share of
+/// the jitter, so probes of many backends drift apart.
+pub fn next_probe_delay(config: &HealthConfig) -> Duration {
+    let jitter_nanos = config.jitter.as_nanos().min(u128::from(u64::MAX)) as u64;
+    config.interval + Duration::from_nanos(fastrand::u64(0..=jitter_nanos))
+}
+
+/// Probes a backend once; `Ok` when it passes, `Err` says why not.
+pub async fn probe(addr: SocketAddr, config: &HealthConfig) -> Result<(), String> {
+    match tokio::time::timeout(config.timeout, probe_inner(addr, &config.probe)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {:?}", config.timeout)),
+    }
+}
+
+async fn probe_inner(addr: SocketAddr, probe: &Probe) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let Probe::Http {
+        method,
+        path,
+        host,
+        expect_status,
+    } = probe
+    else {
+        return Ok(());
+    };
+    let host = host.clone().unwrap_or_else(|| addr.to_string());
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ordergate-health\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    // The status line fits in the first read of a sane server; read a little more
+    // only when it does not.
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 || head.len() > 4096 {
+            return Err("connection closed before a status line".to_string());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let status = parse_status(&head).ok_or("the answer is not HTTP")?;
+    if expect_status.contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+fn parse_status(head: &[u8]) -> Option<u16> {
+    let line = head.split(|b| *b == b'\n').next()?;
+    let text = std::str::from_utf8(line).ok()?;
+    let mut parts = text.split_whitespace();
+    parts.next().filter(|v| v.starts_with("HTTP/"))?;
+    parts.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rise: u32, fall: u32) -> HealthConfig {
+        HealthConfig {
+            probe: Probe::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(200),
+            jitter: Duration::from_millis(100),
+            healthy_threshold: rise,
+            unhealthy_threshold: fall,
+            start_healthy: false,
+        }
+    }
+
+    #[test]
+    fn first_pass_proves_a_new_backend_then_thresholds_apply() {
+        let config = config(2, 3);
+        let mut state = HealthState::new();
+        assert_eq!(state.record(true, &config), Some(Health::Healthy));
+        assert_eq!(state.record(false, &config), None);
+        assert_eq!(state.record(false, &config), None);
+        assert_eq!(
+            state.record(true, &config),
+            None,
+            "a pass resets the failure count"
+        );
+        assert_eq!(state.record(false, &config), None);
+        assert_eq!(state.record(false, &config), None);
+        assert_eq!(state.record(false, &config), Some(Health::Unhealthy));
+        assert_eq!(state.record(true, &config), None);
+        assert_eq!(state.record(true, &config), Some(Health::Healthy));
+    }
+
+    #[test]
+    fn an_unproven_backend_that_fails_goes_down() {
+        let config = config(2, 2);
+        let mut state = HealthState::new();
+        assert_eq!(state.record(false, &config), None);
+        assert_eq!(state.health(), Health::Unproven);
+        assert_eq!(state.record(false, &config), Some(Health::Unhealthy));
+    }
+
+    #[test]
+    fn probe_delay_stays_within_interval_plus_jitter() {
+        let config = config(1, 1);
+        let delays: Vec<Duration> = (0..1000).map(|_| next_probe_delay(&config)).collect();
+        assert!(delays
+            .iter()
+            .all(|d| *d >= config.interval && *d <= config.interval + config.jitter));
+        let spread = delays.iter().max().copied().unwrap_or_default()
+            - delays.iter().min().copied().unwrap_or_default();
+        assert!(
+            spread > Duration::from_millis(80),
+            "jitter spreads probes: {spread:?}"
+        );
+    }
+
+    #[test]
+    fn parses_status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(parse_status(b"HTTP/1.0 503 Busy\r\nx: y"), Some(503));
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
+    }
+
+    #[tokio::test]
+    async fn http_probe_checks_the_status_and_tcp_probe_the_connection() {
+        use tokio::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for status in [200, 503] {
+                if let Ok((mut stream, _)) = listener.accept().await {
+                    let mut buf = [0u8; 512];
+                    let _ = stream.read(&mut buf).await;
+                    let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                }
+            }
+        });
+        let http = HealthConfig {
+            probe: Probe::Http {
+                method: http::Method::GET,
+                path: "/health".into(),
+                host: None,
+                expect_status: vec![200],
+            },
+            ..config(1, 1)
+        };
+        assert_eq!(probe(addr, &http).await, Ok(()));
+        assert_eq!(probe(addr, &http).await, Err("status 503".to_string()));
+        let closed = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert!(probe(closed, &config(1, 1)).await.is_err());
+    }
+}
