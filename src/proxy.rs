@@ -337,15 +337,16 @@ impl ProxyHttp for Proxy {
         if log::log_enabled!(target: "access", log::Level::Info) {
             let request = session.req_header();
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            let tried: Vec<String> = ctx.tried.iter().map(ToString::to_string).collect();
             log::info!(
                 target: "access",
-                "{} {} {} status={} backend={} tries={} outcome={} error={}",
+                "{} {} {} status={} backend={} tried={} outcome={} error={}",
                 ctx.request_id,
                 request.method,
                 request.uri,
                 status,
                 backend.as_ref().map_or_else(|| "-".to_string(), |b| b.backend().addr.to_string()),
-                ctx.tries(),
+                if tried.is_empty() { "-".to_string() } else { tried.join(",") },
                 ctx.outcome.map_or("-", Outcome::reason),
                 error.map_or_else(|| "-".to_string(), |e| e.etype().as_str().to_string()),
             );

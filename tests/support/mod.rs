@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The binary under test.
@@ -46,7 +46,7 @@ impl Drop for Process {
 pub struct Fleet {
     /// The backends' addresses, in the order they were asked for.
     pub addrs: Vec<SocketAddr>,
-    _process: Process,
+    process: Process,
 }
 
 impl Fleet {
@@ -90,10 +90,13 @@ impl Fleet {
                 Err(_) => panic!("sim did not report {n} listeners within 10s (got {addrs:?})"),
             }
         }
-        Fleet {
-            addrs,
-            _process: process,
-        }
+        Fleet { addrs, process }
+    }
+
+    /// Kills the fleet's process with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
     }
 
     /// Sets the mode of one backend (`PUT /__sim/mode`), e.g. `{"latency_ms":200}`.
@@ -170,6 +173,7 @@ pub fn free_port() -> u16 {
 pub struct Proxy {
     /// Where it listens.
     pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<(Instant, String)>>>,
     _config: TempFile,
     _process: Process,
 }
@@ -183,26 +187,67 @@ impl Proxy {
             "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period = \"0s\"\n\n{body}"
         );
         let config = TempFile::new("ordergate.toml", &text);
-        let child = Command::new(bin())
+        let mut child = Command::new(bin())
             .args(["run", "-c"])
             .arg(&config.path)
+            .env(
+                "RUST_LOG",
+                "info,pingora_core=warn,pingora_proxy=warn,access=info",
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ordergate run");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(mut logs) = logs.lock() {
+                        logs.push((Instant::now(), line));
+                    }
+                }
+            });
+        }
         let mut process = Process(child);
         let up = wait_until(Duration::from_secs(15), || {
             if let Ok(Some(status)) = process.0.try_wait() {
-                panic!("ordergate exited early ({status}) with config:\n{text}");
+                std::thread::sleep(Duration::from_millis(100));
+                let logs: Vec<String> = logs
+                    .lock()
+                    .map(|l| l.iter().map(|(_, line)| line.clone()).collect())
+                    .unwrap_or_default();
+                panic!(
+                    "ordergate exited early ({status}) with config:\n{text}\n{}",
+                    logs.join("\n")
+                );
             }
             TcpStream::connect(addr).is_ok()
         });
         assert!(up, "ordergate did not listen on {addr} within 15s");
         Proxy {
             addr,
+            logs,
             _config: config,
             _process: process,
         }
+    }
+
+    /// The lines ordergate wrote to stderr so far, each with when it arrived.
+    pub fn logs(&self) -> Vec<(Instant, String)> {
+        self.logs
+            .lock()
+            .map(|logs| logs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Access-log lines so far (`RUST_LOG` enables them for tests).
+    pub fn access_log(&self) -> Vec<(Instant, String)> {
+        self.logs()
+            .into_iter()
+            .filter(|(_, line)| line.contains(" access]"))
+            .collect()
     }
 
     /// `GET path` through the proxy.
