@@ -333,13 +333,23 @@ impl Config {
                 .iter()
                 .map(|b| format!("{} (weight {})", b.addr, b.weight))
                 .collect();
+            let health = match &pool.health {
+                Some(HealthConfig {
+                    probe: Probe::Http { path, .. },
+                    interval,
+                    ..
+                }) => format!("probe {path} every {interval:?}"),
+                Some(HealthConfig { interval, .. }) => format!("probe TCP every {interval:?}"),
+                None => "no probes".to_string(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<16} {}, connect {:?}, request {:?}: {}",
+                "  {:<16} {}, connect {:?}, request {:?}, {}: {}",
                 pool.name,
                 balance,
                 pool.connect_timeout,
                 pool.request_timeout,
+                health,
                 backends.join(", ")
             );
         }
