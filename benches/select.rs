@@ -67,7 +67,7 @@ fn main() {
         Ok(config) => config,
         Err(errors) => panic!("bench config is invalid: {errors:?}"),
     };
-    let state = State::new(&config);
+    let state = State::new(config, None);
     let snapshot = state.snapshot();
     let iterations = 1_000_000;
 

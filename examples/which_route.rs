@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         eprintln!("{method:?} is not an HTTP method");
         return ExitCode::from(2);
     };
-    let snapshot = State::new(&config).snapshot();
+    let snapshot = State::new(config, None).snapshot();
     let host = rest.first().map(String::as_str);
     let found = snapshot
         .routes

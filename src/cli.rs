@@ -32,6 +32,10 @@ pub enum Command {
         /// Config file (TOML); see conf/ordergate.toml for every key.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Take over the listening sockets of a running ordergate (graceful
+        /// upgrade): start this, then send SIGQUIT to the old process.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file: print every problem, or a summary when it is valid.
     Check {

@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::admission::Permit;
 use crate::respond::Outcome;
 use crate::route::Route;
 use crate::state::Snapshot;
@@ -16,20 +18,35 @@ use crate::upstream::{InFlight, Pool};
 pub struct RequestCtx {
     /// The config snapshot this request uses from start to end.
     pub snapshot: Arc<Snapshot>,
+    /// When the request arrived.
+    pub started: Instant,
     /// The request id, sent upstream and back to the client.
     pub request_id: String,
     /// The matched route, as an index into `snapshot.routes`.
     pub route: Option<usize>,
     /// When the route's overall deadline passes.
     pub deadline: Option<Instant>,
+    /// The pool slot this request holds, released when the context drops.
+    pub permit: Option<Permit>,
+    /// Time spent waiting for the permit.
+    pub queue_wait: Duration,
     /// The attempt now in flight at a backend, counted until this drops.
     pub in_flight: Option<InFlight>,
     /// Backends tried so far, in order.
     pub tried: Vec<SocketAddr>,
     /// The wait before the next attempt, when a retry was decided.
     pub backoff: Option<Duration>,
+    /// Time from the last attempt's start to its response header.
+    pub upstream_time: Option<Duration>,
     /// How the request ended, when ordergate rather than a backend decided.
     pub outcome: Option<Outcome>,
+    /// Retry-After to show on the page, when known better than the default
+    /// (shedding estimate, a backend's own Retry-After).
+    pub retry_after: Option<u32>,
+    /// The page that replaces an intercepted backend 5xx body.
+    pub page_body: Option<Bytes>,
+    /// Response body bytes sent to the client.
+    pub bytes_sent: usize,
 }
 
 impl RequestCtx {
@@ -37,13 +54,20 @@ impl RequestCtx {
     pub fn new(snapshot: Arc<Snapshot>) -> RequestCtx {
         RequestCtx {
             snapshot,
+            started: Instant::now(),
             request_id: String::new(),
             route: None,
             deadline: None,
+            permit: None,
+            queue_wait: Duration::ZERO,
             in_flight: None,
             tried: Vec::new(),
             backoff: None,
+            upstream_time: None,
             outcome: None,
+            retry_after: None,
+            page_body: None,
+            bytes_sent: 0,
         }
     }
 
@@ -54,6 +78,18 @@ impl RequestCtx {
         Some((route, pool))
     }
 
+    /// The pages for this request: the route's own, or the server's.
+    pub fn pages(&self) -> &crate::config::Pages {
+        self.route_and_pool()
+            .and_then(|(route, _)| route.pages.as_ref())
+            .unwrap_or(&self.snapshot.pages)
+    }
+
+    /// The route's name for labels and logs, `(none)` when no route matched.
+    pub fn route_name(&self) -> &str {
+        self.route_and_pool().map_or("(none)", |(route, _)| route.name.as_str())
+    }
+
     /// Tries made so far.
     pub fn tries(&self) -> u32 {
         self.tried.len() as u32
@@ -61,8 +97,7 @@ impl RequestCtx {
 
     /// Time left before the route's deadline.
     pub fn remaining(&self) -> Duration {
-        self.deadline.map_or(Duration::ZERO, |d| {
-            d.saturating_duration_since(Instant::now())
-        })
+        self.deadline
+            .map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()))
     }
 }

@@ -45,5 +45,5 @@ pub fn run(listen: SocketAddr) -> Result<(), String> {
         fleet[0]
     );
     println!("Stop with Ctrl-C.");
-    crate::server::run(config)
+    crate::server::run(config, crate::server::RunOptions::default())
 }

@@ -19,16 +19,20 @@
 //! state::Snapshot`; live backend state sits in `upstream::Registry` and outlives
 //! snapshots.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod admission;
 pub mod ctx;
 pub mod demo;
 pub mod forward;
 pub mod proxy;
+pub mod reload;
 pub mod respond;
 pub mod retry;
 pub mod route;
 pub mod server;
 pub mod sim;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;

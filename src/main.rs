@@ -1,20 +1,20 @@
 //! The `ordergate` binary: parse the command line, then serve, check, demo or sim.
 //! Every failure exits 1 with a message; nothing panics on user input.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use ordergate::cli::{Cli, Command};
 use ordergate::config::Config;
+use ordergate::server::RunOptions;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match (cli.command, cli.config) {
-        (Some(Command::Run { config }), _) | (None, Some(config)) => {
-            load(&config).and_then(ordergate::server::run)
-        }
+        (Some(Command::Run { config, upgrade }), _) => serve(config, upgrade),
+        (None, Some(config)) => serve(config, false),
         (Some(Command::Check { config }), _) => check(&config),
         (Some(Command::Demo { listen }), _) => ordergate::demo::run(listen),
         (Some(Command::Sim(args)), _) => ordergate::sim::run(args),
@@ -35,6 +35,15 @@ fn main() -> ExitCode {
 fn init_logging() {
     let default = "info,pingora_core=warn,pingora_proxy=warn,access=off";
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+}
+
+fn serve(path: PathBuf, upgrade: bool) -> Result<(), String> {
+    let config = load(&path)?;
+    let options = RunOptions {
+        source: Some(path),
+        upgrade,
+    };
+    ordergate::server::run(config, options)
 }
 
 fn load(path: &Path) -> Result<Config, String> {

@@ -1,21 +1,25 @@
 //! The pingora `ProxyHttp` implementation. Each phase only wires: the decisions
-//! live in `route`, `upstream`, `retry`, `forward` and `respond`.
+//! live in `route`, `admission`, `upstream`, `retry`, `forward` and `respond`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use tokio::time::Instant;
 
+use crate::admission::Reject;
+use crate::config::RateKey;
 use crate::ctx::RequestCtx;
 use crate::forward;
-use crate::respond::{self, Outcome};
+use crate::respond::{self, Outcome, PageContext};
 use crate::retry::{self, Attempt, Failure};
 use crate::state::State;
+use crate::telemetry::{AccessLogger, AccessRecord, UpstreamResult};
 use crate::upstream::outlier::Signal;
 
 /// The error that turns a backend's retryable status (e.g. 503) into another try.
@@ -25,12 +29,26 @@ const RETRYABLE_STATUS: ErrorType = ErrorType::new("RetryableUpstreamStatus");
 #[derive(Debug)]
 pub struct Proxy {
     state: Arc<State>,
+    access_log: AccessLogger,
 }
 
 impl Proxy {
-    /// A proxy serving the given state.
-    pub fn new(state: Arc<State>) -> Proxy {
-        Proxy { state }
+    /// A proxy serving the given state, writing access records to `access_log`.
+    pub fn new(state: Arc<State>, access_log: AccessLogger) -> Proxy {
+        Proxy { state, access_log }
+    }
+
+    /// Answers the request with ordergate's own page for `outcome`.
+    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, outcome: Outcome) -> Result<bool> {
+        ctx.outcome = Some(outcome);
+        self.state.metrics.rejection(ctx.route_name(), outcome.reason());
+        let context = PageContext {
+            request_id: &ctx.request_id,
+            retry_after: ctx.retry_after,
+            wait_seconds: ctx.retry_after,
+        };
+        respond::send(session, ctx.pages(), outcome, &context).await?;
+        Ok(true)
     }
 }
 
@@ -53,31 +71,58 @@ fn request_host(request: &RequestHeader) -> Option<&str> {
 
 /// A backend's `Retry-After`, in seconds (the HTTP-date form is not honoured).
 fn retry_after(response: &ResponseHeader) -> Option<Duration> {
-    let seconds = response
-        .headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
+    let seconds = response.headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     seconds.trim().parse().ok().map(Duration::from_secs)
 }
 
-/// Passive health and the retry decision for a failed attempt. Returns whether
-/// to try again; sets the backoff and the outcome the shopper sees otherwise.
+/// Whole seconds for a Retry-After header: rounded up, at least 1.
+fn whole_seconds(wait: Duration) -> u32 {
+    (wait.as_millis().div_ceil(1000)).clamp(1, 3600) as u32
+}
+
+/// The key a route's rate limit counts the request under.
+fn rate_key(key: &RateKey, session: &Session) -> String {
+    match key {
+        RateKey::ClientIp => client_ip(session).map_or_else(String::new, |ip| ip.to_string()),
+        RateKey::Header(name) => session
+            .req_header()
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default(),
+    }
+}
+
+/// Resolves when the client closes its connection while the request waits in a
+/// queue. Requests whose body is still unread are not watched (reading would
+/// consume the body).
+async fn client_closed(session: &mut Session) {
+    if session.as_mut().is_body_done() && session.as_mut().read_body_or_idle(true).await.is_err() {
+        return;
+    }
+    std::future::pending::<()>().await
+}
+
+/// Passive health, metrics and the retry decision for a failed attempt. Returns
+/// whether to try again (and sets the backoff).
 fn after_failure(
+    state: &State,
     session: &Session,
     ctx: &mut RequestCtx,
     failure: Failure,
     retry_after: Option<Duration>,
 ) -> bool {
-    let signal = match failure {
-        Failure::Status(code) => Signal::from_status(code),
-        _ => Signal::GatewayFailure,
+    let (signal, result) = match failure {
+        Failure::Status(code) => (Signal::from_status(code), UpstreamResult::ServerError),
+        Failure::ConnectFailed => (Signal::GatewayFailure, UpstreamResult::ConnectFailed),
+        Failure::Reset => (Signal::GatewayFailure, UpstreamResult::Reset),
+        Failure::Timeout => (Signal::GatewayFailure, UpstreamResult::Timeout),
     };
     let Some((route, pool)) = ctx.route_and_pool() else {
         return false;
     };
     if let Some(in_flight) = &ctx.in_flight {
-        pool.record_result(in_flight.backend(), signal, in_flight.elapsed());
+        pool.record_result(in_flight.backend(), result, signal, in_flight.elapsed());
     }
     let request = session.req_header();
     // A body larger than pingora's retry buffer cannot be sent again.
@@ -91,11 +136,7 @@ fn after_failure(
         retry_after,
     };
     let verdict = retry::decide(&route.retry, &attempt).and_then(|backoff| {
-        if pool
-            .state
-            .retry_budget
-            .try_retry(Instant::now(), pool.retry_budget())
-        {
+        if pool.state.retry_budget.try_retry(Instant::now(), pool.retry_budget()) {
             Ok(backoff)
         } else {
             Err(retry::Stop::Budget)
@@ -103,15 +144,15 @@ fn after_failure(
     });
     match verdict {
         Ok(backoff) => {
+            state.metrics.retry(&route.name, failure.as_str());
             ctx.backoff = Some(backoff);
             true
         }
         Err(stop) => {
-            log::debug!(
-                "request {}: no retry after {failure:?}: {}",
-                ctx.request_id,
-                stop.as_str()
-            );
+            state.metrics.retry_denied(&route.name, stop.as_str());
+            if let Some(wait) = retry_after {
+                ctx.retry_after = Some(whole_seconds(wait));
+            }
             false
         }
     }
@@ -127,41 +168,74 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let request = session.req_header();
-        ctx.request_id =
-            forward::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
-        ctx.route = ctx.snapshot.routes.classify(
-            request_host(request),
-            request.uri.path(),
-            &request.method,
-        );
+        ctx.request_id = forward::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
+        ctx.route = ctx
+            .snapshot
+            .routes
+            .classify(request_host(request), request.uri.path(), &request.method);
+        let Some((route, pool)) = ctx.route_and_pool() else {
+            return self.answer(session, ctx, Outcome::NoRoute).await;
+        };
         let now = Instant::now();
-        let deadline = ctx.route_and_pool().map(|(route, pool)| {
-            pool.state.retry_budget.record_request(now);
-            now + route.timeout
-        });
-        if deadline.is_some() {
-            ctx.deadline = deadline;
-            return Ok(false);
+        let deadline = now + route.timeout;
+        let priority = route.priority;
+        let admission = Arc::clone(&pool.state.admission);
+        pool.state.retry_budget.record_request(now);
+        if let Some((limit, rate)) = &route.rate_limit {
+            let seen = rate.observe(&rate_key(&limit.key, session), 1);
+            if seen > limit.requests_per_second as isize {
+                ctx.retry_after = Some(1);
+                return self.answer(session, ctx, Outcome::RateLimited).await;
+            }
         }
-        ctx.outcome = Some(Outcome::NoRoute);
-        respond::send(session, Outcome::NoRoute, &ctx.request_id).await?;
-        Ok(true)
+        let capacity = pool.capacity();
+        ctx.deadline = Some(deadline);
+        if capacity == 0 {
+            // Nothing can take the request: say so now rather than queue it.
+            return self.answer(session, ctx, Outcome::NoHealthyBackend).await;
+        }
+        admission.set_capacity(capacity);
+
+        let admitted = tokio::select! {
+            admitted = admission.admit(priority, deadline) => Some(admitted),
+            () = client_closed(session) => None,
+        };
+        ctx.queue_wait = now.elapsed();
+        match admitted {
+            Some(Ok(permit)) => {
+                ctx.permit = Some(permit);
+                if !ctx.queue_wait.is_zero() {
+                    let pool = ctx.route_and_pool().map_or("", |(_, pool)| pool.name.as_str());
+                    self.state.metrics.queue_wait(pool, priority.as_str(), ctx.queue_wait.as_secs_f64());
+                }
+                Ok(false)
+            }
+            Some(Err(reject)) => {
+                let (outcome, wait) = match reject {
+                    Reject::QueueFull { retry_after } => (Outcome::QueueFull, retry_after),
+                    Reject::QueueTimeout { retry_after } => (Outcome::QueueTimeout, retry_after),
+                    Reject::Shed { expected_wait } => (Outcome::Shed, expected_wait),
+                };
+                ctx.retry_after = Some(whole_seconds(wait));
+                self.answer(session, ctx, outcome).await
+            }
+            None => {
+                ctx.outcome = Some(Outcome::ClientGone);
+                Err(Error::explain(ConnectionClosed, "the client left while waiting in the queue").into_down())
+            }
+        }
     }
 
-    async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         if let Some(backoff) = ctx.backoff.take() {
             tokio::time::sleep(backoff).await;
         }
         // The previous attempt, if any, is over.
         ctx.in_flight = None;
         let remaining = ctx.remaining();
-        let (route, pool) = ctx.route_and_pool().ok_or_else(|| {
-            Error::explain(InternalError, "no route was set before upstream_peer")
-        })?;
+        let (route, pool) = ctx
+            .route_and_pool()
+            .ok_or_else(|| Error::explain(InternalError, "no route was set before upstream_peer"))?;
         let timeout = route
             .retry
             .per_try_timeout
@@ -170,16 +244,9 @@ impl ProxyHttp for Proxy {
             .min(remaining);
         if timeout.is_zero() {
             ctx.outcome = Some(Outcome::UpstreamTimeout);
-            return Err(
-                Error::explain(ReadTimedout, "the route's deadline passed before a try").into_up(),
-            );
+            return Err(Error::explain(ReadTimedout, "the route's deadline passed before a try").into_up());
         }
-        match pool.pick(
-            &session.req_header().headers,
-            client_ip(session),
-            &ctx.tried,
-            timeout,
-        ) {
+        match pool.pick(&session.req_header().headers, client_ip(session), &ctx.tried, timeout) {
             Some(pick) => {
                 ctx.tried.push(pick.in_flight.backend().addr);
                 ctx.in_flight = Some(pick.in_flight);
@@ -188,10 +255,7 @@ impl ProxyHttp for Proxy {
             None => {
                 let error = Error::explain(
                     ConnectNoRoute,
-                    format!(
-                        "pool {} has no backend that can take the request",
-                        pool.name
-                    ),
+                    format!("pool {} has no backend that can take the request", pool.name),
                 );
                 ctx.outcome = Some(Outcome::NoHealthyBackend);
                 Err(error)
@@ -199,15 +263,9 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    fn fail_to_connect(
-        &self,
-        session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
         ctx.outcome = Some(Outcome::ConnectFailed);
-        let retry = after_failure(session, ctx, Failure::ConnectFailed, None);
+        let retry = after_failure(&self.state, session, ctx, Failure::ConnectFailed, None);
         e.set_retry(retry);
         e
     }
@@ -238,7 +296,7 @@ impl ProxyHttp for Proxy {
                 return e;
             }
         };
-        let retry = after_failure(session, ctx, failure, None);
+        let retry = after_failure(&self.state, session, ctx, failure, None);
         e.set_retry(retry);
         e
     }
@@ -252,7 +310,7 @@ impl ProxyHttp for Proxy {
         if let Some(chain) = forward::forwarded_for(&upstream_request.headers, client_ip(session)) {
             upstream_request.insert_header("x-forwarded-for", chain)?;
         }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        upstream_request.insert_header("x-forwarded-proto", if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() { "https" } else { "http" })?;
         upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
@@ -264,31 +322,42 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
-        let retryable = ctx
-            .route_and_pool()
-            .is_some_and(|(route, _)| route.retry.on.statuses.contains(&status));
-        if retryable
-            && after_failure(
-                session,
-                ctx,
-                Failure::Status(status),
-                retry_after(upstream_response),
-            )
-        {
-            return Err(
-                Error::explain(RETRYABLE_STATUS, format!("backend answered {status}")).into_up(),
-            );
+        let Some((retryable, intercept)) = ctx.route_and_pool().map(|(route, _)| {
+            (route.retry.on.statuses.contains(&status), route.intercept_errors && status >= 500)
+        }) else {
+            return Ok(());
+        };
+        if retryable && after_failure(&self.state, session, ctx, Failure::Status(status), retry_after(upstream_response)) {
+            return Err(Error::explain(RETRYABLE_STATUS, format!("backend answered {status}")).into_up());
         }
-        if !retryable {
-            if let (Some((_, pool)), Some(in_flight)) = (ctx.route_and_pool(), &ctx.in_flight) {
-                pool.record_result(
-                    in_flight.backend(),
-                    Signal::from_status(status),
-                    in_flight.elapsed(),
-                );
+        if let (Some(in_flight), Some((_, pool))) = (&ctx.in_flight, ctx.route_and_pool()) {
+            let latency = in_flight.elapsed();
+            if !retryable {
+                let result = if status >= 500 { UpstreamResult::ServerError } else { UpstreamResult::Success };
+                pool.record_result(in_flight.backend(), result, Signal::from_status(status), latency);
+            }
+            ctx.upstream_time = Some(latency);
+            if let Some(permit) = ctx.permit.as_mut() {
+                permit.record(latency, status >= 500);
             }
         }
         ctx.outcome = None;
+        if intercept {
+            let outcome = Outcome::UpstreamStatus(status);
+            if ctx.retry_after.is_none() {
+                ctx.retry_after = retry_after(upstream_response).map(whole_seconds);
+            }
+            let context = PageContext {
+                request_id: &ctx.request_id,
+                retry_after: ctx.retry_after,
+                wait_seconds: ctx.retry_after,
+            };
+            let (header, body) = respond::render(ctx.pages(), outcome, &session.req_header().headers, &context)?;
+            self.state.metrics.rejection(ctx.route_name(), outcome.reason());
+            *upstream_response = header;
+            ctx.page_body = Some(body);
+            ctx.outcome = Some(outcome);
+        }
         Ok(())
     }
 
@@ -302,15 +371,26 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(
+    fn response_body_filter(
         &self,
-        session: &mut Session,
-        error: &Error,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
-    ) -> FailToProxy {
-        let outcome = *ctx
-            .outcome
-            .get_or_insert_with(|| Outcome::from_error(error));
+    ) -> Result<Option<Duration>> {
+        if ctx.page_body.is_some() {
+            // An intercepted 5xx: the backend's body (perhaps a stack trace) is
+            // dropped and the page goes out once it has ended.
+            *body = if end_of_stream { ctx.page_body.take() } else { None };
+        }
+        if let Some(chunk) = body {
+            ctx.bytes_sent += chunk.len();
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, error: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let outcome = *ctx.outcome.get_or_insert_with(|| Outcome::from_error(error));
         if ctx.request_id.is_empty() {
             ctx.request_id = forward::request_id(None);
         }
@@ -318,12 +398,8 @@ impl ProxyHttp for Proxy {
         // cut the connection: the shopper's client then sees a truncated answer.
         let can_answer = outcome != Outcome::ClientGone && session.response_written().is_none();
         if can_answer {
-            if let Err(e) = respond::send(session, outcome, &ctx.request_id).await {
-                log::debug!(
-                    "request {}: could not send the {} page: {e}",
-                    ctx.request_id,
-                    outcome.reason()
-                );
+            if let Err(e) = self.answer(session, ctx, outcome).await {
+                log::debug!("request {}: could not send the {} page: {e}", ctx.request_id, outcome.reason());
             }
         }
         FailToProxy {
@@ -332,23 +408,49 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
-        let backend = ctx.in_flight.take();
-        if log::log_enabled!(target: "access", log::Level::Info) {
+    async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
+        let in_flight = ctx.in_flight.take();
+        ctx.permit = None;
+        let status = session
+            .response_written()
+            .map_or_else(|| ctx.outcome.map_or(0, Outcome::status), |r| r.status.as_u16());
+        let total = ctx.started.elapsed();
+        if let Some((route, _)) = ctx.route_and_pool() {
+            route.metrics.observe(status, total.as_secs_f64());
+        } else {
+            self.state.metrics.unrouted(status, total.as_secs_f64());
+        }
+        if self.access_log.enabled() {
             let request = session.req_header();
-            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            let route = ctx.route_and_pool();
+            self.access_log.write(&AccessRecord {
+                time: crate::telemetry::now_rfc3339(),
+                request_id: &ctx.request_id,
+                route: route.map(|(r, _)| r.name.as_str()),
+                pool: route.map(|(_, p)| p.name.as_str()),
+                backend: in_flight.as_ref().map(|f| f.backend().addr.to_string()),
+                method: request.method.as_str(),
+                path: request.uri.path(),
+                status,
+                attempts: ctx.tries(),
+                queue_wait: ctx.queue_wait.as_secs_f64(),
+                upstream_time: ctx.upstream_time.map(|t| t.as_secs_f64()),
+                total_time: total.as_secs_f64(),
+                bytes: ctx.bytes_sent,
+                outcome: ctx.outcome.map(Outcome::reason),
+            });
+        }
+        if log::log_enabled!(target: "access", log::Level::Info) {
             let tried: Vec<String> = ctx.tried.iter().map(ToString::to_string).collect();
             log::info!(
                 target: "access",
-                "{} {} {} status={} backend={} tried={} outcome={} error={}",
+                "{} {} {} status={} tried={} outcome={}",
                 ctx.request_id,
-                request.method,
-                request.uri,
+                session.req_header().method,
+                session.req_header().uri,
                 status,
-                backend.as_ref().map_or_else(|| "-".to_string(), |b| b.backend().addr.to_string()),
                 if tried.is_empty() { "-".to_string() } else { tried.join(",") },
                 ctx.outcome.map_or("-", Outcome::reason),
-                error.map_or_else(|| "-".to_string(), |e| e.etype().as_str().to_string()),
             );
         }
     }

@@ -29,6 +29,16 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Lower-case name for metrics: `connect_failure`, `reset`, `timeout` or `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::ConnectFailed => "connect_failure",
+            Failure::Reset => "reset",
+            Failure::Timeout => "timeout",
+            Failure::Status(_) => "status",
+        }
+    }
+
     /// Whether the request may have reached the backend.
     fn reached_backend(self) -> bool {
         self != Failure::ConnectFailed

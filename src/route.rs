@@ -9,14 +9,17 @@
 //! Path prefixes match whole segments: `/api/orders` matches `/api/orders`,
 //! `/api/orders/` and `/api/orders/7`, but not `/api/orders-old`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
+use pingora_limits::rate::Rate;
 
-use crate::config::{RetryConfig, RouteConfig};
+use crate::config::{Pages, Priority, RateLimitConfig, RetryConfig, RouteConfig};
+use crate::telemetry::{Metrics, RouteMetrics};
+use crate::upstream::Registry;
 
 /// A compiled route: what it matches and where it sends.
-#[derive(Debug)]
 pub struct Route {
     /// Route name, for logs and metric labels.
     pub name: String,
@@ -26,9 +29,31 @@ pub struct Route {
     pub timeout: Duration,
     /// The route's retry policy.
     pub retry: RetryConfig,
+    /// Priority class in the pool's queue.
+    pub priority: Priority,
+    /// Whether a backend's 5xx body is replaced by the page.
+    pub intercept_errors: bool,
+    /// Pages for this route, instead of the server's.
+    pub pages: Option<Pages>,
+    /// The rate limit and its live counters (shared across snapshots).
+    pub rate_limit: Option<(RateLimitConfig, Arc<Rate>)>,
+    /// Metric handles.
+    pub metrics: RouteMetrics,
     host: Option<String>,
     path_prefix: String,
     methods: Option<Vec<Method>>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("pool", &self.pool)
+            .field("host", &self.host)
+            .field("path_prefix", &self.path_prefix)
+            .field("methods", &self.methods)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Routes sorted by specificity, so the first match is the best.
@@ -38,8 +63,9 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles validated routes into a table.
-    pub fn new(configs: &[RouteConfig]) -> RouteTable {
+    /// Compiles validated routes into a table, with metric handles and live rate
+    /// limiters.
+    pub fn new(configs: &[RouteConfig], metrics: &Metrics, registry: &Registry) -> RouteTable {
         let mut routes: Vec<Route> = configs
             .iter()
             .map(|c| Route {
@@ -47,6 +73,14 @@ impl RouteTable {
                 pool: c.pool,
                 timeout: c.timeout,
                 retry: c.retry.clone(),
+                priority: c.priority,
+                intercept_errors: c.intercept_errors,
+                pages: c.pages.clone(),
+                rate_limit: c
+                    .rate_limit
+                    .clone()
+                    .map(|limit| (limit, registry.rate_limiter(&c.name))),
+                metrics: metrics.route(&c.name),
                 host: c.host.clone(),
                 path_prefix: c.path_prefix.clone(),
                 methods: c.methods.clone(),
@@ -66,6 +100,11 @@ impl RouteTable {
     /// The route at an index returned by [`RouteTable::classify`].
     pub fn get(&self, index: usize) -> Option<&Route> {
         self.routes.get(index)
+    }
+
+    /// The routes, most specific first.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
     }
 
     /// The index of the best route for a request, if any. `host` may carry a port
@@ -129,6 +168,10 @@ mod tests {
         }
     }
 
+    fn table(configs: &[RouteConfig]) -> RouteTable {
+        RouteTable::new(configs, &Metrics::new(), &Registry::default())
+    }
+
     fn name<'a>(
         table: &'a RouteTable,
         host: Option<&str>,
@@ -141,7 +184,7 @@ mod tests {
 
     #[test]
     fn most_specific_route_wins() {
-        let table = RouteTable::new(&[
+        let table = table(&[
             route("fallback", None, "/", None),
             route("orders", None, "/api/orders", None),
             route("checkout", None, "/api/orders", Some(&[Method::POST])),
@@ -172,7 +215,7 @@ mod tests {
 
     #[test]
     fn prefixes_match_whole_segments() {
-        let table = RouteTable::new(&[route("orders", None, "/api/orders/", None)]);
+        let table = table(&[route("orders", None, "/api/orders/", None)]);
         assert_eq!(
             name(&table, None, "/api/orders", Method::GET),
             Some("orders")
@@ -187,7 +230,7 @@ mod tests {
 
     #[test]
     fn no_match_when_host_or_method_differs() {
-        let table = RouteTable::new(&[route(
+        let table = table(&[route(
             "checkout",
             Some("shop.example"),
             "/",

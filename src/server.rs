@@ -1,22 +1,59 @@
-//! Starting the pingora server for a validated config.
+//! Starting the pingora server for a validated config: the proxy on its TCP and
+//! TLS listeners, the health checker, the reload watcher and the admin API.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch, UnixShutdownSignalWatch};
+use pingora::services::background::background_service;
 
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::proxy::Proxy;
+use crate::reload::ReloadWatcher;
 use crate::state::State;
+use crate::telemetry::AccessLogger;
 use crate::upstream::checker::HealthChecker;
+
+/// How to start.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// The config file, for reloads.
+    pub source: Option<PathBuf>,
+    /// Take the listening sockets over from a running ordergate (graceful upgrade).
+    pub upgrade: bool,
+}
+
+/// Marks the state as shutting down (readiness false) when SIGTERM arrives, then
+/// lets pingora shut down gracefully as usual.
+struct ShutdownWatchWithReadiness {
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for ShutdownWatchWithReadiness {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = UnixShutdownSignalWatch.recv().await;
+        self.state.begin_shutdown();
+        log::info!("shutting down: readiness is now false, requests in flight may finish");
+        signal
+    }
+}
 
 /// Serves a config until the process is told to stop. Returns only on a
 /// startup error; otherwise pingora exits the process when it shuts down.
-pub fn run(config: Config) -> Result<(), String> {
-    for addr in &config.server.listen {
-        check_can_listen(*addr)?;
+pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
+    if !options.upgrade {
+        for addr in config.server.listen.iter().chain(config.server.tls.iter().map(|t| &t.listen)) {
+            check_can_listen(*addr)?;
+        }
     }
+    let access_log = AccessLogger::open(&config.access_log)?;
     let first_port = config.server.listen.first().map_or(0, |a| a.port());
     let grace = config.server.grace_period.as_secs();
     let conf = ServerConf {
@@ -28,34 +65,54 @@ pub fn run(config: Config) -> Result<(), String> {
         upgrade_sock: format!("/tmp/ordergate-{first_port}-upgrade.sock"),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    server.bootstrap();
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let listen = config.server.listen.clone();
+    let tls = config.server.tls.clone();
+    let admin_config = config.admin.clone();
+    let state = Arc::new(State::new(config, options.source));
+    let admin = admin_config
+        .map(|admin| Admin::bind(Arc::clone(&state), admin))
+        .transpose()?;
 
-    let state = Arc::new(State::new(&config));
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Proxy::new(Arc::clone(&state)),
+        Proxy::new(Arc::clone(&state), access_log),
         "ordergate proxy",
     );
-    for addr in &config.server.listen {
+    for addr in &listen {
         proxy.add_tcp(&addr.to_string());
     }
+    for listener in &tls {
+        let cert = listener.cert.to_string_lossy();
+        let key = listener.key.to_string_lossy();
+        let mut settings = TlsSettings::intermediate(&cert, &key)
+            .map_err(|e| format!("TLS listener {}: cannot load {cert} / {key}: {e}", listener.listen))?;
+        if listener.http2 {
+            settings.enable_h2();
+        }
+        proxy.add_tls_with_settings(&listener.listen.to_string(), None, settings);
+    }
     server.add_service(proxy);
-    server.add_service(pingora::services::background::background_service(
-        "health checker",
-        HealthChecker::new(Arc::clone(&state)),
-    ));
-    log::info!(
-        "ordergate listening on {}",
-        config
-            .server
-            .listen
-            .iter()
-            .map(SocketAddr::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    server.run_forever()
+    server.add_service(background_service("health checker", HealthChecker::new(Arc::clone(&state))));
+    server.add_service(background_service("reload watcher", ReloadWatcher::new(Arc::clone(&state))));
+    if let Some(admin) = admin {
+        server.add_service(background_service("admin API", admin));
+    }
+    let addrs: Vec<String> = listen
+        .iter()
+        .map(SocketAddr::to_string)
+        .chain(tls.iter().map(|t| format!("{} (TLS)", t.listen)))
+        .collect();
+    log::info!("ordergate listening on {}", addrs.join(", "));
+    server.run(RunArgs {
+        shutdown_signal: Box::new(ShutdownWatchWithReadiness { state }),
+    });
+    Ok(())
 }
 
 /// Fails early, with a clear message, when a listen address is taken or not ours.

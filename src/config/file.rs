@@ -16,6 +16,72 @@ pub struct FileConfig {
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+    /// `[admin]`.
+    pub admin: Option<FileAdmin>,
+    /// `[log]`.
+    pub log: Option<FileLog>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Environment variable holding the bearer token.
+    pub token_env: Option<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    /// `off`, `stdout` or a file path.
+    pub access: Option<String>,
+}
+
+/// `[[server.tls]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// Listen address.
+    pub listen: String,
+    /// Certificate chain (PEM).
+    pub cert: String,
+    /// Private key (PEM).
+    pub key: String,
+    /// Offer HTTP/2 by ALPN.
+    pub http2: Option<bool>,
+}
+
+/// `[pools.queue]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQueue {
+    /// Most waiting requests.
+    pub max_waiting: Option<i64>,
+    /// Longest wait.
+    pub timeout: Option<String>,
+    /// `"capacity"`, `"adaptive"` or a number.
+    pub limit: Option<toml::Value>,
+    /// Adaptive limit bounds.
+    pub adaptive_min: Option<i64>,
+    /// Adaptive limit bounds.
+    pub adaptive_max: Option<i64>,
+    /// Reserved share per priority class, in percent.
+    pub reserved: Option<std::collections::BTreeMap<String, i64>>,
+}
+
+/// `[routes.rate_limit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    /// Requests per second per key.
+    pub requests_per_second: i64,
+    /// `client_ip` or `header:NAME`.
+    pub key: Option<String>,
 }
 
 /// `[server]`.
@@ -28,6 +94,10 @@ pub struct FileServer {
     pub threads: Option<i64>,
     /// Grace period on shutdown.
     pub grace_period: Option<String>,
+    /// Degradation pages directory.
+    pub pages: Option<String>,
+    /// TLS listeners.
+    pub tls: Option<Vec<FileTls>>,
 }
 
 /// `[[pools]]`.
@@ -57,6 +127,10 @@ pub struct FilePool {
     pub slow_start: Option<String>,
     /// `[pools.retry_budget]`.
     pub retry_budget: Option<FileRetryBudget>,
+    /// Concurrent requests per backend.
+    pub max_in_flight: Option<i64>,
+    /// `[pools.queue]`.
+    pub queue: Option<FileQueue>,
 }
 
 /// `[pools.health]`.
@@ -121,6 +195,8 @@ pub struct FileBackend {
     pub addr: String,
     /// Relative weight.
     pub weight: Option<i64>,
+    /// Concurrent requests to this backend.
+    pub max_in_flight: Option<i64>,
 }
 
 /// `[[routes]]`.
@@ -141,6 +217,14 @@ pub struct FileRoute {
     pub timeout: Option<String>,
     /// `[routes.retry]`.
     pub retry: Option<FileRetry>,
+    /// Priority class.
+    pub priority: Option<String>,
+    /// Replace upstream 5xx bodies with the page.
+    pub intercept_errors: Option<bool>,
+    /// Pages directory for this route.
+    pub pages: Option<String>,
+    /// `[routes.rate_limit]`.
+    pub rate_limit: Option<FileRateLimit>,
 }
 
 /// `[routes.retry]`.

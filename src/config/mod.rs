@@ -19,6 +19,9 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::Method;
 
+pub use crate::admission::{AdmissionConfig, LimitConfig, Priority};
+pub use crate::respond::Pages;
+
 pub use duration::parse_duration;
 pub use file::FileConfig;
 
@@ -31,6 +34,46 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// Routes, in file order (the route table sorts them by specificity).
     pub routes: Vec<RouteConfig>,
+    /// The admin listener, when `[admin]` is present.
+    pub admin: Option<AdminConfig>,
+    /// Access log.
+    pub access_log: AccessLog,
+    /// Pages directories the config uses (watched for changes).
+    pub pages_dirs: Vec<std::path::PathBuf>,
+}
+
+/// `[admin]`: the admin API (status, metrics, reload, drain).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Where the admin API listens. Default: 127.0.0.1:9901.
+    pub listen: SocketAddr,
+    /// Bearer token required on every admin request; required when `listen` is
+    /// not a loopback address. Default: none.
+    pub token: Option<String>,
+}
+
+/// `[log] access`: where the one-JSON-line-per-request access log goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessLog {
+    /// No access log (the default: it costs time on every request).
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Appended to a file.
+    File(std::path::PathBuf),
+}
+
+/// `[[server.tls]]`: a TLS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Where shoppers connect with TLS.
+    pub listen: SocketAddr,
+    /// Certificate chain, PEM.
+    pub cert: std::path::PathBuf,
+    /// Private key, PEM.
+    pub key: std::path::PathBuf,
+    /// Offer HTTP/2 by ALPN. Default: true.
+    pub http2: bool,
 }
 
 /// `[server]`: listeners and process settings.
@@ -42,6 +85,10 @@ pub struct ServerConfig {
     pub threads: usize,
     /// On SIGTERM, how long to keep serving requests already in flight. Default: 5s.
     pub grace_period: Duration,
+    /// TLS listeners.
+    pub tls: Vec<TlsConfig>,
+    /// The degradation pages. Default: the built-in set (a copy of conf/pages).
+    pub pages: Pages,
 }
 
 /// `[[pools]]`: a named set of interchangeable backends.
@@ -69,6 +116,8 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     /// Limits retries so they cannot multiply load during an outage.
     pub retry_budget: RetryBudgetConfig,
+    /// The queue, priority shares and concurrency limit.
+    pub admission: AdmissionConfig,
 }
 
 /// `[pools.health]`: active probes of every backend of a pool.
@@ -142,6 +191,9 @@ pub struct BackendConfig {
     pub addr: SocketAddr,
     /// Relative share of traffic. Default: 1.
     pub weight: u32,
+    /// Most concurrent requests sent to this backend; more wait in the pool's
+    /// queue. Default: the pool's `max_in_flight` (256).
+    pub max_in_flight: u32,
 }
 
 /// The balancing algorithm of a pool.
@@ -211,6 +263,33 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// When and how a failed request is tried again.
     pub retry: RetryConfig,
+    /// Priority class in the pool's queue. Default: normal.
+    pub priority: Priority,
+    /// Replace a backend's 5xx body (perhaps a stack trace) with the page,
+    /// keeping the status. Default: true.
+    pub intercept_errors: bool,
+    /// Pages for this route instead of the server's. Default: none.
+    pub pages: Option<Pages>,
+    /// Requests per second allowed per client key. Default: none.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `[routes.rate_limit]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// Requests per second allowed for one key.
+    pub requests_per_second: u32,
+    /// What identifies a client.
+    pub key: RateKey,
+}
+
+/// What a rate limit counts per.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateKey {
+    /// The client's IP address.
+    ClientIp,
+    /// The value of a request header (requests without it share one bucket).
+    Header(HeaderName),
 }
 
 /// `[routes.retry]`: the retry policy of a route.
@@ -270,17 +349,25 @@ impl fmt::Display for ConfigError {
 
 impl Config {
     /// Parses and validates a config from TOML text, returning every problem found.
+    /// Relative paths (pages, certificates) are taken from the current directory.
     pub fn from_toml(text: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::from_toml_in(text, Path::new("."))
+    }
+
+    /// Parses and validates a config from TOML text; relative paths in it are
+    /// resolved against `base` (the config file's directory).
+    pub fn from_toml_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
         let file: FileConfig = toml::from_str(text).map_err(|e| {
             vec![ConfigError {
                 path: String::new(),
                 message: format!("invalid TOML: {}", e.to_string().trim_end()),
             }]
         })?;
-        validate::validate(file)
+        validate::validate(file, base)
     }
 
     /// Reads, parses and validates a config file, returning every problem found.
+    /// Relative paths in it are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             vec![ConfigError {
@@ -288,7 +375,8 @@ impl Config {
                 message: format!("cannot read config file {}: {e}", path.display()),
             }]
         })?;
-        Config::from_toml(&text)
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml_in(&text, base)
     }
 
     /// A one-screen summary of listeners, routes and pools, as `ordergate check` prints it.

@@ -9,14 +9,17 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::Method;
 
+use std::path::{Path, PathBuf};
+
 use super::file::{
-    FileBackend, FileHealth, FileOutlier, FilePool, FileRetry, FileRetryBudget, FileRoute,
-    FileServer,
+    FileAdmin, FileBackend, FileHealth, FileLog, FileOutlier, FilePool, FileQueue,
+    FileRateLimit, FileRetry, FileRetryBudget, FileRoute, FileServer,
 };
 use super::{
-    parse_duration, BackendConfig, Balance, Config, ConfigError, FileConfig, HashKey, HealthConfig,
-    OutlierConfig, PoolConfig, Probe, RetryBudgetConfig, RetryConfig, RetryOn, RouteConfig,
-    ServerConfig,
+    parse_duration, AccessLog, AdminConfig, AdmissionConfig, BackendConfig, Balance, Config,
+    ConfigError, FileConfig, HashKey, HealthConfig, LimitConfig, OutlierConfig, Pages,
+    PoolConfig, Priority, Probe, RateKey, RateLimitConfig, RetryBudgetConfig, RetryConfig,
+    RetryOn, RouteConfig, ServerConfig, TlsConfig,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -25,6 +28,8 @@ const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_WEIGHT: i64 = 1000;
+const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
 /// Collects problems while the checks run.
 #[derive(Default)]
@@ -40,9 +45,11 @@ impl Problems {
 }
 
 /// Validates a parsed file into a [`Config`], or returns every problem found.
-pub(super) fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
+pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut problems = Problems::default();
-    let server = server(&file.server, &mut problems);
+    let server = server(&file.server, base, &mut problems);
+    let admin = file.admin.as_ref().map(|a| admin(a, &mut problems));
+    let access_log = access_log(file.log.as_ref(), base, &mut problems);
     let pools: Vec<PoolConfig> = file
         .pools
         .iter()
@@ -50,19 +57,82 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, Vec<ConfigError>> {
         .map(|(i, pool)| self::pool(i, pool, &mut problems))
         .collect();
     check_unique_pool_names(&file.pools, &mut problems);
-    let routes = routes(&file.routes, &file.pools, &mut problems);
+    let routes = routes(&file.routes, &file.pools, base, &mut problems);
+    let pages_dirs = file
+        .server
+        .pages
+        .iter()
+        .chain(file.routes.iter().filter_map(|r| r.pages.as_ref()))
+        .map(|dir| base.join(dir))
+        .collect();
     if problems.0.is_empty() {
         Ok(Config {
             server,
             pools,
             routes,
+            admin,
+            access_log,
+            pages_dirs,
         })
     } else {
         Err(problems.0)
     }
 }
 
-fn server(file: &FileServer, problems: &mut Problems) -> ServerConfig {
+fn admin(file: &FileAdmin, problems: &mut Problems) -> AdminConfig {
+    let text = file.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let listen = socket_addr(text).unwrap_or_else(|message| {
+        problems.add("admin.listen", message);
+        SocketAddr::from(([127, 0, 0, 1], 9901))
+    });
+    let token = match (&file.token, &file.token_env) {
+        (Some(_), Some(_)) => {
+            problems.add("admin", "set token or token_env, not both");
+            None
+        }
+        (Some(token), None) => Some(token.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(token) => Some(token),
+            Err(_) => {
+                problems.add(
+                    "admin.token_env",
+                    format!("the environment variable {var:?} is not set; export it or use admin.token"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(token) = &token {
+        if token.len() < 16 || token.bytes().any(|b| !b.is_ascii_graphic()) {
+            problems.add(
+                "admin.token",
+                "must be at least 16 printable characters without spaces",
+            );
+        }
+    }
+    if token.is_none() && !listen.ip().is_loopback() {
+        problems.add(
+            "admin",
+            format!("listen {listen} is not a loopback address, so a token is required: set admin.token or admin.token_env"),
+        );
+    }
+    AdminConfig { listen, token }
+}
+
+fn access_log(file: Option<&FileLog>, base: &Path, problems: &mut Problems) -> AccessLog {
+    match file.and_then(|f| f.access.as_deref()) {
+        None | Some("off") => AccessLog::Off,
+        Some("stdout") => AccessLog::Stdout,
+        Some("") => {
+            problems.add("log.access", "is empty; use \"off\", \"stdout\" or a file path");
+            AccessLog::Off
+        }
+        Some(path) => AccessLog::File(base.join(path)),
+    }
+}
+
+fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConfig {
     let listen_text = file
         .listen
         .clone()
@@ -103,10 +173,62 @@ fn server(file: &FileServer, problems: &mut Problems) -> ServerConfig {
         true,
         problems,
     );
+    let mut tls = Vec::new();
+    for (i, entry) in file.tls.iter().flatten().enumerate() {
+        let at = format!("server.tls[{i}]");
+        let listen_addr = match socket_addr(&entry.listen) {
+            Ok(addr) if seen.insert(addr) => Some(addr),
+            Ok(_) => {
+                problems.add(format!("{at}.listen"), format!("{:?} is already a listener", entry.listen));
+                None
+            }
+            Err(message) => {
+                problems.add(format!("{at}.listen"), message);
+                None
+            }
+        };
+        let cert = readable_file(&format!("{at}.cert"), base, &entry.cert, problems);
+        let key = readable_file(&format!("{at}.key"), base, &entry.key, problems);
+        if let Some(listen) = listen_addr {
+            tls.push(TlsConfig {
+                listen,
+                cert,
+                key,
+                http2: entry.http2.unwrap_or(true),
+            });
+        }
+    }
+    let pages = match &file.pages {
+        None => Pages::builtin(),
+        Some(dir) => load_pages("server.pages", base, dir, problems).unwrap_or_else(Pages::builtin),
+    };
     ServerConfig {
         listen,
         threads,
         grace_period,
+        tls,
+        pages,
+    }
+}
+
+fn readable_file(at: &str, base: &Path, path: &str, problems: &mut Problems) -> PathBuf {
+    let full = base.join(path);
+    if let Err(e) = std::fs::metadata(&full) {
+        problems.add(at, format!("cannot read {}: {e}", full.display()));
+    }
+    full
+}
+
+fn load_pages(at: &str, base: &Path, dir: &str, problems: &mut Problems) -> Option<Pages> {
+    let full = base.join(dir);
+    match Pages::load(&full) {
+        Ok(pages) => Some(pages),
+        Err(errors) => {
+            for error in errors {
+                problems.add(at, format!("{}: {error}", full.display()));
+            }
+            None
+        }
     }
 }
 
@@ -134,10 +256,11 @@ fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> PoolConfig {
             "is empty; list at least one backend, e.g. [ { addr = \"127.0.0.1:9001\" } ]",
         );
     }
+    let max_in_flight = count(&format!("{at}.max_in_flight"), file.max_in_flight, DEFAULT_MAX_IN_FLIGHT, 1, problems);
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
     for (i, entry) in file.backends.iter().enumerate() {
-        if let Some(backend) = backend(&format!("{at}.backends[{i}]"), entry, problems) {
+        if let Some(backend) = backend(&format!("{at}.backends[{i}]"), entry, max_in_flight, problems) {
             if seen.insert(backend.addr) {
                 backends.push(backend);
             } else {
@@ -180,6 +303,108 @@ fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> PoolConfig {
             file.retry_budget.as_ref(),
             problems,
         ),
+        admission: admission(&format!("{at}.queue"), file.queue.as_ref(), problems),
+    }
+}
+
+fn admission(at: &str, file: Option<&FileQueue>, problems: &mut Problems) -> AdmissionConfig {
+    let max_waiting = match file.and_then(|f| f.max_waiting) {
+        None => 1000,
+        Some(n @ 0..=1_000_000) => n as usize,
+        Some(n) => {
+            problems.add(format!("{at}.max_waiting"), format!("{n} is out of range; use 0 (no queue) to 1000000"));
+            1000
+        }
+    };
+    let queue_timeout = duration_or(
+        &format!("{at}.timeout"),
+        file.and_then(|f| f.timeout.as_deref()),
+        Duration::from_secs(5),
+        false,
+        problems,
+    );
+    let bound = |key: &str, value: Option<i64>, default: usize, problems: &mut Problems| {
+        count(&format!("{at}.{key}"), value, default as u32, 1, problems) as usize
+    };
+    let limit = match file.and_then(|f| f.limit.as_ref()) {
+        None => LimitConfig::Capacity,
+        Some(toml::Value::String(s)) if s == "capacity" => LimitConfig::Capacity,
+        Some(toml::Value::String(s)) if s == "adaptive" => {
+            let min = bound("adaptive_min", file.and_then(|f| f.adaptive_min), 4, problems);
+            let max = bound("adaptive_max", file.and_then(|f| f.adaptive_max), 1000, problems);
+            if min > max {
+                problems.add(format!("{at}.adaptive_min"), format!("{min} is above adaptive_max {max}"));
+            }
+            LimitConfig::Adaptive { min, max, initial: min.max(20).min(max) }
+        }
+        Some(toml::Value::Integer(n)) if (1..=1_000_000).contains(n) => LimitConfig::Fixed(*n as usize),
+        Some(other) => {
+            problems.add(
+                format!("{at}.limit"),
+                format!("{other} is not a limit; use \"capacity\", \"adaptive\" or a number of concurrent requests"),
+            );
+            LimitConfig::Capacity
+        }
+    };
+    if !matches!(limit, LimitConfig::Adaptive { .. }) {
+        for (key, set) in [
+            ("adaptive_min", file.and_then(|f| f.adaptive_min).is_some()),
+            ("adaptive_max", file.and_then(|f| f.adaptive_max).is_some()),
+        ] {
+            if set {
+                problems.add(format!("{at}.{key}"), "only applies to limit = \"adaptive\"");
+            }
+        }
+    }
+    let mut reserved = [0u8; 4];
+    for (class, share) in file.and_then(|f| f.reserved.as_ref()).into_iter().flatten() {
+        match priority(class) {
+            Ok(p) => reserved[p as usize] = percent(&format!("{at}.reserved.{class}"), Some(*share), 0, problems),
+            Err(message) => problems.add(format!("{at}.reserved.{class}"), message),
+        }
+    }
+    let total: u32 = reserved.iter().map(|r| u32::from(*r)).sum();
+    if total > 100 {
+        problems.add(format!("{at}.reserved"), format!("shares add up to {total}%; they must add up to at most 100"));
+    }
+    AdmissionConfig {
+        max_waiting,
+        queue_timeout,
+        reserved,
+        limit,
+    }
+}
+
+fn priority(name: &str) -> Result<Priority, String> {
+    Priority::from_str(name).map_err(|_| {
+        format!("{name:?} is not a priority class; use \"critical\", \"high\", \"normal\" or \"low\"")
+    })
+}
+
+fn rate_limit(at: &str, file: &FileRateLimit, problems: &mut Problems) -> RateLimitConfig {
+    let requests_per_second = match file.requests_per_second {
+        n @ 1..=1_000_000 => n as u32,
+        n => {
+            problems.add(format!("{at}.requests_per_second"), format!("{n} is out of range; use 1 to 1000000"));
+            1
+        }
+    };
+    let key = match file.key.as_deref() {
+        None | Some("client_ip") => RateKey::ClientIp,
+        Some(text) => match text.strip_prefix("header:").map(HeaderName::from_str) {
+            Some(Ok(name)) => RateKey::Header(name),
+            _ => {
+                problems.add(
+                    format!("{at}.key"),
+                    format!("{text:?} is not a rate-limit key; use \"client_ip\" or \"header:NAME\""),
+                );
+                RateKey::ClientIp
+            }
+        },
+    };
+    RateLimitConfig {
+        requests_per_second,
+        key,
     }
 }
 
@@ -587,7 +812,8 @@ fn hash_key(text: &str) -> Result<HashKey, String> {
     Err(format!("{text:?} is not a hash key; {usage}"))
 }
 
-fn backend(at: &str, file: &FileBackend, problems: &mut Problems) -> Option<BackendConfig> {
+fn backend(at: &str, file: &FileBackend, pool_max_in_flight: u32, problems: &mut Problems) -> Option<BackendConfig> {
+    let max_in_flight = count(&format!("{at}.max_in_flight"), file.max_in_flight, pool_max_in_flight, 1, problems);
     let weight = match file.weight {
         None => 1,
         Some(w @ 1..=MAX_WEIGHT) => w as u32,
@@ -602,7 +828,11 @@ fn backend(at: &str, file: &FileBackend, problems: &mut Problems) -> Option<Back
         }
     };
     match socket_addr(&file.addr) {
-        Ok(addr) => Some(BackendConfig { addr, weight }),
+        Ok(addr) => Some(BackendConfig {
+            addr,
+            weight,
+            max_in_flight,
+        }),
         Err(message) => {
             problems.add(format!("{at}.addr"), message);
             None
@@ -622,7 +852,7 @@ fn check_unique_pool_names(pools: &[FilePool], problems: &mut Problems) {
     }
 }
 
-fn routes(files: &[FileRoute], pools: &[FilePool], problems: &mut Problems) -> Vec<RouteConfig> {
+fn routes(files: &[FileRoute], pools: &[FilePool], base: &Path, problems: &mut Problems) -> Vec<RouteConfig> {
     if files.is_empty() {
         problems.add(
             "routes",
@@ -641,7 +871,7 @@ fn routes(files: &[FileRoute], pools: &[FilePool], problems: &mut Problems) -> V
                 "this route name is already used by an earlier route; route names must be unique",
             );
         }
-        let route = route(&at, file, pools, problems);
+        let route = route(&at, file, pools, base, problems);
         let matcher = (
             route.host.clone(),
             route.path_prefix.clone(),
@@ -662,7 +892,7 @@ fn routes(files: &[FileRoute], pools: &[FilePool], problems: &mut Problems) -> V
     routes
 }
 
-fn route(at: &str, file: &FileRoute, pools: &[FilePool], problems: &mut Problems) -> RouteConfig {
+fn route(at: &str, file: &FileRoute, pools: &[FilePool], base: &Path, problems: &mut Problems) -> RouteConfig {
     let pool = match pools.iter().position(|p| p.name == file.pool) {
         Some(index) => index,
         None => {
@@ -738,6 +968,22 @@ fn route(at: &str, file: &FileRoute, pools: &[FilePool], problems: &mut Problems
         pool,
         timeout,
         retry: retry(&format!("{at}.retry"), file.retry.as_ref(), problems),
+        priority: match file.priority.as_deref() {
+            None => Priority::Normal,
+            Some(name) => priority(name).unwrap_or_else(|message| {
+                problems.add(format!("{at}.priority"), message);
+                Priority::Normal
+            }),
+        },
+        intercept_errors: file.intercept_errors.unwrap_or(true),
+        pages: file
+            .pages
+            .as_ref()
+            .and_then(|dir| load_pages(&format!("{at}.pages"), base, dir, problems)),
+        rate_limit: file
+            .rate_limit
+            .as_ref()
+            .map(|r| rate_limit(&format!("{at}.rate_limit"), r, problems)),
     }
 }
 

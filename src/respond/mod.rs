@@ -1,15 +1,32 @@
 //! The one place that turns a failure into a response: every answer ordergate
-//! makes itself (404, 502, 503, 504, 500, ...) is an [`Outcome`] rendered here, as
-//! JSON or HTML, with `X-Request-Id` and, where waiting helps, `Retry-After`.
+//! makes itself (404, 429, 502, 503, 504, 500, ...) is an [`Outcome`] rendered
+//! here from the [`Pages`] — HTML or JSON by the client's `Accept`, in the
+//! language of its `Accept-Language` — with `X-Request-Id`, `Cache-Control:
+//! no-store`, `x-ordergate-page` and, where waiting helps, `Retry-After`.
+//!
+//! The pages are templates and per-language texts under `conf/pages/` (layout:
+//! `conf/pages/README.md`), checked and bound once when loaded ([`Pages::load`]),
+//! or the same files built into the binary ([`Pages::builtin`]). Nothing
+//! internal (error text, backend address) ever reaches a page.
+
+mod negotiate;
+mod pages;
+mod template;
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::{ErrorSource, ErrorType};
+use serde::Serialize;
+
+pub use pages::Pages;
 
 /// Every way a request can end other than with a backend's own answer.
-/// The `reason` of each is a bounded label for logs and metrics.
+/// The `reason` of each is a bounded label for logs and metrics, and the name
+/// of its page kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// No route matches the request's host, path and method.
@@ -24,29 +41,67 @@ pub enum Outcome {
     UpstreamReset,
     /// The backend sent something that is not a valid HTTP answer.
     UpstreamError,
+    /// The backend answered with this 5xx status and the route replaces its
+    /// body (a stack trace, say) with a page. The status is kept; anything
+    /// outside 500..=599 is shown as 502.
+    UpstreamStatus(u16),
+    /// The client sent too many requests; nothing reached a backend.
+    RateLimited,
+    /// The waiting queue in front of the pool is full; nothing reached a backend.
+    QueueFull,
+    /// The request waited in the queue longer than allowed; nothing reached a backend.
+    QueueTimeout,
+    /// Predictive shedding: the expected wait is longer than the shopper's
+    /// timeout, so the request was not queued; nothing reached a backend.
+    Shed,
     /// The client's request was malformed.
     BadRequest,
-    /// The client went away; nothing can be sent.
+    /// The client went away; nothing can be sent (this outcome has no page).
     ClientGone,
     /// A bug or an unexpected state in ordergate.
     Internal,
 }
+
+/// The page kinds: the [`Outcome::reason`] of every outcome that has a page
+/// (all but `client_gone`). Each language file has one table per kind.
+pub const PAGE_KINDS: [&str; 13] = [
+    "no_route",
+    "no_healthy_backend",
+    "connect_failed",
+    "upstream_timeout",
+    "upstream_reset",
+    "upstream_error",
+    "upstream_status",
+    "rate_limited",
+    "queue_full",
+    "queue_timeout",
+    "shed",
+    "bad_request",
+    "internal",
+];
 
 impl Outcome {
     /// The HTTP status shown to the shopper (499 for a client that left: never sent).
     pub fn status(self) -> u16 {
         match self {
             Outcome::NoRoute => 404,
-            Outcome::NoHealthyBackend => 503,
+            Outcome::NoHealthyBackend
+            | Outcome::QueueFull
+            | Outcome::QueueTimeout
+            | Outcome::Shed => 503,
             Outcome::ConnectFailed | Outcome::UpstreamReset | Outcome::UpstreamError => 502,
             Outcome::UpstreamTimeout => 504,
+            Outcome::UpstreamStatus(code) if (500..=599).contains(&code) => code,
+            Outcome::UpstreamStatus(_) => 502,
+            Outcome::RateLimited => 429,
             Outcome::BadRequest => 400,
             Outcome::ClientGone => 499,
             Outcome::Internal => 500,
         }
     }
 
-    /// A short, stable name: the `error` field of pages and the reason label.
+    /// A short, stable name: the page kind, the `code` of JSON pages, the
+    /// `x-ordergate-page` header and the reason label of logs and metrics.
     pub fn reason(self) -> &'static str {
         match self {
             Outcome::NoRoute => "no_route",
@@ -55,39 +110,32 @@ impl Outcome {
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::UpstreamReset => "upstream_reset",
             Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamStatus(_) => "upstream_status",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::QueueFull => "queue_full",
+            Outcome::QueueTimeout => "queue_timeout",
+            Outcome::Shed => "shed",
             Outcome::BadRequest => "bad_request",
             Outcome::ClientGone => "client_gone",
             Outcome::Internal => "internal",
         }
     }
 
-    /// Seconds a shopper should wait before trying again, where waiting helps.
+    /// Seconds a shopper should wait before trying again, where waiting helps
+    /// (the default; [`PageContext::retry_after`] overrides it).
     pub fn retry_after(self) -> Option<u32> {
         match self {
-            Outcome::NoHealthyBackend => Some(5),
+            Outcome::RateLimited => Some(1),
+            Outcome::NoHealthyBackend
+            | Outcome::QueueFull
+            | Outcome::QueueTimeout
+            | Outcome::Shed => Some(5),
             Outcome::ConnectFailed
             | Outcome::UpstreamTimeout
             | Outcome::UpstreamReset
             | Outcome::UpstreamError => Some(2),
+            Outcome::UpstreamStatus(502..=504) => Some(2),
             _ => None,
-        }
-    }
-
-    /// What the shopper reads. Failures after the request reached a backend say
-    /// that an order may exist, so nobody blindly orders twice.
-    fn message(self) -> &'static str {
-        match self {
-            Outcome::NoRoute => "We could not find what you asked for.",
-            Outcome::NoHealthyBackend | Outcome::ConnectFailed => {
-                "Our order service is very busy right now. Nothing was ordered; please try again in a few seconds."
-            }
-            Outcome::UpstreamTimeout | Outcome::UpstreamReset | Outcome::UpstreamError => {
-                "Our order service did not answer in time. If you were placing an order, please check your orders before trying again."
-            }
-            Outcome::BadRequest => "Your browser sent a request we could not understand.",
-            Outcome::ClientGone | Outcome::Internal => {
-                "Something went wrong on our side. Please try again in a few seconds."
-            }
         }
     }
 
@@ -113,145 +161,137 @@ impl Outcome {
             _ => Outcome::Internal,
         }
     }
+
+    /// The index of this outcome's page kind in [`PAGE_KINDS`]; `None` for
+    /// `ClientGone`.
+    fn page_kind(self) -> Option<usize> {
+        PAGE_KINDS.iter().position(|k| *k == self.reason())
+    }
 }
 
-/// Renders the page for an outcome: JSON unless the client prefers HTML.
+/// What varies per response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageContext<'a> {
+    /// The request id, printed on the page and sent as `X-Request-Id`.
+    pub request_id: &'a str,
+    /// Overrides the outcome's default Retry-After (e.g. from the shedding
+    /// estimate or a backend's Retry-After), in seconds. 0 is sent as 1, so a
+    /// waiting page never reloads in a tight loop.
+    pub retry_after: Option<u32>,
+    /// Estimated wait in seconds shown on the waiting page (defaults to the
+    /// Retry-After).
+    pub wait_seconds: Option<u32>,
+}
+
+impl<'a> PageContext<'a> {
+    /// A context with only the request id: the outcome's default Retry-After.
+    pub fn new(request_id: &'a str) -> PageContext<'a> {
+        PageContext {
+            request_id,
+            retry_after: None,
+            wait_seconds: None,
+        }
+    }
+}
+
+/// The stable JSON shape of a page (documented in `conf/pages/README.md`).
+#[derive(Serialize)]
+struct JsonPage<'a> {
+    error: JsonError<'a>,
+    retry_after: Option<u32>,
+    request_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonError<'a> {
+    code: &'a str,
+    status: u16,
+    title: &'a str,
+    message: &'a str,
+    advice: &'a str,
+}
+
+/// Renders the page for an outcome as the client wants it: HTML when its
+/// `Accept` prefers `text/html` over `application/json`, JSON otherwise; in the
+/// best language of its `Accept-Language` (default `en`). Fails only for
+/// `ClientGone`, which has no page.
 pub fn render(
+    pages: &Pages,
     outcome: Outcome,
-    request_id: &str,
     request: &HeaderMap,
+    context: &PageContext<'_>,
 ) -> Result<(ResponseHeader, Bytes)> {
-    let wants_html = request
-        .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"));
-    let (content_type, body) = if wants_html {
-        ("text/html; charset=utf-8", html(outcome, request_id))
-    } else {
-        ("application/json", json(outcome, request_id))
+    let Some(kind) = outcome.page_kind() else {
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "client_gone has no page: the client left",
+        );
     };
-    let mut header = ResponseHeader::build(outcome.status(), Some(5))?;
+    let language = pages.language_for(request);
+    let Some(page) = language.kind(kind) else {
+        return Error::e_explain(ErrorType::InternalError, "page kind missing");
+    };
+    let status = outcome.status();
+    let retry_after = context
+        .retry_after
+        .or(outcome.retry_after())
+        .map(|s| s.max(1));
+    let values = template::Values {
+        status,
+        request_id: context.request_id,
+        retry_after,
+        wait_seconds: context.wait_seconds.or(retry_after),
+    };
+
+    let (content_type, body) = if negotiate::prefers_html(request) {
+        let mut html = String::with_capacity(4096);
+        template::render(&page.html, &values, &mut html);
+        ("text/html; charset=utf-8", html.into_bytes())
+    } else {
+        let json = JsonPage {
+            error: JsonError {
+                code: outcome.reason(),
+                status,
+                title: &page.title,
+                message: &page.message,
+                advice: &page.advice,
+            },
+            retry_after,
+            request_id: context.request_id,
+        };
+        let body = serde_json::to_vec(&json)
+            .or_else(|e| Error::e_because(ErrorType::InternalError, "encoding a page", e))?;
+        ("application/json; charset=utf-8", body)
+    };
+
+    let mut header = ResponseHeader::build(status, Some(10))?;
     header.insert_header(http::header::CONTENT_TYPE, content_type)?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    header.insert_header("x-request-id", request_id)?;
-    if let Some(seconds) = outcome.retry_after() {
+    header.insert_header(http::header::CONTENT_LANGUAGE, language.tag.as_str())?;
+    header.insert_header(http::header::VARY, "Accept, Accept-Language")?;
+    header.insert_header("x-ordergate-page", outcome.reason())?;
+    // The caller sanitizes request ids; one that is still no valid header
+    // value is left out of the header rather than losing the whole page.
+    if let Ok(id) = http::HeaderValue::from_str(context.request_id) {
+        header.insert_header("x-request-id", id)?;
+    }
+    if let Some(seconds) = retry_after {
         header.insert_header(http::header::RETRY_AFTER, seconds)?;
     }
     Ok((header, Bytes::from(body)))
 }
 
 /// Writes the page for an outcome to the client.
-pub async fn send(session: &mut Session, outcome: Outcome, request_id: &str) -> Result<()> {
-    let (header, body) = render(outcome, request_id, &session.req_header().headers)?;
+pub async fn send(
+    session: &mut Session,
+    pages: &Pages,
+    outcome: Outcome,
+    context: &PageContext<'_>,
+) -> Result<()> {
+    let (header, body) = render(pages, outcome, &session.req_header().headers, context)?;
     session
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await
-}
-
-fn json(outcome: Outcome, request_id: &str) -> String {
-    serde_json::json!({
-        "error": outcome.reason(),
-        "status": outcome.status(),
-        "message": outcome.message(),
-        "request_id": request_id,
-        "retry_after": outcome.retry_after(),
-    })
-    .to_string()
-}
-
-fn html(outcome: Outcome, request_id: &str) -> String {
-    let retry = outcome
-        .retry_after()
-        .map(|s| format!("<p>Please try again in {s} seconds.</p>"))
-        .unwrap_or_default();
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status}</title></head>\n\
-         <body><h1>Sorry</h1><p>{message}</p>{retry}<p><small>Request id: {id}</small></p></body></html>\n",
-        status = outcome.status(),
-        message = outcome.message(),
-        id = escape_html(request_id),
-    )
-}
-
-fn escape_html(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(accept: &'static str) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        map.insert(http::header::ACCEPT, http::HeaderValue::from_static(accept));
-        map
-    }
-
-    #[test]
-    fn json_page_carries_status_reason_id_and_retry_after() {
-        let (header, body) =
-            render(Outcome::NoHealthyBackend, "abc", &HeaderMap::new()).expect("page");
-        assert_eq!(header.status.as_u16(), 503);
-        assert_eq!(header.headers["retry-after"], "5");
-        assert_eq!(header.headers["x-request-id"], "abc");
-        assert_eq!(
-            header.headers["content-length"],
-            body.len().to_string().as_str()
-        );
-        let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
-        assert_eq!(page["error"], "no_healthy_backend");
-        assert_eq!(page["request_id"], "abc");
-    }
-
-    #[test]
-    fn html_page_when_the_browser_asks_for_it() {
-        let (header, body) =
-            render(Outcome::NoRoute, "<id>", &headers("text/html,*/*")).expect("page");
-        assert_eq!(header.status.as_u16(), 404);
-        assert!(header.headers.get("retry-after").is_none());
-        let text = String::from_utf8(body.to_vec()).expect("utf-8");
-        assert!(
-            text.contains("&lt;id&gt;") && !text.contains("<id>"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn classifies_errors_by_source_and_kind() {
-        let upstream = |t| Error::new(t).into_up();
-        let downstream = |t| Error::new(t).into_down();
-        assert_eq!(
-            Outcome::from_error(&Error::new(ErrorType::ConnectRefused)),
-            Outcome::ConnectFailed
-        );
-        assert_eq!(
-            Outcome::from_error(&upstream(ErrorType::ReadTimedout)),
-            Outcome::UpstreamTimeout
-        );
-        assert_eq!(
-            Outcome::from_error(&upstream(ErrorType::ConnectionClosed)),
-            Outcome::UpstreamReset
-        );
-        assert_eq!(
-            Outcome::from_error(&upstream(ErrorType::InvalidHTTPHeader)),
-            Outcome::UpstreamError
-        );
-        assert_eq!(
-            Outcome::from_error(&downstream(ErrorType::ConnectionClosed)),
-            Outcome::ClientGone
-        );
-        assert_eq!(
-            Outcome::from_error(&downstream(ErrorType::InvalidHTTPHeader)),
-            Outcome::BadRequest
-        );
-        assert_eq!(
-            Outcome::from_error(&Error::new(ErrorType::InternalError)),
-            Outcome::Internal
-        );
-    }
 }

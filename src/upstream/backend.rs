@@ -3,13 +3,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use pingora_limits::rate::Rate;
+
 use super::budget::RetryBudget;
+use crate::admission::{Admission, AdmissionConfig};
 use super::health::{Health, HealthState};
 use super::outlier::{OutlierState, Signal};
 use crate::config::{HealthConfig, OutlierConfig};
@@ -36,6 +39,9 @@ pub struct Backend {
     in_flight: AtomicUsize,
     load: Mutex<Load>,
     status: Mutex<Status>,
+    drained: AtomicBool,
+    /// Weight set through the admin API; 0 = the config's weight.
+    weight_override: AtomicU32,
 }
 
 #[derive(Debug)]
@@ -66,6 +72,8 @@ pub enum Availability {
     Unhealthy(Health),
     /// Passive checks ejected it.
     Ejected,
+    /// An operator drained it.
+    Drained,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -94,6 +102,32 @@ impl Backend {
                 serving_since: now,
                 next_probe: None,
             }),
+            drained: AtomicBool::new(false),
+            weight_override: AtomicU32::new(0),
+        }
+    }
+
+    /// Drains the backend (no new requests; those in flight finish) or undrains it.
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
+    }
+
+    /// Whether the backend is drained.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Overrides the config's weight (0 restores it). Takes effect when the
+    /// snapshot is rebuilt.
+    pub fn set_weight_override(&self, weight: u32) {
+        self.weight_override.store(weight, Ordering::Relaxed);
+    }
+
+    /// The weight set through the admin API, if any.
+    pub fn weight_override(&self) -> Option<u32> {
+        match self.weight_override.load(Ordering::Relaxed) {
+            0 => None,
+            w => Some(w),
         }
     }
 
@@ -150,6 +184,9 @@ impl Backend {
     /// Whether the backend may take a new request now. `health` is the pool's
     /// active-check config: without one, probes are not awaited.
     pub fn availability(&self, now: Instant, health: Option<&HealthConfig>) -> Availability {
+        if self.is_drained() {
+            return Availability::Drained;
+        }
         let status = lock(&self.status);
         if let Some(config) = health {
             let state = status.health.health();
@@ -239,21 +276,24 @@ impl Drop for InFlight {
 }
 
 /// Live state of one pool that outlives snapshots.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PoolState {
     /// Retries allowed per recent requests.
     pub retry_budget: RetryBudget,
     /// Whether the pool is in panic mode (logged on each change).
-    pub panicking: std::sync::atomic::AtomicBool,
+    pub panicking: AtomicBool,
+    /// The pool's queue and concurrency limit.
+    pub admission: Arc<Admission>,
 }
 
-/// Live state of every backend, keyed by (pool name, address), and of every pool.
-/// Entries are held by snapshots and requests; once none holds one, the next
-/// lookup forgets it.
+/// Live state of every backend, keyed by (pool name, address), of every pool
+/// and of every route's rate limiter. Entries are held by snapshots and
+/// requests; once none holds one, the next lookup forgets it.
 #[derive(Debug, Default)]
 pub struct Registry {
     backends: Mutex<HashMap<(String, SocketAddr), Weak<Backend>>>,
     pools: Mutex<HashMap<String, Weak<PoolState>>>,
+    rate_limiters: Mutex<HashMap<String, Weak<Rate>>>,
 }
 
 impl Registry {
@@ -270,16 +310,41 @@ impl Registry {
         backend
     }
 
-    /// The live state of a pool, created if it is new.
-    pub fn pool(&self, name: &str) -> Arc<PoolState> {
+    /// The live state of a pool, created if it is new; an existing pool's
+    /// admission takes the new settings and keeps its waiters.
+    pub fn pool(&self, name: &str, admission: &AdmissionConfig) -> Arc<PoolState> {
         let mut entries = lock(&self.pools);
         entries.retain(|_, weak| weak.strong_count() > 0);
         if let Some(pool) = entries.get(name).and_then(Weak::upgrade) {
+            pool.admission.set_config(admission.clone());
             return pool;
         }
-        let pool = Arc::new(PoolState::default());
+        let pool = Arc::new(PoolState {
+            retry_budget: RetryBudget::default(),
+            panicking: AtomicBool::new(false),
+            admission: Arc::new(Admission::new(admission.clone())),
+        });
         entries.insert(name.to_string(), Arc::downgrade(&pool));
         pool
+    }
+
+    /// The live rate limiter of a route (one-second windows), created if new.
+    pub fn rate_limiter(&self, route: &str) -> Arc<Rate> {
+        let mut entries = lock(&self.rate_limiters);
+        entries.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(rate) = entries.get(route).and_then(Weak::upgrade) {
+            return rate;
+        }
+        let rate = Arc::new(Rate::new(Duration::from_secs(1)));
+        entries.insert(route.to_string(), Arc::downgrade(&rate));
+        rate
+    }
+
+    /// The live entry of a backend of a pool, if some snapshot or request holds it.
+    pub fn find_backend(&self, pool: &str, addr: SocketAddr) -> Option<Arc<Backend>> {
+        lock(&self.backends)
+            .get(&(pool.to_string(), addr))
+            .and_then(Weak::upgrade)
     }
 }
 
@@ -325,8 +390,15 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &registry.backend("catalog", addr(1))));
         drop((a, again, guard));
         assert_eq!(registry.backend("orders", addr(1)).in_flight(), 0);
-        let pool = registry.pool("orders");
-        assert!(Arc::ptr_eq(&pool, &registry.pool("orders")));
+        let admission = crate::config::Config::from_toml(
+            "[[pools]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        )
+        .expect("valid")
+        .pools[0]
+            .admission
+            .clone();
+        let pool = registry.pool("orders", &admission);
+        assert!(Arc::ptr_eq(&pool, &registry.pool("orders", &admission)));
     }
 
     #[test]

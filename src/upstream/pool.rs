@@ -14,6 +14,7 @@ use super::balance::{key_hash, Balancer};
 use super::outlier::Signal;
 use super::{Availability, Backend, InFlight, PoolState, Registry};
 use crate::config::{Balance, HashKey, HealthConfig, OutlierConfig, PoolConfig};
+use crate::telemetry::{BackendMetrics, Metrics, UpstreamResult};
 
 /// Share of traffic a backend gets at the very start of its slow start.
 const SLOW_START_FLOOR: f64 = 0.1;
@@ -28,6 +29,10 @@ pub struct Pool {
     hash_key: Option<HashKey>,
     backends: Vec<Arc<Backend>>,
     weights: Vec<u32>,
+    /// Most requests in flight per backend.
+    caps: Vec<u32>,
+    metrics: Vec<BackendMetrics>,
+    panics: prometheus::IntCounter,
     balancer: Balancer,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -45,28 +50,42 @@ pub struct Pick {
     pub peer: HttpPeer,
     /// The request, counted in flight at the backend.
     pub in_flight: InFlight,
+    /// The backend's index in the pool.
+    pub index: usize,
     /// Whether the pool was in panic mode (too few healthy backends) for this pick.
     pub panic: bool,
 }
 
 impl Pool {
     /// Builds a pool from its config, reusing live state from the registry.
-    pub fn new(config: &PoolConfig, registry: &Registry) -> Pool {
+    /// A weight set through the admin API overrides the config's.
+    pub fn new(config: &PoolConfig, registry: &Registry, metrics: &Metrics) -> Pool {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
             .map(|b| registry.backend(&config.name, b.addr))
             .collect();
-        let weights: Vec<u32> = config.backends.iter().map(|b| b.weight).collect();
+        let weights: Vec<u32> = config
+            .backends
+            .iter()
+            .zip(&backends)
+            .map(|(c, live)| live.weight_override().unwrap_or(c.weight))
+            .collect();
         let hash_key = match &config.balance {
             Balance::ConsistentHash(key) => Some(key.clone()),
             _ => None,
         };
         Pool {
             name: config.name.clone(),
-            state: registry.pool(&config.name),
+            state: registry.pool(&config.name, &config.admission),
             hash_key,
             balancer: Balancer::new(&config.balance, &backends, &weights),
+            caps: config.backends.iter().map(|b| b.max_in_flight).collect(),
+            metrics: backends
+                .iter()
+                .map(|b| metrics.backend(&config.name, &b.addr.to_string()))
+                .collect(),
+            panics: metrics.pool_panics(&config.name),
             backends,
             weights,
             connect_timeout: config.connect_timeout,
@@ -82,6 +101,40 @@ impl Pool {
     /// The pool's backends, in config order.
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// The weight and in-flight cap of the backend at `index`, as served.
+    pub fn weight_and_cap(&self, index: usize) -> Option<(u32, u32)> {
+        Some((*self.weights.get(index)?, *self.caps.get(index)?))
+    }
+
+    /// Requests the pool can have in flight now: the sum of the in-flight caps of
+    /// backends that can take traffic (of all but drained ones in panic mode).
+    pub fn capacity(&self) -> usize {
+        let now = Instant::now();
+        let (mut serving, mut serving_cap, mut panic_cap) = (0, 0, 0);
+        for (backend, cap) in self.backends.iter().zip(&self.caps) {
+            let cap = *cap as usize;
+            match backend.availability(now, self.health.as_ref()) {
+                Availability::Serving(_) => {
+                    serving += 1;
+                    serving_cap += cap;
+                    panic_cap += cap;
+                }
+                Availability::Drained => {}
+                _ => panic_cap += cap,
+            }
+        }
+        if self.in_panic(serving) {
+            panic_cap
+        } else {
+            serving_cap
+        }
+    }
+
+    /// Whether so few backends can take traffic that the pool spreads over all.
+    fn in_panic(&self, serving: usize) -> bool {
+        serving * 100 < usize::from(self.panic_threshold) * self.backends.len()
     }
 
     /// The pool's active health checks, if any.
@@ -153,7 +206,7 @@ impl Pool {
             })
             .collect();
         let up = serving.iter().filter(|s| s.is_some()).count();
-        let panic = up * 100 < usize::from(self.panic_threshold) * self.backends.len();
+        let panic = self.in_panic(up);
         self.note_panic(panic, up);
 
         let index_of = |backend: &Backend| {
@@ -176,9 +229,11 @@ impl Pool {
             .select(hash, &|b| candidate(b, true, ramp))
             .or_else(|| self.select(hash, &|b| candidate(b, true, false)))
             .or_else(|| self.select(hash, &|b| candidate(b, false, false)))?;
+        let index = index_of(backend)?;
         Some(Pick {
             peer: self.peer(backend, timeout),
             in_flight: backend.start_request(),
+            index,
             panic,
         })
     }
@@ -196,6 +251,7 @@ impl Pool {
     fn note_panic(&self, panic: bool, up: usize) {
         if self.state.panicking.swap(panic, Ordering::Relaxed) != panic {
             if panic {
+                self.panics.inc();
                 log::warn!(
                     "pool {}: panic mode, only {up} of {} backends can take traffic; spreading over all",
                     self.name,
@@ -211,9 +267,12 @@ impl Pool {
         }
     }
 
-    /// Feeds one attempt's result into the backend's passive health and load, and
-    /// ejects it when it crossed a threshold and the pool may lose it.
-    pub fn record_result(&self, backend: &Backend, signal: Signal, latency: Duration) {
+    /// Feeds one attempt's result into metrics, the backend's passive health and
+    /// load, and ejects it when it crossed a threshold and the pool may lose it.
+    pub fn record_result(&self, backend: &Backend, result: UpstreamResult, signal: Signal, latency: Duration) {
+        if let Some(metrics) = self.backends.iter().position(|b| std::ptr::eq(&**b, backend)).and_then(|i| self.metrics.get(i)) {
+            metrics.attempt(result);
+        }
         backend.observe(latency, signal != Signal::Success);
         if !backend.record_signal(signal, &self.outlier) {
             return;
@@ -268,7 +327,7 @@ mod tests {
             list.join(", ")
         );
         let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e:?}"));
-        Pool::new(&config.pools[0], &Registry::default())
+        Pool::new(&config.pools[0], &Registry::default(), &Metrics::new())
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -332,7 +391,7 @@ mod tests {
             4,
         );
         for backend in pool.backends() {
-            pool.record_result(backend, Signal::GatewayFailure, Duration::ZERO);
+            pool.record_result(backend, UpstreamResult::Reset, Signal::GatewayFailure, Duration::ZERO);
         }
         let now = Instant::now();
         let ejected = pool

@@ -173,27 +173,36 @@ pub fn free_port() -> u16 {
 pub struct Proxy {
     /// Where it listens.
     pub addr: SocketAddr,
+    server_extra: String,
     logs: Arc<Mutex<Vec<(Instant, String)>>>,
-    _config: TempFile,
-    _process: Process,
+    config: TempFile,
+    process: Process,
 }
 
 impl Proxy {
     /// Starts ordergate with `[server] listen` on a free port, followed by `body`
     /// (pools and routes), and waits until it accepts connections.
     pub fn start(body: &str) -> Proxy {
+        match Proxy::try_start(body) {
+            Ok(proxy) => proxy,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// Like [`Proxy::start`], but returns why ordergate did not come up.
+    pub fn try_start(body: &str) -> Result<Proxy, String> {
+        Proxy::try_start_with("grace_period = \"0s\"", body)
+    }
+
+    /// Like [`Proxy::try_start`], with more `[server]` keys (`server_extra`).
+    pub fn try_start_with(server_extra: &str, body: &str) -> Result<Proxy, String> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let text = format!(
-            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ngrace_period = \"0s\"\n\n{body}"
-        );
+        let text = Proxy::config_text(addr, server_extra, body);
         let config = TempFile::new("ordergate.toml", &text);
         let mut child = Command::new(bin())
             .args(["run", "-c"])
             .arg(&config.path)
-            .env(
-                "RUST_LOG",
-                "info,pingora_core=warn,pingora_proxy=warn,access=info",
-            )
+            .env("RUST_LOG", "info,pingora_core=warn,pingora_proxy=warn,access=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -211,27 +220,66 @@ impl Proxy {
             });
         }
         let mut process = Process(child);
+        let mut exited = None;
         let up = wait_until(Duration::from_secs(15), || {
             if let Ok(Some(status)) = process.0.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
-                let logs: Vec<String> = logs
-                    .lock()
-                    .map(|l| l.iter().map(|(_, line)| line.clone()).collect())
-                    .unwrap_or_default();
-                panic!(
-                    "ordergate exited early ({status}) with config:\n{text}\n{}",
-                    logs.join("\n")
-                );
+                exited = Some(status);
+                return true;
             }
             TcpStream::connect(addr).is_ok()
         });
-        assert!(up, "ordergate did not listen on {addr} within 15s");
-        Proxy {
-            addr,
-            logs,
-            _config: config,
-            _process: process,
+        if let Some(status) = exited {
+            std::thread::sleep(Duration::from_millis(100));
+            let logs: Vec<String> = logs
+                .lock()
+                .map(|l| l.iter().map(|(_, line)| line.clone()).collect())
+                .unwrap_or_default();
+            return Err(format!("ordergate exited early ({status}) with config:\n{text}\n{}", logs.join("\n")));
         }
+        if !up {
+            return Err(format!("ordergate did not listen on {addr} within 15s"));
+        }
+        Ok(Proxy {
+            addr,
+            server_extra: server_extra.to_string(),
+            logs,
+            config,
+            process,
+        })
+    }
+
+    fn config_text(addr: SocketAddr, server_extra: &str, body: &str) -> String {
+        format!("[server]\nlisten = [\"{addr}\"]\nthreads = 2\n{server_extra}\n\n{body}")
+    }
+
+    /// Replaces the config file with the same `[server]` table and a new body.
+    pub fn rewrite_config(&self, body: &str) {
+        let text = Proxy::config_text(self.addr, &self.server_extra, body);
+        std::fs::write(&self.config.path, text).expect("rewrite config");
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, ...) to ordergate.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits up to `timeout` for ordergate to exit; its exit status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.process.0.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
     }
 
     /// The lines ordergate wrote to stderr so far, each with when it arrived.

@@ -1,0 +1,302 @@
+//! The admin API, on its own listener (loopback by default):
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when ready for traffic, 503 while shutting down |
+//! | `GET /status` | JSON: config generation and source, last reload, pools, backends, queues |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /reload` | re-read the config file; 200 with the generation, or 422 with every error |
+//! | `POST /backends/{pool}/{addr}/drain` | no new requests to the backend; those in flight finish |
+//! | `POST /backends/{pool}/{addr}/undrain` | back in rotation |
+//! | `POST /backends/{pool}/{addr}/weight?value=N` | set its weight (0 restores the config's) |
+//!
+//! With a token configured, every request but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <token>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::admission::Priority;
+use crate::config::AdminConfig;
+use crate::state::State;
+use crate::upstream::{Availability, Backend, Pool};
+
+/// The admin API service.
+#[derive(Debug)]
+pub struct Admin {
+    state: Arc<State>,
+    config: AdminConfig,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+}
+
+impl Admin {
+    /// Binds the admin listener now, so a taken port fails at start with a clear
+    /// message rather than later in the background.
+    pub fn bind(state: Arc<State>, config: AdminConfig) -> Result<Admin, String> {
+        let listener = std::net::TcpListener::bind(config.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| format!("cannot listen for the admin API on {}: {e}", config.listen))?;
+        Ok(Admin {
+            state,
+            config,
+            listener: std::sync::Mutex::new(Some(listener)),
+        })
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Admin {
+    // The admin API keeps answering during a graceful shutdown (readiness then
+    // says 503), until the process exits.
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                log::error!("admin API: {e}");
+                return;
+            }
+        };
+        log::info!("admin API listening on {}", self.config.listen);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let state = Arc::clone(&self.state);
+            let token = self.config.token.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let state = Arc::clone(&state);
+                    let token = token.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, token.as_deref(), request).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    log::debug!("admin connection: {e}");
+                }
+            });
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    reply(status, json!({ "error": message.into() }))
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of
+/// a guess was right.
+fn same_token(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn handle(state: &State, token: Option<&str>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_string();
+    let method = request.method().clone();
+    if let (Some(token), false) = (token, matches!(path.as_str(), "/healthz" | "/readyz")) {
+        let given = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_token(given.as_bytes(), token.as_bytes()) {
+            let mut response = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => reply(StatusCode::OK, json!({ "status": "alive" })),
+        (&Method::GET, ["readyz"]) => {
+            if state.is_shutting_down() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "ready": false, "reason": "shutting down" }))
+            } else {
+                reply(StatusCode::OK, json!({ "ready": true }))
+            }
+        }
+        (&Method::GET, ["status"]) => reply(StatusCode::OK, status(state)),
+        (&Method::GET, ["metrics"]) => {
+            update_scrape_gauges(state);
+            let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        (&Method::POST, ["reload"]) => match state.reload("admin") {
+            Ok(generation) => reply(
+                StatusCode::OK,
+                json!({ "generation": generation, "notes": state.reload_status().last_notes }),
+            ),
+            Err(errors) => reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "errors": errors })),
+        },
+        (&Method::POST, ["backends", pool, addr, action]) => {
+            let query = request.uri().query().unwrap_or("").to_string();
+            backend_action(state, pool, addr, action, &query)
+        }
+        (_, ["healthz" | "readyz" | "status" | "metrics"]) | (_, ["reload"]) | (_, ["backends", ..]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no admin endpoint {path}")),
+    }
+}
+
+fn backend_action(state: &State, pool: &str, addr: &str, action: &str, query: &str) -> Response<Full<Bytes>> {
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{addr:?} is not an IP:PORT address"));
+    };
+    let Some(backend) = state.registry().find_backend(pool, addr) else {
+        return error(StatusCode::NOT_FOUND, format!("pool {pool:?} has no backend {addr}"));
+    };
+    match action {
+        "drain" | "undrain" => {
+            let drained = action == "drain";
+            backend.set_drained(drained);
+            log::warn!("pool {pool}: backend {addr} {}", if drained { "drained" } else { "undrained" });
+            reply(StatusCode::OK, json!({ "pool": pool, "backend": addr.to_string(), "drained": drained, "in_flight": backend.in_flight() }))
+        }
+        "weight" => {
+            let value = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("value="))
+                .and_then(|v| v.parse::<u32>().ok());
+            match value {
+                Some(weight @ 0..=1000) => {
+                    backend.set_weight_override(weight);
+                    let generation = state.rebuild();
+                    log::warn!("pool {pool}: backend {addr} weight set to {weight} (generation {generation})");
+                    reply(StatusCode::OK, json!({ "pool": pool, "backend": addr.to_string(), "weight": weight, "generation": generation }))
+                }
+                _ => error(StatusCode::BAD_REQUEST, "give the weight as ?value=N, 1 to 1000 (0 restores the config's weight)"),
+            }
+        }
+        other => error(StatusCode::NOT_FOUND, format!("no backend action {other:?}; use drain, undrain or weight")),
+    }
+}
+
+fn availability_name(availability: Availability) -> &'static str {
+    match availability {
+        Availability::Serving(_) => "serving",
+        Availability::Unhealthy(_) => "unhealthy",
+        Availability::Ejected => "ejected",
+        Availability::Drained => "drained",
+    }
+}
+
+fn backend_status(pool: &Pool, index: usize, backend: &Backend, now: Instant) -> Value {
+    let (weight, max_in_flight) = pool.weight_and_cap(index).unwrap_or_default();
+    let availability = backend.availability(now, pool.health());
+    json!({
+        "addr": backend.addr.to_string(),
+        "state": availability_name(availability),
+        "health": if pool.health().is_some() { backend.health().as_str() } else { "not_checked" },
+        "ejected": availability == Availability::Ejected,
+        "drained": backend.is_drained(),
+        "in_flight": backend.in_flight(),
+        "weight": weight,
+        "max_in_flight": max_in_flight,
+    })
+}
+
+fn status(state: &State) -> Value {
+    let snapshot = state.snapshot();
+    let now = Instant::now();
+    let pools: Vec<Value> = snapshot
+        .pools
+        .iter()
+        .map(|pool| {
+            let admission = pool.state.admission.snapshot();
+            let waiting: serde_json::Map<String, Value> = Priority::ALL
+                .iter()
+                .map(|p| (p.as_str().to_string(), json!(admission.waiting[*p as usize])))
+                .collect();
+            json!({
+                "name": pool.name,
+                "capacity": pool.capacity(),
+                "panic": pool.state.panicking.load(std::sync::atomic::Ordering::Relaxed),
+                "queue": {
+                    "in_use": admission.in_use,
+                    "waiting": waiting,
+                    "limit": admission.limit,
+                    "drain_per_second": admission.drain_per_second,
+                },
+                "backends": pool
+                    .backends()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| backend_status(pool, i, b, now))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "generation": snapshot.generation,
+        "reload": state.reload_status(),
+        "shutting_down": state.is_shutting_down(),
+        "routes": snapshot.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        "pools": pools,
+    })
+}
+
+fn update_scrape_gauges(state: &State) {
+    let snapshot = state.snapshot();
+    let metrics = &state.metrics;
+    let now = Instant::now();
+    for pool in &snapshot.pools {
+        for backend in pool.backends() {
+            let labels = [pool.name.as_str(), &backend.addr.to_string()];
+            let availability = backend.availability(now, pool.health());
+            let up = pool.health().is_none() || backend.health() == crate::upstream::health::Health::Healthy;
+            metrics.backend_up.with_label_values(&labels).set(i64::from(up));
+            metrics
+                .backend_ejected
+                .with_label_values(&labels)
+                .set(i64::from(availability == Availability::Ejected));
+            metrics.backend_drained.with_label_values(&labels).set(i64::from(backend.is_drained()));
+            metrics.backend_in_flight.with_label_values(&labels).set(backend.in_flight() as i64);
+        }
+        let admission = pool.state.admission.snapshot();
+        for priority in Priority::ALL {
+            metrics
+                .queue_depth
+                .with_label_values(&[pool.name.as_str(), priority.as_str()])
+                .set(admission.waiting[priority as usize] as i64);
+        }
+        metrics
+            .concurrency_limit
+            .with_label_values(&[pool.name.as_str()])
+            .set(admission.limit as i64);
+    }
+}

@@ -1,0 +1,487 @@
+//! Every page kind × HTML/JSON × language, the headers, and error classification.
+
+use super::*;
+
+const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+
+/// Every outcome that has a page, with its status and default Retry-After.
+const PAGED: [(Outcome, u16, Option<u32>); 15] = [
+    (Outcome::NoRoute, 404, None),
+    (Outcome::NoHealthyBackend, 503, Some(5)),
+    (Outcome::ConnectFailed, 502, Some(2)),
+    (Outcome::UpstreamTimeout, 504, Some(2)),
+    (Outcome::UpstreamReset, 502, Some(2)),
+    (Outcome::UpstreamError, 502, Some(2)),
+    (Outcome::UpstreamStatus(500), 500, None),
+    (Outcome::UpstreamStatus(503), 503, Some(2)),
+    (Outcome::UpstreamStatus(504), 504, Some(2)),
+    (Outcome::RateLimited, 429, Some(1)),
+    (Outcome::QueueFull, 503, Some(5)),
+    (Outcome::QueueTimeout, 503, Some(5)),
+    (Outcome::Shed, 503, Some(5)),
+    (Outcome::BadRequest, 400, None),
+    (Outcome::Internal, 500, None),
+];
+
+/// Kinds whose request may have reached a backend: an order may exist.
+const MAY_HAVE_ORDERED: [&str; 4] = [
+    "upstream_timeout",
+    "upstream_reset",
+    "upstream_error",
+    "upstream_status",
+];
+
+/// Kinds that fail before any backend got the request.
+const NOTHING_ORDERED: [&str; 6] = [
+    "no_healthy_backend",
+    "connect_failed",
+    "queue_full",
+    "queue_timeout",
+    "shed",
+    "rate_limited",
+];
+
+const WAITING: [&str; 3] = ["queue_full", "queue_timeout", "shed"];
+
+fn request(accept: Option<&'static str>, language: Option<&'static str>) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    if let Some(accept) = accept {
+        map.insert(http::header::ACCEPT, http::HeaderValue::from_static(accept));
+    }
+    if let Some(language) = language {
+        map.insert(
+            http::header::ACCEPT_LANGUAGE,
+            http::HeaderValue::from_static(language),
+        );
+    }
+    map
+}
+
+fn header<'h>(header: &'h ResponseHeader, name: &str) -> Option<&'h str> {
+    header.headers.get(name).map(|v| v.to_str().expect("ascii"))
+}
+
+fn has_chinese(text: &str) -> bool {
+    text.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c))
+}
+
+/// Checks what every page carries and returns the body as text.
+fn check_common(
+    outcome: Outcome,
+    status: u16,
+    retry_after: Option<u32>,
+    head: &ResponseHeader,
+    body: &Bytes,
+    content_type: &str,
+    language: &str,
+) -> String {
+    let what = format!("{outcome:?} {content_type} {language}");
+    assert_eq!(head.status.as_u16(), status, "{what}");
+    assert_eq!(header(head, "content-type"), Some(content_type), "{what}");
+    assert_eq!(
+        header(head, "content-length"),
+        Some(body.len().to_string().as_str()),
+        "{what}"
+    );
+    assert_eq!(header(head, "cache-control"), Some("no-store"), "{what}");
+    assert_eq!(header(head, "x-request-id"), Some("req-42"), "{what}");
+    assert_eq!(
+        header(head, "x-ordergate-page"),
+        Some(outcome.reason()),
+        "{what}"
+    );
+    assert_eq!(header(head, "content-language"), Some(language), "{what}");
+    assert_eq!(
+        header(head, "vary"),
+        Some("Accept, Accept-Language"),
+        "{what}"
+    );
+    assert_eq!(
+        header(head, "retry-after"),
+        retry_after.map(|s| s.to_string()).as_deref(),
+        "{what}"
+    );
+    String::from_utf8(body.to_vec()).expect("utf-8")
+}
+
+#[test]
+fn every_page_kind_is_tested() {
+    let mut kinds: Vec<&str> = PAGED.iter().map(|(o, _, _)| o.reason()).collect();
+    kinds.dedup();
+    assert_eq!(kinds, PAGE_KINDS);
+    assert_eq!(Outcome::ClientGone.page_kind(), None);
+}
+
+#[test]
+fn json_pages_in_every_language() {
+    let pages = Pages::builtin();
+    let context = PageContext::new("req-42");
+    for (outcome, status, retry_after) in PAGED {
+        for (accept, language, tag) in [
+            (None, None, "en"),
+            (Some("application/json"), Some("en-US,en;q=0.9"), "en"),
+            (Some("*/*"), Some("zh-CN,zh;q=0.9,en;q=0.8"), "zh-CN"),
+            (None, Some("zh-TW"), "zh-CN"),
+        ] {
+            let (head, body) =
+                render(&pages, outcome, &request(accept, language), &context).expect("page");
+            let text = check_common(
+                outcome,
+                status,
+                retry_after,
+                &head,
+                &body,
+                "application/json; charset=utf-8",
+                tag,
+            );
+            let what = format!("{outcome:?} {tag}: {text}");
+            let page: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let mut top: Vec<&String> = page.as_object().expect("object").keys().collect();
+            top.sort();
+            assert_eq!(top, ["error", "request_id", "retry_after"], "{what}");
+            let error = page["error"].as_object().expect("error object");
+            let mut keys: Vec<&String> = error.keys().collect();
+            keys.sort();
+            assert_eq!(
+                keys,
+                ["advice", "code", "message", "status", "title"],
+                "{what}"
+            );
+            assert_eq!(page["error"]["code"], outcome.reason(), "{what}");
+            assert_eq!(page["error"]["status"], status, "{what}");
+            assert_eq!(page["request_id"], "req-42", "{what}");
+            assert_eq!(
+                page["retry_after"],
+                serde_json::json!(retry_after),
+                "{what}"
+            );
+            for field in ["title", "message", "advice"] {
+                let value = page["error"][field].as_str().expect("string");
+                assert!(!value.is_empty(), "{what}");
+                assert_eq!(has_chinese(value), tag == "zh-CN", "{field} of {what}");
+            }
+            assert!(!text.contains('\n'), "compact: {what}");
+            // The documented key order.
+            assert!(
+                text.starts_with(&format!(
+                    "{{\"error\":{{\"code\":\"{}\",\"status\":{status},\"title\":",
+                    outcome.reason()
+                )),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn html_pages_in_every_language() {
+    let pages = Pages::builtin();
+    let context = PageContext::new("req-42");
+    for (outcome, status, retry_after) in PAGED {
+        for (language, tag) in [(None, "en"), (Some("zh-Hans-CN, en;q=0.5"), "zh-CN")] {
+            let (head, body) =
+                render(&pages, outcome, &request(Some(BROWSER), language), &context).expect("page");
+            let text = check_common(
+                outcome,
+                status,
+                retry_after,
+                &head,
+                &body,
+                "text/html; charset=utf-8",
+                tag,
+            );
+            let what = format!("{outcome:?} {tag}:\n{text}");
+            assert!(text.starts_with("<!doctype html>"), "{what}");
+            assert!(text.trim_end().ends_with("</html>"), "{what}");
+            assert!(text.contains(&format!("<html lang=\"{tag}\">")), "{what}");
+            assert!(text.contains("<code>req-42</code>"), "{what}");
+            assert!(!text.contains("{{"), "no placeholder left: {what}");
+            assert_eq!(has_chinese(&text), tag == "zh-CN", "{what}");
+            let waiting = WAITING.contains(&outcome.reason());
+            let refresh =
+                retry_after.map(|s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">"));
+            match &refresh {
+                Some(meta) if waiting => assert!(text.contains(meta.as_str()), "{what}"),
+                _ => assert!(!text.contains("http-equiv=\"refresh\""), "{what}"),
+            }
+            if let (true, Some(seconds)) = (waiting, retry_after) {
+                let wait = if tag == "en" {
+                    format!("Estimated wait: about {seconds} s")
+                } else {
+                    format!("预计等待约 {seconds} 秒")
+                };
+                assert!(text.contains(&wait), "{what}");
+            } else if !waiting {
+                assert!(
+                    text.contains(&format!("<p class=\"status\">{status}</p>")),
+                    "{what}"
+                );
+                // The retry section only when there is a Retry-After.
+                assert_eq!(
+                    text.contains("class=\"retry\""),
+                    retry_after.is_some(),
+                    "{what}"
+                );
+                if let Some(seconds) = retry_after {
+                    let hint = if tag == "en" {
+                        format!("You can try again in {seconds} s.")
+                    } else {
+                        format!("请在 {seconds} 秒后重试。")
+                    };
+                    assert!(text.contains(&hint), "{what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn pages_tell_whether_an_order_may_exist() {
+    let pages = Pages::builtin();
+    let context = PageContext::new("req-42");
+    for (outcome, _, _) in PAGED {
+        for (language, check, nothing) in [
+            ("en", "check your orders", "Nothing was ordered"),
+            ("zh-CN", "“我的订单”中确认订单是否已生成", "没有生成订单"),
+        ] {
+            let headers = {
+                let mut map = request(None, None);
+                map.insert(
+                    http::header::ACCEPT_LANGUAGE,
+                    http::HeaderValue::from_str(language).expect("value"),
+                );
+                map
+            };
+            let (_, body) = render(&pages, outcome, &headers, &context).expect("page");
+            let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            let text = format!("{} {}", page["error"]["message"], page["error"]["advice"]);
+            let reason = outcome.reason();
+            if MAY_HAVE_ORDERED.contains(&reason) {
+                assert!(text.contains(check), "{reason} {language}: {text}");
+                assert!(!text.contains(nothing), "{reason} {language}: {text}");
+            }
+            if NOTHING_ORDERED.contains(&reason) {
+                assert!(text.contains(nothing), "{reason} {language}: {text}");
+            }
+        }
+    }
+}
+
+#[test]
+fn retry_after_and_wait_can_be_overridden() {
+    let pages = Pages::builtin();
+    let html = request(Some(BROWSER), None);
+    let context = PageContext {
+        request_id: "req-42",
+        retry_after: Some(30),
+        wait_seconds: Some(45),
+    };
+    let (head, body) = render(&pages, Outcome::Shed, &html, &context).expect("page");
+    assert_eq!(header(&head, "retry-after"), Some("30"));
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(
+        text.contains("<meta http-equiv=\"refresh\" content=\"30\">"),
+        "{text}"
+    );
+    assert!(text.contains("about 45 s"), "{text}");
+    assert!(text.contains("by itself in 30 s"), "{text}");
+
+    // The wait defaults to the Retry-After.
+    let context = PageContext {
+        retry_after: Some(12),
+        ..PageContext::new("req-42")
+    };
+    let (_, body) = render(&pages, Outcome::QueueFull, &html, &context).expect("page");
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(
+        text.contains("content=\"12\"") && text.contains("about 12 s"),
+        "{text}"
+    );
+
+    // JSON too, and on an outcome without a default (a backend's Retry-After).
+    let (head, body) = render(
+        &pages,
+        Outcome::UpstreamStatus(500),
+        &HeaderMap::new(),
+        &PageContext {
+            retry_after: Some(7),
+            ..PageContext::new("req-42")
+        },
+    )
+    .expect("page");
+    assert_eq!(header(&head, "retry-after"), Some("7"));
+    let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(page["retry_after"], 7);
+
+    // 0 would make the waiting page reload in a loop.
+    let (head, _) = render(
+        &pages,
+        Outcome::Shed,
+        &html,
+        &PageContext {
+            retry_after: Some(0),
+            ..PageContext::new("req-42")
+        },
+    )
+    .expect("page");
+    assert_eq!(header(&head, "retry-after"), Some("1"));
+}
+
+#[test]
+fn upstream_status_keeps_the_backends_5xx() {
+    for (code, shown, retry) in [
+        (500, 500, None),
+        (501, 501, None),
+        (502, 502, Some(2)),
+        (503, 503, Some(2)),
+        (504, 504, Some(2)),
+        (507, 507, None),
+        (200, 502, None),
+        (404, 502, None),
+    ] {
+        let outcome = Outcome::UpstreamStatus(code);
+        assert_eq!(outcome.status(), shown, "{code}");
+        assert_eq!(outcome.retry_after(), retry, "{code}");
+        assert_eq!(outcome.reason(), "upstream_status");
+    }
+}
+
+#[test]
+fn json_page_carries_status_reason_id_and_retry_after() {
+    let (header, body) = render(
+        &Pages::builtin(),
+        Outcome::NoHealthyBackend,
+        &HeaderMap::new(),
+        &PageContext::new("abc"),
+    )
+    .expect("page");
+    assert_eq!(header.status.as_u16(), 503);
+    assert_eq!(header.headers["retry-after"], "5");
+    assert_eq!(header.headers["x-request-id"], "abc");
+    assert_eq!(
+        header.headers["content-length"],
+        body.len().to_string().as_str()
+    );
+    let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(page["error"]["code"], "no_healthy_backend");
+    assert_eq!(page["request_id"], "abc");
+}
+
+#[test]
+fn html_page_when_the_browser_asks_for_it() {
+    let (header, body) = render(
+        &Pages::builtin(),
+        Outcome::NoRoute,
+        &request(Some("text/html,*/*"), None),
+        &PageContext::new("<id>"),
+    )
+    .expect("page");
+    assert_eq!(header.status.as_u16(), 404);
+    assert!(header.headers.get("retry-after").is_none());
+    assert_eq!(header.headers["x-request-id"], "<id>");
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(
+        text.contains("&lt;id&gt;") && !text.contains("<id>"),
+        "{text}"
+    );
+}
+
+#[test]
+fn request_ids_are_escaped_everywhere() {
+    let id = "a\"b'c&<script>";
+    let (_, body) = render(
+        &Pages::builtin(),
+        Outcome::Shed,
+        &request(Some(BROWSER), Some("zh")),
+        &PageContext::new(id),
+    )
+    .expect("page");
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(!text.contains("<script>"), "{text}");
+    assert!(text.contains("a&quot;b&#39;c&amp;&lt;script&gt;"), "{text}");
+    let (_, body) = render(
+        &Pages::builtin(),
+        Outcome::Shed,
+        &HeaderMap::new(),
+        &PageContext::new(id),
+    )
+    .expect("page");
+    let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(page["request_id"], id);
+}
+
+#[test]
+fn an_id_that_is_no_header_value_still_gets_its_page() {
+    let (header, body) = render(
+        &Pages::builtin(),
+        Outcome::Internal,
+        &HeaderMap::new(),
+        &PageContext::new("a\u{1}b"),
+    )
+    .expect("page");
+    assert_eq!(header.status.as_u16(), 500);
+    assert!(header.headers.get("x-request-id").is_none());
+    let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(page["request_id"], "a\u{1}b");
+}
+
+#[test]
+fn client_gone_has_no_page() {
+    assert!(render(
+        &Pages::builtin(),
+        Outcome::ClientGone,
+        &HeaderMap::new(),
+        &PageContext::new("x"),
+    )
+    .is_err());
+}
+
+#[test]
+fn pages_from_a_loaded_directory_render_the_same() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/pages");
+    let loaded = Pages::load(&dir).unwrap_or_else(|p| panic!("{}", p.join("\n")));
+    let builtin = Pages::builtin();
+    let context = PageContext::new("req-42");
+    for (outcome, _, _) in PAGED {
+        for accept in [None, Some(BROWSER)] {
+            let headers = request(accept, Some("zh"));
+            let a = render(&loaded, outcome, &headers, &context).expect("page");
+            let b = render(&builtin, outcome, &headers, &context).expect("page");
+            assert_eq!(a.1, b.1);
+        }
+    }
+}
+
+#[test]
+fn classifies_errors_by_source_and_kind() {
+    let upstream = |t| Error::new(t).into_up();
+    let downstream = |t| Error::new(t).into_down();
+    assert_eq!(
+        Outcome::from_error(&Error::new(ErrorType::ConnectRefused)),
+        Outcome::ConnectFailed
+    );
+    assert_eq!(
+        Outcome::from_error(&upstream(ErrorType::ReadTimedout)),
+        Outcome::UpstreamTimeout
+    );
+    assert_eq!(
+        Outcome::from_error(&upstream(ErrorType::ConnectionClosed)),
+        Outcome::UpstreamReset
+    );
+    assert_eq!(
+        Outcome::from_error(&upstream(ErrorType::InvalidHTTPHeader)),
+        Outcome::UpstreamError
+    );
+    assert_eq!(
+        Outcome::from_error(&downstream(ErrorType::ConnectionClosed)),
+        Outcome::ClientGone
+    );
+    assert_eq!(
+        Outcome::from_error(&downstream(ErrorType::InvalidHTTPHeader)),
+        Outcome::BadRequest
+    );
+    assert_eq!(
+        Outcome::from_error(&Error::new(ErrorType::InternalError)),
+        Outcome::Internal
+    );
+}

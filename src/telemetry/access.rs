@@ -1,0 +1,136 @@
+//! The access log: one JSON object per line and request, written to stdout or
+//! a file, or nowhere (the default).
+
+use std::fs::OpenOptions;
+use std::io::{LineWriter, Write};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::config::AccessLog;
+
+/// One finished request, as the access log writes it.
+#[derive(Debug, Serialize)]
+pub struct AccessRecord<'a> {
+    /// RFC 3339 time the request finished, UTC.
+    pub time: String,
+    /// The request id.
+    pub request_id: &'a str,
+    /// Route name, or null when none matched.
+    pub route: Option<&'a str>,
+    /// Pool name.
+    pub pool: Option<&'a str>,
+    /// The backend that served (or last failed) the request.
+    pub backend: Option<String>,
+    /// Request method.
+    pub method: &'a str,
+    /// Request path (without the query string).
+    pub path: &'a str,
+    /// Status sent to the client (0 when none could be sent).
+    pub status: u16,
+    /// Upstream attempts made.
+    pub attempts: u32,
+    /// Seconds spent waiting in the pool's queue.
+    pub queue_wait: f64,
+    /// Seconds from the last attempt's start to its response header.
+    pub upstream_time: Option<f64>,
+    /// Seconds from request to the end of the response.
+    pub total_time: f64,
+    /// Response body bytes sent.
+    pub bytes: usize,
+    /// ordergate's outcome reason when it answered itself (`no_route`, `shed`, ...).
+    pub outcome: Option<&'static str>,
+}
+
+/// Where access records go.
+pub struct AccessLogger {
+    sink: Option<Mutex<Box<dyn Write + Send>>>,
+}
+
+impl std::fmt::Debug for AccessLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLogger").field("enabled", &self.enabled()).finish()
+    }
+}
+
+impl AccessLogger {
+    /// Opens the access log the config names.
+    pub fn open(config: &AccessLog) -> Result<AccessLogger, String> {
+        let sink: Option<Box<dyn Write + Send>> = match config {
+            AccessLog::Off => None,
+            AccessLog::Stdout => Some(Box::new(LineWriter::new(std::io::stdout()))),
+            AccessLog::File(path) => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("cannot open access log {}: {e}", path.display()))?;
+                Some(Box::new(LineWriter::new(file)))
+            }
+        };
+        Ok(AccessLogger {
+            sink: sink.map(Mutex::new),
+        })
+    }
+
+    /// Whether records are written at all (skip building them otherwise).
+    pub fn enabled(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// Writes one record as a JSON line.
+    pub fn write(&self, record: &AccessRecord<'_>) {
+        let Some(sink) = &self.sink else { return };
+        let Ok(mut line) = serde_json::to_vec(record) else { return };
+        line.push(b'\n');
+        if let Ok(mut sink) = sink.lock() {
+            if let Err(e) = sink.write_all(&line) {
+                log::warn!("access log write failed: {e}");
+            }
+        }
+    }
+}
+
+/// The current UTC time as RFC 3339 with milliseconds, e.g. `2026-11-26T02:10:00.123Z`.
+pub(crate) fn now_rfc3339() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_days_to_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(now_rfc3339().len(), 24);
+    }
+}

@@ -1,0 +1,253 @@
+//! The metrics, all on one registry, named `ordergate_*` in base units. Labels
+//! come from config names (route, pool, backend address) or closed enums
+//! (status class, outcome reason, retry stop reason), so cardinality is bounded.
+//! Per-request handles are resolved once per snapshot ([`RouteMetrics`],
+//! [`BackendMetrics`]), not looked up by label on every request.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets, in seconds: 1 ms to 30 s.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric ordergate exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    attempts: IntCounterVec,
+    /// Backend health as probes see it (1 up, 0 down), set at scrape time.
+    pub backend_up: IntGaugeVec,
+    /// Whether passive checks ejected a backend (1) or not (0), set at scrape time.
+    pub backend_ejected: IntGaugeVec,
+    /// Requests in flight per backend, set at scrape time.
+    pub backend_in_flight: IntGaugeVec,
+    /// Whether a backend is drained (1) or not (0), set at scrape time.
+    pub backend_drained: IntGaugeVec,
+    retries: IntCounterVec,
+    retries_denied: IntCounterVec,
+    /// Requests waiting in a pool's queue per priority, set at scrape time.
+    pub queue_depth: IntGaugeVec,
+    queue_wait: HistogramVec,
+    rejections: IntCounterVec,
+    /// Current concurrency limit of a pool, set at scrape time.
+    pub concurrency_limit: IntGaugeVec,
+    reloads: IntCounterVec,
+    /// The generation of the config being served.
+    pub config_generation: IntGauge,
+    /// 1 when the last reload attempt succeeded, 0 when it failed.
+    pub config_last_reload_success: IntGauge,
+    panics: IntCounterVec,
+}
+
+/// What one upstream attempt ended as: the `result` label of attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamResult {
+    /// An answer below 500.
+    Success,
+    /// A 5xx answer.
+    ServerError,
+    /// The connection could not be opened.
+    ConnectFailed,
+    /// The connection closed or reset.
+    Reset,
+    /// No answer in time.
+    Timeout,
+}
+
+impl UpstreamResult {
+    const ALL: [UpstreamResult; 5] = [
+        UpstreamResult::Success,
+        UpstreamResult::ServerError,
+        UpstreamResult::ConnectFailed,
+        UpstreamResult::Reset,
+        UpstreamResult::Timeout,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            UpstreamResult::Success => "success",
+            UpstreamResult::ServerError => "server_error",
+            UpstreamResult::ConnectFailed => "connect_failed",
+            UpstreamResult::Reset => "reset",
+            UpstreamResult::Timeout => "timeout",
+        }
+    }
+}
+
+/// Handles for one route, resolved when a snapshot is built.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    /// By status class: index 0 for "1xx" to 4 for "5xx".
+    requests: [IntCounter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts a finished request with its status and duration.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+/// Handles for one backend of a pool, resolved when a snapshot is built.
+#[derive(Debug, Clone)]
+pub struct BackendMetrics {
+    attempts: [IntCounter; 5],
+}
+
+impl BackendMetrics {
+    /// Counts one upstream attempt.
+    pub fn attempt(&self, result: UpstreamResult) {
+        self.attempts[result as usize].inc();
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+    let metric = HistogramVec::new(opts, labels).expect("static metric definition");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("static metric definition");
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric on a new registry.
+    // The definitions are static: failing to create or register one is a bug
+    // caught by the first test run, not a runtime condition.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            requests: counter_vec(&r, "ordergate_requests_total", "Requests answered, by route and status class.", &["route", "code"]),
+            duration: histogram_vec(&r, "ordergate_request_duration_seconds", "Time from request to last response byte, by route.", &["route"]),
+            attempts: counter_vec(&r, "ordergate_upstream_attempts_total", "Attempts sent to backends, by result.", &["pool", "backend", "result"]),
+            backend_up: gauge_vec(&r, "ordergate_backend_up", "1 when active checks find the backend healthy (or none run).", &["pool", "backend"]),
+            backend_ejected: gauge_vec(&r, "ordergate_backend_ejected", "1 while passive checks eject the backend.", &["pool", "backend"]),
+            backend_in_flight: gauge_vec(&r, "ordergate_backend_in_flight", "Requests in flight to the backend.", &["pool", "backend"]),
+            backend_drained: gauge_vec(&r, "ordergate_backend_drained", "1 while the backend is drained by the admin API.", &["pool", "backend"]),
+            retries: counter_vec(&r, "ordergate_retries_total", "Retries, by route and the failure retried.", &["route", "reason"]),
+            retries_denied: counter_vec(&r, "ordergate_retries_denied_total", "Failures not retried, by route and why (budget = budget exhausted).", &["route", "reason"]),
+            queue_depth: gauge_vec(&r, "ordergate_queue_depth", "Requests waiting for a pool, by priority.", &["pool", "priority"]),
+            queue_wait: histogram_vec(&r, "ordergate_queue_wait_seconds", "Time requests waited in the pool's queue, by priority.", &["pool", "priority"]),
+            rejections: counter_vec(&r, "ordergate_rejections_total", "Requests answered by ordergate itself, by route and reason.", &["route", "reason"]),
+            concurrency_limit: gauge_vec(&r, "ordergate_concurrency_limit", "Current concurrency limit of the pool.", &["pool"]),
+            reloads: counter_vec(&r, "ordergate_config_reloads_total", "Config reload attempts, by result.", &["result"]),
+            config_generation: gauge(&r, "ordergate_config_generation", "Generation of the config being served (1 = as started)."),
+            config_last_reload_success: gauge(&r, "ordergate_config_last_reload_success", "1 if the last reload succeeded, 0 if it failed."),
+            panics: counter_vec(&r, "ordergate_pool_panics_total", "Times a pool entered panic mode (too few healthy backends).", &["pool"]),
+            registry: r,
+        }
+    }
+
+    /// Handles for a route.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| self.requests.with_label_values(&[route, class])),
+            duration: self.duration.with_label_values(&[route]),
+        }
+    }
+
+    /// Counts a request that matched no route.
+    pub fn unrouted(&self, status: u16, seconds: f64) {
+        self.route("(none)").observe(status, seconds);
+    }
+
+    /// Handles for a backend of a pool.
+    pub fn backend(&self, pool: &str, backend: &str) -> BackendMetrics {
+        BackendMetrics {
+            attempts: UpstreamResult::ALL.map(|r| self.attempts.with_label_values(&[pool, backend, r.as_str()])),
+        }
+    }
+
+    /// Counts a retry of a failure kind (`connect_failure`, `reset`, `timeout`, `status`).
+    pub fn retry(&self, route: &str, reason: &str) {
+        self.retries.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Counts a failure that was not retried, with the stop reason.
+    pub fn retry_denied(&self, route: &str, reason: &str) {
+        self.retries_denied.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Counts a request answered with one of ordergate's own pages.
+    pub fn rejection(&self, route: &str, reason: &str) {
+        self.rejections.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Records a queue wait.
+    pub fn queue_wait(&self, pool: &str, priority: &str, seconds: f64) {
+        self.queue_wait.with_label_values(&[pool, priority]).observe(seconds);
+    }
+
+    /// Counts a reload attempt.
+    pub fn reload(&self, ok: bool, generation: u64) {
+        self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+        self.config_last_reload_success.set(i64::from(ok));
+        self.config_generation.set(generation as i64);
+    }
+
+    /// The counter of times a pool entered panic mode.
+    pub fn pool_panics(&self, pool: &str) -> IntCounter {
+        self.panics.with_label_values(&[pool])
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            log::error!("cannot encode metrics: {e}");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_bounded_labels() {
+        let metrics = Metrics::new();
+        metrics.route("checkout").observe(201, 0.02);
+        metrics.route("checkout").observe(503, 0.001);
+        metrics.backend("orders", "127.0.0.1:9001").attempt(UpstreamResult::Reset);
+        metrics.reload(true, 2);
+        let text = metrics.render();
+        assert!(text.contains("ordergate_requests_total{code=\"2xx\",route=\"checkout\"} 1"), "{text}");
+        assert!(text.contains("ordergate_requests_total{code=\"5xx\",route=\"checkout\"} 1"));
+        assert!(text.contains("ordergate_upstream_attempts_total{backend=\"127.0.0.1:9001\",pool=\"orders\",result=\"reset\"} 1"));
+        assert!(text.contains("ordergate_request_duration_seconds_count{route=\"checkout\"} 2"));
+        assert!(text.contains("ordergate_config_generation 2"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Telemetry: Prometheus metrics (one registry, bounded labels) and the JSON
+//! access log.
+
+mod access;
+mod metrics;
+
+pub(crate) use access::now_rfc3339;
+pub use access::{AccessLogger, AccessRecord};
+pub use metrics::{BackendMetrics, Metrics, RouteMetrics, UpstreamResult};

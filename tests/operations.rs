@@ -1,0 +1,296 @@
+//! Black-box operations tests: hot reload under load, state that survives
+//! reloads, drain, metrics, admin auth, TLS and graceful shutdown.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{request, wait_until, Fleet, Proxy, Response};
+
+fn backends(addrs: &[SocketAddr], weights: &[u32]) -> String {
+    let list: Vec<String> = addrs
+        .iter()
+        .zip(weights.iter().chain(std::iter::repeat(&1)))
+        .map(|(a, w)| format!("{{ addr = \"{a}\", weight = {w} }}"))
+        .collect();
+    format!("[ {} ]", list.join(", "))
+}
+
+fn admin_section(port: u16) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n")
+}
+
+fn admin(port: u16, method: &str, path: &str) -> Response {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    request(addr, method, path, &[], b"").unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
+}
+
+/// Sends GETs from `clients` threads until stopped; returns the failures seen.
+fn steady_load(addr: SocketAddr, clients: usize, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<(usize, Vec<String>)>> {
+    (0..clients)
+        .map(|_| {
+            let stop = Arc::clone(stop);
+            std::thread::spawn(move || {
+                let (mut ok, mut failures) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match support::get(addr, "/api/products/1") {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => failures.push(format!("{} {}", r.status, r.text())),
+                        Err(e) => failures.push(format!("{e:?}")),
+                    }
+                }
+                (ok, failures)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_hundred_reloads_under_load_fail_no_request() {
+    let fleet = Fleet::start(3);
+    let port = support::free_port();
+    let variants: Vec<String> = vec![
+        // weights change
+        format!("[[pools]]\nname = \"p\"\nbackends = {}\n", backends(&fleet.addrs, &[1, 2, 3])),
+        // a backend removed
+        format!("[[pools]]\nname = \"p\"\nbackends = {}\n", backends(&fleet.addrs[..2], &[1, 1])),
+        // a backend added back, different algorithm
+        format!("[[pools]]\nname = \"p\"\nbalance = \"least_request\"\nbackends = {}\n", backends(&fleet.addrs, &[1, 1, 1])),
+    ];
+    let routes = ["[[routes]]\nname = \"all\"\npool = \"p\"\n", "[[routes]]\nname = \"all\"\npool = \"p\"\n[[routes]]\nname = \"orders\"\npath_prefix = \"/api/orders\"\npool = \"p\"\n"];
+    let body = |i: usize| format!("{}{}\n{}", admin_section(port), variants[i % 3], routes[i % 2]);
+    let proxy = Proxy::start(&body(0));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = steady_load(proxy.addr, 3, &stop);
+    let (mut valid, mut invalid) = (0, 0);
+    for i in 0..100 {
+        if i % 5 == 4 {
+            proxy.rewrite_config(&format!("{}[[routes]]\nname = \"all\"\npool = \"missing\"\n", admin_section(port)));
+            let answer = admin(port, "POST", "/reload");
+            assert_eq!(answer.status, 422, "{}", answer.text());
+            invalid += 1;
+        } else {
+            proxy.rewrite_config(&body(i));
+            let answer = admin(port, "POST", "/reload");
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            valid += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for client in clients {
+        let (ok, failures) = client.join().expect("client");
+        assert!(failures.is_empty(), "requests failed during reloads: {failures:?}");
+        served += ok;
+    }
+    assert!(served > 100, "load kept flowing: {served}");
+
+    let status = admin(port, "GET", "/status").json();
+    assert_eq!(status["generation"], 1 + valid, "only valid reloads count");
+    assert_eq!(invalid, 20);
+    // The last reload was valid; make one invalid and see its error in /status.
+    proxy.rewrite_config(&format!("{}[[routes]]\nname = \"all\"\npool = \"missing\"\n", admin_section(port)));
+    assert_eq!(admin(port, "POST", "/reload").status, 422);
+    let status = admin(port, "GET", "/status").json();
+    assert_eq!(status["reload"]["last_ok"], false);
+    let errors = status["reload"]["last_errors"].to_string();
+    assert!(errors.contains("pool \\\"missing\\\" is not defined"), "{errors}");
+    assert_eq!(proxy.get("/api/products/1").status, 200, "the old config still serves");
+}
+
+#[test]
+fn sighup_and_file_changes_reload_too() {
+    let fleet = Fleet::start(2);
+    let port = support::free_port();
+    let body = |addr: SocketAddr| format!("{}[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"{addr}\" }} ]\n[[routes]]\nname = \"all\"\npool = \"p\"\n", admin_section(port));
+    let proxy = Proxy::start(&body(fleet.addrs[0]));
+    assert!(wait_until(Duration::from_secs(5), || proxy.logs().iter().any(|(_, l)| l.contains("reload triggers ready"))));
+    assert_eq!(proxy.get("/api/products/1").backend(), fleet.addrs[0]);
+
+    // A file change alone is noticed.
+    proxy.rewrite_config(&body(fleet.addrs[1]));
+    assert!(wait_until(Duration::from_secs(5), || proxy.get("/api/products/1").backend() == fleet.addrs[1]));
+
+    // SIGHUP reloads as well.
+    proxy.rewrite_config(&body(fleet.addrs[0]));
+    proxy.signal("HUP");
+    assert!(wait_until(Duration::from_secs(5), || proxy.get("/api/products/1").backend() == fleet.addrs[0]));
+    let status = admin(port, "GET", "/status").json();
+    assert!(status["generation"].as_u64() >= Some(3), "{status}");
+}
+
+#[test]
+fn a_backend_marked_down_stays_down_across_a_reload() {
+    let fleet = Fleet::start(2);
+    let (sick, fine) = (fleet.addrs[0], fleet.addrs[1]);
+    let port = support::free_port();
+    let body = |weight: u32| {
+        format!(
+            "{}[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"{sick}\" }}, {{ addr = \"{fine}\", weight = {weight} }} ]\n[pools.health]\ninterval = \"5s\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\n[[routes]]\nname = \"all\"\npool = \"p\"\n",
+            admin_section(port)
+        )
+    };
+    fleet.set_mode(sick, r#"{"status": 503}"#);
+    let proxy = Proxy::start(&body(1));
+    // The first probe (at start) finds it down; the next one is 5 s away.
+    assert!(wait_until(Duration::from_secs(3), || {
+        admin(port, "GET", "/status").json()["pools"][0]["backends"][0]["state"] == "unhealthy"
+    }));
+    fleet.set_mode(sick, r#"{"status": null}"#);
+    let before = fleet.stats()["listeners"][sick.to_string()]["requests"].as_u64().unwrap_or(0);
+
+    proxy.rewrite_config(&body(2));
+    assert_eq!(admin(port, "POST", "/reload").status, 200);
+    for _ in 0..50 {
+        assert_eq!(proxy.get("/api/products/1").backend(), fine);
+    }
+    let after = fleet.stats()["listeners"][sick.to_string()]["requests"].as_u64().unwrap_or(0);
+    // Only probes may reach it (none are due): no shopper traffic.
+    assert!(after <= before + 1, "the down backend got traffic after the reload ({before} -> {after})");
+    assert_eq!(admin(port, "GET", "/status").json()["pools"][0]["backends"][0]["state"], "unhealthy");
+}
+
+#[test]
+fn a_drained_backend_finishes_its_requests_and_gets_no_new_ones() {
+    let fleet = Fleet::start(2);
+    let (drained, other) = (fleet.addrs[0], fleet.addrs[1]);
+    fleet.set_mode(drained, r#"{"latency_ms": 800}"#);
+    let port = support::free_port();
+    let proxy = Proxy::start(&format!(
+        "{}[[pools]]\nname = \"p\"\nbalance = \"round_robin\"\nbackends = {}\n[[routes]]\nname = \"all\"\npool = \"p\"\n",
+        admin_section(port),
+        backends(&fleet.addrs, &[1, 1])
+    ));
+    // Round robin sends the first request to the first backend.
+    let addr = proxy.addr;
+    let in_flight = std::thread::spawn(move || support::get(addr, "/api/products/1"));
+    assert!(wait_until(Duration::from_secs(2), || fleet.stats()["in_flight"].as_u64() == Some(1)));
+    let answer = admin(port, "POST", &format!("/backends/p/{drained}/drain"));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+
+    for _ in 0..20 {
+        assert_eq!(proxy.get("/api/products/1").backend(), other);
+    }
+    let finished = in_flight.join().expect("client").expect("answer");
+    assert_eq!(finished.status, 200);
+    assert_eq!(finished.backend(), drained, "the drained backend finished what it had");
+
+    assert_eq!(admin(port, "POST", &format!("/backends/p/{drained}/undrain")).status, 200);
+    assert!(wait_until(Duration::from_secs(5), || proxy.get("/api/products/1").backend() == drained));
+    assert_eq!(admin(port, "POST", "/backends/p/127.0.0.1:1/drain").status, 404);
+}
+
+fn scrape(port: u16) -> prometheus_parse::Scrape {
+    let text = admin(port, "GET", "/metrics").text();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("/metrics parses as Prometheus text")
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[test]
+fn metrics_parse_grow_and_count_each_request_in_its_series() {
+    let fleet = Fleet::start(1);
+    let port = support::free_port();
+    let proxy = Proxy::start(&format!(
+        "{}[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"shop\"\npool = \"p\"\n",
+        admin_section(port),
+        backends(&fleet.addrs, &[1])
+    ));
+    assert_eq!(proxy.get("/api/products/1").status, 200);
+    let first = scrape(port);
+    let ok_before = value(&first, "ordergate_requests_total", &[("route", "shop"), ("code", "2xx")]);
+    assert_eq!(proxy.get("/api/products/1").status, 200);
+    let backend = fleet.addrs[0].to_string();
+    let second = scrape(port);
+    assert_eq!(value(&second, "ordergate_requests_total", &[("route", "shop"), ("code", "2xx")]), ok_before + 1.0);
+    assert!(value(&second, "ordergate_upstream_attempts_total", &[("pool", "p"), ("backend", &backend), ("result", "success")]) >= 2.0);
+    assert_eq!(value(&second, "ordergate_backend_up", &[("pool", "p"), ("backend", &backend)]), 1.0);
+    assert_eq!(value(&second, "ordergate_config_generation", &[]), 1.0);
+    // Counters only grow.
+    for sample in &first.samples {
+        if let prometheus_parse::Value::Counter(before) = sample.value {
+            let after = value(&second, &sample.metric, &sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>());
+            assert!(after >= before, "{} went down: {before} -> {after}", sample.metric);
+        }
+    }
+    assert!(second.samples.iter().any(|s| s.metric.starts_with("ordergate_request_duration_seconds")));
+}
+
+#[test]
+fn a_public_admin_listener_needs_a_token() {
+    let fleet = Fleet::start(1);
+    let port = support::free_port();
+    let pools = format!("[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n", backends(&fleet.addrs, &[1]));
+    let refused = Proxy::try_start(&format!("[admin]\nlisten = \"0.0.0.0:{port}\"\n\n{pools}"));
+    let why = refused.err().expect("must refuse to start");
+    assert!(why.contains("a token is required"), "{why}");
+
+    let token = "s3cret-token-for-tests";
+    let proxy = Proxy::start(&format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{token}\"\n\n{pools}"));
+    assert_eq!(admin(port, "GET", "/status").status, 401);
+    assert_eq!(admin(port, "GET", "/healthz").status, 200, "liveness needs no token");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let bearer = format!("Bearer {token}");
+    let ok = request(addr, "GET", "/status", &[("authorization", &bearer)], b"").expect("status");
+    assert_eq!(ok.status, 200);
+    let wrong = request(addr, "GET", "/status", &[("authorization", "Bearer wrong-token-wrong-token")], b"").expect("status");
+    assert_eq!(wrong.status, 401);
+    drop(proxy);
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
+    let fleet = Fleet::start(1);
+    fleet.set_mode(fleet.addrs[0], r#"{"latency_ms": 1000}"#);
+    let port = support::free_port();
+    let body = format!(
+        "{}[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        admin_section(port),
+        backends(&fleet.addrs, &[1])
+    );
+    // A grace period of 3 s instead of the tests' usual 0.
+    let mut proxy = Proxy::try_start_with("grace_period = \"3s\"", &body).unwrap_or_else(|e| panic!("{e}"));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, results) = (proxy.addr, Arc::clone(&results));
+            std::thread::spawn(move || {
+                let answer = support::get(addr, "/api/products/1");
+                if let Ok(mut results) = results.lock() {
+                    results.push(answer.map(|r| r.status).map_err(|e| format!("{e:?}")));
+                }
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(2), || fleet.stats()["in_flight"].as_u64() == Some(4)));
+    let sent_at = Instant::now();
+    proxy.signal("TERM");
+    assert!(wait_until(Duration::from_secs(2), || admin(port, "GET", "/readyz").status == 503), "readiness turns false");
+    assert!(
+        wait_until(Duration::from_secs(2), || std::net::TcpStream::connect(proxy.addr).is_err()),
+        "new connections are refused once shutdown starts"
+    );
+    for client in clients {
+        client.join().expect("client");
+    }
+    let results = results.lock().map(|r| r.clone()).unwrap_or_default();
+    assert_eq!(results, vec![Ok(200); 4], "requests in flight finished");
+    let status = proxy.wait_exit(Duration::from_secs(10)).expect("ordergate exits");
+    assert!(status.success(), "exit status {status}");
+    assert!(sent_at.elapsed() < Duration::from_secs(10));
+}
