@@ -128,8 +128,10 @@ requests_per_second = 1
         resetting_pool = one_backend(resetting),
         healthy_pool = one_backend(healthy),
     );
-    let proxy = Proxy::start(&config);
     for (client, headers) in CLIENTS {
+        // A fresh proxy per client: the queue's drain-rate estimate from an earlier
+        // round would shed at once (rightly) instead of showing queue full/timeout.
+        let proxy = Proxy::start(&config);
         // No route.
         check_page("no route", client, &send(proxy.addr, "GET", "/nowhere", headers), 404, "no_route", false);
 

@@ -88,7 +88,7 @@ fn no_route_is_a_404_page_with_request_id() {
     );
     let id = response.header("x-request-id").expect("request id");
     let page = response.json();
-    assert_eq!(page["error"], "no_route");
+    assert_eq!(page["error"]["code"], "no_route");
     assert_eq!(page["request_id"], id);
 
     let html = proxy.send(
@@ -308,7 +308,7 @@ fn a_dead_backend_is_a_friendly_502_not_a_raw_error() {
     let response = proxy.get("/api/products/1");
     assert_eq!(response.status, 502);
     assert_eq!(response.header("retry-after"), Some("2"));
-    assert_eq!(response.json()["error"], "connect_failed");
+    assert_eq!(response.json()["error"]["code"], "connect_failed");
 }
 
 #[test]
@@ -328,7 +328,7 @@ fn a_slow_backend_is_a_504_page_after_the_request_timeout() {
     let started = std::time::Instant::now();
     let response = proxy.get("/api/products/1");
     assert_eq!(response.status, 504, "{}", response.text());
-    assert_eq!(response.json()["error"], "upstream_timeout");
+    assert_eq!(response.json()["error"]["code"], "upstream_timeout");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "answered before the backend did"

@@ -186,7 +186,7 @@ fn an_unkeyed_order_that_reached_a_backend_is_never_replayed() {
 
     let response = post_order(&proxy, None).expect("a complete answer, not a reset");
     assert_eq!(response.status, 502, "{}", response.text());
-    assert_eq!(response.json()["error"], "upstream_reset");
+    assert_eq!(response.json()["error"]["code"], "upstream_reset");
     let stats = fleet.stats();
     assert_eq!(listener_requests(&stats, faulty), 1);
     assert_eq!(listener_requests(&stats, healthy), 0, "not retried");

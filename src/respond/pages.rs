@@ -98,7 +98,7 @@ impl Pages {
                         (
                             tag.to_string(),
                             format!("built-in {tag}.toml"),
-                            text.to_string(),
+                            Ok(text.to_string()),
                         )
                     })
                     .collect();
@@ -172,10 +172,8 @@ impl Pages {
                 .and_then(|s| s.to_str())
                 .unwrap_or_default()
                 .to_owned();
-            match std::fs::read_to_string(path) {
-                Ok(text) => languages.push((tag, name, text)),
-                Err(e) => problems.push(format!("{name}: cannot read: {e}")),
-            }
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"));
+            languages.push((tag, name, text));
         }
         match compile(&dir.display().to_string(), page, waiting, languages) {
             Ok(pages) if problems.is_empty() => Ok(pages),
@@ -214,12 +212,12 @@ fn builtin_source(text: &str, file: &str) -> Source {
 }
 
 /// Checks and binds a whole set, named `set` in problems about the set as a
-/// whole; `languages` are (tag, file name, text).
+/// whole; `languages` are (tag, file name, text or why it could not be read).
 fn compile(
     set: &str,
     page: Source,
     waiting: Source,
-    languages: Vec<(String, String, String)>,
+    languages: Vec<(String, String, Result<String, String>)>,
 ) -> Result<Pages, Vec<String>> {
     let mut problems = Vec::new();
     let mut parse_template = |source: &Source| match template::parse(&source.text, Scope::Template)
@@ -234,7 +232,15 @@ fn compile(
     let waiting_tokens = parse_template(&waiting);
 
     let mut texts: Vec<LanguageText> = Vec::new();
+    let no_language = languages.is_empty();
     for (tag, name, text) in languages {
+        let text = match text {
+            Ok(text) => text,
+            Err(problem) => {
+                problems.push(format!("{name}: {problem}"));
+                continue;
+            }
+        };
         if let Err(problem) = check_tag(&tag) {
             problems.push(format!("{name}: {problem}"));
             continue;
@@ -251,7 +257,7 @@ fn compile(
             Err(found) => problems.extend(found.into_iter().map(|p| format!("{name}: {p}"))),
         }
     }
-    if texts.is_empty() && problems.is_empty() {
+    if no_language {
         problems.push(format!(
             "{set}: no language file; add at least one <language>.toml such as en.toml (see conf/pages/README.md)"
         ));
@@ -704,6 +710,13 @@ mod tests {
         let problems = Pages::load(&dir.0).expect_err("no language");
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("no language file"), "{problems:?}");
+        std::fs::write(dir.0.join("ja.toml"), [0xff, 0xfe]).expect("write");
+        let problems = Pages::load(&dir.0).expect_err("unreadable");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(&format!("{}: cannot read", dir.0.join("ja.toml").display())),
+            "{problems:?}"
+        );
         let problems = Pages::load(&dir.0.join("nope")).expect_err("missing");
         assert!(
             problems[0].contains("cannot read the pages directory"),

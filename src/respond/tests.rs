@@ -485,3 +485,21 @@ fn classifies_errors_by_source_and_kind() {
         Outcome::Internal
     );
 }
+
+#[test]
+fn the_documented_json_example_is_what_ordergate_sends() {
+    let readme = include_str!("../../conf/pages/README.md");
+    let example = readme
+        .split("```json\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a json example in conf/pages/README.md");
+    let (_, body) = render(
+        &Pages::builtin(),
+        Outcome::QueueFull,
+        &HeaderMap::new(),
+        &PageContext::new("1f0c9a"),
+    )
+    .expect("page");
+    assert_eq!(example, std::str::from_utf8(&body).expect("utf-8"));
+}
