@@ -294,3 +294,68 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     assert!(status.success(), "exit status {status}");
     assert!(sent_at.elapsed() < Duration::from_secs(10));
 }
+
+/// One HTTPS request with a client that trusts only `cert`; returns the response
+/// and the ALPN protocol the server chose when `alpn` was offered.
+fn https(addr: SocketAddr, cert: &rcgen::Certificate, path: &str, alpn: &[&[u8]]) -> (Option<Response>, Option<Vec<u8>>) {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("trust the test certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
+    let socket = std::net::TcpStream::connect(addr).expect("connect TLS listener");
+    socket.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    if alpn.contains(&&b"h2"[..]) {
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
+        }
+        return (None, tls.conn.alpn_protocol().map(<[u8]>::to_vec));
+    }
+    let request = format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).expect("send over TLS");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The server may close without close_notify once the answer is complete.
+    while let Ok(n) = tls.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
+    (Some(support::parse_response(&raw).expect("an HTTP answer over TLS")), alpn)
+}
+
+#[test]
+fn tls_listener_serves_https_with_a_certificate_made_at_test_time() {
+    let fleet = Fleet::start(1);
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate a certificate");
+    let cert_file = support::TempFile::new("cert.pem", &certified.cert.pem());
+    let key_file = support::TempFile::new("key.pem", &certified.signing_key.serialize_pem());
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let server_extra = format!(
+        "grace_period = \"0s\"\n[[server.tls]]\nlisten = \"{tls_addr}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert_file.path.display(),
+        key_file.path.display()
+    );
+    let body = format!("[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n", backends(&fleet.addrs, &[1]));
+    let proxy = Proxy::try_start_with(&server_extra, &body).unwrap_or_else(|e| panic!("{e}"));
+    assert!(wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(tls_addr).is_ok()));
+
+    let (response, _) = https(tls_addr, &certified.cert, "/__sim/echo", &[]);
+    let response = response.expect("response");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["headers"]["x-forwarded-proto"], "https");
+    let (_, alpn) = https(tls_addr, &certified.cert, "/", &[b"h2", b"http/1.1"]);
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "HTTP/2 is offered to clients");
+    // Plain HTTP still works on the other listener.
+    assert_eq!(proxy.get("/api/products/1").status, 200);
+}

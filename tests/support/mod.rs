@@ -413,7 +413,7 @@ fn io_error(e: std::io::Error) -> HttpError {
     }
 }
 
-fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
+pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
     if raw.is_empty() {
         return Err(HttpError::Empty);
     }
