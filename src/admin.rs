@@ -76,7 +76,9 @@ impl BackgroundService for Admin {
         };
         log::info!("admin API listening on {}", self.config.listen);
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let state = Arc::clone(&self.state);
             let token = self.config.token.clone();
             tokio::spawn(async move {
@@ -113,10 +115,19 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
 /// Compares without an early exit, so the time taken does not tell how much of
 /// a guess was right.
 fn same_token(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
-async fn handle(state: &State, token: Option<&str>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    state: &State,
+    token: Option<&str>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     if let (Some(token), false) = (token, matches!(path.as_str(), "/healthz" | "/readyz")) {
@@ -140,7 +151,10 @@ async fn handle(state: &State, token: Option<&str>, request: Request<Incoming>) 
         (&Method::GET, ["healthz"]) => reply(StatusCode::OK, json!({ "status": "alive" })),
         (&Method::GET, ["readyz"]) => {
             if state.is_shutting_down() {
-                reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "ready": false, "reason": "shutting down" }))
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "ready": false, "reason": "shutting down" }),
+                )
             } else {
                 reply(StatusCode::OK, json!({ "ready": true }))
             }
@@ -160,32 +174,56 @@ async fn handle(state: &State, token: Option<&str>, request: Request<Incoming>) 
                 StatusCode::OK,
                 json!({ "generation": generation, "notes": state.reload_status().last_notes }),
             ),
-            Err(errors) => reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "errors": errors })),
+            Err(errors) => reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "errors": errors }),
+            ),
         },
         (&Method::POST, ["backends", pool, addr, action]) => {
             let query = request.uri().query().unwrap_or("").to_string();
             backend_action(state, pool, addr, action, &query)
         }
-        (_, ["healthz" | "readyz" | "status" | "metrics"]) | (_, ["reload"]) | (_, ["backends", ..]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
-        }
+        (_, ["healthz" | "readyz" | "status" | "metrics"])
+        | (_, ["reload"])
+        | (_, ["backends", ..]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+        ),
         _ => error(StatusCode::NOT_FOUND, format!("no admin endpoint {path}")),
     }
 }
 
-fn backend_action(state: &State, pool: &str, addr: &str, action: &str, query: &str) -> Response<Full<Bytes>> {
+fn backend_action(
+    state: &State,
+    pool: &str,
+    addr: &str,
+    action: &str,
+    query: &str,
+) -> Response<Full<Bytes>> {
     let Ok(addr) = addr.parse::<SocketAddr>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{addr:?} is not an IP:PORT address"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{addr:?} is not an IP:PORT address"),
+        );
     };
     let Some(backend) = state.registry().find_backend(pool, addr) else {
-        return error(StatusCode::NOT_FOUND, format!("pool {pool:?} has no backend {addr}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("pool {pool:?} has no backend {addr}"),
+        );
     };
     match action {
         "drain" | "undrain" => {
             let drained = action == "drain";
             backend.set_drained(drained);
-            log::warn!("pool {pool}: backend {addr} {}", if drained { "drained" } else { "undrained" });
-            reply(StatusCode::OK, json!({ "pool": pool, "backend": addr.to_string(), "drained": drained, "in_flight": backend.in_flight() }))
+            log::warn!(
+                "pool {pool}: backend {addr} {}",
+                if drained { "drained" } else { "undrained" }
+            );
+            reply(
+                StatusCode::OK,
+                json!({ "pool": pool, "backend": addr.to_string(), "drained": drained, "in_flight": backend.in_flight() }),
+            )
         }
         "weight" => {
             let value = query
@@ -197,12 +235,21 @@ fn backend_action(state: &State, pool: &str, addr: &str, action: &str, query: &s
                     backend.set_weight_override(weight);
                     let generation = state.rebuild();
                     log::warn!("pool {pool}: backend {addr} weight set to {weight} (generation {generation})");
-                    reply(StatusCode::OK, json!({ "pool": pool, "backend": addr.to_string(), "weight": weight, "generation": generation }))
+                    reply(
+                        StatusCode::OK,
+                        json!({ "pool": pool, "backend": addr.to_string(), "weight": weight, "generation": generation }),
+                    )
                 }
-                _ => error(StatusCode::BAD_REQUEST, "give the weight as ?value=N, 1 to 1000 (0 restores the config's weight)"),
+                _ => error(
+                    StatusCode::BAD_REQUEST,
+                    "give the weight as ?value=N, 1 to 1000 (0 restores the config's weight)",
+                ),
             }
         }
-        other => error(StatusCode::NOT_FOUND, format!("no backend action {other:?}; use drain, undrain or weight")),
+        other => error(
+            StatusCode::NOT_FOUND,
+            format!("no backend action {other:?}; use drain, undrain or weight"),
+        ),
     }
 }
 
@@ -240,7 +287,12 @@ fn status(state: &State) -> Value {
             let admission = pool.state.admission.snapshot();
             let waiting: serde_json::Map<String, Value> = Priority::ALL
                 .iter()
-                .map(|p| (p.as_str().to_string(), json!(admission.waiting[*p as usize])))
+                .map(|p| {
+                    (
+                        p.as_str().to_string(),
+                        json!(admission.waiting[*p as usize]),
+                    )
+                })
                 .collect();
             json!({
                 "name": pool.name,
@@ -278,14 +330,24 @@ fn update_scrape_gauges(state: &State) {
         for backend in pool.backends() {
             let labels = [pool.name.as_str(), &backend.addr.to_string()];
             let availability = backend.availability(now, pool.health());
-            let up = pool.health().is_none() || backend.health() == crate::upstream::health::Health::Healthy;
-            metrics.backend_up.with_label_values(&labels).set(i64::from(up));
+            let up = pool.health().is_none()
+                || backend.health() == crate::upstream::health::Health::Healthy;
+            metrics
+                .backend_up
+                .with_label_values(&labels)
+                .set(i64::from(up));
             metrics
                 .backend_ejected
                 .with_label_values(&labels)
                 .set(i64::from(availability == Availability::Ejected));
-            metrics.backend_drained.with_label_values(&labels).set(i64::from(backend.is_drained()));
-            metrics.backend_in_flight.with_label_values(&labels).set(backend.in_flight() as i64);
+            metrics
+                .backend_drained
+                .with_label_values(&labels)
+                .set(i64::from(backend.is_drained()));
+            metrics
+                .backend_in_flight
+                .with_label_values(&labels)
+                .set(backend.in_flight() as i64);
         }
         let admission = pool.state.admission.snapshot();
         for priority in Priority::ALL {

@@ -40,6 +40,9 @@ pub struct RequestCtx {
     pub upstream_time: Option<Duration>,
     /// How the request ended, when ordergate rather than a backend decided.
     pub outcome: Option<Outcome>,
+    /// The failure of an earlier attempt that may have reached a backend: the
+    /// shopper must then hear that an order may exist, whatever failed last.
+    pub reached_backend: Option<Outcome>,
     /// Retry-After to show on the page, when known better than the default
     /// (shedding estimate, a backend's own Retry-After).
     pub retry_after: Option<u32>,
@@ -65,6 +68,7 @@ impl RequestCtx {
             backoff: None,
             upstream_time: None,
             outcome: None,
+            reached_backend: None,
             retry_after: None,
             page_body: None,
             bytes_sent: 0,
@@ -87,7 +91,14 @@ impl RequestCtx {
 
     /// The route's name for labels and logs, `(none)` when no route matched.
     pub fn route_name(&self) -> &str {
-        self.route_and_pool().map_or("(none)", |(route, _)| route.name.as_str())
+        self.route_and_pool()
+            .map_or("(none)", |(route, _)| route.name.as_str())
+    }
+
+    /// Records a failure that happened before the request reached a backend
+    /// (connect failed, nothing to pick) — unless an earlier attempt did reach one.
+    pub fn fail_before_backend(&mut self, outcome: Outcome) {
+        self.outcome = Some(self.reached_backend.unwrap_or(outcome));
     }
 
     /// Tries made so far.
@@ -97,7 +108,8 @@ impl RequestCtx {
 
     /// Time left before the route's deadline.
     pub fn remaining(&self) -> Duration {
-        self.deadline
-            .map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()))
+        self.deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        })
     }
 }

@@ -20,9 +20,9 @@
 //! snapshots.
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod config;
-pub mod admission;
 pub mod ctx;
 pub mod demo;
 pub mod forward;

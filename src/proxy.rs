@@ -39,9 +39,16 @@ impl Proxy {
     }
 
     /// Answers the request with ordergate's own page for `outcome`.
-    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, outcome: Outcome) -> Result<bool> {
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        outcome: Outcome,
+    ) -> Result<bool> {
         ctx.outcome = Some(outcome);
-        self.state.metrics.rejection(ctx.route_name(), outcome.reason());
+        self.state
+            .metrics
+            .rejection(ctx.route_name(), outcome.reason());
         let context = PageContext {
             request_id: &ctx.request_id,
             retry_after: ctx.retry_after,
@@ -71,7 +78,11 @@ fn request_host(request: &RequestHeader) -> Option<&str> {
 
 /// A backend's `Retry-After`, in seconds (the HTTP-date form is not honoured).
 fn retry_after(response: &ResponseHeader) -> Option<Duration> {
-    let seconds = response.headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    let seconds = response
+        .headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
     seconds.trim().parse().ok().map(Duration::from_secs)
 }
 
@@ -136,7 +147,11 @@ fn after_failure(
         retry_after,
     };
     let verdict = retry::decide(&route.retry, &attempt).and_then(|backoff| {
-        if pool.state.retry_budget.try_retry(Instant::now(), pool.retry_budget()) {
+        if pool
+            .state
+            .retry_budget
+            .try_retry(Instant::now(), pool.retry_budget())
+        {
             Ok(backoff)
         } else {
             Err(retry::Stop::Budget)
@@ -168,11 +183,13 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let request = session.req_header();
-        ctx.request_id = forward::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
-        ctx.route = ctx
-            .snapshot
-            .routes
-            .classify(request_host(request), request.uri.path(), &request.method);
+        ctx.request_id =
+            forward::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
+        ctx.route = ctx.snapshot.routes.classify(
+            request_host(request),
+            request.uri.path(),
+            &request.method,
+        );
         let Some((route, pool)) = ctx.route_and_pool() else {
             return self.answer(session, ctx, Outcome::NoRoute).await;
         };
@@ -205,8 +222,14 @@ impl ProxyHttp for Proxy {
             Some(Ok(permit)) => {
                 ctx.permit = Some(permit);
                 if !ctx.queue_wait.is_zero() {
-                    let pool = ctx.route_and_pool().map_or("", |(_, pool)| pool.name.as_str());
-                    self.state.metrics.queue_wait(pool, priority.as_str(), ctx.queue_wait.as_secs_f64());
+                    let pool = ctx
+                        .route_and_pool()
+                        .map_or("", |(_, pool)| pool.name.as_str());
+                    self.state.metrics.queue_wait(
+                        pool,
+                        priority.as_str(),
+                        ctx.queue_wait.as_secs_f64(),
+                    );
                 }
                 Ok(false)
             }
@@ -221,21 +244,29 @@ impl ProxyHttp for Proxy {
             }
             None => {
                 ctx.outcome = Some(Outcome::ClientGone);
-                Err(Error::explain(ConnectionClosed, "the client left while waiting in the queue").into_down())
+                Err(Error::explain(
+                    ConnectionClosed,
+                    "the client left while waiting in the queue",
+                )
+                .into_down())
             }
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         if let Some(backoff) = ctx.backoff.take() {
             tokio::time::sleep(backoff).await;
         }
         // The previous attempt, if any, is over.
         ctx.in_flight = None;
         let remaining = ctx.remaining();
-        let (route, pool) = ctx
-            .route_and_pool()
-            .ok_or_else(|| Error::explain(InternalError, "no route was set before upstream_peer"))?;
+        let (route, pool) = ctx.route_and_pool().ok_or_else(|| {
+            Error::explain(InternalError, "no route was set before upstream_peer")
+        })?;
         let timeout = route
             .retry
             .per_try_timeout
@@ -243,10 +274,17 @@ impl ProxyHttp for Proxy {
             .min(pool.request_timeout())
             .min(remaining);
         if timeout.is_zero() {
-            ctx.outcome = Some(Outcome::UpstreamTimeout);
-            return Err(Error::explain(ReadTimedout, "the route's deadline passed before a try").into_up());
+            ctx.outcome = Some(ctx.reached_backend.unwrap_or(Outcome::UpstreamTimeout));
+            return Err(
+                Error::explain(ReadTimedout, "the route's deadline passed before a try").into_up(),
+            );
         }
-        match pool.pick(&session.req_header().headers, client_ip(session), &ctx.tried, timeout) {
+        match pool.pick(
+            &session.req_header().headers,
+            client_ip(session),
+            &ctx.tried,
+            timeout,
+        ) {
             Some(pick) => {
                 ctx.tried.push(pick.in_flight.backend().addr);
                 ctx.in_flight = Some(pick.in_flight);
@@ -255,16 +293,25 @@ impl ProxyHttp for Proxy {
             None => {
                 let error = Error::explain(
                     ConnectNoRoute,
-                    format!("pool {} has no backend that can take the request", pool.name),
+                    format!(
+                        "pool {} has no backend that can take the request",
+                        pool.name
+                    ),
                 );
-                ctx.outcome = Some(Outcome::NoHealthyBackend);
+                ctx.fail_before_backend(Outcome::NoHealthyBackend);
                 Err(error)
             }
         }
     }
 
-    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-        ctx.outcome = Some(Outcome::ConnectFailed);
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.fail_before_backend(Outcome::ConnectFailed);
         let retry = after_failure(&self.state, session, ctx, Failure::ConnectFailed, None);
         e.set_retry(retry);
         e
@@ -285,13 +332,23 @@ impl ProxyHttp for Proxy {
             return e;
         }
         let outcome = Outcome::from_error(&e);
-        ctx.outcome = Some(outcome);
         let failure = match outcome {
-            Outcome::UpstreamTimeout => Failure::Timeout,
-            Outcome::ConnectFailed => Failure::ConnectFailed,
-            Outcome::UpstreamReset | Outcome::UpstreamError => Failure::Reset,
+            Outcome::ConnectFailed => {
+                ctx.fail_before_backend(outcome);
+                Failure::ConnectFailed
+            }
+            Outcome::UpstreamTimeout | Outcome::UpstreamReset | Outcome::UpstreamError => {
+                ctx.outcome = Some(outcome);
+                ctx.reached_backend = Some(outcome);
+                if outcome == Outcome::UpstreamTimeout {
+                    Failure::Timeout
+                } else {
+                    Failure::Reset
+                }
+            }
             // The client's side failed: nothing to hold against the backend.
             _ => {
+                ctx.outcome = Some(outcome);
                 e.set_retry(false);
                 return e;
             }
@@ -310,7 +367,18 @@ impl ProxyHttp for Proxy {
         if let Some(chain) = forward::forwarded_for(&upstream_request.headers, client_ip(session)) {
             upstream_request.insert_header("x-forwarded-for", chain)?;
         }
-        upstream_request.insert_header("x-forwarded-proto", if session.digest().and_then(|d| d.ssl_digest.as_ref()).is_some() { "https" } else { "http" })?;
+        upstream_request.insert_header(
+            "x-forwarded-proto",
+            if session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .is_some()
+            {
+                "https"
+            } else {
+                "http"
+            },
+        )?;
         upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
@@ -323,18 +391,41 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         let Some((retryable, intercept)) = ctx.route_and_pool().map(|(route, _)| {
-            (route.retry.on.statuses.contains(&status), route.intercept_errors && status >= 500)
+            (
+                route.retry.on.statuses.contains(&status),
+                route.intercept_errors && status >= 500,
+            )
         }) else {
             return Ok(());
         };
-        if retryable && after_failure(&self.state, session, ctx, Failure::Status(status), retry_after(upstream_response)) {
-            return Err(Error::explain(RETRYABLE_STATUS, format!("backend answered {status}")).into_up());
+        if retryable
+            && after_failure(
+                &self.state,
+                session,
+                ctx,
+                Failure::Status(status),
+                retry_after(upstream_response),
+            )
+        {
+            ctx.reached_backend = Some(Outcome::UpstreamStatus(status));
+            return Err(
+                Error::explain(RETRYABLE_STATUS, format!("backend answered {status}")).into_up(),
+            );
         }
         if let (Some(in_flight), Some((_, pool))) = (&ctx.in_flight, ctx.route_and_pool()) {
             let latency = in_flight.elapsed();
             if !retryable {
-                let result = if status >= 500 { UpstreamResult::ServerError } else { UpstreamResult::Success };
-                pool.record_result(in_flight.backend(), result, Signal::from_status(status), latency);
+                let result = if status >= 500 {
+                    UpstreamResult::ServerError
+                } else {
+                    UpstreamResult::Success
+                };
+                pool.record_result(
+                    in_flight.backend(),
+                    result,
+                    Signal::from_status(status),
+                    latency,
+                );
             }
             ctx.upstream_time = Some(latency);
             if let Some(permit) = ctx.permit.as_mut() {
@@ -352,8 +443,15 @@ impl ProxyHttp for Proxy {
                 retry_after: ctx.retry_after,
                 wait_seconds: ctx.retry_after,
             };
-            let (header, body) = respond::render(ctx.pages(), outcome, &session.req_header().headers, &context)?;
-            self.state.metrics.rejection(ctx.route_name(), outcome.reason());
+            let (header, body) = respond::render(
+                ctx.pages(),
+                outcome,
+                &session.req_header().headers,
+                &context,
+            )?;
+            self.state
+                .metrics
+                .rejection(ctx.route_name(), outcome.reason());
             *upstream_response = header;
             ctx.page_body = Some(body);
             ctx.outcome = Some(outcome);
@@ -381,7 +479,11 @@ impl ProxyHttp for Proxy {
         if ctx.page_body.is_some() {
             // An intercepted 5xx: the backend's body (perhaps a stack trace) is
             // dropped and the page goes out once it has ended.
-            *body = if end_of_stream { ctx.page_body.take() } else { None };
+            *body = if end_of_stream {
+                ctx.page_body.take()
+            } else {
+                None
+            };
         }
         if let Some(chunk) = body {
             ctx.bytes_sent += chunk.len();
@@ -389,8 +491,15 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, error: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let outcome = *ctx.outcome.get_or_insert_with(|| Outcome::from_error(error));
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        error: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let outcome = *ctx
+            .outcome
+            .get_or_insert_with(|| Outcome::from_error(error));
         if ctx.request_id.is_empty() {
             ctx.request_id = forward::request_id(None);
         }
@@ -399,7 +508,11 @@ impl ProxyHttp for Proxy {
         let can_answer = outcome != Outcome::ClientGone && session.response_written().is_none();
         if can_answer {
             if let Err(e) = self.answer(session, ctx, outcome).await {
-                log::debug!("request {}: could not send the {} page: {e}", ctx.request_id, outcome.reason());
+                log::debug!(
+                    "request {}: could not send the {} page: {e}",
+                    ctx.request_id,
+                    outcome.reason()
+                );
             }
         }
         FailToProxy {
@@ -411,9 +524,10 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
         let in_flight = ctx.in_flight.take();
         ctx.permit = None;
-        let status = session
-            .response_written()
-            .map_or_else(|| ctx.outcome.map_or(0, Outcome::status), |r| r.status.as_u16());
+        let status = session.response_written().map_or_else(
+            || ctx.outcome.map_or(0, Outcome::status),
+            |r| r.status.as_u16(),
+        );
         let total = ctx.started.elapsed();
         if let Some((route, _)) = ctx.route_and_pool() {
             route.metrics.observe(status, total.as_secs_f64());

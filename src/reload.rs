@@ -44,7 +44,8 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_dir() => {
                 if let Ok(entries) = std::fs::read_dir(path) {
-                    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+                    let mut files: Vec<PathBuf> =
+                        entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
                     files.sort();
                     for file in files {
                         add(&file, out);
@@ -78,7 +79,10 @@ impl BackgroundService for ReloadWatcher {
         // editor's several writes make one reload.
         let mut pending: Option<Vec<(PathBuf, u64, Option<SystemTime>)>> = None;
         let mut ticks = tokio::time::interval(POLL);
-        log::info!("reload triggers ready: SIGHUP{}", if watching { ", file changes" } else { "" });
+        log::info!(
+            "reload triggers ready: SIGHUP{}",
+            if watching { ", file changes" } else { "" }
+        );
         loop {
             tokio::select! {
                 _ = async { if let Some(h) = hangup.as_mut() { h.recv().await } else { std::future::pending().await } } => {

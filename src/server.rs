@@ -49,7 +49,12 @@ impl ShutdownSignalWatch for ShutdownWatchWithReadiness {
 /// startup error; otherwise pingora exits the process when it shuts down.
 pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     if !options.upgrade {
-        for addr in config.server.listen.iter().chain(config.server.tls.iter().map(|t| &t.listen)) {
+        for addr in config
+            .server
+            .listen
+            .iter()
+            .chain(config.server.tls.iter().map(|t| &t.listen))
+        {
             check_can_listen(*addr)?;
         }
     }
@@ -90,16 +95,26 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     for listener in &tls {
         let cert = listener.cert.to_string_lossy();
         let key = listener.key.to_string_lossy();
-        let mut settings = TlsSettings::intermediate(&cert, &key)
-            .map_err(|e| format!("TLS listener {}: cannot load {cert} / {key}: {e}", listener.listen))?;
+        let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| {
+            format!(
+                "TLS listener {}: cannot load {cert} / {key}: {e}",
+                listener.listen
+            )
+        })?;
         if listener.http2 {
             settings.enable_h2();
         }
         proxy.add_tls_with_settings(&listener.listen.to_string(), None, settings);
     }
     server.add_service(proxy);
-    server.add_service(background_service("health checker", HealthChecker::new(Arc::clone(&state))));
-    server.add_service(background_service("reload watcher", ReloadWatcher::new(Arc::clone(&state))));
+    server.add_service(background_service(
+        "health checker",
+        HealthChecker::new(Arc::clone(&state)),
+    ));
+    server.add_service(background_service(
+        "reload watcher",
+        ReloadWatcher::new(Arc::clone(&state)),
+    ));
     if let Some(admin) = admin {
         server.add_service(background_service("admin API", admin));
     }

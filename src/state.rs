@@ -143,8 +143,11 @@ impl State {
     pub fn reload(&self, trigger: &str) -> Result<u64, Vec<String>> {
         let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let result = match &self.source {
-            None => Err(vec!["this config is built in; there is no file to reload".to_string()]),
-            Some(path) => Config::load(path).map_err(|errors| errors.iter().map(ToString::to_string).collect()),
+            None => Err(vec![
+                "this config is built in; there is no file to reload".to_string()
+            ]),
+            Some(path) => Config::load(path)
+                .map_err(|errors| errors.iter().map(ToString::to_string).collect()),
         };
         let (outcome, notes) = match result {
             Ok(config) => {
@@ -201,22 +204,35 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<String> {
     let upgrade = "apply it with a graceful upgrade: start the new ordergate with `run --upgrade`, then send SIGQUIT to this process";
     let mut notes = Vec::new();
     if running.server.listen != new.server.listen {
-        notes.push(format!("server.listen changed but listeners cannot change live; {upgrade}"));
+        notes.push(format!(
+            "server.listen changed but listeners cannot change live; {upgrade}"
+        ));
     }
     if running.server.threads != new.server.threads {
-        notes.push(format!("server.threads changed ({} -> {}) but cannot change live; {upgrade}", running.server.threads, new.server.threads));
+        notes.push(format!(
+            "server.threads changed ({} -> {}) but cannot change live; {upgrade}",
+            running.server.threads, new.server.threads
+        ));
     }
     if running.server.tls != new.server.tls {
-        notes.push(format!("server.tls changed but TLS listeners and certificates cannot change live; {upgrade}"));
+        notes.push(format!(
+            "server.tls changed but TLS listeners and certificates cannot change live; {upgrade}"
+        ));
     }
     if running.server.grace_period != new.server.grace_period {
-        notes.push(format!("server.grace_period changed but is read at start; {upgrade}"));
+        notes.push(format!(
+            "server.grace_period changed but is read at start; {upgrade}"
+        ));
     }
     if running.admin != new.admin {
-        notes.push(format!("[admin] changed but the admin listener cannot change live; {upgrade}"));
+        notes.push(format!(
+            "[admin] changed but the admin listener cannot change live; {upgrade}"
+        ));
     }
     if running.access_log != new.access_log {
-        notes.push(format!("log.access changed but the access log is opened at start; {upgrade}"));
+        notes.push(format!(
+            "log.access changed but the access log is opened at start; {upgrade}"
+        ));
     }
     notes
 }
@@ -276,17 +292,31 @@ mod tests {
         let config = Config::load(&path).expect("valid");
         let state = State::new(config, Some(path.clone()));
 
-        std::fs::write(&path, CONFIG.replace("pool = \"orders\"", "pool = \"nope\"")).expect("write");
+        std::fs::write(
+            &path,
+            CONFIG.replace("pool = \"orders\"", "pool = \"nope\""),
+        )
+        .expect("write");
         let errors = state.reload("test").expect_err("invalid");
-        assert!(errors[0].contains("pool \"nope\" is not defined"), "{errors:?}");
+        assert!(
+            errors[0].contains("pool \"nope\" is not defined"),
+            "{errors:?}"
+        );
         assert_eq!(state.snapshot().generation, 1);
         assert_eq!(state.reload_status().last_ok, Some(false));
 
-        std::fs::write(&path, CONFIG.replace("[[pools]]", "[server]\nthreads = 4\n[[pools]]")).expect("write");
+        std::fs::write(
+            &path,
+            CONFIG.replace("[[pools]]", "[server]\nthreads = 4\n[[pools]]"),
+        )
+        .expect("write");
         assert_eq!(state.reload("test"), Ok(2));
         let status = state.reload_status();
         assert_eq!(status.generation, 2);
-        assert!(status.last_notes[0].contains("server.threads changed"), "{status:?}");
+        assert!(
+            status.last_notes[0].contains("server.threads changed"),
+            "{status:?}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

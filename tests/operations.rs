@@ -29,7 +29,11 @@ fn admin(port: u16, method: &str, path: &str) -> Response {
 }
 
 /// Sends GETs from `clients` threads until stopped; returns the failures seen.
-fn steady_load(addr: SocketAddr, clients: usize, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<(usize, Vec<String>)>> {
+fn steady_load(
+    addr: SocketAddr,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(usize, Vec<String>)>> {
     (0..clients)
         .map(|_| {
             let stop = Arc::clone(stop);
@@ -54,14 +58,30 @@ fn a_hundred_reloads_under_load_fail_no_request() {
     let port = support::free_port();
     let variants: Vec<String> = vec![
         // weights change
-        format!("[[pools]]\nname = \"p\"\nbackends = {}\n", backends(&fleet.addrs, &[1, 2, 3])),
+        format!(
+            "[[pools]]\nname = \"p\"\nbackends = {}\n",
+            backends(&fleet.addrs, &[1, 2, 3])
+        ),
         // a backend removed
-        format!("[[pools]]\nname = \"p\"\nbackends = {}\n", backends(&fleet.addrs[..2], &[1, 1])),
+        format!(
+            "[[pools]]\nname = \"p\"\nbackends = {}\n",
+            backends(&fleet.addrs[..2], &[1, 1])
+        ),
         // a backend added back, different algorithm
-        format!("[[pools]]\nname = \"p\"\nbalance = \"least_request\"\nbackends = {}\n", backends(&fleet.addrs, &[1, 1, 1])),
+        format!(
+            "[[pools]]\nname = \"p\"\nbalance = \"least_request\"\nbackends = {}\n",
+            backends(&fleet.addrs, &[1, 1, 1])
+        ),
     ];
     let routes = ["[[routes]]\nname = \"all\"\npool = \"p\"\n", "[[routes]]\nname = \"all\"\npool = \"p\"\n[[routes]]\nname = \"orders\"\npath_prefix = \"/api/orders\"\npool = \"p\"\n"];
-    let body = |i: usize| format!("{}{}\n{}", admin_section(port), variants[i % 3], routes[i % 2]);
+    let body = |i: usize| {
+        format!(
+            "{}{}\n{}",
+            admin_section(port),
+            variants[i % 3],
+            routes[i % 2]
+        )
+    };
     let proxy = Proxy::start(&body(0));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -69,7 +89,10 @@ fn a_hundred_reloads_under_load_fail_no_request() {
     let (mut valid, mut invalid) = (0, 0);
     for i in 0..100 {
         if i % 5 == 4 {
-            proxy.rewrite_config(&format!("{}[[routes]]\nname = \"all\"\npool = \"missing\"\n", admin_section(port)));
+            proxy.rewrite_config(&format!(
+                "{}[[routes]]\nname = \"all\"\npool = \"missing\"\n",
+                admin_section(port)
+            ));
             let answer = admin(port, "POST", "/reload");
             assert_eq!(answer.status, 422, "{}", answer.text());
             invalid += 1;
@@ -84,7 +107,10 @@ fn a_hundred_reloads_under_load_fail_no_request() {
     let mut served = 0;
     for client in clients {
         let (ok, failures) = client.join().expect("client");
-        assert!(failures.is_empty(), "requests failed during reloads: {failures:?}");
+        assert!(
+            failures.is_empty(),
+            "requests failed during reloads: {failures:?}"
+        );
         served += ok;
     }
     assert!(served > 100, "load kept flowing: {served}");
@@ -93,32 +119,53 @@ fn a_hundred_reloads_under_load_fail_no_request() {
     assert_eq!(status["generation"], 1 + valid, "only valid reloads count");
     assert_eq!(invalid, 20);
     // The last reload was valid; make one invalid and see its error in /status.
-    proxy.rewrite_config(&format!("{}[[routes]]\nname = \"all\"\npool = \"missing\"\n", admin_section(port)));
+    proxy.rewrite_config(&format!(
+        "{}[[routes]]\nname = \"all\"\npool = \"missing\"\n",
+        admin_section(port)
+    ));
     assert_eq!(admin(port, "POST", "/reload").status, 422);
     let status = admin(port, "GET", "/status").json();
     assert_eq!(status["reload"]["last_ok"], false);
     let errors = status["reload"]["last_errors"].to_string();
-    assert!(errors.contains("pool \\\"missing\\\" is not defined"), "{errors}");
-    assert_eq!(proxy.get("/api/products/1").status, 200, "the old config still serves");
+    assert!(
+        errors.contains("pool \\\"missing\\\" is not defined"),
+        "{errors}"
+    );
+    assert_eq!(
+        proxy.get("/api/products/1").status,
+        200,
+        "the old config still serves"
+    );
 }
 
 #[test]
 fn sighup_and_file_changes_reload_too() {
     let fleet = Fleet::start(2);
     let port = support::free_port();
-    let body = |addr: SocketAddr| format!("{}[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"{addr}\" }} ]\n[[routes]]\nname = \"all\"\npool = \"p\"\n", admin_section(port));
+    let body = |addr: SocketAddr| {
+        format!("{}[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"{addr}\" }} ]\n[[routes]]\nname = \"all\"\npool = \"p\"\n", admin_section(port))
+    };
     let proxy = Proxy::start(&body(fleet.addrs[0]));
-    assert!(wait_until(Duration::from_secs(5), || proxy.logs().iter().any(|(_, l)| l.contains("reload triggers ready"))));
+    assert!(wait_until(Duration::from_secs(5), || proxy
+        .logs()
+        .iter()
+        .any(|(_, l)| l.contains("reload triggers ready"))));
     assert_eq!(proxy.get("/api/products/1").backend(), fleet.addrs[0]);
 
     // A file change alone is noticed.
     proxy.rewrite_config(&body(fleet.addrs[1]));
-    assert!(wait_until(Duration::from_secs(5), || proxy.get("/api/products/1").backend() == fleet.addrs[1]));
+    assert!(wait_until(Duration::from_secs(5), || proxy
+        .get("/api/products/1")
+        .backend()
+        == fleet.addrs[1]));
 
     // SIGHUP reloads as well.
     proxy.rewrite_config(&body(fleet.addrs[0]));
     proxy.signal("HUP");
-    assert!(wait_until(Duration::from_secs(5), || proxy.get("/api/products/1").backend() == fleet.addrs[0]));
+    assert!(wait_until(Duration::from_secs(5), || proxy
+        .get("/api/products/1")
+        .backend()
+        == fleet.addrs[0]));
     let status = admin(port, "GET", "/status").json();
     assert!(status["generation"].as_u64() >= Some(3), "{status}");
 }
@@ -141,17 +188,27 @@ fn a_backend_marked_down_stays_down_across_a_reload() {
         admin(port, "GET", "/status").json()["pools"][0]["backends"][0]["state"] == "unhealthy"
     }));
     fleet.set_mode(sick, r#"{"status": null}"#);
-    let before = fleet.stats()["listeners"][sick.to_string()]["requests"].as_u64().unwrap_or(0);
+    let before = fleet.stats()["listeners"][sick.to_string()]["requests"]
+        .as_u64()
+        .unwrap_or(0);
 
     proxy.rewrite_config(&body(2));
     assert_eq!(admin(port, "POST", "/reload").status, 200);
     for _ in 0..50 {
         assert_eq!(proxy.get("/api/products/1").backend(), fine);
     }
-    let after = fleet.stats()["listeners"][sick.to_string()]["requests"].as_u64().unwrap_or(0);
+    let after = fleet.stats()["listeners"][sick.to_string()]["requests"]
+        .as_u64()
+        .unwrap_or(0);
     // Only probes may reach it (none are due): no shopper traffic.
-    assert!(after <= before + 1, "the down backend got traffic after the reload ({before} -> {after})");
-    assert_eq!(admin(port, "GET", "/status").json()["pools"][0]["backends"][0]["state"], "unhealthy");
+    assert!(
+        after <= before + 1,
+        "the down backend got traffic after the reload ({before} -> {after})"
+    );
+    assert_eq!(
+        admin(port, "GET", "/status").json()["pools"][0]["backends"][0]["state"],
+        "unhealthy"
+    );
 }
 
 #[test]
@@ -168,7 +225,10 @@ fn a_drained_backend_finishes_its_requests_and_gets_no_new_ones() {
     // Round robin sends the first request to the first backend.
     let addr = proxy.addr;
     let in_flight = std::thread::spawn(move || support::get(addr, "/api/products/1"));
-    assert!(wait_until(Duration::from_secs(2), || fleet.stats()["in_flight"].as_u64() == Some(1)));
+    assert!(wait_until(Duration::from_secs(2), || fleet.stats()
+        ["in_flight"]
+        .as_u64()
+        == Some(1)));
     let answer = admin(port, "POST", &format!("/backends/p/{drained}/drain"));
     assert_eq!(answer.status, 200, "{}", answer.text());
 
@@ -177,11 +237,24 @@ fn a_drained_backend_finishes_its_requests_and_gets_no_new_ones() {
     }
     let finished = in_flight.join().expect("client").expect("answer");
     assert_eq!(finished.status, 200);
-    assert_eq!(finished.backend(), drained, "the drained backend finished what it had");
+    assert_eq!(
+        finished.backend(),
+        drained,
+        "the drained backend finished what it had"
+    );
 
-    assert_eq!(admin(port, "POST", &format!("/backends/p/{drained}/undrain")).status, 200);
-    assert!(wait_until(Duration::from_secs(5), || proxy.get("/api/products/1").backend() == drained));
-    assert_eq!(admin(port, "POST", "/backends/p/127.0.0.1:1/drain").status, 404);
+    assert_eq!(
+        admin(port, "POST", &format!("/backends/p/{drained}/undrain")).status,
+        200
+    );
+    assert!(wait_until(Duration::from_secs(5), || proxy
+        .get("/api/products/1")
+        .backend()
+        == drained));
+    assert_eq!(
+        admin(port, "POST", "/backends/p/127.0.0.1:1/drain").status,
+        404
+    );
 }
 
 fn scrape(port: u16) -> prometheus_parse::Scrape {
@@ -196,7 +269,9 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
         .iter()
         .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => 0.0,
         })
         .sum()
@@ -213,42 +288,97 @@ fn metrics_parse_grow_and_count_each_request_in_its_series() {
     ));
     assert_eq!(proxy.get("/api/products/1").status, 200);
     let first = scrape(port);
-    let ok_before = value(&first, "ordergate_requests_total", &[("route", "shop"), ("code", "2xx")]);
+    let ok_before = value(
+        &first,
+        "ordergate_requests_total",
+        &[("route", "shop"), ("code", "2xx")],
+    );
     assert_eq!(proxy.get("/api/products/1").status, 200);
     let backend = fleet.addrs[0].to_string();
     let second = scrape(port);
-    assert_eq!(value(&second, "ordergate_requests_total", &[("route", "shop"), ("code", "2xx")]), ok_before + 1.0);
-    assert!(value(&second, "ordergate_upstream_attempts_total", &[("pool", "p"), ("backend", &backend), ("result", "success")]) >= 2.0);
-    assert_eq!(value(&second, "ordergate_backend_up", &[("pool", "p"), ("backend", &backend)]), 1.0);
+    assert_eq!(
+        value(
+            &second,
+            "ordergate_requests_total",
+            &[("route", "shop"), ("code", "2xx")]
+        ),
+        ok_before + 1.0
+    );
+    assert!(
+        value(
+            &second,
+            "ordergate_upstream_attempts_total",
+            &[("pool", "p"), ("backend", &backend), ("result", "success")]
+        ) >= 2.0
+    );
+    assert_eq!(
+        value(
+            &second,
+            "ordergate_backend_up",
+            &[("pool", "p"), ("backend", &backend)]
+        ),
+        1.0
+    );
     assert_eq!(value(&second, "ordergate_config_generation", &[]), 1.0);
     // Counters only grow.
     for sample in &first.samples {
         if let prometheus_parse::Value::Counter(before) = sample.value {
-            let after = value(&second, &sample.metric, &sample.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>());
-            assert!(after >= before, "{} went down: {before} -> {after}", sample.metric);
+            let after = value(
+                &second,
+                &sample.metric,
+                &sample
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+            );
+            assert!(
+                after >= before,
+                "{} went down: {before} -> {after}",
+                sample.metric
+            );
         }
     }
-    assert!(second.samples.iter().any(|s| s.metric.starts_with("ordergate_request_duration_seconds")));
+    assert!(second
+        .samples
+        .iter()
+        .any(|s| s.metric.starts_with("ordergate_request_duration_seconds")));
 }
 
 #[test]
 fn a_public_admin_listener_needs_a_token() {
     let fleet = Fleet::start(1);
     let port = support::free_port();
-    let pools = format!("[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n", backends(&fleet.addrs, &[1]));
+    let pools = format!(
+        "[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backends(&fleet.addrs, &[1])
+    );
     let refused = Proxy::try_start(&format!("[admin]\nlisten = \"0.0.0.0:{port}\"\n\n{pools}"));
     let why = refused.err().expect("must refuse to start");
     assert!(why.contains("a token is required"), "{why}");
 
     let token = "s3cret-token-for-tests";
-    let proxy = Proxy::start(&format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{token}\"\n\n{pools}"));
+    let proxy = Proxy::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{token}\"\n\n{pools}"
+    ));
     assert_eq!(admin(port, "GET", "/status").status, 401);
-    assert_eq!(admin(port, "GET", "/healthz").status, 200, "liveness needs no token");
+    assert_eq!(
+        admin(port, "GET", "/healthz").status,
+        200,
+        "liveness needs no token"
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let bearer = format!("Bearer {token}");
     let ok = request(addr, "GET", "/status", &[("authorization", &bearer)], b"").expect("status");
     assert_eq!(ok.status, 200);
-    let wrong = request(addr, "GET", "/status", &[("authorization", "Bearer wrong-token-wrong-token")], b"").expect("status");
+    let wrong = request(
+        addr,
+        "GET",
+        "/status",
+        &[("authorization", "Bearer wrong-token-wrong-token")],
+        b"",
+    )
+    .expect("status");
     assert_eq!(wrong.status, 401);
     drop(proxy);
 }
@@ -264,7 +394,8 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
         backends(&fleet.addrs, &[1])
     );
     // A grace period of 3 s instead of the tests' usual 0.
-    let mut proxy = Proxy::try_start_with("grace_period = \"3s\"", &body).unwrap_or_else(|e| panic!("{e}"));
+    let mut proxy =
+        Proxy::try_start_with("grace_period = \"3s\"", &body).unwrap_or_else(|e| panic!("{e}"));
     let results = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..4)
         .map(|_| {
@@ -277,12 +408,23 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
             })
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(2), || fleet.stats()["in_flight"].as_u64() == Some(4)));
+    assert!(wait_until(Duration::from_secs(2), || fleet.stats()
+        ["in_flight"]
+        .as_u64()
+        == Some(4)));
     let sent_at = Instant::now();
     proxy.signal("TERM");
-    assert!(wait_until(Duration::from_secs(2), || admin(port, "GET", "/readyz").status == 503), "readiness turns false");
     assert!(
-        wait_until(Duration::from_secs(2), || std::net::TcpStream::connect(proxy.addr).is_err()),
+        wait_until(Duration::from_secs(2), || admin(port, "GET", "/readyz")
+            .status
+            == 503),
+        "readiness turns false"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || std::net::TcpStream::connect(
+            proxy.addr
+        )
+        .is_err()),
         "new connections are refused once shutdown starts"
     );
     for client in clients {
@@ -290,17 +432,26 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     }
     let results = results.lock().map(|r| r.clone()).unwrap_or_default();
     assert_eq!(results, vec![Ok(200); 4], "requests in flight finished");
-    let status = proxy.wait_exit(Duration::from_secs(10)).expect("ordergate exits");
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .expect("ordergate exits");
     assert!(status.success(), "exit status {status}");
     assert!(sent_at.elapsed() < Duration::from_secs(10));
 }
 
 /// One HTTPS request with a client that trusts only `cert`; returns the response
 /// and the ALPN protocol the server chose when `alpn` was offered.
-fn https(addr: SocketAddr, cert: &rcgen::Certificate, path: &str, alpn: &[&[u8]]) -> (Option<Response>, Option<Vec<u8>>) {
+fn https(
+    addr: SocketAddr,
+    cert: &rcgen::Certificate,
+    path: &str,
+    alpn: &[&[u8]],
+) -> (Option<Response>, Option<Vec<u8>>) {
     use std::io::{Read, Write};
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).expect("trust the test certificate");
+    roots
+        .add(cert.der().clone())
+        .expect("trust the test certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -309,9 +460,12 @@ fn https(addr: SocketAddr, cert: &rcgen::Certificate, path: &str, alpn: &[&[u8]]
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
-    let connection = rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), name).expect("client connection");
     let socket = std::net::TcpStream::connect(addr).expect("connect TLS listener");
-    socket.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut tls = rustls::StreamOwned::new(connection, socket);
     if alpn.contains(&&b"h2"[..]) {
         while tls.conn.is_handshaking() {
@@ -331,13 +485,17 @@ fn https(addr: SocketAddr, cert: &rcgen::Certificate, path: &str, alpn: &[&[u8]]
         raw.extend_from_slice(&buf[..n]);
     }
     let alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
-    (Some(support::parse_response(&raw).expect("an HTTP answer over TLS")), alpn)
+    (
+        Some(support::parse_response(&raw).expect("an HTTP answer over TLS")),
+        alpn,
+    )
 }
 
 #[test]
 fn tls_listener_serves_https_with_a_certificate_made_at_test_time() {
     let fleet = Fleet::start(1);
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate a certificate");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .expect("generate a certificate");
     let cert_file = support::TempFile::new("cert.pem", &certified.cert.pem());
     let key_file = support::TempFile::new("key.pem", &certified.signing_key.serialize_pem());
     let tls_addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
@@ -346,16 +504,25 @@ fn tls_listener_serves_https_with_a_certificate_made_at_test_time() {
         cert_file.path.display(),
         key_file.path.display()
     );
-    let body = format!("[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n", backends(&fleet.addrs, &[1]));
+    let body = format!(
+        "[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backends(&fleet.addrs, &[1])
+    );
     let proxy = Proxy::try_start_with(&server_extra, &body).unwrap_or_else(|e| panic!("{e}"));
-    assert!(wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(tls_addr).is_ok()));
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(tls_addr).is_ok()
+    }));
 
     let (response, _) = https(tls_addr, &certified.cert, "/__sim/echo", &[]);
     let response = response.expect("response");
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["headers"]["x-forwarded-proto"], "https");
     let (_, alpn) = https(tls_addr, &certified.cert, "/", &[b"h2", b"http/1.1"]);
-    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "HTTP/2 is offered to clients");
+    assert_eq!(
+        alpn.as_deref(),
+        Some(&b"h2"[..]),
+        "HTTP/2 is offered to clients"
+    );
     // Plain HTTP still works on the other listener.
     assert_eq!(proxy.get("/api/products/1").status, 200);
 }

@@ -17,9 +17,27 @@ fn one_backend(addr: SocketAddr) -> String {
 /// What each kind of client asks for: (name, headers).
 const CLIENTS: [(&str, &[(&str, &str)]); 4] = [
     ("json-en", &[("accept", "application/json")]),
-    ("json-zh", &[("accept", "application/json"), ("accept-language", "zh-CN,zh;q=0.9")]),
-    ("html-en", &[("accept", "text/html,application/xhtml+xml,*/*;q=0.8"), ("accept-language", "en-US")]),
-    ("html-zh", &[("accept", "text/html,*/*;q=0.8"), ("accept-language", "zh-CN")]),
+    (
+        "json-zh",
+        &[
+            ("accept", "application/json"),
+            ("accept-language", "zh-CN,zh;q=0.9"),
+        ],
+    ),
+    (
+        "html-en",
+        &[
+            ("accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
+            ("accept-language", "en-US"),
+        ],
+    ),
+    (
+        "html-zh",
+        &[
+            ("accept", "text/html,*/*;q=0.8"),
+            ("accept-language", "zh-CN"),
+        ],
+    ),
 ];
 
 fn has_chinese(text: &str) -> bool {
@@ -28,37 +46,72 @@ fn has_chinese(text: &str) -> bool {
 
 /// Checks one page: ordergate's marker, status, Retry-After, format, language,
 /// the request id, and that nothing internal leaks.
-fn check_page(case: &str, client: &str, response: &Response, status: u16, reason: &str, retry_after: bool) {
+fn check_page(
+    case: &str,
+    client: &str,
+    response: &Response,
+    status: u16,
+    reason: &str,
+    retry_after: bool,
+) {
     let at = format!("{case} / {client}");
     let text = response.text();
     assert_eq!(response.status, status, "{at}: {text}");
-    assert_eq!(response.header("x-ordergate-page"), Some(reason), "{at}: {:?}", response.headers);
-    assert_eq!(response.header("retry-after").is_some(), retry_after, "{at}: Retry-After");
-    let id = response.header("x-request-id").unwrap_or_else(|| panic!("{at}: no request id"));
+    assert_eq!(
+        response.header("x-ordergate-page"),
+        Some(reason),
+        "{at}: {:?}",
+        response.headers
+    );
+    assert_eq!(
+        response.header("retry-after").is_some(),
+        retry_after,
+        "{at}: Retry-After"
+    );
+    let id = response
+        .header("x-request-id")
+        .unwrap_or_else(|| panic!("{at}: no request id"));
     assert!(text.contains(id), "{at}: the page shows the request id");
     let html = client.starts_with("html");
     let content_type = response.header("content-type").unwrap_or_default();
-    assert_eq!(content_type.starts_with("text/html"), html, "{at}: {content_type}");
+    assert_eq!(
+        content_type.starts_with("text/html"),
+        html,
+        "{at}: {content_type}"
+    );
     if !html {
         let page = response.json();
         assert_eq!(page["error"]["code"], reason, "{at}: {text}");
         assert_eq!(page["request_id"], id, "{at}");
     }
     assert_eq!(has_chinese(&text), client.ends_with("zh"), "{at}: language");
-    for leak in ["127.0.0.1", "pingora", "forced status", "Peer", "panicked", "Traceback"] {
+    for leak in [
+        "127.0.0.1",
+        "pingora",
+        "forced status",
+        "Peer",
+        "panicked",
+        "Traceback",
+    ] {
         assert!(!text.contains(leak), "{at}: leaks {leak:?}: {text}");
     }
 }
 
 fn send(proxy_addr: SocketAddr, method: &str, path: &str, client: &[(&str, &str)]) -> Response {
     let body: &[u8] = if method == "POST" { b"{}" } else { b"" };
-    request(proxy_addr, method, path, client, body).unwrap_or_else(|e| panic!("{method} {path}: raw failure {e:?}"))
+    request(proxy_addr, method, path, client, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: raw failure {e:?}"))
 }
 
 #[test]
 fn every_failure_is_a_friendly_page_in_the_shoppers_format_and_language() {
     let fleet = Fleet::start(4);
-    let [healthy, broken, slow, resetting] = [fleet.addrs[0], fleet.addrs[1], fleet.addrs[2], fleet.addrs[3]];
+    let [healthy, broken, slow, resetting] = [
+        fleet.addrs[0],
+        fleet.addrs[1],
+        fleet.addrs[2],
+        fleet.addrs[3],
+    ];
     fleet.set_mode(broken, r#"{"status": 500}"#);
     fleet.set_mode(slow, r#"{"latency_ms": 3000}"#);
     fleet.set_mode(resetting, r#"{"fault": "reset"}"#);
@@ -133,49 +186,117 @@ requests_per_second = 1
         // round would shed at once (rightly) instead of showing queue full/timeout.
         let proxy = Proxy::start(&config);
         // No route.
-        check_page("no route", client, &send(proxy.addr, "GET", "/nowhere", headers), 404, "no_route", false);
+        check_page(
+            "no route",
+            client,
+            &send(proxy.addr, "GET", "/nowhere", headers),
+            404,
+            "no_route",
+            false,
+        );
 
         // No healthy backend: the only backend's port is closed and probes say so.
         let down = wait_until(Duration::from_secs(5), || {
-            send(proxy.addr, "GET", "/dead/1", headers).header("x-ordergate-page") == Some("no_healthy_backend")
+            send(proxy.addr, "GET", "/dead/1", headers).header("x-ordergate-page")
+                == Some("no_healthy_backend")
         });
         assert!(down, "{client}: the dead backend is marked down");
-        check_page("no healthy backend", client, &send(proxy.addr, "GET", "/dead/1", headers), 503, "no_healthy_backend", true);
+        check_page(
+            "no healthy backend",
+            client,
+            &send(proxy.addr, "GET", "/dead/1", headers),
+            503,
+            "no_healthy_backend",
+            true,
+        );
 
         // A backend's 500 body (which could be a stack trace) is replaced, its status kept.
-        check_page("upstream 500", client, &send(proxy.addr, "GET", "/broken/1", headers), 500, "upstream_status", false);
+        check_page(
+            "upstream 500",
+            client,
+            &send(proxy.addr, "GET", "/broken/1", headers),
+            500,
+            "upstream_status",
+            false,
+        );
 
         // A reset after the order was sent is not replayed: a 502 page.
-        check_page("reset", client, &send(proxy.addr, "POST", "/resetting/orders", headers), 502, "upstream_reset", true);
+        check_page(
+            "reset",
+            client,
+            &send(proxy.addr, "POST", "/resetting/orders", headers),
+            502,
+            "upstream_reset",
+            true,
+        );
 
         // The slow pool takes one request at a time, queues one more for 300 ms,
         // and the route's deadline is 1 s against a 3 s backend.
         let addr = proxy.addr;
-        let owned: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let owned: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
         let first = std::thread::spawn(move || {
-            let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let headers: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
             send(addr, "GET", "/slow/1", &headers)
         });
-        assert!(wait_until(Duration::from_secs(2), || fleet.stats()["in_flight"].as_u64() == Some(1)));
-        let owned: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        assert!(wait_until(Duration::from_secs(2), || fleet.stats()
+            ["in_flight"]
+            .as_u64()
+            == Some(1)));
+        let owned: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
         let second = std::thread::spawn(move || {
-            let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let headers: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
             send(addr, "GET", "/slow/2", &headers)
         });
         std::thread::sleep(Duration::from_millis(100));
-        check_page("queue full", client, &send(proxy.addr, "GET", "/slow/3", headers), 503, "queue_full", true);
+        check_page(
+            "queue full",
+            client,
+            &send(proxy.addr, "GET", "/slow/3", headers),
+            503,
+            "queue_full",
+            true,
+        );
         let second = second.join().expect("second");
         check_page("queue timeout", client, &second, 503, "queue_timeout", true);
         let first = first.join().expect("first");
-        check_page("upstream timeout", client, &first, 504, "upstream_timeout", true);
-        assert!(wait_until(Duration::from_secs(5), || fleet.stats()["in_flight"].as_u64() == Some(0)));
+        check_page(
+            "upstream timeout",
+            client,
+            &first,
+            504,
+            "upstream_timeout",
+            true,
+        );
+        assert!(wait_until(Duration::from_secs(5), || fleet.stats()
+            ["in_flight"]
+            .as_u64()
+            == Some(0)));
 
         // Rate limited: one request per second per client.
         let limited = wait_until(Duration::from_secs(3), || {
             send(proxy.addr, "GET", "/limited/1", headers).status == 429
         });
         assert!(limited, "{client}: the rate limit answers 429");
-        check_page("rate limited", client, &send(proxy.addr, "GET", "/limited/1", headers), 429, "rate_limited", true);
+        check_page(
+            "rate limited",
+            client,
+            &send(proxy.addr, "GET", "/limited/1", headers),
+            429,
+            "rate_limited",
+            true,
+        );
     }
 }
 
@@ -189,12 +310,23 @@ fn the_waiting_page_refreshes_after_retry_after() {
     ));
     let addr = proxy.addr;
     let busy = std::thread::spawn(move || support::get(addr, "/api/products/1"));
-    assert!(wait_until(Duration::from_secs(2), || fleet.stats()["in_flight"].as_u64() == Some(1)));
-    let page = send(proxy.addr, "GET", "/api/products/2", &[("accept", "text/html")]);
+    assert!(wait_until(Duration::from_secs(2), || fleet.stats()
+        ["in_flight"]
+        .as_u64()
+        == Some(1)));
+    let page = send(
+        proxy.addr,
+        "GET",
+        "/api/products/2",
+        &[("accept", "text/html")],
+    );
     assert_eq!(page.status, 503);
     let retry_after = page.header("retry-after").expect("Retry-After").to_string();
     let text = page.text();
-    assert!(text.contains(&format!("http-equiv=\"refresh\" content=\"{retry_after}\"")), "{text}");
+    assert!(
+        text.contains(&format!("http-equiv=\"refresh\" content=\"{retry_after}\"")),
+        "{text}"
+    );
     assert_eq!(busy.join().expect("busy").expect("answer").status, 200);
 }
 
@@ -221,9 +353,16 @@ fn requests_beyond_the_backend_cap_wait_and_then_succeed() {
     for client in clients {
         assert_eq!(client.join().expect("client").expect("answer").status, 200);
     }
-    assert!(peak <= 2, "the backend saw {peak} requests at once, over its cap of 2");
+    assert!(
+        peak <= 2,
+        "the backend saw {peak} requests at once, over its cap of 2"
+    );
     // Six 300 ms requests two at a time cannot finish in under three rounds.
-    assert!(started.elapsed() >= Duration::from_millis(850), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -236,7 +375,10 @@ fn a_waiter_that_disconnects_frees_its_place() {
     ));
     let addr = proxy.addr;
     let holder = std::thread::spawn(move || support::get(addr, "/api/products/1"));
-    assert!(wait_until(Duration::from_secs(2), || fleet.stats()["in_flight"].as_u64() == Some(1)));
+    assert!(wait_until(Duration::from_secs(2), || fleet.stats()
+        ["in_flight"]
+        .as_u64()
+        == Some(1)));
 
     // A waiter that gives up: connect, send, and close without reading.
     {
@@ -292,7 +434,11 @@ pool = "orders"
                     match support::get(addr, "/api/products/1") {
                         Ok(r) if r.status == 200 => {}
                         Ok(r) => {
-                            assert!(r.header("x-ordergate-page").is_some(), "browse failure without a page: {}", r.status);
+                            assert!(
+                                r.header("x-ordergate-page").is_some(),
+                                "browse failure without a page: {}",
+                                r.status
+                            );
                             shed += 1;
                         }
                         Err(e) => panic!("browse: raw failure {e:?}"),
@@ -306,14 +452,26 @@ pool = "orders"
     let mut checkout_failures = Vec::new();
     for i in 0..20 {
         let key = format!("checkout-{i}");
-        match request(proxy.addr, "POST", "/api/orders", &[("idempotency-key", &key)], b"{}") {
+        match request(
+            proxy.addr,
+            "POST",
+            "/api/orders",
+            &[("idempotency-key", &key)],
+            b"{}",
+        ) {
             Ok(r) if r.status == 201 => {}
             Ok(r) => checkout_failures.push(format!("{} {}", r.status, r.text())),
             Err(e) => checkout_failures.push(format!("{e:?}")),
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let shed: usize = browsers.into_iter().map(|b| b.join().expect("browser")).sum();
-    assert!(checkout_failures.is_empty(), "checkout failed: {checkout_failures:?}");
+    let shed: usize = browsers
+        .into_iter()
+        .map(|b| b.join().expect("browser"))
+        .sum();
+    assert!(
+        checkout_failures.is_empty(),
+        "checkout failed: {checkout_failures:?}"
+    );
     assert!(shed > 0, "browsing saturated the pool and some was shed");
 }

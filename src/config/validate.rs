@@ -12,14 +12,14 @@ use http::Method;
 use std::path::{Path, PathBuf};
 
 use super::file::{
-    FileAdmin, FileBackend, FileHealth, FileLog, FileOutlier, FilePool, FileQueue,
-    FileRateLimit, FileRetry, FileRetryBudget, FileRoute, FileServer,
+    FileAdmin, FileBackend, FileHealth, FileLog, FileOutlier, FilePool, FileQueue, FileRateLimit,
+    FileRetry, FileRetryBudget, FileRoute, FileServer,
 };
 use super::{
     parse_duration, AccessLog, AdminConfig, AdmissionConfig, BackendConfig, Balance, Config,
-    ConfigError, FileConfig, HashKey, HealthConfig, LimitConfig, OutlierConfig, Pages,
-    PoolConfig, Priority, Probe, RateKey, RateLimitConfig, RetryBudgetConfig, RetryConfig,
-    RetryOn, RouteConfig, ServerConfig, TlsConfig,
+    ConfigError, FileConfig, HashKey, HealthConfig, LimitConfig, OutlierConfig, Pages, PoolConfig,
+    Priority, Probe, RateKey, RateLimitConfig, RetryBudgetConfig, RetryConfig, RetryOn,
+    RouteConfig, ServerConfig, TlsConfig,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -91,16 +91,18 @@ fn admin(file: &FileAdmin, problems: &mut Problems) -> AdminConfig {
             None
         }
         (Some(token), None) => Some(token.clone()),
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(token) => Some(token),
-            Err(_) => {
-                problems.add(
+        (None, Some(var)) => {
+            match std::env::var(var) {
+                Ok(token) => Some(token),
+                Err(_) => {
+                    problems.add(
                     "admin.token_env",
                     format!("the environment variable {var:?} is not set; export it or use admin.token"),
                 );
-                None
+                    None
+                }
             }
-        },
+        }
         (None, None) => None,
     };
     if let Some(token) = &token {
@@ -125,7 +127,10 @@ fn access_log(file: Option<&FileLog>, base: &Path, problems: &mut Problems) -> A
         None | Some("off") => AccessLog::Off,
         Some("stdout") => AccessLog::Stdout,
         Some("") => {
-            problems.add("log.access", "is empty; use \"off\", \"stdout\" or a file path");
+            problems.add(
+                "log.access",
+                "is empty; use \"off\", \"stdout\" or a file path",
+            );
             AccessLog::Off
         }
         Some(path) => AccessLog::File(base.join(path)),
@@ -179,7 +184,10 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
         let listen_addr = match socket_addr(&entry.listen) {
             Ok(addr) if seen.insert(addr) => Some(addr),
             Ok(_) => {
-                problems.add(format!("{at}.listen"), format!("{:?} is already a listener", entry.listen));
+                problems.add(
+                    format!("{at}.listen"),
+                    format!("{:?} is already a listener", entry.listen),
+                );
                 None
             }
             Err(message) => {
@@ -256,11 +264,22 @@ fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> PoolConfig {
             "is empty; list at least one backend, e.g. [ { addr = \"127.0.0.1:9001\" } ]",
         );
     }
-    let max_in_flight = count(&format!("{at}.max_in_flight"), file.max_in_flight, DEFAULT_MAX_IN_FLIGHT, 1, problems);
+    let max_in_flight = count(
+        &format!("{at}.max_in_flight"),
+        file.max_in_flight,
+        DEFAULT_MAX_IN_FLIGHT,
+        1,
+        problems,
+    );
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
     for (i, entry) in file.backends.iter().enumerate() {
-        if let Some(backend) = backend(&format!("{at}.backends[{i}]"), entry, max_in_flight, problems) {
+        if let Some(backend) = backend(
+            &format!("{at}.backends[{i}]"),
+            entry,
+            max_in_flight,
+            problems,
+        ) {
             if seen.insert(backend.addr) {
                 backends.push(backend);
             } else {
@@ -312,7 +331,10 @@ fn admission(at: &str, file: Option<&FileQueue>, problems: &mut Problems) -> Adm
         None => 1000,
         Some(n @ 0..=1_000_000) => n as usize,
         Some(n) => {
-            problems.add(format!("{at}.max_waiting"), format!("{n} is out of range; use 0 (no queue) to 1000000"));
+            problems.add(
+                format!("{at}.max_waiting"),
+                format!("{n} is out of range; use 0 (no queue) to 1000000"),
+            );
             1000
         }
     };
@@ -330,14 +352,33 @@ fn admission(at: &str, file: Option<&FileQueue>, problems: &mut Problems) -> Adm
         None => LimitConfig::Capacity,
         Some(toml::Value::String(s)) if s == "capacity" => LimitConfig::Capacity,
         Some(toml::Value::String(s)) if s == "adaptive" => {
-            let min = bound("adaptive_min", file.and_then(|f| f.adaptive_min), 4, problems);
-            let max = bound("adaptive_max", file.and_then(|f| f.adaptive_max), 1000, problems);
+            let min = bound(
+                "adaptive_min",
+                file.and_then(|f| f.adaptive_min),
+                4,
+                problems,
+            );
+            let max = bound(
+                "adaptive_max",
+                file.and_then(|f| f.adaptive_max),
+                1000,
+                problems,
+            );
             if min > max {
-                problems.add(format!("{at}.adaptive_min"), format!("{min} is above adaptive_max {max}"));
+                problems.add(
+                    format!("{at}.adaptive_min"),
+                    format!("{min} is above adaptive_max {max}"),
+                );
             }
-            LimitConfig::Adaptive { min, max, initial: min.max(20).min(max) }
+            LimitConfig::Adaptive {
+                min,
+                max,
+                initial: min.max(20).min(max),
+            }
         }
-        Some(toml::Value::Integer(n)) if (1..=1_000_000).contains(n) => LimitConfig::Fixed(*n as usize),
+        Some(toml::Value::Integer(n)) if (1..=1_000_000).contains(n) => {
+            LimitConfig::Fixed(*n as usize)
+        }
         Some(other) => {
             problems.add(
                 format!("{at}.limit"),
@@ -352,20 +393,29 @@ fn admission(at: &str, file: Option<&FileQueue>, problems: &mut Problems) -> Adm
             ("adaptive_max", file.and_then(|f| f.adaptive_max).is_some()),
         ] {
             if set {
-                problems.add(format!("{at}.{key}"), "only applies to limit = \"adaptive\"");
+                problems.add(
+                    format!("{at}.{key}"),
+                    "only applies to limit = \"adaptive\"",
+                );
             }
         }
     }
     let mut reserved = [0u8; 4];
     for (class, share) in file.and_then(|f| f.reserved.as_ref()).into_iter().flatten() {
         match priority(class) {
-            Ok(p) => reserved[p as usize] = percent(&format!("{at}.reserved.{class}"), Some(*share), 0, problems),
+            Ok(p) => {
+                reserved[p as usize] =
+                    percent(&format!("{at}.reserved.{class}"), Some(*share), 0, problems)
+            }
             Err(message) => problems.add(format!("{at}.reserved.{class}"), message),
         }
     }
     let total: u32 = reserved.iter().map(|r| u32::from(*r)).sum();
     if total > 100 {
-        problems.add(format!("{at}.reserved"), format!("shares add up to {total}%; they must add up to at most 100"));
+        problems.add(
+            format!("{at}.reserved"),
+            format!("shares add up to {total}%; they must add up to at most 100"),
+        );
     }
     AdmissionConfig {
         max_waiting,
@@ -377,7 +427,9 @@ fn admission(at: &str, file: Option<&FileQueue>, problems: &mut Problems) -> Adm
 
 fn priority(name: &str) -> Result<Priority, String> {
     Priority::from_str(name).map_err(|_| {
-        format!("{name:?} is not a priority class; use \"critical\", \"high\", \"normal\" or \"low\"")
+        format!(
+            "{name:?} is not a priority class; use \"critical\", \"high\", \"normal\" or \"low\""
+        )
     })
 }
 
@@ -385,22 +437,27 @@ fn rate_limit(at: &str, file: &FileRateLimit, problems: &mut Problems) -> RateLi
     let requests_per_second = match file.requests_per_second {
         n @ 1..=1_000_000 => n as u32,
         n => {
-            problems.add(format!("{at}.requests_per_second"), format!("{n} is out of range; use 1 to 1000000"));
+            problems.add(
+                format!("{at}.requests_per_second"),
+                format!("{n} is out of range; use 1 to 1000000"),
+            );
             1
         }
     };
     let key = match file.key.as_deref() {
         None | Some("client_ip") => RateKey::ClientIp,
-        Some(text) => match text.strip_prefix("header:").map(HeaderName::from_str) {
-            Some(Ok(name)) => RateKey::Header(name),
-            _ => {
-                problems.add(
+        Some(text) => {
+            match text.strip_prefix("header:").map(HeaderName::from_str) {
+                Some(Ok(name)) => RateKey::Header(name),
+                _ => {
+                    problems.add(
                     format!("{at}.key"),
                     format!("{text:?} is not a rate-limit key; use \"client_ip\" or \"header:NAME\""),
                 );
-                RateKey::ClientIp
+                    RateKey::ClientIp
+                }
             }
-        },
+        }
     };
     RateLimitConfig {
         requests_per_second,
@@ -812,8 +869,19 @@ fn hash_key(text: &str) -> Result<HashKey, String> {
     Err(format!("{text:?} is not a hash key; {usage}"))
 }
 
-fn backend(at: &str, file: &FileBackend, pool_max_in_flight: u32, problems: &mut Problems) -> Option<BackendConfig> {
-    let max_in_flight = count(&format!("{at}.max_in_flight"), file.max_in_flight, pool_max_in_flight, 1, problems);
+fn backend(
+    at: &str,
+    file: &FileBackend,
+    pool_max_in_flight: u32,
+    problems: &mut Problems,
+) -> Option<BackendConfig> {
+    let max_in_flight = count(
+        &format!("{at}.max_in_flight"),
+        file.max_in_flight,
+        pool_max_in_flight,
+        1,
+        problems,
+    );
     let weight = match file.weight {
         None => 1,
         Some(w @ 1..=MAX_WEIGHT) => w as u32,
@@ -852,7 +920,12 @@ fn check_unique_pool_names(pools: &[FilePool], problems: &mut Problems) {
     }
 }
 
-fn routes(files: &[FileRoute], pools: &[FilePool], base: &Path, problems: &mut Problems) -> Vec<RouteConfig> {
+fn routes(
+    files: &[FileRoute],
+    pools: &[FilePool],
+    base: &Path,
+    problems: &mut Problems,
+) -> Vec<RouteConfig> {
     if files.is_empty() {
         problems.add(
             "routes",
@@ -892,7 +965,13 @@ fn routes(files: &[FileRoute], pools: &[FilePool], base: &Path, problems: &mut P
     routes
 }
 
-fn route(at: &str, file: &FileRoute, pools: &[FilePool], base: &Path, problems: &mut Problems) -> RouteConfig {
+fn route(
+    at: &str,
+    file: &FileRoute,
+    pools: &[FilePool],
+    base: &Path,
+    problems: &mut Problems,
+) -> RouteConfig {
     let pool = match pools.iter().position(|p| p.name == file.pool) {
         Some(index) => index,
         None => {

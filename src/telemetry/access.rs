@@ -49,7 +49,9 @@ pub struct AccessLogger {
 
 impl std::fmt::Debug for AccessLogger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccessLogger").field("enabled", &self.enabled()).finish()
+        f.debug_struct("AccessLogger")
+            .field("enabled", &self.enabled())
+            .finish()
     }
 }
 
@@ -81,7 +83,9 @@ impl AccessLogger {
     /// Writes one record as a JSON line.
     pub fn write(&self, record: &AccessRecord<'_>) {
         let Some(sink) = &self.sink else { return };
-        let Ok(mut line) = serde_json::to_vec(record) else { return };
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return;
+        };
         line.push(b'\n');
         if let Ok(mut sink) = sink.lock() {
             if let Err(e) = sink.write_all(&line) {

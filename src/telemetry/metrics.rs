@@ -111,27 +111,36 @@ impl BackendMetrics {
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    let metric =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
     metric
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
     metric
 }
 
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
     let metric = HistogramVec::new(opts, labels).expect("static metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
     metric
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).expect("static metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
     metric
 }
 
@@ -149,23 +158,106 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         Metrics {
-            requests: counter_vec(&r, "ordergate_requests_total", "Requests answered, by route and status class.", &["route", "code"]),
-            duration: histogram_vec(&r, "ordergate_request_duration_seconds", "Time from request to last response byte, by route.", &["route"]),
-            attempts: counter_vec(&r, "ordergate_upstream_attempts_total", "Attempts sent to backends, by result.", &["pool", "backend", "result"]),
-            backend_up: gauge_vec(&r, "ordergate_backend_up", "1 when active checks find the backend healthy (or none run).", &["pool", "backend"]),
-            backend_ejected: gauge_vec(&r, "ordergate_backend_ejected", "1 while passive checks eject the backend.", &["pool", "backend"]),
-            backend_in_flight: gauge_vec(&r, "ordergate_backend_in_flight", "Requests in flight to the backend.", &["pool", "backend"]),
-            backend_drained: gauge_vec(&r, "ordergate_backend_drained", "1 while the backend is drained by the admin API.", &["pool", "backend"]),
-            retries: counter_vec(&r, "ordergate_retries_total", "Retries, by route and the failure retried.", &["route", "reason"]),
-            retries_denied: counter_vec(&r, "ordergate_retries_denied_total", "Failures not retried, by route and why (budget = budget exhausted).", &["route", "reason"]),
-            queue_depth: gauge_vec(&r, "ordergate_queue_depth", "Requests waiting for a pool, by priority.", &["pool", "priority"]),
-            queue_wait: histogram_vec(&r, "ordergate_queue_wait_seconds", "Time requests waited in the pool's queue, by priority.", &["pool", "priority"]),
-            rejections: counter_vec(&r, "ordergate_rejections_total", "Requests answered by ordergate itself, by route and reason.", &["route", "reason"]),
-            concurrency_limit: gauge_vec(&r, "ordergate_concurrency_limit", "Current concurrency limit of the pool.", &["pool"]),
-            reloads: counter_vec(&r, "ordergate_config_reloads_total", "Config reload attempts, by result.", &["result"]),
-            config_generation: gauge(&r, "ordergate_config_generation", "Generation of the config being served (1 = as started)."),
-            config_last_reload_success: gauge(&r, "ordergate_config_last_reload_success", "1 if the last reload succeeded, 0 if it failed."),
-            panics: counter_vec(&r, "ordergate_pool_panics_total", "Times a pool entered panic mode (too few healthy backends).", &["pool"]),
+            requests: counter_vec(
+                &r,
+                "ordergate_requests_total",
+                "Requests answered, by route and status class.",
+                &["route", "code"],
+            ),
+            duration: histogram_vec(
+                &r,
+                "ordergate_request_duration_seconds",
+                "Time from request to last response byte, by route.",
+                &["route"],
+            ),
+            attempts: counter_vec(
+                &r,
+                "ordergate_upstream_attempts_total",
+                "Attempts sent to backends, by result.",
+                &["pool", "backend", "result"],
+            ),
+            backend_up: gauge_vec(
+                &r,
+                "ordergate_backend_up",
+                "1 when active checks find the backend healthy (or none run).",
+                &["pool", "backend"],
+            ),
+            backend_ejected: gauge_vec(
+                &r,
+                "ordergate_backend_ejected",
+                "1 while passive checks eject the backend.",
+                &["pool", "backend"],
+            ),
+            backend_in_flight: gauge_vec(
+                &r,
+                "ordergate_backend_in_flight",
+                "Requests in flight to the backend.",
+                &["pool", "backend"],
+            ),
+            backend_drained: gauge_vec(
+                &r,
+                "ordergate_backend_drained",
+                "1 while the backend is drained by the admin API.",
+                &["pool", "backend"],
+            ),
+            retries: counter_vec(
+                &r,
+                "ordergate_retries_total",
+                "Retries, by route and the failure retried.",
+                &["route", "reason"],
+            ),
+            retries_denied: counter_vec(
+                &r,
+                "ordergate_retries_denied_total",
+                "Failures not retried, by route and why (budget = budget exhausted).",
+                &["route", "reason"],
+            ),
+            queue_depth: gauge_vec(
+                &r,
+                "ordergate_queue_depth",
+                "Requests waiting for a pool, by priority.",
+                &["pool", "priority"],
+            ),
+            queue_wait: histogram_vec(
+                &r,
+                "ordergate_queue_wait_seconds",
+                "Time requests waited in the pool's queue, by priority.",
+                &["pool", "priority"],
+            ),
+            rejections: counter_vec(
+                &r,
+                "ordergate_rejections_total",
+                "Requests answered by ordergate itself, by route and reason.",
+                &["route", "reason"],
+            ),
+            concurrency_limit: gauge_vec(
+                &r,
+                "ordergate_concurrency_limit",
+                "Current concurrency limit of the pool.",
+                &["pool"],
+            ),
+            reloads: counter_vec(
+                &r,
+                "ordergate_config_reloads_total",
+                "Config reload attempts, by result.",
+                &["result"],
+            ),
+            config_generation: gauge(
+                &r,
+                "ordergate_config_generation",
+                "Generation of the config being served (1 = as started).",
+            ),
+            config_last_reload_success: gauge(
+                &r,
+                "ordergate_config_last_reload_success",
+                "1 if the last reload succeeded, 0 if it failed.",
+            ),
+            panics: counter_vec(
+                &r,
+                "ordergate_pool_panics_total",
+                "Times a pool entered panic mode (too few healthy backends).",
+                &["pool"],
+            ),
             registry: r,
         }
     }
@@ -173,7 +265,8 @@ impl Metrics {
     /// Handles for a route.
     pub fn route(&self, route: &str) -> RouteMetrics {
         RouteMetrics {
-            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| self.requests.with_label_values(&[route, class])),
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|class| self.requests.with_label_values(&[route, class])),
             duration: self.duration.with_label_values(&[route]),
         }
     }
@@ -186,7 +279,10 @@ impl Metrics {
     /// Handles for a backend of a pool.
     pub fn backend(&self, pool: &str, backend: &str) -> BackendMetrics {
         BackendMetrics {
-            attempts: UpstreamResult::ALL.map(|r| self.attempts.with_label_values(&[pool, backend, r.as_str()])),
+            attempts: UpstreamResult::ALL.map(|r| {
+                self.attempts
+                    .with_label_values(&[pool, backend, r.as_str()])
+            }),
         }
     }
 
@@ -197,7 +293,9 @@ impl Metrics {
 
     /// Counts a failure that was not retried, with the stop reason.
     pub fn retry_denied(&self, route: &str, reason: &str) {
-        self.retries_denied.with_label_values(&[route, reason]).inc();
+        self.retries_denied
+            .with_label_values(&[route, reason])
+            .inc();
     }
 
     /// Counts a request answered with one of ordergate's own pages.
@@ -207,12 +305,16 @@ impl Metrics {
 
     /// Records a queue wait.
     pub fn queue_wait(&self, pool: &str, priority: &str, seconds: f64) {
-        self.queue_wait.with_label_values(&[pool, priority]).observe(seconds);
+        self.queue_wait
+            .with_label_values(&[pool, priority])
+            .observe(seconds);
     }
 
     /// Counts a reload attempt.
     pub fn reload(&self, ok: bool, generation: u64) {
-        self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
         self.config_last_reload_success.set(i64::from(ok));
         self.config_generation.set(generation as i64);
     }
@@ -241,10 +343,15 @@ mod tests {
         let metrics = Metrics::new();
         metrics.route("checkout").observe(201, 0.02);
         metrics.route("checkout").observe(503, 0.001);
-        metrics.backend("orders", "127.0.0.1:9001").attempt(UpstreamResult::Reset);
+        metrics
+            .backend("orders", "127.0.0.1:9001")
+            .attempt(UpstreamResult::Reset);
         metrics.reload(true, 2);
         let text = metrics.render();
-        assert!(text.contains("ordergate_requests_total{code=\"2xx\",route=\"checkout\"} 1"), "{text}");
+        assert!(
+            text.contains("ordergate_requests_total{code=\"2xx\",route=\"checkout\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("ordergate_requests_total{code=\"5xx\",route=\"checkout\"} 1"));
         assert!(text.contains("ordergate_upstream_attempts_total{backend=\"127.0.0.1:9001\",pool=\"orders\",result=\"reset\"} 1"));
         assert!(text.contains("ordergate_request_duration_seconds_count{route=\"checkout\"} 2"));

@@ -12,9 +12,9 @@ use tokio::time::Instant;
 use pingora_limits::rate::Rate;
 
 use super::budget::RetryBudget;
-use crate::admission::{Admission, AdmissionConfig};
 use super::health::{Health, HealthState};
 use super::outlier::{OutlierState, Signal};
+use crate::admission::{Admission, AdmissionConfig};
 use crate::config::{HealthConfig, OutlierConfig};
 
 /// How fast old latency samples fade from the EWMA. Default: 10s, as linkerd.

@@ -269,8 +269,19 @@ impl Pool {
 
     /// Feeds one attempt's result into metrics, the backend's passive health and
     /// load, and ejects it when it crossed a threshold and the pool may lose it.
-    pub fn record_result(&self, backend: &Backend, result: UpstreamResult, signal: Signal, latency: Duration) {
-        if let Some(metrics) = self.backends.iter().position(|b| std::ptr::eq(&**b, backend)).and_then(|i| self.metrics.get(i)) {
+    pub fn record_result(
+        &self,
+        backend: &Backend,
+        result: UpstreamResult,
+        signal: Signal,
+        latency: Duration,
+    ) {
+        if let Some(metrics) = self
+            .backends
+            .iter()
+            .position(|b| std::ptr::eq(&**b, backend))
+            .and_then(|i| self.metrics.get(i))
+        {
             metrics.attempt(result);
         }
         backend.observe(latency, signal != Signal::Success);
@@ -391,7 +402,12 @@ mod tests {
             4,
         );
         for backend in pool.backends() {
-            pool.record_result(backend, UpstreamResult::Reset, Signal::GatewayFailure, Duration::ZERO);
+            pool.record_result(
+                backend,
+                UpstreamResult::Reset,
+                Signal::GatewayFailure,
+                Duration::ZERO,
+            );
         }
         let now = Instant::now();
         let ejected = pool

@@ -202,7 +202,10 @@ impl Proxy {
         let mut child = Command::new(bin())
             .args(["run", "-c"])
             .arg(&config.path)
-            .env("RUST_LOG", "info,pingora_core=warn,pingora_proxy=warn,access=info")
+            .env(
+                "RUST_LOG",
+                "info,pingora_core=warn,pingora_proxy=warn,access=info",
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -234,7 +237,10 @@ impl Proxy {
                 .lock()
                 .map(|l| l.iter().map(|(_, line)| line.clone()).collect())
                 .unwrap_or_default();
-            return Err(format!("ordergate exited early ({status}) with config:\n{text}\n{}", logs.join("\n")));
+            return Err(format!(
+                "ordergate exited early ({status}) with config:\n{text}\n{}",
+                logs.join("\n")
+            ));
         }
         if !up {
             return Err(format!("ordergate did not listen on {addr} within 15s"));
