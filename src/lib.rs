@@ -3,17 +3,25 @@
 //! A request's way through the proxy (pingora phases → modules):
 //!
 //! ```text
-//! new_ctx                  state     hold the current config Snapshot for the whole request
-//! request_filter           forward   request id
-//!                          route     Route by host, path prefix, method   (none → respond 404)
-//! upstream_peer            upstream  Pool → Backend by the pool's algorithm, counted in flight
-//!                                    (none can take it → respond 503)
-//! upstream_request_filter  forward   X-Forwarded-For / -Proto, X-Request-Id
-//! upstream_response_filter upstream  latency into the backend's peak EWMA
-//! response_filter          forward   X-Request-Id back to the client
-//! fail_to_proxy            respond   the one place a failure becomes a page (502/503/504/...)
-//! logging                            access log; the in-flight count ends
+//! new_ctx                  state      hold the current config Snapshot for the whole request
+//! request_filter           forward    request id
+//!                          route      Route by host, path prefix, method    (none → 404 page)
+//!                          route      rate limit per client key             (over → 429 page)
+//!                          admission  a slot in the Pool, by priority       (full, timeout, shed → 503 page)
+//! upstream_peer            upstream   Pool → Backend by the pool's algorithm, counted in flight
+//!                                     (none can take it → 503 page)
+//! fail_to_connect,         upstream   passive health (outlier ejection)
+//! error_while_proxy        retry      order safety, conditions, budget, deadline → another Backend
+//! upstream_request_filter  forward    X-Forwarded-For / -Proto, X-Request-Id
+//! upstream_response_filter upstream   latency, passive health; retry a retryable status;
+//!                          respond    swap a 5xx body for the page
+//! response_filter          forward    X-Request-Id back to the client
+//! fail_to_proxy            respond    the one place a failure becomes a page (502/503/504/...)
+//! logging                  telemetry  metrics, access log; the slot and the in-flight count end
 //! ```
+//!
+//! Beside them: `upstream::checker` (active probes), `reload` (SIGHUP and file
+//! changes), `admin` (status, metrics, reload, drain).
 //!
 //! Config flows `file.toml -> config::FileConfig -> validate -> config::Config ->
 //! state::Snapshot`; live backend state sits in `upstream::Registry` and outlives

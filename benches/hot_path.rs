@@ -1,0 +1,2 @@
+//! Placeholder: criterion micro benchmarks of the hot path.
+fn main() {}

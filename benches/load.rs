@@ -1,0 +1,2 @@
+//! Placeholder: the load harness (scenarios against ordergate, nginx and HAProxy).
+fn main() {}
