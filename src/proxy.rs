@@ -213,7 +213,10 @@ impl ProxyHttp for Proxy {
         }
         admission.set_capacity(capacity);
 
+        // Biased: a free slot is taken without ever starting the client watch
+        // (which would cost a read and an epoll registration per request).
         let admitted = tokio::select! {
+            biased;
             admitted = admission.admit(priority, deadline) => Some(admitted),
             () = client_closed(session) => None,
         };
