@@ -526,3 +526,86 @@ fn tls_listener_serves_https_with_a_certificate_made_at_test_time() {
     // Plain HTTP still works on the other listener.
     assert_eq!(proxy.get("/api/products/1").status, 200);
 }
+
+#[test]
+fn the_access_log_writes_one_json_line_per_request() {
+    let fleet = Fleet::start(1);
+    let log = support::TempFile::new("access.log", "");
+    let proxy = Proxy::start(&format!(
+        "[log]\naccess = \"{}\"\n\n[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"shop\"\npath_prefix = \"/api\"\npool = \"p\"\n",
+        log.path.display(),
+        backends(&fleet.addrs, &[1])
+    ));
+    assert_eq!(
+        proxy
+            .send(
+                "GET",
+                "/api/products/1",
+                &[("x-request-id", "log-test-1")],
+                b""
+            )
+            .status,
+        200
+    );
+    assert_eq!(proxy.get("/elsewhere").status, 404);
+    let mut lines = Vec::new();
+    assert!(wait_until(Duration::from_secs(3), || {
+        lines = std::fs::read_to_string(&log.path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.len() >= 2
+    }));
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).expect("JSON line");
+    assert_eq!(first["request_id"], "log-test-1");
+    assert_eq!(first["route"], "shop");
+    assert_eq!(first["pool"], "p");
+    assert_eq!(first["backend"], fleet.addrs[0].to_string());
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["attempts"], 1);
+    assert!(first["total_time"].as_f64().is_some() && first["bytes"].as_u64() > Some(0));
+    let second: serde_json::Value = serde_json::from_str(&lines[1]).expect("JSON line");
+    assert_eq!(second["status"], 404);
+    assert_eq!(second["outcome"], "no_route");
+    assert!(second["route"].is_null());
+}
+
+#[test]
+fn a_graceful_upgrade_hands_the_listener_over_without_failing_requests() {
+    let fleet = Fleet::start(1);
+    let body = format!(
+        "[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        backends(&fleet.addrs, &[1])
+    );
+    let mut old =
+        Proxy::try_start_with("grace_period = \"1s\"", &body).unwrap_or_else(|e| panic!("{e}"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = steady_load(old.addr, 2, &stop);
+
+    let upgrade_socket =
+        std::path::PathBuf::from(format!("/tmp/ordergate-{}-upgrade.sock", old.addr.port()));
+    let _ = std::fs::remove_file(&upgrade_socket);
+    let new = old.start_upgrade();
+    assert!(
+        wait_until(Duration::from_secs(10), || upgrade_socket.exists()),
+        "the new process waits for the sockets"
+    );
+    old.signal("QUIT");
+    let status = old
+        .wait_exit(Duration::from_secs(10))
+        .expect("the old process exits");
+    assert!(status.success(), "old process: {status}");
+    // The new one serves on the same address while the load goes on.
+    for _ in 0..20 {
+        assert_eq!(new.get("/api/products/1").status, 200);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let (_, failures) = client.join().expect("client");
+        assert!(
+            failures.is_empty(),
+            "requests failed during the upgrade: {failures:?}"
+        );
+    }
+}

@@ -97,6 +97,24 @@ fn check_page(
     }
 }
 
+/// Requests waiting in the queue of the pool at `pool` (its index in the config),
+/// as the admin API reports.
+fn waiting(admin_port: u16, pool: usize) -> u64 {
+    let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let Ok(status) = support::get(addr, "/status") else {
+        return 0;
+    };
+    let waiting = &status.json()["pools"][pool]["queue"]["waiting"];
+    ["low", "normal", "high", "critical"]
+        .iter()
+        .filter_map(|p| waiting[*p].as_u64())
+        .sum()
+}
+
+fn admin_section(port: u16) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n")
+}
+
 fn send(proxy_addr: SocketAddr, method: &str, path: &str, client: &[(&str, &str)]) -> Response {
     let body: &[u8] = if method == "POST" { b"{}" } else { b"" };
     request(proxy_addr, method, path, client, body)
@@ -184,7 +202,8 @@ requests_per_second = 1
     for (client, headers) in CLIENTS {
         // A fresh proxy per client: the queue's drain-rate estimate from an earlier
         // round would shed at once (rightly) instead of showing queue full/timeout.
-        let proxy = Proxy::start(&config);
+        let admin_port = support::free_port();
+        let proxy = Proxy::start(&format!("{}{config}", admin_section(admin_port)));
         // No route.
         check_page(
             "no route",
@@ -259,7 +278,10 @@ requests_per_second = 1
                 .collect();
             send(addr, "GET", "/slow/2", &headers)
         });
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            wait_until(Duration::from_secs(2), || waiting(admin_port, 2) == 1),
+            "the second request waits"
+        );
         check_page(
             "queue full",
             client,
@@ -369,8 +391,10 @@ fn requests_beyond_the_backend_cap_wait_and_then_succeed() {
 fn a_waiter_that_disconnects_frees_its_place() {
     let fleet = Fleet::start(1);
     fleet.set_mode(fleet.addrs[0], r#"{"latency_ms": 1500}"#);
+    let admin_port = support::free_port();
     let proxy = Proxy::start(&format!(
-        "[[pools]]\nname = \"p\"\nmax_in_flight = 1\nbackends = {}\n[pools.queue]\nmax_waiting = 1\ntimeout = \"10s\"\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        "{}[[pools]]\nname = \"p\"\nmax_in_flight = 1\nbackends = {}\n[pools.queue]\nmax_waiting = 1\ntimeout = \"10s\"\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        admin_section(admin_port),
         one_backend(fleet.addrs[0])
     ));
     let addr = proxy.addr;
@@ -387,9 +411,15 @@ fn a_waiter_that_disconnects_frees_its_place() {
         stream
             .write_all(b"GET /api/products/2 HTTP/1.1\r\nHost: shop.test\r\n\r\n")
             .expect("send");
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            wait_until(Duration::from_secs(2), || waiting(admin_port, 0) == 1),
+            "it waits"
+        );
     }
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        wait_until(Duration::from_secs(2), || waiting(admin_port, 0) == 0),
+        "its place is freed"
+    );
     // Its place is free again: this one is queued, not refused as queue full.
     let queued = support::get(proxy.addr, "/api/products/3").expect("answer");
     assert_eq!(queued.status, 200, "{}", queued.text());
@@ -400,8 +430,9 @@ fn a_waiter_that_disconnects_frees_its_place() {
 fn checkout_gets_through_while_browsing_saturates_the_pool() {
     let fleet = Fleet::start(1);
     fleet.set_mode(fleet.addrs[0], r#"{"latency_ms": 100}"#);
+    let admin_port = support::free_port();
     let proxy = Proxy::start(&format!(
-        r#"[[pools]]
+        r#"{}[[pools]]
 name = "orders"
 max_in_flight = 4
 backends = {}
@@ -422,6 +453,7 @@ name = "browse"
 priority = "low"
 pool = "orders"
 "#,
+        admin_section(admin_port),
         one_backend(fleet.addrs[0])
     ));
     let stop = Arc::new(AtomicBool::new(false));
@@ -448,7 +480,10 @@ pool = "orders"
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_until(Duration::from_secs(5), || waiting(admin_port, 0) > 0),
+        "browsing fills the queue"
+    );
     let mut checkout_failures = Vec::new();
     for i in 0..20 {
         let key = format!("checkout-{i}");

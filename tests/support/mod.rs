@@ -175,7 +175,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     server_extra: String,
     logs: Arc<Mutex<Vec<(Instant, String)>>>,
-    config: TempFile,
+    config: Arc<TempFile>,
     process: Process,
 }
 
@@ -198,31 +198,9 @@ impl Proxy {
     pub fn try_start_with(server_extra: &str, body: &str) -> Result<Proxy, String> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let text = Proxy::config_text(addr, server_extra, body);
-        let config = TempFile::new("ordergate.toml", &text);
-        let mut child = Command::new(bin())
-            .args(["run", "-c"])
-            .arg(&config.path)
-            .env(
-                "RUST_LOG",
-                "info,pingora_core=warn,pingora_proxy=warn,access=info",
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ordergate run");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let logs = Arc::clone(&logs);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Ok(mut logs) = logs.lock() {
-                        logs.push((Instant::now(), line));
-                    }
-                }
-            });
-        }
-        let mut process = Process(child);
+        let config = Arc::new(TempFile::new("ordergate.toml", &text));
+        let (process, logs) = spawn_ordergate(&config.path, false);
+        let mut process = process;
         let mut exited = None;
         let up = wait_until(Duration::from_secs(15), || {
             if let Ok(Some(status)) = process.0.try_wait() {
@@ -256,6 +234,19 @@ impl Proxy {
 
     fn config_text(addr: SocketAddr, server_extra: &str, body: &str) -> String {
         format!("[server]\nlisten = [\"{addr}\"]\nthreads = 2\n{server_extra}\n\n{body}")
+    }
+
+    /// Starts a second ordergate on the same config with `--upgrade`: it waits
+    /// for this one's listening sockets, handed over on `SIGQUIT`.
+    pub fn start_upgrade(&self) -> Proxy {
+        let (process, logs) = spawn_ordergate(&self.config.path, true);
+        Proxy {
+            addr: self.addr,
+            server_extra: self.server_extra.clone(),
+            logs,
+            config: Arc::clone(&self.config),
+            process,
+        }
     }
 
     /// Replaces the config file with the same `[server]` table and a new body.
@@ -320,6 +311,40 @@ impl Proxy {
         request(self.addr, method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"))
     }
+}
+
+/// Spawns `ordergate run` on a config file, collecting its stderr lines.
+fn spawn_ordergate(
+    config: &std::path::Path,
+    upgrade: bool,
+) -> (Process, Arc<Mutex<Vec<(Instant, String)>>>) {
+    let mut command = Command::new(bin());
+    command.args(["run", "-c"]).arg(config);
+    if upgrade {
+        command.arg("--upgrade");
+    }
+    let mut child = command
+        .env(
+            "RUST_LOG",
+            "info,pingora_core=warn,pingora_proxy=warn,access=info",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ordergate run");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    if let Some(stderr) = child.stderr.take() {
+        let logs = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut logs) = logs.lock() {
+                    logs.push((Instant::now(), line));
+                }
+            }
+        });
+    }
+    (Process(child), logs)
 }
 
 /// What went wrong at the HTTP level: what a shopper must never see.
