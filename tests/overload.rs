@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{request, wait_until, Fleet, Proxy, Response};
+use support::{admin_section, request, wait_until, Fleet, Proxy, Response};
 
 fn one_backend(addr: SocketAddr) -> String {
     format!("[ {{ addr = \"{addr}\" }} ]")
@@ -111,14 +111,29 @@ fn waiting(admin_port: u16, pool: usize) -> u64 {
         .sum()
 }
 
-fn admin_section(port: u16) -> String {
-    format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n")
-}
-
 fn send(proxy_addr: SocketAddr, method: &str, path: &str, client: &[(&str, &str)]) -> Response {
     let body: &[u8] = if method == "POST" { b"{}" } else { b"" };
     request(proxy_addr, method, path, client, body)
         .unwrap_or_else(|e| panic!("{method} {path}: raw failure {e:?}"))
+}
+
+/// `GET path` on another thread, with the given client headers.
+fn spawn_send(
+    addr: SocketAddr,
+    path: &'static str,
+    headers: &[(&str, &str)],
+) -> std::thread::JoinHandle<Response> {
+    let owned: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    std::thread::spawn(move || {
+        let headers: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        send(addr, "GET", path, &headers)
+    })
 }
 
 #[test]
@@ -252,32 +267,9 @@ requests_per_second = 1
         // The slow pool takes one request at a time, queues one more for 300 ms,
         // and the route's deadline is 1 s against a 3 s backend.
         let addr = proxy.addr;
-        let owned: Vec<(String, String)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
-        let first = std::thread::spawn(move || {
-            let headers: Vec<(&str, &str)> = owned
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            send(addr, "GET", "/slow/1", &headers)
-        });
-        assert!(wait_until(Duration::from_secs(2), || fleet.stats()
-            ["in_flight"]
-            .as_u64()
-            == Some(1)));
-        let owned: Vec<(String, String)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
-        let second = std::thread::spawn(move || {
-            let headers: Vec<(&str, &str)> = owned
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            send(addr, "GET", "/slow/2", &headers)
-        });
+        let first = spawn_send(addr, "/slow/1", headers);
+        assert!(wait_until(Duration::from_secs(2), || fleet.in_flight() == 1));
+        let second = spawn_send(addr, "/slow/2", headers);
         assert!(
             wait_until(Duration::from_secs(2), || waiting(admin_port, 2) == 1),
             "the second request waits"
@@ -301,10 +293,7 @@ requests_per_second = 1
             "upstream_timeout",
             true,
         );
-        assert!(wait_until(Duration::from_secs(5), || fleet.stats()
-            ["in_flight"]
-            .as_u64()
-            == Some(0)));
+        assert!(wait_until(Duration::from_secs(5), || fleet.in_flight() == 0));
 
         // Rate limited: one request per second per client.
         let limited = wait_until(Duration::from_secs(3), || {
@@ -332,10 +321,7 @@ fn the_waiting_page_refreshes_after_retry_after() {
     ));
     let addr = proxy.addr;
     let busy = std::thread::spawn(move || support::get(addr, "/api/products/1"));
-    assert!(wait_until(Duration::from_secs(2), || fleet.stats()
-        ["in_flight"]
-        .as_u64()
-        == Some(1)));
+    assert!(wait_until(Duration::from_secs(2), || fleet.in_flight() == 1));
     let page = send(
         proxy.addr,
         "GET",
@@ -369,7 +355,7 @@ fn requests_beyond_the_backend_cap_wait_and_then_succeed() {
         .collect();
     let mut peak = 0;
     while !clients.iter().all(|c| c.is_finished()) {
-        peak = peak.max(fleet.stats()["in_flight"].as_u64().unwrap_or(0));
+        peak = peak.max(fleet.in_flight());
         std::thread::sleep(Duration::from_millis(20));
     }
     for client in clients {
@@ -399,10 +385,7 @@ fn a_waiter_that_disconnects_frees_its_place() {
     ));
     let addr = proxy.addr;
     let holder = std::thread::spawn(move || support::get(addr, "/api/products/1"));
-    assert!(wait_until(Duration::from_secs(2), || fleet.stats()
-        ["in_flight"]
-        .as_u64()
-        == Some(1)));
+    assert!(wait_until(Duration::from_secs(2), || fleet.in_flight() == 1));
 
     // A waiter that gives up: connect, send, and close without reading.
     {

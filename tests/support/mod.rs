@@ -118,6 +118,11 @@ impl Fleet {
         serde_json::from_slice(&response.body).expect("stats are JSON")
     }
 
+    /// Requests the fleet is handling right now.
+    pub fn in_flight(&self) -> u64 {
+        self.stats()["in_flight"].as_u64().unwrap_or(0)
+    }
+
     /// A backends config line: `[ { addr = "..." , weight = w }, ... ]`.
     pub fn backends_toml(&self, weights: &[u32]) -> String {
         let entries: Vec<String> = self
@@ -159,6 +164,11 @@ impl Drop for TempFile {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// An `[admin]` table listening on a loopback port.
+pub fn admin_section(port: u16) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n")
 }
 
 /// A loopback port that was free a moment ago.
