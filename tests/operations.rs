@@ -109,7 +109,10 @@ fn a_hundred_reloads_under_load_fail_no_request() {
         );
         served += ok;
     }
-    assert!(served >= 30, "load kept flowing during the reloads: {served}");
+    assert!(
+        served >= 30,
+        "load kept flowing during the reloads: {served}"
+    );
 
     let status = admin(port, "GET", "/status").json();
     assert_eq!(status["generation"], 1 + valid, "only valid reloads count");

@@ -184,7 +184,7 @@ pub struct Proxy {
     /// Where it listens.
     pub addr: SocketAddr,
     server_extra: String,
-    logs: Arc<Mutex<Vec<(Instant, String)>>>,
+    logs: Logs,
     config: Arc<TempFile>,
     process: Process,
 }
@@ -323,11 +323,11 @@ impl Proxy {
     }
 }
 
+/// Lines a child wrote to stderr, each with when it arrived.
+type Logs = Arc<Mutex<Vec<(Instant, String)>>>;
+
 /// Spawns `ordergate run` on a config file, collecting its stderr lines.
-fn spawn_ordergate(
-    config: &std::path::Path,
-    upgrade: bool,
-) -> (Process, Arc<Mutex<Vec<(Instant, String)>>>) {
+fn spawn_ordergate(config: &std::path::Path, upgrade: bool) -> (Process, Logs) {
     let mut command = Command::new(bin());
     command.args(["run", "-c"]).arg(config);
     if upgrade {
