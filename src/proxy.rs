@@ -13,7 +13,6 @@ use pingora::proxy::FailToProxy;
 use tokio::time::Instant;
 
 use crate::admission::Reject;
-use crate::config::RateKey;
 use crate::ctx::RequestCtx;
 use crate::forward;
 use crate::respond::{self, Outcome, PageContext};
@@ -89,19 +88,6 @@ fn retry_after(response: &ResponseHeader) -> Option<Duration> {
 /// Whole seconds for a Retry-After header: rounded up, at least 1.
 fn whole_seconds(wait: Duration) -> u32 {
     (wait.as_millis().div_ceil(1000)).clamp(1, 3600) as u32
-}
-
-/// The key a route's rate limit counts the request under.
-fn rate_key(key: &RateKey, session: &Session) -> String {
-    match key {
-        RateKey::ClientIp => client_ip(session).map_or_else(String::new, |ip| ip.to_string()),
-        RateKey::Header(name) => session
-            .req_header()
-            .headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default(),
-    }
 }
 
 /// Resolves when the client closes its connection while the request waits in a
@@ -198,12 +184,9 @@ impl ProxyHttp for Proxy {
         let priority = route.priority;
         let admission = Arc::clone(&pool.state.admission);
         pool.state.retry_budget.record_request(now);
-        if let Some((limit, rate)) = &route.rate_limit {
-            let seen = rate.observe(&rate_key(&limit.key, session), 1);
-            if seen > limit.requests_per_second as isize {
-                ctx.retry_after = Some(1);
-                return self.answer(session, ctx, Outcome::RateLimited).await;
-            }
+        if route.over_rate_limit(&session.req_header().headers, client_ip(session)) {
+            ctx.retry_after = Some(1);
+            return self.answer(session, ctx, Outcome::RateLimited).await;
         }
         let capacity = pool.capacity();
         ctx.deadline = Some(deadline);

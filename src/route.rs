@@ -9,13 +9,14 @@
 //! Path prefixes match whole segments: `/api/orders` matches `/api/orders`,
 //! `/api/orders/` and `/api/orders/7`, but not `/api/orders-old`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderMap, Method};
 use pingora_limits::rate::Rate;
 
-use crate::config::{Pages, Priority, RateLimitConfig, RetryConfig, RouteConfig};
+use crate::config::{Pages, Priority, RateKey, RateLimitConfig, RetryConfig, RouteConfig};
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::Registry;
 
@@ -42,6 +43,21 @@ pub struct Route {
     host: Option<String>,
     path_prefix: String,
     methods: Option<Vec<Method>>,
+}
+
+impl Route {
+    /// Counts the request against the route's rate limit; true when the client
+    /// (by IP or header, as configured) is over it this second.
+    pub fn over_rate_limit(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> bool {
+        let Some((limit, rate)) = &self.rate_limit else {
+            return false;
+        };
+        let seen = match &limit.key {
+            RateKey::ClientIp => rate.observe(&client_ip, 1),
+            RateKey::Header(name) => rate.observe(&headers.get(name).map(|v| v.as_bytes()), 1),
+        };
+        seen > limit.requests_per_second as isize
+    }
 }
 
 impl std::fmt::Debug for Route {
@@ -239,6 +255,25 @@ mod tests {
         assert_eq!(name(&table, Some("shop.example"), "/", Method::GET), None);
         assert_eq!(name(&table, None, "/", Method::POST), None);
         assert_eq!(name(&table, Some("[::1]:80"), "/", Method::POST), None);
+    }
+
+    #[test]
+    fn rate_limits_count_per_client_key() {
+        let text = "[[pools]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\nname = \"r\"\npool = \"p\"\n[routes.rate_limit]\nrequests_per_second = 2\nkey = \"header:x-user\"\n";
+        let config = crate::config::Config::from_toml(text).expect("valid");
+        let table = table(&config.routes);
+        let route = table.get(0).expect("route");
+        let mut alice = HeaderMap::new();
+        alice.insert("x-user", http::HeaderValue::from_static("alice"));
+        let mut bob = HeaderMap::new();
+        bob.insert("x-user", http::HeaderValue::from_static("bob"));
+        assert!(!route.over_rate_limit(&alice, None));
+        assert!(!route.over_rate_limit(&alice, None));
+        assert!(route.over_rate_limit(&alice, None), "third in a second");
+        assert!(
+            !route.over_rate_limit(&bob, None),
+            "another client has its own count"
+        );
     }
 
     #[test]
