@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::FailToProxy;
+use pingora::proxy::{FailToProxy, ProxyWarnLogContext};
 use tokio::time::Instant;
 
 use crate::admission::Reject;
@@ -288,6 +288,18 @@ impl ProxyHttp for Proxy {
                 Err(error)
             }
         }
+    }
+
+    // A retried attempt is counted (ordergate_retries_total) and logged at debug;
+    // a warning for each would flood the log in an outage.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        context: ProxyWarnLogContext,
+    ) -> bool {
+        matches!(context, ProxyWarnLogContext::UpstreamRetry)
     }
 
     fn fail_to_connect(

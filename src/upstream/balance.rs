@@ -68,12 +68,12 @@ impl Balancer {
         let n = backends.len();
         let ok = |i: usize| accept(&backends[i]);
         match self {
-            Balancer::RoundRobin { schedule, next } => {
-                let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..schedule.len())
-                    .map(|step| schedule[(start + step) % schedule.len()])
-                    .find(|&i| ok(i))
-            }
+            // Each skipped slot takes the next turn of the shared counter, so the
+            // share of a backend that cannot take traffic spreads evenly over
+            // the others instead of falling to its neighbour in the schedule.
+            Balancer::RoundRobin { schedule, next } => (0..schedule.len())
+                .map(|_| schedule[next.fetch_add(1, Ordering::Relaxed) % schedule.len()])
+                .find(|&i| ok(i)),
             Balancer::Random { cumulative } => {
                 let total = cumulative.last().copied().unwrap_or(0);
                 if total > 0 {
@@ -228,6 +228,19 @@ mod tests {
         let weights = [1, 2, 3];
         let balancer = Balancer::new(&Balance::RoundRobin, &list, &weights);
         assert_eq!(counts(&balancer, &list, &weights, 600), vec![100, 200, 300]);
+    }
+
+    #[test]
+    fn round_robin_spreads_a_missing_backends_share_evenly() {
+        let (_r, list) = backends(3);
+        let weights = [1, 1, 1];
+        let balancer = Balancer::new(&Balance::RoundRobin, &list, &weights);
+        let mut counts = [0; 3];
+        for _ in 0..300 {
+            let pick = balancer.pick(&list, &weights, None, &|b| b.addr.port() != 9000);
+            counts[pick.expect("a pick")] += 1;
+        }
+        assert_eq!(counts, [0, 150, 150]);
     }
 
     #[test]

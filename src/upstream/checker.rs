@@ -12,8 +12,11 @@ use tokio::time::Instant;
 
 use crate::state::State;
 
-/// How often the checker looks for probes that are due.
+/// How often the checker looks for probes that are due while some pool has
+/// probes. Probes start at most this late.
 const TICK: Duration = Duration::from_millis(20);
+/// How often it looks while no pool has probes (a reload may add some).
+const IDLE_TICK: Duration = Duration::from_millis(500);
 
 /// Probes backends of the current snapshot.
 #[derive(Debug)]
@@ -27,14 +30,17 @@ impl HealthChecker {
         HealthChecker { state }
     }
 
-    /// Starts the probes that are due; each runs as its own task.
-    fn start_due_probes(&self) {
+    /// Starts the probes that are due, each as its own task; returns whether any
+    /// pool has probes.
+    fn start_due_probes(&self) -> bool {
         let snapshot = self.state.snapshot();
+        let mut probing = false;
         let now = Instant::now();
         for pool in &snapshot.pools {
             let Some(config) = pool.health() else {
                 continue;
             };
+            probing = true;
             for backend in pool.backends() {
                 if !backend.probe_due(now, config) {
                     continue;
@@ -62,17 +68,21 @@ impl HealthChecker {
                 });
             }
         }
+        probing
     }
 }
 
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut ticks = tokio::time::interval(TICK);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let pause = if self.start_due_probes() {
+                TICK
+            } else {
+                IDLE_TICK
+            };
             tokio::select! {
-                _ = ticks.tick() => self.start_due_probes(),
+                () = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => return,
             }
         }
