@@ -2,6 +2,7 @@
 # The two commands of the README:
 #   ./dev.sh demo   build ordergate and run the demo (fleet + proxy on 127.0.0.1:8080)
 #   ./dev.sh test   build and run the whole test suite
+#   ./dev.sh peers  install nginx and HAProxy, for the side-by-side load benches
 # Both first install what a fresh Debian machine with only Rust lacks: cmake
 # (pingora's zlib-ng is built with it) and a C compiler.
 set -euo pipefail
@@ -12,6 +13,11 @@ need_packages() {
   command -v cmake >/dev/null 2>&1 || missing+=(cmake)
   command -v cc >/dev/null 2>&1 || missing+=(gcc)
   command -v c++ >/dev/null 2>&1 || missing+=(g++)
+  install_packages "${missing[@]}"
+}
+
+install_packages() {
+  local missing=("$@")
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "dev.sh: installing ${missing[*]} with apt-get" >&2
@@ -37,8 +43,14 @@ case "${1:-}" in
     need_packages
     cargo test
     ;;
+  peers)
+    peers=()
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || peers+=(nginx)
+    command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || peers+=(haproxy)
+    install_packages "${peers[@]}"
+    ;;
   *)
-    echo "usage: ./dev.sh demo [--listen ADDR] | ./dev.sh test" >&2
+    echo "usage: ./dev.sh demo [--listen ADDR] | ./dev.sh test | ./dev.sh peers" >&2
     exit 2
     ;;
 esac
