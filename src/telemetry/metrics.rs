@@ -151,10 +151,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric on a new registry.
-    // The definitions are static: failing to create or register one is a bug
-    // caught by the first test run, not a runtime condition.
-    #[allow(clippy::expect_used)]
+    /// Creates and registers every metric on a new registry. The definitions
+    /// are static: failing to create or register one is a bug caught by the first
+    /// test run, not a runtime condition, hence the `expect`s below.
     pub fn new() -> Metrics {
         let r = Registry::new();
         Metrics {

@@ -56,17 +56,16 @@ impl Balancer {
         }
     }
 
-    /// Picks an accepted backend. `hash` is the request key's hash for consistent
+    /// Picks the index of a backend `ok` accepts. `hash` is the request key's hash for consistent
     /// hashing; without one, that algorithm falls back to round robin order.
     pub(super) fn pick(
         &self,
         backends: &[Arc<Backend>],
         weights: &[u32],
         hash: Option<u64>,
-        accept: &dyn Fn(&Backend) -> bool,
+        ok: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         let n = backends.len();
-        let ok = |i: usize| accept(&backends[i]);
         match self {
             // Each skipped slot takes the next turn of the shared counter, so the
             // share of a backend that cannot take traffic spreads evenly over
@@ -237,7 +236,7 @@ mod tests {
         let balancer = Balancer::new(&Balance::RoundRobin, &list, &weights);
         let mut counts = [0; 3];
         for _ in 0..300 {
-            let pick = balancer.pick(&list, &weights, None, &|b| b.addr.port() != 9000);
+            let pick = balancer.pick(&list, &weights, None, &|i| list[i].addr.port() != 9000);
             counts[pick.expect("a pick")] += 1;
         }
         assert_eq!(counts, [0, 150, 150]);
@@ -267,7 +266,7 @@ mod tests {
             let balancer = Balancer::new(&balance, &list, &weights);
             for round in 0..50 {
                 let hash = Some(key_hash(&[round]));
-                let pick = balancer.pick(&list, &weights, hash, &|b| b.addr.port() == 9001);
+                let pick = balancer.pick(&list, &weights, hash, &|i| list[i].addr.port() == 9001);
                 assert_eq!(pick, Some(1), "{balance:?}");
             }
             assert_eq!(

@@ -152,18 +152,6 @@ impl Pool {
         &self.retry_budget
     }
 
-    /// Picks a backend the caller accepts. `hash` is the request key's hash for
-    /// consistent hashing (see [`super::key_hash`]).
-    pub fn select(
-        &self,
-        hash: Option<u64>,
-        accept: &dyn Fn(&Backend) -> bool,
-    ) -> Option<&Arc<Backend>> {
-        self.balancer
-            .pick(&self.backends, &self.weights, hash, accept)
-            .map(|i| &self.backends[i])
-    }
-
     /// The hash of the request's affinity key (header, cookie or client IP), for
     /// consistent-hash pools; `None` for other pools or when the request lacks the key,
     /// which then go to any backend.
@@ -209,27 +197,25 @@ impl Pool {
         let panic = self.in_panic(up);
         self.note_panic(panic, up);
 
-        let index_of = |backend: &Backend| {
-            self.backends
-                .iter()
-                .position(|b| std::ptr::eq(&**b, backend))
-        };
-        let candidate = |backend: &Backend, avoid_tried: bool, ramp: bool| {
-            let Some(i) = index_of(backend) else {
-                return false;
-            };
+        // Never a drained backend or one at its in-flight cap, even in panic mode.
+        let candidate = |i: usize, avoid_tried: bool, ramp: bool| {
+            let backend = &self.backends[i];
+            let open = !backend.is_drained() && backend.in_flight() < self.caps[i] as usize;
             let usable = panic || serving[i].is_some();
             let fresh = !avoid_tried || !tried.contains(&backend.addr);
             let ramped = !ramp || serving[i].is_none_or(|since| self.passes_slow_start(since));
-            usable && fresh && ramped
+            open && usable && fresh && ramped
         };
         let hash = self.request_hash(headers, client_ip);
         let ramp = self.hash_key.is_none() && !self.slow_start.is_zero();
-        let backend = self
-            .select(hash, &|b| candidate(b, true, ramp))
-            .or_else(|| self.select(hash, &|b| candidate(b, true, false)))
-            .or_else(|| self.select(hash, &|b| candidate(b, false, false)))?;
-        let index = index_of(backend)?;
+        let pick = |accept: &dyn Fn(usize) -> bool| {
+            self.balancer
+                .pick(&self.backends, &self.weights, hash, accept)
+        };
+        let index = pick(&|i| candidate(i, true, ramp))
+            .or_else(|| pick(&|i| candidate(i, true, false)))
+            .or_else(|| pick(&|i| candidate(i, false, false)))?;
+        let backend = &self.backends[index];
         Some(Pick {
             peer: self.peer(backend, timeout),
             in_flight: backend.start_request(),
@@ -393,6 +379,23 @@ mod tests {
         }
         let both = [first, SocketAddr::from(([127, 0, 0, 1], 9001))];
         assert!(pick_port(&pool, &both).is_some(), "all tried: any will do");
+    }
+
+    #[test]
+    fn never_picks_a_drained_backend_or_one_at_its_cap() {
+        let pool = pool("max_in_flight = 2\npanic_threshold = 100", 3);
+        pool.backends()[0].set_drained(true);
+        let _busy: Vec<_> = (0..2).map(|_| pool.backends()[1].start_request()).collect();
+        for _ in 0..20 {
+            let (port, panic) = pick_port(&pool, &[]).expect("a pick");
+            assert_eq!(port, 9002);
+            assert!(panic, "a drained backend counts as down");
+        }
+        let _full: Vec<_> = (0..2).map(|_| pool.backends()[2].start_request()).collect();
+        assert!(
+            pick_port(&pool, &[]).is_none(),
+            "every open backend is at its cap"
+        );
     }
 
     #[test]
