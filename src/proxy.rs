@@ -520,7 +520,9 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
-        let in_flight = ctx.in_flight.take();
+        // The backend's in-flight count ends before the pool slot is handed to
+        // the next waiter, so that waiter finds the backend under its cap.
+        let backend = ctx.in_flight.take().map(|f| f.backend().addr);
         ctx.permit = None;
         let status = session.response_written().map_or_else(
             || ctx.outcome.map_or(0, Outcome::status),
@@ -540,7 +542,7 @@ impl ProxyHttp for Proxy {
                 request_id: &ctx.request_id,
                 route: route.map(|(r, _)| r.name.as_str()),
                 pool: route.map(|(_, p)| p.name.as_str()),
-                backend: in_flight.as_ref().map(|f| f.backend().addr.to_string()),
+                backend: backend.map(|addr| addr.to_string()),
                 method: request.method.as_str(),
                 path: request.uri.path(),
                 status,
