@@ -92,3 +92,19 @@ fn unreadable_and_unknown_keys_are_clear_errors() {
     assert!(stderr.contains("unknown field `lisen`"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_broken_pages_directory_is_a_config_error() {
+    let pages = TempFile::new("en.toml", "[ui]\nrequest_id_label = \"Request id\"\n");
+    let dir = pages.path.parent().expect("dir").display().to_string();
+    let config = TempFile::new(
+        "pages.toml",
+        &format!("[server]\npages = \"{dir}\"\n[[pools]]\nname = \"p\"\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n"),
+    );
+    let (ok, _, stderr) = check(&config.path);
+    assert!(!ok, "a language file without its page kinds must fail");
+    assert!(
+        stderr.contains("server.pages") && stderr.contains("en.toml"),
+        "{stderr}"
+    );
+}

@@ -493,3 +493,45 @@ pool = "orders"
     );
     assert!(shed > 0, "browsing saturated the pool and some was shed");
 }
+
+#[test]
+fn a_route_can_have_its_own_pages() {
+    let fleet = Fleet::start(1);
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/pages/en.toml");
+    let english = std::fs::read_to_string(shipped).expect("shipped pages");
+    let custom = english.replacen(
+        "We are very busy right now",
+        "Checkout is taking a short break",
+        1,
+    );
+    assert_ne!(custom, english);
+    let pages = support::TempFile::new("en.toml", &custom);
+    let dir = pages
+        .path
+        .parent()
+        .expect("pages dir")
+        .display()
+        .to_string();
+    let dead = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let proxy = Proxy::start(&format!(
+        "[[pools]]\nname = \"dead\"\npanic_threshold = 0\nbackends = {}\n[pools.outlier]\nconsecutive_gateway_failures = 1\nmax_ejected_percent = 100\n\n[[pools]]\nname = \"live\"\nbackends = {}\n\n[[routes]]\nname = \"checkout\"\npath_prefix = \"/checkout\"\npages = \"{dir}\"\npool = \"dead\"\n\n[[routes]]\nname = \"browse\"\npool = \"live\"\n",
+        one_backend(dead),
+        one_backend(fleet.addrs[0])
+    ));
+    // The first try finds the port closed and ejects the only backend.
+    let _ = send(proxy.addr, "GET", "/checkout/1", &[]);
+    let page = send(proxy.addr, "GET", "/checkout/1", &[("accept", "text/html")]);
+    assert_eq!(page.header("x-ordergate-page"), Some("no_healthy_backend"));
+    assert!(
+        page.text().contains("Checkout is taking a short break"),
+        "{}",
+        page.text()
+    );
+    let other = send(
+        proxy.addr,
+        "GET",
+        "/api/products/1",
+        &[("accept", "text/html")],
+    );
+    assert_eq!(other.status, 200, "the browse route still serves");
+}
