@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
 use crate::admission::Priority;
@@ -36,26 +36,39 @@ use crate::config::AdminConfig;
 use crate::state::State;
 use crate::upstream::{Availability, Backend, Pool};
 
+/// Pause before trying again after a failed listen or accept.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The admin API service.
 #[derive(Debug)]
 pub struct Admin {
     state: Arc<State>,
     config: AdminConfig,
-    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Admin {
-    /// Binds the admin listener now, so a taken port fails at start with a clear
-    /// message rather than later in the background.
-    pub fn bind(state: Arc<State>, config: AdminConfig) -> Result<Admin, String> {
-        let listener = std::net::TcpListener::bind(config.listen)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| format!("cannot listen for the admin API on {}: {e}", config.listen))?;
-        Ok(Admin {
-            state,
-            config,
-            listener: std::sync::Mutex::new(Some(listener)),
-        })
+    /// The admin API for `state`. Unless this process takes over from a running
+    /// one (`upgrade`), a taken port fails here, at start, with a clear message.
+    pub fn new(state: Arc<State>, config: AdminConfig, upgrade: bool) -> Result<Admin, String> {
+        if !upgrade {
+            std::net::TcpListener::bind(config.listen).map_err(|e| {
+                format!("cannot listen for the admin API on {}: {e}", config.listen)
+            })?;
+        }
+        Ok(Admin { state, config })
+    }
+
+    /// Binds with SO_REUSEPORT, so that during a graceful upgrade the new process
+    /// can listen while the old one still does.
+    fn listen(&self) -> std::io::Result<TcpListener> {
+        let socket = match self.config.listen {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(self.config.listen)?;
+        socket.listen(1024)
     }
 }
 
@@ -64,20 +77,28 @@ impl BackgroundService for Admin {
     // The admin API keeps answering during a graceful shutdown (readiness then
     // says 503), until the process exits.
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
-            return;
-        };
-        let listener = match TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(e) => {
-                log::error!("admin API: {e}");
-                return;
+        let listener = loop {
+            match self.listen() {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    log::error!(
+                        "admin API: cannot listen on {}: {e}; retrying",
+                        self.config.listen
+                    );
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
             }
         };
         log::info!("admin API listening on {}", self.config.listen);
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // E.g. out of file descriptors: pause rather than spin.
+                    log::warn!("admin API: accept failed: {e}");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
             };
             let state = Arc::clone(&self.state);
             let token = self.config.token.clone();
@@ -359,6 +380,6 @@ fn update_scrape_gauges(state: &State) {
         metrics
             .concurrency_limit
             .with_label_values(&[pool.name.as_str()])
-            .set(admission.limit as i64);
+            .set(i64::try_from(admission.limit).unwrap_or(i64::MAX));
     }
 }

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::admission::Permit;
@@ -46,8 +45,6 @@ pub struct RequestCtx {
     /// Retry-After to show on the page, when known better than the default
     /// (shedding estimate, a backend's own Retry-After).
     pub retry_after: Option<u32>,
-    /// The page that replaces an intercepted backend 5xx body.
-    pub page_body: Option<Bytes>,
     /// Response body bytes sent to the client.
     pub bytes_sent: usize,
 }
@@ -70,7 +67,6 @@ impl RequestCtx {
             outcome: None,
             reached_backend: None,
             retry_after: None,
-            page_body: None,
             bytes_sent: 0,
         }
     }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyWarnLogContext};
+use pingora::ErrorSource;
 use tokio::time::Instant;
 
 use crate::admission::Reject;
@@ -23,6 +24,8 @@ use crate::upstream::outlier::Signal;
 
 /// The error that turns a backend's retryable status (e.g. 503) into another try.
 const RETRYABLE_STATUS: ErrorType = ErrorType::new("RetryableUpstreamStatus");
+/// The error that replaces a backend's 5xx answer with ordergate's page.
+const INTERCEPTED_STATUS: ErrorType = ErrorType::new("InterceptedUpstreamStatus");
 
 /// The proxy service: holds the served state.
 #[derive(Debug)]
@@ -100,6 +103,27 @@ async fn client_closed(session: &mut Session) {
     std::future::pending::<()>().await
 }
 
+/// Whether a final (non-1xx) response header already went to the client: then
+/// nothing else can be sent, neither a page nor another backend's answer.
+fn answer_started(session: &Session) -> bool {
+    session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational())
+}
+
+/// Feeds a failed attempt into passive health and the attempt metrics.
+fn record_failure(ctx: &RequestCtx, failure: Failure) {
+    let (signal, result) = match failure {
+        Failure::Status(code) => (Signal::from_status(code), UpstreamResult::ServerError),
+        Failure::ConnectFailed => (Signal::GatewayFailure, UpstreamResult::ConnectFailed),
+        Failure::Reset => (Signal::GatewayFailure, UpstreamResult::Reset),
+        Failure::Timeout => (Signal::GatewayFailure, UpstreamResult::Timeout),
+    };
+    if let (Some((_, pool)), Some(in_flight)) = (ctx.route_and_pool(), &ctx.in_flight) {
+        pool.record_result(in_flight.backend(), result, signal, in_flight.elapsed());
+    }
+}
+
 /// Passive health, metrics and the retry decision for a failed attempt. Returns
 /// whether to try again (and sets the backoff).
 fn after_failure(
@@ -109,18 +133,10 @@ fn after_failure(
     failure: Failure,
     retry_after: Option<Duration>,
 ) -> bool {
-    let (signal, result) = match failure {
-        Failure::Status(code) => (Signal::from_status(code), UpstreamResult::ServerError),
-        Failure::ConnectFailed => (Signal::GatewayFailure, UpstreamResult::ConnectFailed),
-        Failure::Reset => (Signal::GatewayFailure, UpstreamResult::Reset),
-        Failure::Timeout => (Signal::GatewayFailure, UpstreamResult::Timeout),
-    };
+    record_failure(ctx, failure);
     let Some((route, pool)) = ctx.route_and_pool() else {
         return false;
     };
-    if let Some(in_flight) = &ctx.in_flight {
-        pool.record_result(in_flight.backend(), result, signal, in_flight.elapsed());
-    }
     let request = session.req_header();
     // A body larger than pingora's retry buffer cannot be sent again.
     let replay_safe = retry::replay_safe(&request.method, &request.headers, &route.retry)
@@ -220,12 +236,12 @@ impl ProxyHttp for Proxy {
                 Ok(false)
             }
             Some(Err(reject)) => {
-                let (outcome, wait) = match reject {
-                    Reject::QueueFull { retry_after } => (Outcome::QueueFull, retry_after),
-                    Reject::QueueTimeout { retry_after } => (Outcome::QueueTimeout, retry_after),
-                    Reject::Shed { expected_wait } => (Outcome::Shed, expected_wait),
+                let outcome = match reject {
+                    Reject::QueueFull { .. } => Outcome::QueueFull,
+                    Reject::QueueTimeout { .. } => Outcome::QueueTimeout,
+                    Reject::Shed { .. } => Outcome::Shed,
                 };
-                ctx.retry_after = Some(whole_seconds(wait));
+                ctx.retry_after = Some(whole_seconds(reject.retry_after()));
                 self.answer(session, ctx, outcome).await
             }
             None => {
@@ -329,29 +345,37 @@ impl ProxyHttp for Proxy {
             e.set_retry(true);
             return e;
         }
-        let outcome = Outcome::from_error(&e);
-        let failure = match outcome {
-            Outcome::ConnectFailed => {
-                ctx.fail_before_backend(outcome);
-                Failure::ConnectFailed
-            }
-            Outcome::UpstreamTimeout | Outcome::UpstreamReset | Outcome::UpstreamError => {
-                ctx.outcome = Some(outcome);
-                ctx.reached_backend = Some(outcome);
-                if outcome == Outcome::UpstreamTimeout {
-                    Failure::Timeout
-                } else {
-                    Failure::Reset
-                }
-            }
+        if e.etype() == &INTERCEPTED_STATUS {
+            // The backend's 5xx, recorded; fail_to_proxy sends the page instead.
+            e.set_retry(false);
+            return e;
+        }
+        if e.esource() == &ErrorSource::Downstream {
             // The client's side failed: nothing to hold against the backend.
-            _ => {
-                ctx.outcome = Some(outcome);
-                e.set_retry(false);
-                return e;
-            }
+            ctx.outcome = Some(Outcome::from_error(&e));
+            e.set_retry(false);
+            return e;
+        }
+        // The connection was open, so the request may have reached the backend.
+        let outcome = match Outcome::from_error(&e) {
+            Outcome::UpstreamTimeout => Outcome::UpstreamTimeout,
+            Outcome::UpstreamError => Outcome::UpstreamError,
+            _ => Outcome::UpstreamReset,
         };
-        let retry = after_failure(&self.state, session, ctx, failure, None);
+        ctx.outcome = Some(outcome);
+        ctx.reached_backend = Some(outcome);
+        let failure = if outcome == Outcome::UpstreamTimeout {
+            Failure::Timeout
+        } else {
+            Failure::Reset
+        };
+        // Once part of an answer went out, another backend's answer cannot follow.
+        let retry = if answer_started(session) {
+            record_failure(ctx, failure);
+            false
+        } else {
+            after_failure(&self.state, session, ctx, failure, None)
+        };
         e.set_retry(retry);
         e
     }
@@ -388,6 +412,10 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        if upstream_response.status.is_informational() {
+            // 100 Continue and friends: the final answer is still to come.
+            return Ok(());
+        }
         let Some((retryable, intercept)) = ctx.route_and_pool().map(|(route, _)| {
             (
                 route.retry.on.statuses.contains(&status),
@@ -396,13 +424,14 @@ impl ProxyHttp for Proxy {
         }) else {
             return Ok(());
         };
+        let backend_retry_after = retry_after(upstream_response);
         if retryable
             && after_failure(
                 &self.state,
                 session,
                 ctx,
                 Failure::Status(status),
-                retry_after(upstream_response),
+                backend_retry_after,
             )
         {
             ctx.reached_backend = Some(Outcome::UpstreamStatus(status));
@@ -432,27 +461,15 @@ impl ProxyHttp for Proxy {
         }
         ctx.outcome = None;
         if intercept {
-            let outcome = Outcome::UpstreamStatus(status);
+            // The backend's body (perhaps a stack trace) never reaches the client:
+            // fail_to_proxy answers with the page, keeping the status.
             if ctx.retry_after.is_none() {
-                ctx.retry_after = retry_after(upstream_response).map(whole_seconds);
+                ctx.retry_after = backend_retry_after.map(whole_seconds);
             }
-            let context = PageContext {
-                request_id: &ctx.request_id,
-                retry_after: ctx.retry_after,
-                wait_seconds: ctx.retry_after,
-            };
-            let (header, body) = respond::render(
-                ctx.pages(),
-                outcome,
-                &session.req_header().headers,
-                &context,
-            )?;
-            self.state
-                .metrics
-                .rejection(ctx.route_name(), outcome.reason());
-            *upstream_response = header;
-            ctx.page_body = Some(body);
-            ctx.outcome = Some(outcome);
+            ctx.outcome = Some(Outcome::UpstreamStatus(status));
+            return Err(
+                Error::explain(INTERCEPTED_STATUS, format!("backend answered {status}")).into_up(),
+            );
         }
         Ok(())
     }
@@ -471,22 +488,36 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        end_of_stream: bool,
+        _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if ctx.page_body.is_some() {
-            // An intercepted 5xx: the backend's body (perhaps a stack trace) is
-            // dropped and the page goes out once it has ended.
-            *body = if end_of_stream {
-                ctx.page_body.take()
-            } else {
-                None
-            };
-        }
         if let Some(chunk) = body {
             ctx.bytes_sent += chunk.len();
         }
         Ok(None)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            // The backend is done: its slot and in-flight count are free even if
+            // the shopper is still downloading. In-flight first, so the next
+            // waiter finds the backend under its cap.
+            ctx.in_flight = None;
+            ctx.permit = None;
+        }
+        Ok(None)
+    }
+
+    // An intercepted 5xx is answered with a page; logging it as an error too
+    // would double every backend error in the log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        error.etype() == &INTERCEPTED_STATUS
     }
 
     async fn fail_to_proxy(
@@ -503,7 +534,7 @@ impl ProxyHttp for Proxy {
         }
         // Once the backend's header went out, the only honest signal left is to
         // cut the connection: the shopper's client then sees a truncated answer.
-        let can_answer = outcome != Outcome::ClientGone && session.response_written().is_none();
+        let can_answer = outcome != Outcome::ClientGone && !answer_started(session);
         if can_answer {
             if let Err(e) = self.answer(session, ctx, outcome).await {
                 log::debug!(
@@ -522,12 +553,16 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
         // The backend's in-flight count ends before the pool slot is handed to
         // the next waiter, so that waiter finds the backend under its cap.
-        let backend = ctx.in_flight.take().map(|f| f.backend().addr);
+        ctx.in_flight = None;
         ctx.permit = None;
-        let status = session.response_written().map_or_else(
-            || ctx.outcome.map_or(0, Outcome::status),
-            |r| r.status.as_u16(),
-        );
+        let backend = ctx.tried.last().copied();
+        let status = session
+            .response_written()
+            .filter(|r| !r.status.is_informational())
+            .map_or_else(
+                || ctx.outcome.map_or(0, Outcome::status),
+                |r| r.status.as_u16(),
+            );
         let total = ctx.started.elapsed();
         if let Some((route, _)) = ctx.route_and_pool() {
             route.metrics.observe(status, total.as_secs_f64());

@@ -119,7 +119,7 @@ pub fn decide(policy: &RetryConfig, attempt: &Attempt) -> Result<Duration, Stop>
         return Err(Stop::Attempts);
     }
     let wait = backoff(policy, attempt.tries).max(attempt.retry_after.unwrap_or_default());
-    let needed = wait + policy.per_try_timeout.unwrap_or(MIN_TRY);
+    let needed = wait.saturating_add(policy.per_try_timeout.unwrap_or(MIN_TRY));
     if attempt.remaining < needed {
         return Err(Stop::Deadline);
     }

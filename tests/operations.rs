@@ -567,8 +567,11 @@ fn the_access_log_writes_one_json_line_per_request() {
 #[test]
 fn a_graceful_upgrade_hands_the_listener_over_without_failing_requests() {
     let fleet = Fleet::start(1);
+    // With an admin listener too: the new process must share its port.
+    let port = support::free_port();
     let body = format!(
-        "[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        "{}[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+        admin_section(port),
         backends(&fleet.addrs, &[1])
     );
     let mut old =

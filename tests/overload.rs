@@ -535,3 +535,33 @@ fn a_route_can_have_its_own_pages() {
     );
     assert_eq!(other.status, 200, "the browse route still serves");
 }
+
+#[test]
+fn an_empty_backend_5xx_is_replaced_by_a_complete_page() {
+    // A backend that answers every request with an empty 503, as load shedders do.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ =
+                stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let proxy = Proxy::start(&format!(
+        "[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n[routes.retry]\nattempts = 1\n",
+        one_backend(backend)
+    ));
+    let page = send(
+        proxy.addr,
+        "GET",
+        "/api/products/1",
+        &[("accept", "application/json")],
+    );
+    assert_eq!(page.status, 503);
+    assert_eq!(page.header("x-ordergate-page"), Some("upstream_status"));
+    assert_eq!(page.json()["error"]["code"], "upstream_status");
+}

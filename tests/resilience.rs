@@ -316,3 +316,57 @@ fn the_retry_budget_caps_attempts_when_every_backend_fails() {
     );
     assert!(attempts > requests, "some retries were allowed: {attempts}");
 }
+
+#[test]
+fn an_answer_cut_off_mid_body_is_never_completed_by_another_backend() {
+    let fleet = Fleet::start(2);
+    // Headers at once, then a chunk every 500 ms: the 300 ms per-try timeout
+    // fires after the answer has started.
+    fleet.set_mode(fleet.addrs[0], r#"{"fault": "slow_body"}"#);
+    let proxy = Proxy::start(&config(
+        &fleet.addrs,
+        "balance = \"round_robin\"",
+        "[routes.retry]\nper_try_timeout = \"300ms\"",
+    ));
+    match support::get(proxy.addr, "/api/products/1") {
+        // The only honest signal left once the header went out is a cut connection.
+        Err(HttpError::Empty | HttpError::Reset) => {}
+        Ok(r) => panic!(
+            "a cut-off answer was completed: {} {:?} {}",
+            r.status,
+            r.headers,
+            r.text()
+        ),
+        Err(e) => panic!("unexpected {e:?}"),
+    }
+    let stats = fleet.stats();
+    assert_eq!(
+        listener_requests(&stats, fleet.addrs[1]),
+        0,
+        "not retried on another backend"
+    );
+}
+
+#[test]
+fn a_failure_after_100_continue_still_gets_a_page() {
+    let fleet = Fleet::start(1);
+    fleet.set_mode(fleet.addrs[0], r#"{"fault": "hang"}"#);
+    let proxy = Proxy::start(&config(
+        &fleet.addrs,
+        "",
+        "[routes.retry]\nper_try_timeout = \"300ms\"",
+    ));
+    let answer = request(
+        proxy.addr,
+        "POST",
+        "/api/orders",
+        &[
+            ("content-type", "application/json"),
+            ("expect", "100-continue"),
+        ],
+        br#"{"sku":"tea"}"#,
+    )
+    .expect("a page, not an empty reply");
+    assert_eq!(answer.status, 504, "{}", answer.text());
+    assert_eq!(answer.header("x-ordergate-page"), Some("upstream_timeout"));
+}

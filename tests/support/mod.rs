@@ -454,7 +454,15 @@ fn io_error(e: std::io::Error) -> HttpError {
     }
 }
 
-pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
+pub fn parse_response(mut raw: &[u8]) -> Result<Response, HttpError> {
+    // Skip interim answers such as `100 Continue`.
+    while raw.starts_with(b"HTTP/1.1 1") || raw.starts_with(b"HTTP/1.0 1") {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or(HttpError::Empty)?;
+        raw = &raw[end + 4..];
+    }
     if raw.is_empty() {
         return Err(HttpError::Empty);
     }
