@@ -610,19 +610,7 @@ fn start_nginx(spec: &ProxySpec) -> Result<Target, String> {
         .args(["-g", "daemon off;"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut proc = Proc::spawn(command, "nginx")?;
-    let up = wait_listening(&mut proc, listen, Duration::from_secs(10));
-    let target = Target {
-        addrs: vec![listen],
-        admin: None,
-        config,
-        proc: Some(proc),
-        dir: Some(dir),
-    };
-    match up {
-        Ok(()) => Ok(target),
-        Err(why) => Err(format!("{why}\n{}", target.log_tail())),
-    }
+    start_peer(command, "nginx", listen, config, dir)
 }
 
 /// The HAProxy config for a spec (from `benches/peers/haproxy.cfg.tmpl`).
@@ -692,7 +680,18 @@ fn start_haproxy(spec: &ProxySpec) -> Result<Target, String> {
         .arg("-db")
         .stdout(Stdio::null())
         .stderr(log);
-    let mut proc = Proc::spawn(command, "haproxy")?;
+    start_peer(command, "haproxy", listen, config, dir)
+}
+
+/// Spawns a peer proxy (nginx, HAProxy) and waits until it listens.
+fn start_peer(
+    command: Command,
+    name: &str,
+    listen: SocketAddr,
+    config: String,
+    dir: TempDir,
+) -> Result<Target, String> {
+    let mut proc = Proc::spawn(command, name)?;
     let up = wait_listening(&mut proc, listen, Duration::from_secs(10));
     let target = Target {
         addrs: vec![listen],
