@@ -28,7 +28,8 @@ use hyper_util::rt::TokioIo;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpSocket};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::admission::Priority;
@@ -36,7 +37,7 @@ use crate::config::AdminConfig;
 use crate::state::State;
 use crate::upstream::{Availability, Backend, Pool};
 
-/// Pause before trying again after a failed listen or accept.
+/// Pause before trying again after a failed accept.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The admin API service.
@@ -44,32 +45,39 @@ const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 pub struct Admin {
     state: Arc<State>,
     config: AdminConfig,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Admin {
-    /// The admin API for `state`. Unless this process takes over from a running
-    /// one (`upgrade`), a taken port fails here, at start, with a clear message.
-    pub fn new(state: Arc<State>, config: AdminConfig, upgrade: bool) -> Result<Admin, String> {
+    /// Binds the admin listener now, so that a taken port fails at start with a
+    /// clear message and connections made before the service runs wait in the
+    /// backlog. The socket has SO_REUSEPORT: during a graceful upgrade (`upgrade`)
+    /// the new process listens beside the old one until that one exits.
+    pub fn bind(state: Arc<State>, config: AdminConfig, upgrade: bool) -> Result<Admin, String> {
         if !upgrade {
+            // A plain bind fails if anything else holds the port.
             std::net::TcpListener::bind(config.listen).map_err(|e| {
                 format!("cannot listen for the admin API on {}: {e}", config.listen)
             })?;
         }
-        Ok(Admin { state, config })
+        let listener = reuseport_listener(config.listen)
+            .map_err(|e| format!("cannot listen for the admin API on {}: {e}", config.listen))?;
+        Ok(Admin {
+            state,
+            config,
+            listener: std::sync::Mutex::new(Some(listener)),
+        })
     }
+}
 
-    /// Binds with SO_REUSEPORT, so that during a graceful upgrade the new process
-    /// can listen while the old one still does.
-    fn listen(&self) -> std::io::Result<TcpListener> {
-        let socket = match self.config.listen {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
-        socket.bind(self.config.listen)?;
-        socket.listen(1024)
-    }
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 #[async_trait]
@@ -77,16 +85,14 @@ impl BackgroundService for Admin {
     // The admin API keeps answering during a graceful shutdown (readiness then
     // says 503), until the process exits.
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let listener = loop {
-            match self.listen() {
-                Ok(listener) => break listener,
-                Err(e) => {
-                    log::error!(
-                        "admin API: cannot listen on {}: {e}; retrying",
-                        self.config.listen
-                    );
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
+        let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                log::error!("admin API on {}: {e}", self.config.listen);
+                return;
             }
         };
         log::info!("admin API listening on {}", self.config.listen);

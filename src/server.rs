@@ -81,7 +81,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     let admin_config = config.admin.clone();
     let state = Arc::new(State::new(config, options.source));
     let admin = admin_config
-        .map(|admin| Admin::new(Arc::clone(&state), admin, options.upgrade))
+        .map(|admin| Admin::bind(Arc::clone(&state), admin, options.upgrade))
         .transpose()?;
 
     let mut server = Server::new_with_opt_and_conf(opt, conf);
