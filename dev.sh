@@ -4,7 +4,7 @@
 #   ./dev.sh test   build and run the whole test suite
 #   ./dev.sh peers  install nginx and HAProxy, for the side-by-side load benches
 # Both first install what a fresh Debian machine with only Rust lacks: cmake
-# (pingora's zlib-ng is built with it) and a C compiler.
+# (pingora's zlib-ng is built with it), a C compiler, and kill(1) (procps).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,6 +13,8 @@ need_packages() {
   command -v cmake >/dev/null 2>&1 || missing+=(cmake)
   command -v cc >/dev/null 2>&1 || missing+=(gcc)
   command -v c++ >/dev/null 2>&1 || missing+=(g++)
+  # The tests send signals with kill(1), which Debian ships in procps.
+  [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
   install_packages "${missing[@]}"
 }
 
