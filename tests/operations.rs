@@ -575,7 +575,7 @@ fn a_graceful_upgrade_hands_the_listener_over_without_failing_requests() {
         backends(&fleet.addrs, &[1])
     );
     let mut old =
-        Proxy::try_start_with("grace_period = \"1s\"", &body).unwrap_or_else(|e| panic!("{e}"));
+        Proxy::try_start_with("grace_period = \"3s\"", &body).unwrap_or_else(|e| panic!("{e}"));
     let stop = Arc::new(AtomicBool::new(false));
     let clients = steady_load(old.addr, 2, &stop);
 
