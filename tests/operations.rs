@@ -176,13 +176,13 @@ fn a_backend_marked_down_stays_down_across_a_reload() {
     let port = support::free_port();
     let body = |weight: u32| {
         format!(
-            "{}[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"{sick}\" }}, {{ addr = \"{fine}\", weight = {weight} }} ]\n[pools.health]\ninterval = \"5s\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\n[[routes]]\nname = \"all\"\npool = \"p\"\n",
+            "{}[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"{sick}\" }}, {{ addr = \"{fine}\", weight = {weight} }} ]\n[pools.health]\ninterval = \"60s\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\n[[routes]]\nname = \"all\"\npool = \"p\"\n",
             admin_section(port)
         )
     };
     fleet.set_mode(sick, r#"{"status": 503}"#);
     let proxy = Proxy::start(&body(1));
-    // The first probe (at start) finds it down; the next one is 5 s away.
+    // The first probe (at start) finds it down; the next one is a minute away.
     assert!(wait_until(Duration::from_secs(3), || {
         admin(port, "GET", "/status").json()["pools"][0]["backends"][0]["state"] == "unhealthy"
     }));
