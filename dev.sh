@@ -43,7 +43,7 @@ case "${1:-}" in
     ;;
   test)
     need_packages
-    cargo test
+    cargo test --lib --bins --tests
     ;;
   peers)
     peers=()
