@@ -50,8 +50,6 @@ pub struct Pick {
     pub peer: HttpPeer,
     /// The request, counted in flight at the backend.
     pub in_flight: InFlight,
-    /// The backend's index in the pool.
-    pub index: usize,
     /// Whether the pool was in panic mode (too few healthy backends) for this pick.
     pub panic: bool,
 }
@@ -219,7 +217,6 @@ impl Pool {
         Some(Pick {
             peer: self.peer(backend, timeout),
             in_flight: backend.start_request(),
-            index,
             panic,
         })
     }
