@@ -536,23 +536,7 @@ fn start_ordergate(spec: &ProxySpec) -> Result<Target, String> {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log);
-    let mut proc = Proc::spawn(command, "ordergate")?;
-    let up =
-        wait_listening(&mut proc, listen, Duration::from_secs(15)).and_then(|()| match admin {
-            Some(admin) => wait_listening(&mut proc, admin, Duration::from_secs(5)),
-            None => Ok(()),
-        });
-    let target = Target {
-        addrs: vec![listen],
-        admin,
-        config,
-        proc: Some(proc),
-        dir: Some(dir),
-    };
-    match up {
-        Ok(()) => Ok(target),
-        Err(why) => Err(format!("{why}\n{}", target.log_tail())),
-    }
+    start_proxy(command, "ordergate", listen, admin, config, dir)
 }
 
 /// Fills `{{NAME}}` placeholders of a template.
@@ -610,7 +594,7 @@ fn start_nginx(spec: &ProxySpec) -> Result<Target, String> {
         .args(["-g", "daemon off;"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    start_peer(command, "nginx", listen, config, dir)
+    start_proxy(command, "nginx", listen, None, config, dir)
 }
 
 /// The HAProxy config for a spec (from `benches/peers/haproxy.cfg.tmpl`).
@@ -680,22 +664,28 @@ fn start_haproxy(spec: &ProxySpec) -> Result<Target, String> {
         .arg("-db")
         .stdout(Stdio::null())
         .stderr(log);
-    start_peer(command, "haproxy", listen, config, dir)
+    start_proxy(command, "haproxy", listen, None, config, dir)
 }
 
-/// Spawns a peer proxy (nginx, HAProxy) and waits until it listens.
-fn start_peer(
+/// Spawns a proxy under test and waits until it listens (and its admin
+/// listener, when it has one).
+fn start_proxy(
     command: Command,
     name: &str,
     listen: SocketAddr,
+    admin: Option<SocketAddr>,
     config: String,
     dir: TempDir,
 ) -> Result<Target, String> {
     let mut proc = Proc::spawn(command, name)?;
-    let up = wait_listening(&mut proc, listen, Duration::from_secs(10));
+    let up =
+        wait_listening(&mut proc, listen, Duration::from_secs(15)).and_then(|()| match admin {
+            Some(admin) => wait_listening(&mut proc, admin, Duration::from_secs(5)),
+            None => Ok(()),
+        });
     let target = Target {
         addrs: vec![listen],
-        admin: None,
+        admin,
         config,
         proc: Some(proc),
         dir: Some(dir),
