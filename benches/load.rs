@@ -60,7 +60,8 @@ scenarios:
   smoke            every scenario for about 1 s, ordergate only unless --targets; exit 1 on raw errors
 
 options:
-  --targets LIST     direct,ordergate,nginx,haproxy (default: all available; smoke: ordergate)
+  --targets LIST     direct,ordergate,pingora-floor,nginx,haproxy (default: all available,
+                     pingora-floor only in steady and new-connections; smoke: ordergate)
   --duration SECS    main phase length: steady/new-connections each phase (default 10),
                      overload/flash-sale the 3x and 5x phases (20), backend-kill and
                      slow-backend the whole run (20), reload each half (10)
@@ -209,8 +210,14 @@ fn run() -> i32 {
     let requested = opts.targets.clone().unwrap_or_else(|| {
         if smoke {
             vec![Kind::Ordergate]
-        } else {
+        } else if scenarios::COST.contains(&scenario.as_str()) {
             Kind::ALL.to_vec()
+        } else {
+            // The floor only tells something where cost per request is measured.
+            Kind::ALL
+                .into_iter()
+                .filter(|k| *k != Kind::PingoraFloor)
+                .collect()
         }
     });
     let targets: Vec<Kind> = requested.into_iter().filter(|k| k.available()).collect();

@@ -369,11 +369,20 @@ pub(crate) enum Kind {
     Nginx,
     /// HAProxy (Debian package).
     Haproxy,
+    /// `examples/pingora_floor.rs`: pingora with nothing of ordergate's on
+    /// top, to tell the framework's cost per request from ordergate's.
+    PingoraFloor,
 }
 
 impl Kind {
     /// Every kind, in report order.
-    pub(crate) const ALL: [Kind; 4] = [Kind::Direct, Kind::Ordergate, Kind::Nginx, Kind::Haproxy];
+    pub(crate) const ALL: [Kind; 5] = [
+        Kind::Direct,
+        Kind::Ordergate,
+        Kind::PingoraFloor,
+        Kind::Nginx,
+        Kind::Haproxy,
+    ];
 
     /// The name used in `--targets` and reports.
     pub(crate) fn name(self) -> &'static str {
@@ -382,6 +391,7 @@ impl Kind {
             Kind::Ordergate => "ordergate",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
+            Kind::PingoraFloor => "pingora-floor",
         }
     }
 
@@ -394,6 +404,7 @@ impl Kind {
     pub(crate) fn available(self) -> bool {
         let program = match self {
             Kind::Direct | Kind::Ordergate => return true,
+            Kind::PingoraFloor => return build_pingora_floor().is_some(),
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         };
@@ -432,6 +443,7 @@ impl Target {
             Kind::Ordergate => start_ordergate(spec),
             Kind::Nginx => start_nginx(spec),
             Kind::Haproxy => start_haproxy(spec),
+            Kind::PingoraFloor => start_pingora_floor(spec),
         }
     }
 
@@ -665,6 +677,52 @@ fn start_haproxy(spec: &ProxySpec) -> Result<Target, String> {
         .stdout(Stdio::null())
         .stderr(log);
     start_proxy(command, "haproxy", listen, None, config, dir)
+}
+
+/// Builds `examples/pingora_floor.rs` (release) and returns its path; prints
+/// why not when the build fails.
+fn build_pingora_floor() -> Option<PathBuf> {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--example",
+            "pingora_floor",
+        ])
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .status();
+    // The example lands beside the ordergate binary the bench was built with.
+    let path = Path::new(support::bin())
+        .parent()
+        .map(|dir| dir.join("examples/pingora_floor"));
+    match (status, path) {
+        (Ok(s), Some(path)) if s.success() && path.exists() => Some(path),
+        (status, _) => {
+            eprintln!(
+                "pingora-floor: building examples/pingora_floor failed ({status:?}); skipping it"
+            );
+            None
+        }
+    }
+}
+
+fn start_pingora_floor(spec: &ProxySpec) -> Result<Target, String> {
+    let program = build_pingora_floor().ok_or("pingora-floor: no build")?;
+    let dir = TempDir::new("pingora-floor")?;
+    let listen = free_addr();
+    let log = std::fs::File::create(dir.path.join("stderr.log"))
+        .map_err(|e| format!("create log: {e}"))?;
+    let mut command = proxy_command(&program);
+    command
+        .arg(listen.to_string())
+        .args(spec.backends.iter().map(SocketAddr::to_string))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let config = format!("pingora_floor {listen} {:?}", spec.backends);
+    start_proxy(command, "pingora-floor", listen, None, config, dir)
 }
 
 /// Spawns a proxy under test and waits until it listens (and its admin

@@ -25,6 +25,10 @@ pub(crate) const ALL: [&str; 7] = [
     "new-connections",
 ];
 
+/// The scenarios that measure the cost of a request (where the pingora floor
+/// runs by default).
+pub(crate) const COST: [&str; 2] = ["steady", "new-connections"];
+
 /// Latency of the overloaded backend (ms) and its concurrency.
 const OVERLOAD_LATENCY_MS: u64 = 50;
 /// Requests per second the overloaded backend can serve.

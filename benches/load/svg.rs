@@ -26,6 +26,7 @@ fn color(kind: Kind) -> &'static str {
         Kind::Ordergate => "#d62728",
         Kind::Nginx => "#2ca02c",
         Kind::Haproxy => "#1f77b4",
+        Kind::PingoraFloor => "#9467bd",
     }
 }
 

@@ -1,0 +1,64 @@
+//! The cheapest proxy pingora can be: round robin over fixed backends, no
+//! routing, no health, no retries, no metrics, no added headers. The load benches run it beside
+//! ordergate (`--targets pingora,ordergate`) to show what a request costs in
+//! the framework itself, so the part ordergate adds is measured, not guessed.
+//!
+//! ```sh
+//! cargo run --release --example pingora_floor -- LISTEN BACKEND [BACKEND ...]
+//! ```
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+
+struct Floor {
+    backends: Vec<String>,
+    next: AtomicUsize,
+}
+
+#[async_trait]
+impl ProxyHttp for Floor {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
+        let backend = self.backends[turn].as_str();
+        Ok(Box::new(HttpPeer::new(backend, false, String::new())))
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((listen, backends)) = args.split_first().filter(|(_, b)| !b.is_empty()) else {
+        eprintln!("usage: pingora_floor LISTEN BACKEND [BACKEND ...]");
+        return ExitCode::from(2);
+    };
+    // The same server settings as ordergate's bench config: one thread, one
+    // runtime per thread.
+    let conf = ServerConf {
+        threads: 1,
+        work_stealing: false,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: format!("/tmp/pingora-floor-{}.pid", std::process::id()),
+        upgrade_sock: format!("/tmp/pingora-floor-{}.sock", std::process::id()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Floor {
+            backends: backends.to_vec(),
+            next: AtomicUsize::new(0),
+        },
+    );
+    proxy.add_tcp(listen);
+    server.add_service(proxy);
+    server.run_forever()
+}
