@@ -66,6 +66,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         // One runtime per thread: measured cheaper per request than work stealing.
         work_stealing: false,
         grace_period_seconds: Some(grace),
+        upstream_keepalive_pool_size: config.server.upstream_keepalive,
         graceful_shutdown_timeout_seconds: Some(grace.max(1)),
         // Per listener port, so several ordergate processes can share a machine.
         pid_file: format!("/tmp/ordergate-{first_port}.pid"),

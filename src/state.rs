@@ -219,6 +219,12 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<String> {
             "server.tls changed but TLS listeners and certificates cannot change live; {upgrade}"
         ));
     }
+    if running.server.upstream_keepalive != new.server.upstream_keepalive {
+        notes.push(format!(
+            "server.upstream_keepalive changed ({} -> {}) but the connection pool is sized at start; {upgrade}",
+            running.server.upstream_keepalive, new.server.upstream_keepalive
+        ));
+    }
     if running.server.grace_period != new.server.grace_period {
         notes.push(format!(
             "server.grace_period changed but is read at start; {upgrade}"

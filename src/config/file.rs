@@ -94,6 +94,8 @@ pub struct FileServer {
     pub threads: Option<i64>,
     /// Grace period on shutdown.
     pub grace_period: Option<String>,
+    /// Idle connections to backends kept open for reuse, per worker thread.
+    pub upstream_keepalive: Option<i64>,
     /// Degradation pages directory.
     pub pages: Option<String>,
     /// TLS listeners.
@@ -114,6 +116,8 @@ pub struct FilePool {
     pub connect_timeout: Option<String>,
     /// Request timeout.
     pub request_timeout: Option<String>,
+    /// How long an idle connection to a backend is kept for reuse.
+    pub idle_timeout: Option<String>,
     /// Backends.
     #[serde(default)]
     pub backends: Vec<FileBackend>,

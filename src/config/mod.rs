@@ -85,6 +85,10 @@ pub struct ServerConfig {
     pub threads: usize,
     /// On SIGTERM, how long to keep serving requests already in flight. Default: 5s.
     pub grace_period: Duration,
+    /// Idle connections to backends kept open for reuse, per worker thread (all
+    /// pools together; the least recently used goes first). 0: a new connection
+    /// per request. Default: 1024.
+    pub upstream_keepalive: usize,
     /// TLS listeners.
     pub tls: Vec<TlsConfig>,
     /// The degradation pages. Default: the built-in set (a copy of conf/pages).
@@ -102,6 +106,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Longest wait for a backend to send the next bytes of its answer. Default: 10s.
     pub request_timeout: Duration,
+    /// How long an idle connection to a backend stays open for reuse. Default: 60s.
+    pub idle_timeout: Duration,
     /// The backends, in file order.
     pub backends: Vec<BackendConfig>,
     /// Active health checks; `None`: backends are taken as healthy (passive checks still apply).

@@ -25,6 +25,8 @@ use super::{
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_THREADS: usize = 2;
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+const DEFAULT_UPSTREAM_KEEPALIVE: u32 = 1024;
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_WEIGHT: i64 = 1000;
@@ -178,6 +180,13 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
         true,
         problems,
     );
+    let upstream_keepalive = count(
+        "server.upstream_keepalive",
+        file.upstream_keepalive,
+        DEFAULT_UPSTREAM_KEEPALIVE,
+        0,
+        problems,
+    ) as usize;
     let mut tls = Vec::new();
     for (i, entry) in file.tls.iter().flatten().enumerate() {
         let at = format!("server.tls[{i}]");
@@ -214,6 +223,7 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
         listen,
         threads,
         grace_period,
+        upstream_keepalive,
         tls,
         pages,
     }
@@ -258,6 +268,13 @@ fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> PoolConfig {
         false,
         problems,
     );
+    let idle_timeout = duration_or(
+        &format!("{at}.idle_timeout"),
+        file.idle_timeout.as_deref(),
+        DEFAULT_IDLE_TIMEOUT,
+        false,
+        problems,
+    );
     if file.backends.is_empty() {
         problems.add(
             format!("{at}.backends"),
@@ -298,6 +315,7 @@ fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> PoolConfig {
         balance,
         connect_timeout,
         request_timeout,
+        idle_timeout,
         backends,
         health: file
             .health
@@ -1178,6 +1196,8 @@ mod tests {
         );
         assert_eq!(config.pools[0].connect_timeout, Duration::from_millis(500));
         assert_eq!(config.pools[1].request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(config.pools[1].idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(config.server.upstream_keepalive, 1024);
         assert_eq!(config.pools[0].backends[1].weight, 2);
         assert_eq!(config.routes[0].host.as_deref(), Some("shop.example"));
         assert_eq!(config.routes[0].methods, Some(vec![Method::POST]));
@@ -1190,10 +1210,12 @@ mod tests {
         let text = r#"
             [server]
             listen = ["localhost"]
+            upstream_keepalive = -1
             [[pools]]
             name = "orders"
             balance = "fastest"
             request_timeout = "5"
+            idle_timeout = "0s"
             backends = [ { addr = "127.0.0.1:9001", weight = 0 } ]
             [[routes]]
             name = "checkout"
@@ -1203,6 +1225,8 @@ mod tests {
         let errors = errors(text);
         let expected = [
             "server.listen[0]: \"localhost\" is not an IP:PORT address",
+            "server.upstream_keepalive: -1 is out of range",
+            "pools[0] \"orders\".idle_timeout: ",
             "pools[0] \"orders\".balance: \"fastest\" is not an algorithm",
             "pools[0] \"orders\".request_timeout: \"5\" has no unit",
             "pools[0] \"orders\".backends[0].weight: 0 is out of range",

@@ -36,6 +36,7 @@ pub struct Pool {
     balancer: Balancer,
     connect_timeout: Duration,
     request_timeout: Duration,
+    idle_timeout: Duration,
     health: Option<HealthConfig>,
     outlier: OutlierConfig,
     panic_threshold: u8,
@@ -88,6 +89,7 @@ impl Pool {
             weights,
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            idle_timeout: config.idle_timeout,
             health: config.health.clone(),
             outlier: config.outlier.clone(),
             panic_threshold: config.panic_threshold,
@@ -303,6 +305,7 @@ impl Pool {
         peer.options.connection_timeout = Some(self.connect_timeout.min(timeout));
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
+        peer.options.idle_timeout = Some(self.idle_timeout);
         peer
     }
 }
