@@ -334,3 +334,56 @@ fn a_slow_backend_is_a_504_page_after_the_request_timeout() {
         "answered before the backend did"
     );
 }
+
+/// Connections the fleet's first backend accepted so far.
+fn backend_connections(fleet: &Fleet) -> u64 {
+    let stats = fleet.stats();
+    stats["listeners"][fleet.addrs[0].to_string()]["connections"]
+        .as_u64()
+        .expect("connections in stats")
+}
+
+/// Sends `clients` requests at once, each on its own connection, and checks
+/// every one was answered by the backend.
+fn burst(proxy: &Proxy, clients: usize) {
+    let addr = proxy.addr;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| std::thread::spawn(move || support::get(addr, "/api/products/1")))
+        .collect();
+    for thread in threads {
+        let response = thread.join().expect("client thread").expect("response");
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+}
+
+/// Backend connections a second burst of `clients` opens, after a first one.
+fn connections_opened_by_a_second_burst(fleet: &Fleet, server: &str, clients: usize) -> u64 {
+    let config = [
+        pool("orders", "max_in_flight = 1000", &fleet.backends_toml(&[1])),
+        route("all", "", "orders"),
+    ]
+    .concat();
+    let proxy = Proxy::try_start_with(server, &config).expect("start");
+    burst(&proxy, clients);
+    let before = backend_connections(fleet);
+    burst(&proxy, clients);
+    // The stats request itself came on a connection of its own.
+    backend_connections(fleet) - before - 1
+}
+
+#[test]
+fn backend_connections_are_kept_for_reuse_up_to_upstream_keepalive() {
+    let fleet = Fleet::start(1);
+    // Every request of a burst is in flight at once.
+    fleet.set_mode(fleet.addrs[0], r#"{"latency_ms": 1000}"#);
+    // 350 at once: above pingora's own default pool (128 per thread, 256
+    // here), within ordergate's default (1024 per thread).
+    let opened = connections_opened_by_a_second_burst(&fleet, "", 350);
+    assert!(opened <= 20, "the default pool let {opened} connections go");
+    // 50 per thread (100 here): the second burst of 200 needs about 100 new ones.
+    let opened = connections_opened_by_a_second_burst(&fleet, "upstream_keepalive = 50", 200);
+    assert!(
+        opened >= 60,
+        "only {opened} new connections: the pool kept more than 100"
+    );
+}

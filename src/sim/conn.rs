@@ -61,6 +61,7 @@ pub(crate) async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, fl
                 continue;
             }
         };
+        listener.count_connection();
         let (listener, fleet) = (Arc::clone(&listener), Arc::clone(&fleet));
         if listener.mode().fault == Fault::Refuse {
             tokio::spawn(refuse(stream, peer, listener, fleet));

@@ -67,7 +67,13 @@ impl Fleet {
         let listeners: BTreeMap<&str, Value> = self
             .listeners
             .iter()
-            .map(|l| (l.name(), json!({ "requests": l.requests() })))
+            .map(|l| {
+                let connections = l.connections.load(Ordering::Relaxed);
+                (
+                    l.name(),
+                    json!({ "requests": l.requests(), "connections": connections }),
+                )
+            })
             .collect();
         let (orders_created, idempotent_replays) = {
             let book = self.book();
@@ -102,6 +108,7 @@ impl Fleet {
         self.book().clear();
         for listener in &self.listeners {
             listener.requests.store(0, Ordering::Relaxed);
+            listener.connections.store(0, Ordering::Relaxed);
             listener.set_mode(self.defaults);
         }
     }
@@ -116,6 +123,8 @@ pub(crate) struct Listener {
     state: Mutex<ListenerState>,
     /// Non-`/__sim/` requests received since the last reset.
     requests: AtomicU64,
+    /// Connections accepted since the last reset.
+    connections: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -135,6 +144,7 @@ impl Listener {
                 limit: semaphore(mode.capacity),
             }),
             requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         }
     }
 
@@ -152,6 +162,11 @@ impl Listener {
     pub(crate) fn mode_and_limit(&self) -> (Mode, Option<Arc<Semaphore>>) {
         let state = lock(&self.state);
         (state.mode, state.limit.clone())
+    }
+
+    /// Counts one accepted connection.
+    pub(crate) fn count_connection(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one non-`/__sim/` request.

@@ -17,7 +17,7 @@
 //! | `POST /api/orders` | 201 and the new order; 200 with `idempotent-replay: true` for a known `Idempotency-Key` |
 //! | `GET /api/orders/{id}` | the stored order, or 404 |
 //! | any method, `/__sim/echo` | the method, path, query, headers and body received |
-//! | `GET /__sim/stats` | requests per listener, orders created, idempotent replays, requests in flight |
+//! | `GET /__sim/stats` | requests and accepted connections per listener, orders created, idempotent replays, requests in flight |
 //! | `GET`/`PUT /__sim/mode` | this listener's mode; `PUT` changes it (or every listener's with `"all": true`) |
 //! | `POST /__sim/reset` | forgets orders and counters, restores the command-line modes |
 //!
