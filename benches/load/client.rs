@@ -71,8 +71,12 @@ pub(crate) struct Event {
     /// What, for reports.
     pub(crate) label: String,
     /// The action (blocking is fine: it runs on a blocking thread).
-    pub(crate) action: Box<dyn FnOnce() -> Result<(), String> + Send>,
+    pub(crate) action: Action,
 }
+
+/// Something done to the system under test during a run (kill a backend,
+/// reload the proxy...).
+pub(crate) type Action = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// Everything about how to drive one target.
 pub(crate) struct Plan {

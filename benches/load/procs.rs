@@ -202,7 +202,8 @@ pub(crate) fn descendants(pid: u32) -> Vec<u32> {
 
 struct Stat {
     ppid: u32,
-    /// utime + stime, in clock ticks.
+    /// utime + stime, and cutime + cstime (children that exited and were
+    /// waited for, such as workers retired by a reload), in clock ticks.
     ticks: u64,
 }
 
@@ -211,14 +212,14 @@ fn read_stat(pid: u32) -> Option<Stat> {
     // The command name is in parentheses and may hold spaces: parse after it.
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): ppid is field 4, utime 14, stime 15.
+    // rest starts at field 3 (state): ppid is field 4, utime 14, stime 15,
+    // cutime 16, cstime 17.
     let ppid = fields.get(1)?.parse().ok()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Stat {
-        ppid,
-        ticks: utime + stime,
-    })
+    let mut ticks = 0;
+    for index in 11..=14 {
+        ticks += fields.get(index)?.parse::<u64>().ok()?;
+    }
+    Some(Stat { ppid, ticks })
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times.
@@ -610,7 +611,7 @@ fn start_nginx(spec: &ProxySpec) -> Result<Target, String> {
 }
 
 /// The HAProxy config for a spec (from `benches/peers/haproxy.cfg.tmpl`).
-pub(crate) fn haproxy_config(spec: &ProxySpec, listen: SocketAddr) -> String {
+pub(crate) fn haproxy_config(spec: &ProxySpec, listen: SocketAddr, prefix: &Path) -> String {
     let servers: Vec<String> = spec
         .backends
         .iter()
@@ -644,6 +645,7 @@ pub(crate) fn haproxy_config(spec: &ProxySpec, listen: SocketAddr) -> String {
         include_str!("../peers/haproxy.cfg.tmpl"),
         &[
             ("LISTEN", listen.to_string()),
+            ("PREFIX", prefix.display().to_string()),
             ("SERVERS", servers.join("\n")),
             (
                 "BALANCE",
@@ -665,7 +667,7 @@ fn start_haproxy(spec: &ProxySpec) -> Result<Target, String> {
     let program = which("haproxy").ok_or("haproxy not found: apt-get install haproxy")?;
     let dir = TempDir::new("haproxy")?;
     let listen = free_addr();
-    let config = haproxy_config(spec, listen);
+    let config = haproxy_config(spec, listen, &dir.path);
     let path = dir.write("haproxy.cfg", &config)?;
     let log = std::fs::File::create(dir.path.join("stderr.log"))
         .map_err(|e| format!("create log: {e}"))?;
@@ -673,7 +675,8 @@ fn start_haproxy(spec: &ProxySpec) -> Result<Target, String> {
     command
         .arg("-f")
         .arg(&path)
-        .arg("-db")
+        // Master-worker in the foreground: SIGUSR2 to this process reloads.
+        .args(["-W", "-db"])
         .stdout(Stdio::null())
         .stderr(log);
     start_proxy(command, "haproxy", listen, None, config, dir)

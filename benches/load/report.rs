@@ -145,8 +145,8 @@ pub(crate) fn markdown(result: &ScenarioResult, machine: &str) -> String {
          during the phase ÷ its length; counts and latencies = requests scheduled in the phase. Latency is \
          measured from the scheduled send time (open loop) or the send time (closed loop) to the last byte \
          of the answer; `5xx` = a 5xx without ordergate's `x-ordergate-page` marker; `reset` includes \
-         refused connections; proxy CPU = utime+stime of the proxy's processes (nginx: master + worker) \
-         from /proc over the phase, per answer that arrived during it (at low rates the idle cost dominates)."
+         refused connections; proxy CPU = utime+stime of the proxy's processes (nginx and HAProxy: master + \
+         workers, with the workers a reload retired) from /proc over the phase, per answer that arrived during it (at low rates the idle cost dominates)."
             .to_owned(),
     );
     for note in notes {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
-use crate::client::{self, Event, Kind as Req, Load, Phase, Plan};
+use crate::client::{self, Action, Event, Kind as Req, Load, Phase, Plan};
 use crate::procs::{self, Backend, Kind, ProxySpec, Target, GUARD_MAX_IN_FLIGHT};
 use crate::report;
 use crate::stats::Recorder;
@@ -665,35 +665,59 @@ fn slow_backend(ctx: &Ctx<'_>) -> ScenarioResult {
     }
 }
 
-/// ordergate only: `POST /reload` on the admin API every 2 s under load,
-/// compared with the same load without reloads.
+/// How a proxy is told to reload its config, as its operators do it.
+fn reload_action(kind: Kind, target: &Target) -> Result<(String, Action), String> {
+    let pid = target.pid();
+    match (kind, target.admin, pid) {
+        (Kind::Ordergate, Some(admin), _) => Ok((
+            "POST /reload".to_owned(),
+            Box::new(move || {
+                let response = support::request(admin, "POST", "/reload", &[], b"")
+                    .map_err(|e| format!("POST /reload: {e:?}"))?;
+                if response.status == 200 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "POST /reload: {} {}",
+                        response.status,
+                        response.text()
+                    ))
+                }
+            }),
+        )),
+        // `nginx -s reload` sends the master SIGHUP.
+        (Kind::Nginx, _, Some(pid)) => Ok((
+            "SIGHUP".to_owned(),
+            Box::new(move || procs::signal(pid, "HUP")),
+        )),
+        // The master of `haproxy -W` reloads on SIGUSR2.
+        (Kind::Haproxy, _, Some(pid)) => Ok((
+            "SIGUSR2".to_owned(),
+            Box::new(move || procs::signal(pid, "USR2")),
+        )),
+        _ => Err(format!("{} cannot reload", kind.name())),
+    }
+}
+
+/// ordergate (`POST /reload` on the admin API), nginx (SIGHUP) and HAProxy
+/// (SIGUSR2 to its master) reloading every 2 s under load, compared with the
+/// same load without reloads.
 fn reload(ctx: &Ctx<'_>) -> ScenarioResult {
     let d = ctx.main_duration(10.0, 2.0, 1.0);
     let rate = ctx.opts.rate.unwrap_or(2000.0);
     let every = if d >= 4.0 { 2.0 } else { d / 2.0 };
-    let mut notes = Vec::new();
+    let notes = Vec::new();
     let kinds: Vec<Kind> = ctx
         .targets
         .iter()
         .copied()
-        .filter(|k| *k == Kind::Ordergate)
+        .filter(|k| matches!(k, Kind::Ordergate | Kind::Nginx | Kind::Haproxy))
         .collect();
-    if ctx.targets.iter().any(|k| *k != Kind::Ordergate) {
-        notes.push(
-            "reload runs against ordergate only (nginx `-s reload` and HAProxy master-worker reloads are not \
-             compared here)."
-                .to_owned(),
-        );
-    }
     let runs = run_pass(ctx, &kinds, false, &|kind| {
         let setup = setup(kind, 3, &[], |backends| ProxySpec {
             admin: true,
             ..ProxySpec::new(backends)
         })?;
-        let admin = setup
-            .target
-            .admin
-            .ok_or("ordergate has no admin listener")?;
         let phases = vec![
             warmup_phase(ctx, rate),
             phase("no reloads", open(rate), d),
@@ -705,22 +729,11 @@ fn reload(ctx: &Ctx<'_>) -> ScenarioResult {
         let mut n = 0;
         while at < start + d {
             n += 1;
+            let (how, action) = reload_action(kind, &setup.target)?;
             plan.events.push(Event {
                 at: secs(at),
-                label: format!("POST /reload #{n}"),
-                action: Box::new(move || {
-                    let response = support::request(admin, "POST", "/reload", &[], b"")
-                        .map_err(|e| format!("POST /reload: {e:?}"))?;
-                    if response.status == 200 {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "POST /reload: {} {}",
-                            response.status,
-                            response.text()
-                        ))
-                    }
-                }),
+                label: format!("{how} #{n}"),
+                action,
             });
             at += every;
         }
@@ -731,9 +744,11 @@ fn reload(ctx: &Ctx<'_>) -> ScenarioResult {
     ScenarioResult {
         name: "reload".to_owned(),
         description: format!(
-            "GET /api/products/N at {rate:.0} req/s over 3 simulated backends (no added latency) through \
-             ordergate with `[admin] listen`: {d} s without reloads, then {d} s with `POST /reload` every \
-             {every:.1} s."
+            "GET /api/products/N at {rate:.0} req/s over 3 simulated backends (no added latency): {d} s \
+             without reloads, then {d} s with a config reload every {every:.1} s, each proxy reloaded as its \
+             operators do it: ordergate `POST /reload` on the admin API, nginx SIGHUP to the master (what \
+             `nginx -s reload` sends), HAProxy SIGUSR2 to the master of `haproxy -W` (seamless, with \
+             `expose-fd listeners`)."
         ),
         runs,
         notes,
