@@ -219,11 +219,16 @@ impl ProxyHttp for Proxy {
             admitted = admission.admit(priority, deadline) => Some(admitted),
             () = client_closed(session) => None,
         };
-        ctx.queue_wait = now.elapsed();
+        // Only a request that waited (or was turned away) has a queue wait; a
+        // free slot is not a wait of a few nanoseconds.
+        let waited = !matches!(&admitted, Some(Ok(permit)) if !permit.queued());
+        if waited {
+            ctx.queue_wait = now.elapsed();
+        }
         match admitted {
             Some(Ok(permit)) => {
                 ctx.permit = Some(permit);
-                if !ctx.queue_wait.is_zero() {
+                if waited {
                     let pool = ctx
                         .route_and_pool()
                         .map_or("", |(_, pool)| pool.name.as_str());

@@ -289,7 +289,7 @@ impl Admission {
             let now = Instant::now();
             if state.queue_empty(class) && state.may_take(class) {
                 state.grant(class, now);
-                return Ok(Permit::new(self.clone(), priority, now));
+                return Ok(Permit::new(self.clone(), priority, now, false));
             }
             if let Some(expected_wait) = state.expected_wait(class, now) {
                 if expected_wait > state.wait_budget(now, deadline) {
@@ -353,7 +353,7 @@ impl Admission {
             }
         };
         guard.armed = false;
-        outcome.map(|granted_at| Permit::new(self.clone(), priority, granted_at))
+        outcome.map(|granted_at| Permit::new(self.clone(), priority, granted_at, true))
     }
 
     /// Currently in use / waiting (per class), current limit — for metrics and the admin status.
@@ -401,6 +401,7 @@ pub struct Permit {
     admission: Arc<Admission>,
     priority: Priority,
     granted_at: Instant,
+    queued: bool,
     outcome: Option<(Duration, bool)>,
 }
 
@@ -409,17 +410,24 @@ impl fmt::Debug for Permit {
         f.debug_struct("Permit")
             .field("priority", &self.priority)
             .field("granted_at", &self.granted_at)
+            .field("queued", &self.queued)
             .field("outcome", &self.outcome)
             .finish()
     }
 }
 
 impl Permit {
-    fn new(admission: Arc<Admission>, priority: Priority, granted_at: Instant) -> Permit {
+    fn new(
+        admission: Arc<Admission>,
+        priority: Priority,
+        granted_at: Instant,
+        queued: bool,
+    ) -> Permit {
         Permit {
             admission,
             priority,
             granted_at,
+            queued,
             outcome: None,
         }
     }
@@ -432,6 +440,11 @@ impl Permit {
     /// When the slot was granted.
     pub fn granted_at(&self) -> Instant {
         self.granted_at
+    }
+
+    /// Whether the request waited in the queue (false: a slot was free at once).
+    pub fn queued(&self) -> bool {
+        self.queued
     }
 
     /// Report how the request went, for the adaptive limit: the latency from

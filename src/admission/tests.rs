@@ -132,12 +132,17 @@ async fn fast_path_admits_up_to_capacity_and_the_next_waits_for_a_drop() {
         .collect::<Result<_, _>>()
         .expect("fast path");
     assert_eq!(admission.snapshot().in_use, 3);
+    assert!(
+        permits.iter().all(|p| !p.queued()),
+        "a free slot is no wait"
+    );
     let mut fourth = queued(&admission, Priority::Normal, later(secs(60)));
     assert_eq!(admission.snapshot().waiting, [0, 1, 0, 0]);
     assert!(poll(&mut fourth).is_pending());
     permits.pop();
     let permit = granted(&mut fourth);
     assert_eq!(permit.priority(), Priority::Normal);
+    assert!(permit.queued());
     let status = admission.snapshot();
     assert_eq!(
         (status.in_use, status.waiting, status.limit),
