@@ -14,6 +14,10 @@ use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
+// The allocator ordergate uses, so the difference is ordergate's work alone.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Floor {
     backends: Vec<String>,
     next: AtomicUsize,

@@ -1,6 +1,6 @@
 //! Per-request context: what one request carries from phase to phase.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ pub struct RequestCtx {
     pub started: Instant,
     /// The request id, sent upstream and back to the client.
     pub request_id: String,
+    /// The client's address (of the TCP connection), looked up once.
+    pub client_ip: Option<IpAddr>,
     /// The matched route, as an index into `snapshot.routes`.
     pub route: Option<usize>,
     /// When the route's overall deadline passes.
@@ -56,6 +58,7 @@ impl RequestCtx {
             snapshot,
             started: Instant::now(),
             request_id: String::new(),
+            client_ip: None,
             route: None,
             deadline: None,
             permit: None,

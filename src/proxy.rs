@@ -184,6 +184,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.client_ip = client_ip(session);
         let request = session.req_header();
         ctx.request_id =
             forward::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
@@ -200,7 +201,7 @@ impl ProxyHttp for Proxy {
         let priority = route.priority;
         let admission = Arc::clone(&pool.state.admission);
         pool.state.retry_budget.record_request(now);
-        if route.over_rate_limit(&session.req_header().headers, client_ip(session)) {
+        if route.over_rate_limit(&session.req_header().headers, ctx.client_ip) {
             ctx.retry_after = Some(1);
             return self.answer(session, ctx, Outcome::RateLimited).await;
         }
@@ -288,7 +289,7 @@ impl ProxyHttp for Proxy {
         }
         match pool.pick(
             &session.req_header().headers,
-            client_ip(session),
+            ctx.client_ip,
             &ctx.tried,
             timeout,
         ) {
@@ -391,7 +392,7 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(chain) = forward::forwarded_for(&upstream_request.headers, client_ip(session)) {
+        if let Some(chain) = forward::forwarded_for(&upstream_request.headers, ctx.client_ip) {
             upstream_request.insert_header("x-forwarded-for", chain)?;
         }
         upstream_request.insert_header(
