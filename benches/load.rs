@@ -30,6 +30,8 @@
 mod client;
 #[path = "load/procs.rs"]
 mod procs;
+#[path = "load/profile.rs"]
+mod profile;
 #[path = "load/report.rs"]
 mod report;
 #[path = "load/scenarios.rs"]
@@ -75,6 +77,10 @@ options:
                      (default: sequential for steady and new-connections, parallel otherwise)
   --no-pin           do not pin processes to CPUs
   --quiet            no progress lines
+  --profile          steady, new-connections: sample each proxy with `perf record` during the
+                     closed-loop maximum and show where its CPU time goes, by component
+                     (kernel, pingora, tokio, allocator, the proxy's own code...); the raw
+                     <scenario>-<target>.perf.data files stay in target/bench-report/
 ";
 
 /// Command-line options.
@@ -100,6 +106,8 @@ pub(crate) struct Options {
     pin: bool,
     /// `--quiet`.
     pub(crate) quiet: bool,
+    /// `--profile`.
+    pub(crate) profile: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -116,6 +124,7 @@ fn parse_args() -> Result<Options, String> {
         parallel: None,
         pin: true,
         quiet: false,
+        profile: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -127,6 +136,7 @@ fn parse_args() -> Result<Options, String> {
             "--quick" => opts.quick = true,
             "--no-pin" => opts.pin = false,
             "--quiet" => opts.quiet = true,
+            "--profile" => opts.profile = true,
             "--parallel" => opts.parallel = Some(true),
             "--sequential" => opts.parallel = Some(false),
             "--targets" => {

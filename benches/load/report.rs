@@ -469,7 +469,7 @@ pub(crate) fn reload_summary(runs: &[TargetRun]) -> (String, Value) {
 
 /// Where reports go: `$CARGO_TARGET_DIR/bench-report` or `target/bench-report`
 /// (smoke runs: its `smoke/` subdirectory, so they never replace real runs).
-fn report_dir(smoke: bool) -> PathBuf {
+pub(crate) fn report_dir(smoke: bool) -> PathBuf {
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))

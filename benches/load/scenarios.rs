@@ -10,8 +10,8 @@ use tokio::runtime::Runtime;
 
 use crate::client::{self, Action, Event, Kind as Req, Load, Phase, Plan};
 use crate::procs::{self, Backend, Kind, ProxySpec, Target, GUARD_MAX_IN_FLIGHT};
-use crate::report;
-use crate::stats::Recorder;
+use crate::stats::{PhaseStats, Recorder};
+use crate::{profile, report};
 use crate::{support, Options};
 
 /// Every scenario, in the order `smoke` runs them.
@@ -307,6 +307,11 @@ pub(crate) fn run(ctx: &Ctx<'_>, name: &str) -> Result<ScenarioResult, String> {
     }
 }
 
+/// The reported phase of a closed-loop pass (its maximum).
+fn max_phase(run: &TargetRun) -> Option<&PhaseStats> {
+    run.passes.first()?.phases.iter().find(|p| p.report)
+}
+
 /// `steady` and `new-connections`: closed-loop maximum, then open-loop latency
 /// at fixed shares of the slowest proxy's maximum, the same rates for all.
 fn two_pass(ctx: &Ctx<'_>, name: &str, keepalive: bool) -> ScenarioResult {
@@ -321,6 +326,21 @@ fn two_pass(ctx: &Ctx<'_>, name: &str, keepalive: bool) -> ScenarioResult {
     let connections = ctx.opts.connections.unwrap_or(50);
     let warmup = ctx.warmup();
     let make_setup = |kind: Kind| setup(kind, 2, &[], ProxySpec::new);
+
+    let perf = if ctx.opts.profile {
+        match profile::perf() {
+            Ok(perf) => Some(perf),
+            Err(why) => {
+                eprintln!("--profile: {why}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let perf_data = |kind: Kind| {
+        report::report_dir(ctx.smoke).join(format!("{name}-{}.perf.data", kind.name()))
+    };
 
     let closed = run_pass(
         ctx,
@@ -343,13 +363,48 @@ fn two_pass(ctx: &Ctx<'_>, name: &str, keepalive: bool) -> ScenarioResult {
                 vec![Req::Browse],
             );
             plan.keepalive = keepalive;
+            if let (Some(perf), Some(pid)) = (&perf, setup.target.pid()) {
+                // The middle of the maximum, clear of its start and end.
+                let margin = (d * 0.1).min(1.0);
+                plan.events.push(Event {
+                    at: warmup + secs(margin),
+                    label: "perf record".to_owned(),
+                    action: profile::record(
+                        perf.clone(),
+                        pid,
+                        secs(d - 2.0 * margin),
+                        perf_data(kind),
+                    ),
+                });
+            }
             Ok((setup, plan))
         },
     );
+    let profiles: Vec<profile::Profile> = perf
+        .iter()
+        .flat_map(|perf| {
+            closed.iter().filter_map(|run| {
+                let data = perf_data(run.kind);
+                if !data.exists() {
+                    return None;
+                }
+                match profile::breakdown(perf, &data) {
+                    Ok(shares) => Some(profile::Profile {
+                        kind: run.kind,
+                        cpu_per_request: max_phase(run).and_then(PhaseStats::cpu_per_request),
+                        shares,
+                    }),
+                    Err(why) => {
+                        eprintln!("--profile {}: {why}", run.kind.name());
+                        None
+                    }
+                }
+            })
+        })
+        .collect();
 
     let max_of = |run: &TargetRun| -> Option<f64> {
-        let pass = run.passes.first()?;
-        let p = pass.phases.iter().find(|p| p.report)?;
+        let p = max_phase(run)?;
         Some(p.total().counts.ok_2xx as f64 / p.seconds())
     };
     let proxies: Vec<f64> = closed
@@ -405,6 +460,11 @@ fn two_pass(ctx: &Ctx<'_>, name: &str, keepalive: bool) -> ScenarioResult {
         }
     }
     let failures = check_raw_errors(&runs, name);
+    let (summary, profile_json) = if profiles.is_empty() {
+        (String::new(), Value::Null)
+    } else {
+        profile::table(&profiles)
+    };
     let conn = if keepalive {
         format!("HTTP/1.1 keep-alive, {connections} connections in closed loop, a pool of {} in open loop", ctx.opts.pool.unwrap_or(128))
     } else {
@@ -425,8 +485,8 @@ fn two_pass(ctx: &Ctx<'_>, name: &str, keepalive: bool) -> ScenarioResult {
         ),
         runs,
         notes: Vec::new(),
-        summary: String::new(),
-        summary_json: json!({ "open_loop_base_rate": base }),
+        summary,
+        summary_json: json!({ "open_loop_base_rate": base, "profile": profile_json }),
         failures,
     }
 }
