@@ -521,9 +521,11 @@ impl ProxyHttp for Proxy {
     }
 
     // An intercepted 5xx is answered with a page; logging it as an error too
-    // would double every backend error in the log.
+    // would double every backend error in the log. A shopper who closed the
+    // connection is no error of the proxy's either (the access log has it).
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
         error.etype() == &INTERCEPTED_STATUS
+            || (error.esource() == &ErrorSource::Downstream && error.etype() == &ConnectionClosed)
     }
 
     async fn fail_to_proxy(

@@ -387,3 +387,40 @@ fn backend_connections_are_kept_for_reuse_up_to_upstream_keepalive() {
         "only {opened} new connections: the pool kept more than 100"
     );
 }
+
+#[test]
+fn a_shopper_who_leaves_is_logged_as_client_gone_not_as_an_error() {
+    use std::io::Write;
+    let fleet = Fleet::start(1);
+    fleet.set_mode(fleet.addrs[0], r#"{"latency_ms": 2000}"#);
+    let config = [
+        pool("orders", "", &fleet.backends_toml(&[1])),
+        route("all", "", "orders"),
+    ]
+    .concat();
+    let proxy = Proxy::start(&config);
+    let mut client = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    client
+        .write_all(b"GET /api/products/1 HTTP/1.1\r\nhost: shop\r\n\r\n")
+        .expect("send");
+    // Gone while the backend is still working on it.
+    assert!(support::wait_until(Duration::from_secs(5), || fleet
+        .in_flight()
+        == 1));
+    drop(client);
+    assert!(
+        support::wait_until(Duration::from_secs(5), || proxy
+            .access_log()
+            .iter()
+            .any(|(_, line)| line.contains("outcome=client_gone"))),
+        "no access record for the shopper who left: {:#?}",
+        proxy.logs()
+    );
+    let errors: Vec<String> = proxy
+        .logs()
+        .into_iter()
+        .map(|(_, line)| line)
+        .filter(|line| line.contains("ERROR"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}

@@ -86,8 +86,8 @@ pub struct ServerConfig {
     /// On SIGTERM, how long to keep serving requests already in flight. Default: 5s.
     pub grace_period: Duration,
     /// Idle connections to backends kept open for reuse, per worker thread (all
-    /// pools together; the least recently used goes first). 0: a new connection
-    /// per request. Default: 1024.
+    /// pools together; the least recently used goes first). At least 1.
+    /// Default: 1024.
     pub upstream_keepalive: usize,
     /// TLS listeners.
     pub tls: Vec<TlsConfig>,

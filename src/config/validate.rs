@@ -184,7 +184,8 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
         "server.upstream_keepalive",
         file.upstream_keepalive,
         DEFAULT_UPSTREAM_KEEPALIVE,
-        0,
+        // pingora's pool misbehaves at 0 (it keeps connections and warns on every request).
+        1,
         problems,
     ) as usize;
     let mut tls = Vec::new();
@@ -1210,7 +1211,7 @@ mod tests {
         let text = r#"
             [server]
             listen = ["localhost"]
-            upstream_keepalive = -1
+            upstream_keepalive = 0
             [[pools]]
             name = "orders"
             balance = "fastest"
@@ -1225,7 +1226,7 @@ mod tests {
         let errors = errors(text);
         let expected = [
             "server.listen[0]: \"localhost\" is not an IP:PORT address",
-            "server.upstream_keepalive: -1 is out of range",
+            "server.upstream_keepalive: 0 is out of range",
             "pools[0] \"orders\".idle_timeout: ",
             "pools[0] \"orders\".balance: \"fastest\" is not an algorithm",
             "pools[0] \"orders\".request_timeout: \"5\" has no unit",
