@@ -341,6 +341,12 @@ fn two_pass(ctx: &Ctx<'_>, name: &str, keepalive: bool) -> ScenarioResult {
     let perf_data = |kind: Kind| {
         report::report_dir(ctx.smoke).join(format!("{name}-{}.perf.data", kind.name()))
     };
+    if perf.is_some() {
+        // No recording of an earlier run may stand in for one that fails now.
+        for kind in &ctx.targets {
+            let _ = std::fs::remove_file(perf_data(*kind));
+        }
+    }
 
     let closed = run_pass(
         ctx,
@@ -766,7 +772,6 @@ fn reload(ctx: &Ctx<'_>) -> ScenarioResult {
     let d = ctx.main_duration(10.0, 2.0, 1.0);
     let rate = ctx.opts.rate.unwrap_or(2000.0);
     let every = if d >= 4.0 { 2.0 } else { d / 2.0 };
-    let notes = Vec::new();
     let kinds: Vec<Kind> = ctx
         .targets
         .iter()
@@ -811,7 +816,7 @@ fn reload(ctx: &Ctx<'_>) -> ScenarioResult {
              `expose-fd listeners`)."
         ),
         runs,
-        notes,
+        notes: Vec::new(),
         summary,
         summary_json,
         failures,
