@@ -682,9 +682,14 @@ fn start_haproxy(spec: &ProxySpec) -> Result<Target, String> {
     start_proxy(command, "haproxy", listen, None, config, dir)
 }
 
-/// Builds `examples/pingora_floor.rs` (release) and returns its path; prints
-/// why not when the build fails.
+/// Builds `examples/pingora_floor.rs` (release) once per run and returns its
+/// path; prints why not when the build fails.
 fn build_pingora_floor() -> Option<PathBuf> {
+    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_pingora_floor_now).clone()
+}
+
+fn build_pingora_floor_now() -> Option<PathBuf> {
     let status = Command::new(env!("CARGO"))
         .args([
             "build",
