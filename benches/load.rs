@@ -189,6 +189,8 @@ fn main() {
 }
 
 fn run() -> i32 {
+    // Hundreds of client connections per target, several targets at once.
+    ordergate::server::raise_open_files_limit();
     let opts = match parse_args() {
         Ok(opts) => opts,
         Err(why) if why.is_empty() => {

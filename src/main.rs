@@ -16,6 +16,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if !matches!(cli.command, Some(Command::Check { .. })) {
+        ordergate::server::raise_open_files_limit();
+    }
     let result = match (cli.command, cli.config) {
         (Some(Command::Run { config, upgrade }), _) => serve(config, upgrade),
         (None, Some(config)) => serve(config, false),

@@ -45,6 +45,36 @@ impl ShutdownSignalWatch for ShutdownWatchWithReadiness {
     }
 }
 
+/// Most file descriptors asked for when the hard limit is unlimited (Linux's
+/// default `fs.nr_open`).
+const MAX_OPEN_FILES: u64 = 1 << 20;
+
+/// Every shopper connection and every backend connection takes a file
+/// descriptor, and the usual soft limit (1024) would cap a flash sale at about
+/// 500 shoppers. Like HAProxy, raise the soft limit to the hard one at start
+/// (`main` does, for every command that serves; the load benches too).
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            log::warn!("cannot read the open files limit: {e}");
+            return;
+        }
+    };
+    let wanted = hard.min(MAX_OPEN_FILES);
+    if soft >= wanted {
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
+        Ok(()) => log::info!("open files limit raised from {soft} to {wanted}"),
+        Err(e) => log::warn!(
+            "open files limit stays at {soft} ({e}): about {} shoppers at once",
+            soft / 2
+        ),
+    }
+}
+
 /// Serves a config until the process is told to stop. Returns only on a
 /// startup error; otherwise pingora exits the process when it shuts down.
 pub fn run(config: Config, options: RunOptions) -> Result<(), String> {

@@ -632,3 +632,42 @@ fn a_graceful_upgrade_hands_the_listener_over_without_failing_requests() {
         "the new process serves the admin API"
     );
 }
+
+/// The soft limit of open files of process `pid`, from /proc.
+fn open_files_soft_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit_at_start() {
+    let fleet = Fleet::start(1);
+    let port = support::free_port();
+    let config = support::TempFile::new(
+        "ordergate.toml",
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\ngrace_period = \"0s\"\n\n[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"shop\"\npool = \"p\"\n",
+            backends(&fleet.addrs, &[1])
+        ),
+    );
+    // Started the way a default shell leaves it: a soft limit far below the hard one.
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=256:4096")
+        .arg(support::bin())
+        .args(["run", "-c"])
+        .arg(&config.path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux) starts ordergate");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let up = wait_until(Duration::from_secs(15), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    let limit = open_files_soft_limit(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "ordergate did not start");
+    assert_eq!(limit, Some(4096));
+}
