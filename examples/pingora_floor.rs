@@ -1,12 +1,14 @@
 //! The cheapest proxy pingora can be: round robin over fixed backends, no
-//! routing, no health, no retries, no metrics, no added headers. The load benches run it beside
-//! ordergate (`--targets pingora,ordergate`) to show what a request costs in
-//! the framework itself, so the part ordergate adds is measured, not guessed.
+//! routing, no health, no retries, no timeouts, no metrics, no added headers.
+//! The load benches run it beside ordergate (target `pingora-floor`) to show
+//! what a request costs in the framework itself, so the part ordergate adds is
+//! measured, not guessed.
 //!
 //! ```sh
 //! cargo run --release --example pingora_floor -- LISTEN BACKEND [BACKEND ...]
 //! ```
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -19,7 +21,7 @@ use pingora::server::configuration::ServerConf;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Floor {
-    backends: Vec<String>,
+    backends: Vec<SocketAddr>,
     next: AtomicUsize,
 }
 
@@ -31,22 +33,36 @@ impl ProxyHttp for Floor {
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
-        let backend = self.backends[turn].as_str();
-        Ok(Box::new(HttpPeer::new(backend, false, String::new())))
+        Ok(Box::new(HttpPeer::new(
+            self.backends[turn],
+            false,
+            String::new(),
+        )))
     }
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = || {
+        eprintln!("usage: pingora_floor LISTEN BACKEND [BACKEND ...] (addresses as IP:PORT)");
+        ExitCode::from(2)
+    };
     let Some((listen, backends)) = args.split_first().filter(|(_, b)| !b.is_empty()) else {
-        eprintln!("usage: pingora_floor LISTEN BACKEND [BACKEND ...]");
-        return ExitCode::from(2);
+        return usage();
+    };
+    let Ok(backends) = backends
+        .iter()
+        .map(|b| b.parse::<SocketAddr>())
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return usage();
     };
     // The same server settings as ordergate's bench config: one thread, one
-    // runtime per thread.
+    // runtime per thread, ordergate's default upstream keep-alive pool.
     let conf = ServerConf {
         threads: 1,
         work_stealing: false,
+        upstream_keepalive_pool_size: 1024,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: format!("/tmp/pingora-floor-{}.pid", std::process::id()),
@@ -58,7 +74,7 @@ fn main() -> ExitCode {
     let mut proxy = http_proxy_service(
         &server.configuration,
         Floor {
-            backends: backends.to_vec(),
+            backends,
             next: AtomicUsize::new(0),
         },
     );
