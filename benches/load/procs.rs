@@ -276,7 +276,6 @@ pub(crate) struct Backend {
 impl Backend {
     /// Starts a backend on a free port with extra `ordergate sim` flags.
     pub(crate) fn start(flags: &[String]) -> Result<Backend, String> {
-        use std::io::{BufRead, BufReader};
         let mut command = Command::new(support::bin());
         command
             .args(["sim", "--listen", "127.0.0.1:0"])
@@ -286,21 +285,12 @@ impl Backend {
             .stderr(Stdio::null());
         let mut proc = Proc::spawn(command, "ordergate sim")?;
         let stdout = proc.child.stdout.take().ok_or("ordergate sim: no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("ordergate sim listening on ") {
-                    if let Ok(addr) = addr.trim().parse::<SocketAddr>() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(10))
+        let addrs = support::sim_addresses(stdout, 1, Duration::from_secs(10))
             .map_err(|_| "ordergate sim did not report its address within 10s".to_owned())?;
-        Ok(Backend { addr, proc })
+        Ok(Backend {
+            addr: addrs[0],
+            proc,
+        })
     }
 
     /// Starts `n` backends, each its own process.

@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +30,36 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The addresses `ordergate sim` reports on its `stdout` ("ordergate sim
+/// listening on ADDR"), once `n` came; the ones that came if `timeout` passes
+/// first. The output is read to its end on a thread of its own.
+pub fn sim_addresses(
+    stdout: ChildStdout,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, Vec<SocketAddr>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("ordergate sim listening on ") {
+                if let Ok(addr) = addr.trim().parse::<SocketAddr>() {
+                    let _ = tx.send(addr);
+                }
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut addrs = Vec::new();
+    while addrs.len() < n {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(addr) => addrs.push(addr),
+            Err(_) => return Err(addrs),
+        }
+    }
+    Ok(addrs)
 }
 
 /// A child process that is killed when dropped.
@@ -70,27 +100,10 @@ impl Fleet {
             .expect("spawn ordergate sim");
         let stdout = child.stdout.take().expect("sim stdout");
         let process = Process(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("ordergate sim listening on ") {
-                    if let Ok(addr) = addr.trim().parse::<SocketAddr>() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut addrs = Vec::new();
-        while addrs.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(addr) => addrs.push(addr),
-                Err(_) => panic!("sim did not report {n} listeners within 10s (got {addrs:?})"),
-            }
+        match sim_addresses(stdout, n, Duration::from_secs(10)) {
+            Ok(addrs) => Fleet { addrs, process },
+            Err(got) => panic!("sim did not report {n} listeners within 10s (got {got:?})"),
         }
-        Fleet { addrs, process }
     }
 
     /// Kills the fleet's process with SIGKILL, as a crash would, and waits for it.
