@@ -4,7 +4,8 @@
 #   ./dev.sh test   build and run the whole test suite
 #   ./dev.sh peers  install nginx and HAProxy, for the side-by-side load benches
 # Both first install what a fresh Debian machine with only Rust lacks: cmake
-# (pingora's zlib-ng is built with it), a C compiler, and kill(1) (procps).
+# (pingora's zlib-ng is built with it), a C compiler, kill(1) (procps) and
+# prlimit(1) (util-linux).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,6 +16,8 @@ need_packages() {
   command -v c++ >/dev/null 2>&1 || missing+=(g++)
   # The tests send signals with kill(1), which Debian ships in procps.
   [ -x /bin/kill ] || [ -x /usr/bin/kill ] || missing+=(procps)
+  # A test starts ordergate under prlimit(1); the benches pin with taskset(1).
+  command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
   install_packages "${missing[@]}"
 }
 

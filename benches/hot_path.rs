@@ -17,7 +17,7 @@ use ordergate::config::Config;
 use ordergate::respond::{self, Outcome, PageContext, Pages};
 use ordergate::state::State;
 
-/// The config of `benches/select.rs`: one pool per algorithm, four routes.
+/// One pool per algorithm, four routes.
 const CONFIG: &str = r#"
 [[pools]]
 name = "round_robin"
