@@ -38,6 +38,8 @@ pub struct Route {
     pub pages: Option<Pages>,
     /// The rate limit and its live counters (shared across snapshots).
     pub rate_limit: Option<(RateLimitConfig, Arc<Rate>)>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: u64,
     /// Metric handles.
     pub metrics: RouteMetrics,
     host: Option<String>,
@@ -96,6 +98,7 @@ impl RouteTable {
                     .rate_limit
                     .clone()
                     .map(|limit| (limit, registry.rate_limiter(&c.name))),
+                max_body_bytes: c.max_body_bytes,
                 metrics: metrics.route(&c.name),
                 host: c.host.clone(),
                 path_prefix: c.path_prefix.clone(),

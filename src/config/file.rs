@@ -100,6 +100,14 @@ pub struct FileServer {
     pub pages: Option<String>,
     /// TLS listeners.
     pub tls: Option<Vec<FileTls>>,
+    /// Largest request head (request line and headers).
+    pub max_request_header_bytes: Option<toml::Value>,
+    /// Time to receive a whole request head.
+    pub header_timeout: Option<String>,
+    /// Idle time between requests on a keep-alive connection.
+    pub keepalive_timeout: Option<String>,
+    /// Read buffer per shopper connection.
+    pub read_buffer: Option<toml::Value>,
 }
 
 /// `[[pools]]`.
@@ -229,6 +237,8 @@ pub struct FileRoute {
     pub pages: Option<String>,
     /// `[routes.rate_limit]`.
     pub rate_limit: Option<FileRateLimit>,
+    /// Largest request body.
+    pub max_body_bytes: Option<toml::Value>,
 }
 
 /// `[routes.retry]`.

@@ -91,6 +91,19 @@ pub struct ServerConfig {
     pub upstream_keepalive: usize,
     /// TLS listeners.
     pub tls: Vec<TlsConfig>,
+    /// Largest request head (request line and headers) a shopper may send; a
+    /// larger one gets the 431 page and the connection closes. Default: 32 KiB.
+    pub max_request_header_bytes: usize,
+    /// Time a new connection has to deliver a whole request head (on a
+    /// keep-alive connection: after the idle wait); then it is closed, so
+    /// slow-header clients cannot hold connections. Default: 10s.
+    pub header_timeout: Duration,
+    /// Idle time allowed between requests on a shopper's keep-alive
+    /// connection; `0s` turns keep-alive off. Default: 60s.
+    pub keepalive_timeout: Duration,
+    /// Bytes of the read buffer each shopper connection holds (pingora's L4
+    /// buffer; pingora's own default is 64 KiB). Default: 4 KiB.
+    pub read_buffer: usize,
     /// The degradation pages. Default: the built-in set (a copy of conf/pages).
     pub pages: Pages,
 }
@@ -278,6 +291,10 @@ pub struct RouteConfig {
     pub pages: Option<Pages>,
     /// Requests per second allowed per client key. Default: none.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Largest request body: a larger declared `Content-Length` gets the 413
+    /// page before any backend is contacted; a chunked body that grows past it
+    /// is cut. Default: 1 MiB.
+    pub max_body_bytes: u64,
 }
 
 /// `[routes.rate_limit]`.

@@ -32,6 +32,15 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_WEIGHT: i64 = 1000;
 const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const DEFAULT_MAX_REQUEST_HEADER_BYTES: u64 = 32 * KIB;
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_READ_BUFFER: u64 = 4 * KIB;
+const DEFAULT_MAX_BODY_BYTES: u64 = MIB;
+/// pingora's own ceiling for a request head (`MAX_HEADER_SIZE`).
+const MAX_REQUEST_HEADER_BYTES: u64 = MIB - 1;
 
 /// Collects problems while the checks run.
 #[derive(Default)]
@@ -220,12 +229,44 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
         None => Pages::builtin(),
         Some(dir) => load_pages("server.pages", base, dir, problems).unwrap_or_else(Pages::builtin),
     };
+    let max_request_header_bytes = size(
+        "server.max_request_header_bytes",
+        file.max_request_header_bytes.as_ref(),
+        DEFAULT_MAX_REQUEST_HEADER_BYTES,
+        (KIB, MAX_REQUEST_HEADER_BYTES),
+        problems,
+    ) as usize;
+    let header_timeout = duration_or(
+        "server.header_timeout",
+        file.header_timeout.as_deref(),
+        DEFAULT_HEADER_TIMEOUT,
+        false,
+        problems,
+    );
+    let keepalive_timeout = duration_or(
+        "server.keepalive_timeout",
+        file.keepalive_timeout.as_deref(),
+        DEFAULT_KEEPALIVE_TIMEOUT,
+        true,
+        problems,
+    );
+    let read_buffer = size(
+        "server.read_buffer",
+        file.read_buffer.as_ref(),
+        DEFAULT_READ_BUFFER,
+        (512, 4 * MIB),
+        problems,
+    ) as usize;
     ServerConfig {
         listen,
         threads,
         grace_period,
         upstream_keepalive,
         tls,
+        max_request_header_bytes,
+        header_timeout,
+        keepalive_timeout,
+        read_buffer,
         pages,
     }
 }
@@ -804,6 +845,59 @@ fn percent(at: &str, value: Option<i64>, default: u8, problems: &mut Problems) -
     }
 }
 
+/// A size in bytes, written as a whole number (`65536`) or with a unit
+/// (`"64KiB"`, `"1MiB"`, `"512B"`), within `range`.
+fn size(
+    at: &str,
+    value: Option<&toml::Value>,
+    default: u64,
+    range: (u64, u64),
+    problems: &mut Problems,
+) -> u64 {
+    let Some(value) = value else {
+        return default;
+    };
+    let parsed = match value {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(text) => parse_size(text),
+        _ => None,
+    };
+    match parsed {
+        Some(bytes) if (range.0..=range.1).contains(&bytes) => bytes,
+        Some(bytes) => {
+            problems.add(
+                at,
+                format!(
+                    "{bytes} bytes is out of range; use {} to {} bytes",
+                    range.0, range.1
+                ),
+            );
+            default
+        }
+        None => {
+            problems.add(
+                at,
+                format!("{value} is not a size; write bytes (65536) or with a unit: \"64KiB\", \"1MiB\""),
+            );
+            default
+        }
+    }
+}
+
+/// `"64KiB"` → 65536. Units: B, KiB (or KB, K), MiB (or MB, M); 1024-based.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let number: u64 = text[..digits].parse().ok()?;
+    let unit = match text[digits..].trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" | "k" | "kb" => KIB,
+        "M" | "MB" | "MiB" | "m" | "mb" => MIB,
+        _ => return None,
+    };
+    number.checked_mul(unit)
+}
+
 /// A whole number of at least `min` (and at most a million, to catch typos).
 fn count(at: &str, value: Option<i64>, default: u32, min: i64, problems: &mut Problems) -> u32 {
     match value {
@@ -1082,6 +1176,13 @@ fn route(
             .rate_limit
             .as_ref()
             .map(|r| rate_limit(&format!("{at}.rate_limit"), r, problems)),
+        max_body_bytes: size(
+            &format!("{at}.max_body_bytes"),
+            file.max_body_bytes.as_ref(),
+            DEFAULT_MAX_BODY_BYTES,
+            (0, 1 << 40),
+            problems,
+        ),
     }
 }
 
