@@ -3,6 +3,7 @@
 //! A request's way through the proxy (pingora phases → modules):
 //!
 //! ```text
+//! (each connection)        connection header and keep-alive timeouts around pingora's HTTP/1 reads
 //! new_ctx                  state      hold the current config Snapshot for the whole request
 //! request_filter           forward    request id
 //!                          route      Route by host, path prefix, method    (none → 404 page)
@@ -31,6 +32,7 @@ pub mod admin;
 pub mod admission;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod ctx;
 pub mod demo;
 pub mod forward;

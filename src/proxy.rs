@@ -180,7 +180,19 @@ impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        // pingora calls this right after it parsed the request head.
+        crate::connection::head_received();
         RequestCtx::new(self.state.snapshot())
+    }
+
+    // A marker that the connection carried a request before: the next request's
+    // header deadline then starts after the keep-alive idle wait (see `connection`).
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        Some(Box::new(()))
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {

@@ -10,10 +10,14 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch, UnixShutdownSignalWatch};
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::connection::Connections;
 use crate::proxy::Proxy;
 use crate::reload::ReloadWatcher;
 use crate::state::State;
@@ -108,6 +112,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         ..Opt::default()
     };
     let listen = config.server.listen.clone();
+    let read_buffer = config.server.read_buffer;
     let tls = config.server.tls.clone();
     let admin_config = config.admin.clone();
     let state = Arc::new(State::new(config, options.source));
@@ -117,13 +122,23 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
 
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Proxy::new(Arc::clone(&state), access_log),
-        "ordergate proxy",
+    let limits_state = Arc::clone(&state);
+    let app = Connections::new(
+        pingora::proxy::http_proxy(
+            &server.configuration,
+            Proxy::new(Arc::clone(&state), access_log),
+        ),
+        move || limits_state.connection_limits(),
+        state.metrics.connections_closed.clone(),
     );
+    let mut proxy = Service::new("ordergate proxy".to_string(), app);
+    // Every shopper connection holds a read buffer of this size while idle.
+    let buffers = L4BufferSettings {
+        read: Some(read_buffer),
+        write: None,
+    };
     for addr in &listen {
-        proxy.add_tcp(&addr.to_string());
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     for listener in &tls {
         let cert = listener.cert.to_string_lossy();
@@ -137,7 +152,11 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         if listener.http2 {
             settings.enable_h2();
         }
-        proxy.add_tls_with_settings(&listener.listen.to_string(), None, settings);
+        proxy.add_listener(
+            ListenerConfig::tcp(listener.listen.to_string())
+                .tls(settings)
+                .l4_buffer(buffers),
+        );
     }
     server.add_service(proxy);
     server.add_service(background_service(

@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub pools: Vec<Pool>,
     /// The server's degradation pages.
     pub pages: Pages,
+    /// Limits on what a shopper's connection may send and how long it may idle.
+    pub limits: crate::connection::Limits,
 }
 
 /// The result of the last reload attempt, for the admin status.
@@ -97,6 +99,11 @@ impl State {
     /// The snapshot a new request should hold for its whole life.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// The connection limits of the current snapshot.
+    pub fn connection_limits(&self) -> crate::connection::Limits {
+        self.current.load().limits
     }
 
     /// The config the current snapshot was built from.
@@ -225,6 +232,12 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<String> {
             running.server.upstream_keepalive, new.server.upstream_keepalive
         ));
     }
+    if running.server.read_buffer != new.server.read_buffer {
+        notes.push(format!(
+            "server.read_buffer changed ({} -> {}) but listeners size it at start; {upgrade}",
+            running.server.read_buffer, new.server.read_buffer
+        ));
+    }
     if running.server.grace_period != new.server.grace_period {
         notes.push(format!(
             "server.grace_period changed but is read at start; {upgrade}"
@@ -254,6 +267,7 @@ impl Snapshot {
                 .map(|pool| Pool::new(pool, registry, metrics))
                 .collect(),
             pages: config.server.pages.clone(),
+            limits: crate::connection::Limits::from(&config.server),
         }
     }
 }

@@ -43,6 +43,18 @@ pub struct Metrics {
     /// 1 when the last reload attempt succeeded, 0 when it failed.
     pub config_last_reload_success: IntGauge,
     panics: IntCounterVec,
+    /// Shopper connections ordergate closed because they idled or were slow,
+    /// by reason (`header_timeout`, `keepalive_timeout`); exported at zero.
+    pub connections_closed: ConnectionsClosed,
+}
+
+/// Counters of shopper connections closed by ordergate's own timeouts.
+#[derive(Debug, Clone)]
+pub struct ConnectionsClosed {
+    /// A request head did not arrive whole within `server.header_timeout`.
+    pub header_timeout: IntCounter,
+    /// A keep-alive connection idled past `server.keepalive_timeout`.
+    pub keepalive_timeout: IntCounter,
 }
 
 /// What one upstream attempt ended as: the `result` label of attempts.
@@ -257,6 +269,18 @@ impl Metrics {
                 "Times a pool entered panic mode (too few healthy backends).",
                 &["pool"],
             ),
+            connections_closed: {
+                let closed = counter_vec(
+                    &r,
+                    "ordergate_connections_closed_total",
+                    "Shopper connections closed by ordergate's timeouts, by reason.",
+                    &["reason"],
+                );
+                ConnectionsClosed {
+                    header_timeout: closed.with_label_values(&["header_timeout"]),
+                    keepalive_timeout: closed.with_label_values(&["keepalive_timeout"]),
+                }
+            },
             registry: r,
         }
     }

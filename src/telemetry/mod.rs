@@ -6,4 +6,4 @@ mod metrics;
 
 pub(crate) use access::now_rfc3339;
 pub use access::{AccessLogger, AccessRecord};
-pub use metrics::{BackendMetrics, Metrics, RouteMetrics, UpstreamResult};
+pub use metrics::{BackendMetrics, ConnectionsClosed, Metrics, RouteMetrics, UpstreamResult};

@@ -1,0 +1,227 @@
+//! A shopper's HTTP/1 connection between requests. pingora reads each request
+//! head itself; this thin layer around pingora's proxy app bounds how long the
+//! head may take (`server.header_timeout`, so slow-header clients cannot hold
+//! connections), how long a keep-alive connection may idle
+//! (`server.keepalive_timeout`), and counts the connections it closes for
+//! either. What a shopper may send (`server.max_request_header_bytes`) is
+//! checked by [`head_too_large`] once the head is parsed.
+//!
+//! The header deadline runs from the start of the wait for a request: on a new
+//! connection it is `header_timeout`; on a keep-alive connection the idle wait
+//! comes first, so it is `keepalive_timeout + header_timeout` (pingora reads the
+//! head itself and does not say when its first byte arrived).
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use tokio::time::Instant;
+
+use crate::config::ServerConfig;
+use crate::telemetry::ConnectionsClosed;
+
+/// The limits of one config snapshot on a shopper's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line and headers), in bytes.
+    pub max_request_header_bytes: usize,
+    /// Time to receive a whole request head.
+    pub header_timeout: Duration,
+    /// Idle time allowed between requests; zero turns keep-alive off.
+    pub keepalive_timeout: Duration,
+}
+
+impl From<&ServerConfig> for Limits {
+    fn from(server: &ServerConfig) -> Limits {
+        Limits {
+            max_request_header_bytes: server.max_request_header_bytes,
+            header_timeout: server.header_timeout,
+            keepalive_timeout: server.keepalive_timeout,
+        }
+    }
+}
+
+impl Limits {
+    /// The keep-alive setting for pingora: whole seconds (at least 1), or
+    /// `None` for keep-alive off.
+    fn keepalive_seconds(&self) -> Option<u64> {
+        (!self.keepalive_timeout.is_zero())
+            .then(|| self.keepalive_timeout.as_millis().div_ceil(1000) as u64)
+    }
+}
+
+/// The size of a request head as the shopper sent it (request line and
+/// headers with their separators), give or take whitespace.
+pub fn head_len(request: &RequestHeader) -> usize {
+    let line = request.method.as_str().len() + request.raw_path().len() + 12;
+    request.headers.iter().fold(line, |total, (name, value)| {
+        total + name.as_str().len() + value.len() + 4
+    })
+}
+
+/// Whether a request head is over the limit: it gets the 431 page and the
+/// connection closes.
+pub fn head_too_large(request: &RequestHeader, limits: &Limits) -> bool {
+    head_len(request) > limits.max_request_header_bytes
+}
+
+tokio::task_local! {
+    /// Set once this request's head arrived: the header deadline no longer applies.
+    static HEAD_RECEIVED: Cell<bool>;
+}
+
+/// Marks that the current request's head arrived (called from the proxy's
+/// `new_ctx`, which pingora runs right after it parsed the head). Outside a
+/// [`Connections`] task (HTTP/2 streams) it does nothing.
+pub fn head_received() {
+    let _ = HEAD_RECEIVED.try_with(|seen| seen.set(true));
+}
+
+fn head_was_received() -> bool {
+    HEAD_RECEIVED.try_with(Cell::get).unwrap_or(true)
+}
+
+/// pingora's proxy app with ordergate's connection limits around it.
+pub struct Connections<A> {
+    app: Arc<A>,
+    limits: Box<dyn Fn() -> Limits + Send + Sync>,
+    closed: ConnectionsClosed,
+}
+
+impl<A> Connections<A> {
+    /// Wraps `app`; `limits` gives the limits of the current config snapshot,
+    /// read at the start of every request so a reload applies to the next one.
+    pub fn new(
+        app: A,
+        limits: impl Fn() -> Limits + Send + Sync + 'static,
+        closed: ConnectionsClosed,
+    ) -> Connections<A> {
+        Connections {
+            app: Arc::new(app),
+            limits: Box::new(limits),
+            closed,
+        }
+    }
+}
+
+#[async_trait]
+impl<A> HttpServerApp for Connections<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if session.is_http2() {
+            // h2 streams arrive with whole heads; the h2 layer has its own limits.
+            return self.app.process_new_http(session, shutdown).await;
+        }
+        let limits = (self.limits)();
+        // pingora hands the previous request's context to the next one on a
+        // reused connection (see `Proxy::persist_connection_context`).
+        let reused = match session.take_connection_user_context() {
+            Some(previous) => {
+                session.set_connection_user_context(Some(previous));
+                true
+            }
+            None => false,
+        };
+        if !*shutdown.borrow() {
+            session.set_keepalive(limits.keepalive_seconds());
+        }
+        let idle = if reused {
+            limits.keepalive_timeout
+        } else {
+            Duration::ZERO
+        };
+        let started = Instant::now();
+        HEAD_RECEIVED
+            .scope(Cell::new(false), async {
+                let serve = self.app.process_new_http(session, shutdown);
+                tokio::pin!(serve);
+                tokio::select! {
+                    biased;
+                    reusable = &mut serve => {
+                        if reusable.is_none()
+                            && reused
+                            && !head_was_received()
+                            && started.elapsed() >= limits.keepalive_timeout
+                        {
+                            self.closed.keepalive_timeout.inc();
+                        }
+                        reusable
+                    }
+                    () = tokio::time::sleep(idle + limits.header_timeout) => {
+                        if head_was_received() {
+                            serve.await
+                        } else {
+                            self.closed.header_timeout.inc();
+                            None
+                        }
+                    }
+                }
+            })
+            .await
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.app.server_options()
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.app.h2_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.app.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_request_header_bytes: 200,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_millis(1500),
+        }
+    }
+
+    #[test]
+    fn keepalive_rounds_up_to_whole_seconds_and_zero_is_off() {
+        assert_eq!(limits().keepalive_seconds(), Some(2));
+        let off = Limits {
+            keepalive_timeout: Duration::ZERO,
+            ..limits()
+        };
+        assert_eq!(off.keepalive_seconds(), None);
+    }
+
+    #[test]
+    fn head_size_counts_line_and_headers() {
+        let mut request = RequestHeader::build("GET", b"/a", None).expect("request");
+        let small = head_len(&request);
+        assert!((14..40).contains(&small), "{small}");
+        assert!(!head_too_large(&request, &limits()));
+        request
+            .insert_header("x-big", "v".repeat(300))
+            .expect("header");
+        assert!(head_len(&request) >= small + 300);
+        assert!(head_too_large(&request, &limits()));
+    }
+
+    #[test]
+    fn outside_a_connection_the_head_counts_as_received() {
+        head_received();
+        assert!(head_was_received());
+    }
+}
