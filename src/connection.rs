@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use http::HeaderMap;
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
@@ -68,6 +69,17 @@ pub fn head_len(request: &RequestHeader) -> usize {
 /// connection closes.
 pub fn head_too_large(request: &RequestHeader, limits: &Limits) -> bool {
     head_len(request) > limits.max_request_header_bytes
+}
+
+/// Whether the request declares a body (`Content-Length`) larger than `max`:
+/// it gets the 413 page before any backend is contacted. A chunked body is
+/// counted as it streams (the proxy's `request_body_filter`).
+pub fn declared_body_too_large(headers: &HeaderMap, max: u64) -> bool {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|len| len > max)
 }
 
 tokio::task_local! {
@@ -217,6 +229,17 @@ mod tests {
             .expect("header");
         assert!(head_len(&request) >= small + 300);
         assert!(head_too_large(&request, &limits()));
+    }
+
+    #[test]
+    fn declared_body_over_the_limit() {
+        let mut headers = HeaderMap::new();
+        assert!(!declared_body_too_large(&headers, 10));
+        headers.insert(http::header::CONTENT_LENGTH, "11".parse().expect("value"));
+        assert!(declared_body_too_large(&headers, 10));
+        assert!(!declared_body_too_large(&headers, 11));
+        headers.insert(http::header::CONTENT_LENGTH, "-1".parse().expect("value"));
+        assert!(!declared_body_too_large(&headers, 10), "pingora rejects it");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct RequestCtx {
     pub retry_after: Option<u32>,
     /// Response body bytes sent to the client.
     pub bytes_sent: usize,
+    /// Request body bytes read from the client so far.
+    pub body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -71,6 +73,7 @@ impl RequestCtx {
             reached_backend: None,
             retry_after: None,
             bytes_sent: 0,
+            body_bytes: 0,
         }
     }
 

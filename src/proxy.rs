@@ -14,9 +14,10 @@ use pingora::ErrorSource;
 use tokio::time::Instant;
 
 use crate::admission::Reject;
+use crate::connection;
 use crate::ctx::RequestCtx;
 use crate::forward;
-use crate::respond::{self, Outcome, PageContext};
+use crate::respond::{self, Outcome, PageContext, Sent, BODY_TOO_LARGE};
 use crate::retry::{self, Attempt, Failure};
 use crate::state::State;
 use crate::telemetry::{AccessLogger, AccessRecord, UpstreamResult};
@@ -46,7 +47,7 @@ impl Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
         outcome: Outcome,
-    ) -> Result<bool> {
+    ) -> Result<Sent> {
         ctx.outcome = Some(outcome);
         self.state
             .metrics
@@ -56,8 +57,20 @@ impl Proxy {
             retry_after: ctx.retry_after,
             wait_seconds: ctx.retry_after,
         };
-        respond::send(session, ctx.pages(), outcome, &context).await?;
-        Ok(true)
+        let shutting_down = self.state.is_shutting_down();
+        let sent = respond::send(session, ctx.pages(), outcome, &context, shutting_down).await?;
+        ctx.bytes_sent += sent.bytes;
+        Ok(sent)
+    }
+
+    /// Ends the request in `request_filter` with ordergate's page for `outcome`.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        outcome: Outcome,
+    ) -> Result<bool> {
+        self.answer(session, ctx, outcome).await.map(|_| true)
     }
 }
 
@@ -205,9 +218,15 @@ impl ProxyHttp for Proxy {
             request.uri.path(),
             &request.method,
         );
+        if connection::head_too_large(request, &ctx.snapshot.limits) {
+            return self.reject(session, ctx, Outcome::HeaderTooLarge).await;
+        }
         let Some((route, pool)) = ctx.route_and_pool() else {
-            return self.answer(session, ctx, Outcome::NoRoute).await;
+            return self.reject(session, ctx, Outcome::NoRoute).await;
         };
+        if connection::declared_body_too_large(&request.headers, route.max_body_bytes) {
+            return self.reject(session, ctx, Outcome::BodyTooLarge).await;
+        }
         let now = Instant::now();
         let deadline = now + route.timeout;
         let priority = route.priority;
@@ -215,13 +234,13 @@ impl ProxyHttp for Proxy {
         pool.state.retry_budget.record_request(now);
         if route.over_rate_limit(&session.req_header().headers, ctx.client_ip) {
             ctx.retry_after = Some(1);
-            return self.answer(session, ctx, Outcome::RateLimited).await;
+            return self.reject(session, ctx, Outcome::RateLimited).await;
         }
         let capacity = pool.capacity();
         ctx.deadline = Some(deadline);
         if capacity == 0 {
             // Nothing can take the request: say so now rather than queue it.
-            return self.answer(session, ctx, Outcome::NoHealthyBackend).await;
+            return self.reject(session, ctx, Outcome::NoHealthyBackend).await;
         }
         admission.set_capacity(capacity);
 
@@ -260,7 +279,7 @@ impl ProxyHttp for Proxy {
                     Reject::Shed { .. } => Outcome::Shed,
                 };
                 ctx.retry_after = Some(whole_seconds(reject.retry_after()));
-                self.answer(session, ctx, outcome).await
+                self.reject(session, ctx, outcome).await
             }
             None => {
                 ctx.outcome = Some(Outcome::ClientGone);
@@ -368,7 +387,7 @@ impl ProxyHttp for Proxy {
             e.set_retry(false);
             return e;
         }
-        if e.esource() == &ErrorSource::Downstream {
+        if e.etype() == &BODY_TOO_LARGE || e.esource() == &ErrorSource::Downstream {
             // The client's side failed: nothing to hold against the backend.
             ctx.outcome = Some(Outcome::from_error(&e));
             e.set_retry(false);
@@ -492,13 +511,46 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn response_filter(
+    async fn request_body_filter(
         &self,
         _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chunk) = body else {
+            return Ok(());
+        };
+        ctx.body_bytes += chunk.len() as u64;
+        let limit = ctx
+            .route_and_pool()
+            .map_or(u64::MAX, |(route, _)| route.max_body_bytes);
+        if ctx.body_bytes > limit {
+            // Cut before this chunk goes out: the backend never gets the whole
+            // request, and its connection is dropped with the error.
+            *body = None;
+            ctx.outcome = Some(Outcome::BodyTooLarge);
+            return Err(Error::explain(
+                BODY_TOO_LARGE,
+                format!("request body over the route's {limit} bytes"),
+            )
+            .into_down());
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if self.state.is_shutting_down() {
+            // The listeners are closing: say so rather than leave the shopper
+            // a connection that dies under its next request.
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 
@@ -555,18 +607,22 @@ impl ProxyHttp for Proxy {
         // Once the backend's header went out, the only honest signal left is to
         // cut the connection: the shopper's client then sees a truncated answer.
         let can_answer = outcome != Outcome::ClientGone && !answer_started(session);
+        let mut keep_alive = false;
         if can_answer {
-            if let Err(e) = self.answer(session, ctx, outcome).await {
-                log::debug!(
+            match self.answer(session, ctx, outcome).await {
+                Ok(sent) => keep_alive = sent.keep_alive,
+                Err(e) => log::debug!(
                     "request {}: could not send the {} page: {e}",
                     ctx.request_id,
                     outcome.reason()
-                );
+                ),
             }
         }
         FailToProxy {
             error_code: outcome.status(),
-            can_reuse_downstream: false,
+            // The page said keep-alive only if the connection can carry the
+            // next request (see respond::keeps_connection).
+            can_reuse_downstream: keep_alive,
         }
     }
 

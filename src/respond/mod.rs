@@ -54,6 +54,12 @@ pub enum Outcome {
     /// Predictive shedding: the expected wait is longer than the shopper's
     /// timeout, so the request was not queued; nothing reached a backend.
     Shed,
+    /// The request head (request line and headers) is larger than
+    /// `server.max_request_header_bytes`; nothing reached a backend.
+    HeaderTooLarge,
+    /// The request body is larger than the route's `max_body_bytes` (declared,
+    /// or grown past it while streaming); no backend got it whole.
+    BodyTooLarge,
     /// The client's request was malformed.
     BadRequest,
     /// The client went away; nothing can be sent (this outcome has no page).
@@ -64,7 +70,7 @@ pub enum Outcome {
 
 /// The page kinds: the [`Outcome::reason`] of every outcome that has a page
 /// (all but `client_gone`). Each language file has one table per kind.
-pub const PAGE_KINDS: [&str; 13] = [
+pub const PAGE_KINDS: [&str; 15] = [
     "no_route",
     "no_healthy_backend",
     "connect_failed",
@@ -76,6 +82,8 @@ pub const PAGE_KINDS: [&str; 13] = [
     "queue_full",
     "queue_timeout",
     "shed",
+    "header_too_large",
+    "body_too_large",
     "bad_request",
     "internal",
 ];
@@ -94,6 +102,8 @@ impl Outcome {
             Outcome::UpstreamStatus(code) if (500..=599).contains(&code) => code,
             Outcome::UpstreamStatus(_) => 502,
             Outcome::RateLimited => 429,
+            Outcome::HeaderTooLarge => 431,
+            Outcome::BodyTooLarge => 413,
             Outcome::BadRequest => 400,
             Outcome::ClientGone => 499,
             Outcome::Internal => 500,
@@ -115,6 +125,8 @@ impl Outcome {
             Outcome::QueueFull => "queue_full",
             Outcome::QueueTimeout => "queue_timeout",
             Outcome::Shed => "shed",
+            Outcome::HeaderTooLarge => "header_too_large",
+            Outcome::BodyTooLarge => "body_too_large",
             Outcome::BadRequest => "bad_request",
             Outcome::ClientGone => "client_gone",
             Outcome::Internal => "internal",
@@ -139,9 +151,22 @@ impl Outcome {
         }
     }
 
+    /// Whether the shopper's connection must close after this answer, whatever
+    /// else holds: the request's framing or size is not to be trusted, so the
+    /// rest of what the client sent cannot be read as a next request.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Outcome::HeaderTooLarge | Outcome::BodyTooLarge | Outcome::BadRequest
+        )
+    }
+
     /// Classifies a pingora error by where it came from and what happened.
     pub fn from_error(error: &Error) -> Outcome {
         use ErrorType::*;
+        if error.etype() == &BODY_TOO_LARGE {
+            return Outcome::BodyTooLarge;
+        }
         match (error.esource(), error.etype()) {
             (_, HTTPStatus(code)) if (400..500).contains(code) => Outcome::BadRequest,
             (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => {
@@ -167,6 +192,27 @@ impl Outcome {
     fn page_kind(self) -> Option<usize> {
         PAGE_KINDS.iter().position(|k| *k == self.reason())
     }
+}
+
+/// The error that cuts a request body grown past the route's `max_body_bytes`.
+pub const BODY_TOO_LARGE: ErrorType = ErrorType::new("RequestBodyTooLarge");
+
+/// Whether the shopper's connection stays open for the next request after
+/// ordergate's own answer (RFC 9112 §9.6): only when the request was read to
+/// its end, so the next bytes are the next request, and the process is not
+/// shutting down. Otherwise the answer says `Connection: close` and the
+/// connection closes after it.
+pub fn keeps_connection(outcome: Outcome, body_read: bool, shutting_down: bool) -> bool {
+    body_read && !shutting_down && !outcome.closes_connection()
+}
+
+/// What an answer of ordergate's own sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// Body bytes written.
+    pub bytes: usize,
+    /// Whether the connection stays open for the next request.
+    pub keep_alive: bool,
 }
 
 /// What varies per response.
@@ -282,16 +328,27 @@ pub fn render(
     Ok((header, Bytes::from(body)))
 }
 
-/// Writes the page for an outcome to the client.
+/// Writes the page for an outcome to the client, and decides whether the
+/// connection stays open after it ([`keeps_connection`]); when it does not, the
+/// page says `Connection: close`. An HTTP/2 page ends only its own stream.
 pub async fn send(
     session: &mut Session,
     pages: &Pages,
     outcome: Outcome,
     context: &PageContext<'_>,
-) -> Result<()> {
+    shutting_down: bool,
+) -> Result<Sent> {
     let (header, body) = render(pages, outcome, &session.req_header().headers, context)?;
+    let body_read = session.as_mut().is_body_done();
+    if !keeps_connection(outcome, body_read, shutting_down) {
+        session.set_keepalive(None);
+    }
+    let bytes = body.len();
     session
         .write_response_header(Box::new(header), false)
         .await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_body(Some(body), true).await?;
+    // pingora may have turned keep-alive off itself (an unread body): ask it.
+    let keep_alive = session.as_ref().is_http2() || session.get_keepalive().is_some();
+    Ok(Sent { bytes, keep_alive })
 }

@@ -5,7 +5,7 @@ use super::*;
 const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 /// Every outcome that has a page, with its status and default Retry-After.
-const PAGED: [(Outcome, u16, Option<u32>); 15] = [
+const PAGED: [(Outcome, u16, Option<u32>); 17] = [
     (Outcome::NoRoute, 404, None),
     (Outcome::NoHealthyBackend, 503, Some(5)),
     (Outcome::ConnectFailed, 502, Some(2)),
@@ -19,6 +19,8 @@ const PAGED: [(Outcome, u16, Option<u32>); 15] = [
     (Outcome::QueueFull, 503, Some(5)),
     (Outcome::QueueTimeout, 503, Some(5)),
     (Outcome::Shed, 503, Some(5)),
+    (Outcome::HeaderTooLarge, 431, None),
+    (Outcome::BodyTooLarge, 413, None),
     (Outcome::BadRequest, 400, None),
     (Outcome::Internal, 500, None),
 ];
@@ -32,7 +34,9 @@ const MAY_HAVE_ORDERED: [&str; 4] = [
 ];
 
 /// Kinds that fail before any backend got the request.
-const NOTHING_ORDERED: [&str; 6] = [
+const NOTHING_ORDERED: [&str; 8] = [
+    "header_too_large",
+    "body_too_large",
     "no_healthy_backend",
     "connect_failed",
     "queue_full",
@@ -502,4 +506,32 @@ fn the_documented_json_example_is_what_ordergate_sends() {
     )
     .expect("page");
     assert_eq!(example, std::str::from_utf8(&body).expect("utf-8"));
+}
+
+#[test]
+fn a_page_keeps_the_connection_only_when_the_next_request_can_follow() {
+    // A whole request read, no shutdown: the connection carries the next request.
+    for (outcome, _, _) in PAGED {
+        let keeps = keeps_connection(outcome, true, false);
+        assert_eq!(keeps, !outcome.closes_connection(), "{outcome:?}");
+    }
+    assert!(keeps_connection(Outcome::UpstreamReset, true, false));
+    assert!(keeps_connection(Outcome::UpstreamTimeout, true, false));
+    // The framing or size of the request is not to be trusted.
+    for outcome in [
+        Outcome::HeaderTooLarge,
+        Outcome::BodyTooLarge,
+        Outcome::BadRequest,
+    ] {
+        assert!(!keeps_connection(outcome, true, false), "{outcome:?}");
+    }
+    // An unread body, or a process shutting down: close and say so.
+    assert!(!keeps_connection(Outcome::NoRoute, false, false));
+    assert!(!keeps_connection(Outcome::UpstreamReset, true, true));
+}
+
+#[test]
+fn a_body_cut_for_size_is_its_own_outcome() {
+    let error = Error::explain(BODY_TOO_LARGE, "over").into_down();
+    assert_eq!(Outcome::from_error(&error), Outcome::BodyTooLarge);
 }
