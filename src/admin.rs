@@ -3,13 +3,13 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when ready for traffic, 503 while shutting down |
+//! | `GET /readyz` | 200 when every listener accepts connections, 503 before that and while shutting down |
 //! | `GET /status` | JSON: config generation and source, last reload, pools, backends, queues |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /reload` | re-read the config file; 200 with the generation, or 422 with every error |
 //! | `POST /backends/{pool}/{addr}/drain` | no new requests to the backend; those in flight finish |
 //! | `POST /backends/{pool}/{addr}/undrain` | back in rotation |
-//! | `POST /backends/{pool}/{addr}/weight?value=N` | set its weight (0 restores the config's) |
+//! | `POST /backends/{pool}/{addr}/weight?value=N` | override its weight (1–1000) until `value=0` returns to the config's; not a config generation |
 //!
 //! With a token configured, every request but `/healthz` and `/readyz` needs
 //! `Authorization: Bearer <token>`.
@@ -176,16 +176,7 @@ async fn handle(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => reply(StatusCode::OK, json!({ "status": "alive" })),
-        (&Method::GET, ["readyz"]) => {
-            if state.is_shutting_down() {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({ "ready": false, "reason": "shutting down" }),
-                )
-            } else {
-                reply(StatusCode::OK, json!({ "ready": true }))
-            }
-        }
+        (&Method::GET, ["readyz"]) => readiness(state),
         (&Method::GET, ["status"]) => reply(StatusCode::OK, status(state)),
         (&Method::GET, ["metrics"]) => {
             update_scrape_gauges(state);
@@ -217,6 +208,32 @@ async fn handle(
             format!("{method} is not allowed on {path}"),
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no admin endpoint {path}")),
+    }
+}
+
+/// Ready when every listener was seen accepting connections and the process
+/// is not shutting down.
+fn readiness(state: &State) -> Response<Full<Bytes>> {
+    let listeners: Vec<String> = state
+        .listen_addrs()
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect();
+    if state.is_shutting_down() {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "reason": "shutting down", "listeners": listeners }),
+        )
+    } else if !state.listeners_ready() {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "reason": "listeners do not accept connections yet", "listeners": listeners }),
+        )
+    } else {
+        reply(
+            StatusCode::OK,
+            json!({ "ready": true, "listeners": listeners }),
+        )
     }
 }
 
@@ -260,11 +277,29 @@ fn backend_action(
             match value {
                 Some(weight @ 0..=1000) => {
                     backend.set_weight_override(weight);
-                    let generation = state.rebuild();
-                    log::warn!("pool {pool}: backend {addr} weight set to {weight} (generation {generation})");
+                    let admin_changes = state.rebuild();
+                    let config_weight = state
+                        .config()
+                        .pools
+                        .iter()
+                        .find(|p| p.name == pool)
+                        .and_then(|p| p.backends.iter().find(|b| b.addr == addr))
+                        .map(|b| b.weight);
+                    if weight == 0 {
+                        log::warn!("pool {pool}: backend {addr} weight override removed: the config's weight {} applies", config_weight.unwrap_or(1));
+                    } else {
+                        log::warn!("pool {pool}: backend {addr} weight overridden to {weight} (the config says {}; value=0 returns to it)", config_weight.unwrap_or(1));
+                    }
                     reply(
                         StatusCode::OK,
-                        json!({ "pool": pool, "backend": addr.to_string(), "weight": weight, "generation": generation }),
+                        json!({
+                            "pool": pool,
+                            "backend": addr.to_string(),
+                            "weight": if weight == 0 { config_weight } else { Some(weight) },
+                            "config_weight": config_weight,
+                            "weight_override": if weight == 0 { None } else { Some(weight) },
+                            "admin_changes": admin_changes,
+                        }),
                     )
                 }
                 _ => error(
@@ -291,6 +326,7 @@ fn availability_name(availability: Availability) -> &'static str {
 
 fn backend_status(pool: &Pool, index: usize, backend: &Backend, now: Instant) -> Value {
     let (weight, max_in_flight) = pool.weight_and_cap(index).unwrap_or_default();
+    // An admin override wins over the file until `weight?value=0`: show both.
     let availability = backend.availability(now, pool.health());
     json!({
         "addr": backend.addr.to_string(),
@@ -300,6 +336,8 @@ fn backend_status(pool: &Pool, index: usize, backend: &Backend, now: Instant) ->
         "drained": backend.is_drained(),
         "in_flight": backend.in_flight(),
         "weight": weight,
+        "config_weight": pool.config_weight(index),
+        "weight_override": backend.weight_override(),
         "max_in_flight": max_in_flight,
     })
 }
@@ -311,6 +349,8 @@ fn status(state: &State) -> Value {
         .pools
         .iter()
         .map(|pool| {
+            // Capacity changes with health and drains, not only with traffic.
+            pool.state.admission.set_capacity(pool.capacity());
             let admission = pool.state.admission.snapshot();
             let waiting: serde_json::Map<String, Value> = Priority::ALL
                 .iter()
@@ -342,6 +382,9 @@ fn status(state: &State) -> Value {
         .collect();
     json!({
         "generation": snapshot.generation,
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": crate::telemetry::REVISION,
+        "ready": state.listeners_ready() && !state.is_shutting_down(),
         "reload": state.reload_status(),
         "shutting_down": state.is_shutting_down(),
         "routes": snapshot.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
@@ -376,6 +419,7 @@ fn update_scrape_gauges(state: &State) {
                 .with_label_values(&labels)
                 .set(backend.in_flight() as i64);
         }
+        pool.state.admission.set_capacity(pool.capacity());
         let admission = pool.state.admission.snapshot();
         for priority in Priority::ALL {
             metrics

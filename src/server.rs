@@ -1,18 +1,22 @@
 //! Starting the pingora server for a validated config: the proxy on its TCP and
 //! TLS listeners, the health checker, the reload watcher and the admin API.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::prelude::*;
-use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch, UnixShutdownSignalWatch};
 use pingora::listeners::ListenerConfig;
+use pingora::prelude::*;
 use pingora::protocols::l4::stream::L4BufferSettings;
-use pingora::services::background::background_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{
+    ExecutionPhase, RunArgs, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+    UnixShutdownSignalWatch,
+};
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
@@ -33,10 +37,13 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
-/// Marks the state as shutting down (readiness false) when SIGTERM arrives, then
-/// lets pingora shut down gracefully as usual.
+/// SIGTERM: readiness turns false at once; the listeners stay open for
+/// `server.shutdown_delay` (so a load balancer watching `/readyz` stops sending
+/// first), then pingora's graceful shutdown closes them. SIGINT during the
+/// delay shuts down at once.
 struct ShutdownWatchWithReadiness {
     state: Arc<State>,
+    delay: Duration,
 }
 
 #[async_trait]
@@ -44,9 +51,143 @@ impl ShutdownSignalWatch for ShutdownWatchWithReadiness {
     async fn recv(&self) -> ShutdownSignal {
         let signal = UnixShutdownSignalWatch.recv().await;
         self.state.begin_shutdown();
-        log::info!("shutting down: readiness is now false, requests in flight may finish");
+        match signal {
+            ShutdownSignal::GracefulTerminate if !self.delay.is_zero() => {
+                log::info!(
+                    "shutting down: /readyz says 503; serving on for {:?} (server.shutdown_delay) before the listeners close",
+                    self.delay
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(self.delay) => {}
+                    again = UnixShutdownSignalWatch.recv() => {
+                        if matches!(again, ShutdownSignal::FastShutdown) {
+                            log::info!("SIGINT: shutting down now");
+                            return again;
+                        }
+                    }
+                }
+                log::info!("shutting down: listeners close, requests in flight may finish");
+            }
+            ShutdownSignal::FastShutdown => {}
+            _ => log::info!(
+                "shutting down: /readyz says 503, listeners close, requests in flight may finish"
+            ),
+        }
         signal
     }
+}
+
+/// Once pingora has closed the listeners (its grace period starts), waits
+/// until no request is in flight or `grace` passed, logs what was finished and
+/// what was cut, and exits 0 — pingora alone would sleep the whole grace
+/// period however idle the process is.
+fn exit_when_drained(
+    state: Arc<State>,
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    grace: Duration,
+) {
+    loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+    let started = std::time::Instant::now();
+    let answered_before = state.metrics.requests_answered();
+    let in_flight = state.requests_in_flight();
+    log::info!(
+        "shutting down: {in_flight} request{} in flight, waiting up to {grace:?} (server.grace_period)",
+        if in_flight == 1 { "" } else { "s" }
+    );
+    while state.requests_in_flight() > 0 && started.elapsed() < grace {
+        std::thread::sleep(DRAIN_POLL);
+    }
+    let cut = state.requests_in_flight();
+    let finished = state
+        .metrics
+        .requests_answered()
+        .saturating_sub(answered_before);
+    log::info!(
+        "shutdown complete after {:.2}s: {finished} request{} finished, {cut} cut at the end of the grace period",
+        started.elapsed().as_secs_f64(),
+        if finished == 1 { "" } else { "s" }
+    );
+    std::process::exit(0);
+}
+
+/// How often the end of shutdown checks for requests in flight.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// How long listeners may take to accept connections after the start before
+/// ordergate gives up (pingora retries a taken port for 30 s by itself).
+const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Readiness needs every listener to accept connections: probes each with a
+/// TCP connect until all answer, then marks the state ready. A listener that
+/// still refuses after [`LISTEN_DEADLINE`] ends the process with exit 1, so a
+/// start never half-succeeds.
+#[derive(Debug)]
+struct ListenerCheck {
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl BackgroundService for ListenerCheck {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let addrs = self.state.listen_addrs();
+        let started = tokio::time::Instant::now();
+        let mut waiting = addrs.clone();
+        loop {
+            let mut still = Vec::new();
+            for addr in waiting {
+                if !accepts(addr).await {
+                    still.push(addr);
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() {
+                self.state.set_listeners_ready();
+                let addrs: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+                log::info!(
+                    "ready: every listener accepts connections ({})",
+                    addrs.join(", ")
+                );
+                return;
+            }
+            if started.elapsed() > LISTEN_DEADLINE {
+                let addrs: Vec<String> = waiting.iter().map(SocketAddr::to_string).collect();
+                log::error!(
+                    "cannot listen on {}: no connection accepted {LISTEN_DEADLINE:?} after the start; exiting",
+                    addrs.join(", ")
+                );
+                std::process::exit(1);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Whether a listener accepts a TCP connection (on loopback when it listens on
+/// every address).
+async fn accepts(addr: SocketAddr) -> bool {
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    };
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(target)
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }
 
 /// Most file descriptors asked for when the hard limit is unlimited (Linux's
@@ -80,28 +221,20 @@ pub fn raise_open_files_limit() {
 }
 
 /// Serves a config until the process is told to stop. Returns only on a
-/// startup error; otherwise pingora exits the process when it shuts down.
+/// startup error; otherwise the process exits when it shuts down.
 pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
-    if !options.upgrade {
-        for addr in config
-            .server
-            .listen
-            .iter()
-            .chain(config.server.tls.iter().map(|t| &t.listen))
-        {
-            check_can_listen(*addr)?;
-        }
-    }
     let access_log = AccessLogger::open(&config.access_log)?;
     let first_port = config.server.listen.first().map_or(0, |a| a.port());
-    let grace = config.server.grace_period.as_secs();
+    let grace = config.server.grace_period;
     let conf = ServerConf {
         threads: config.server.threads,
         // One runtime per thread: measured cheaper per request than work stealing.
         work_stealing: false,
-        grace_period_seconds: Some(grace),
+        // A backstop only: `exit_when_drained` ends the process as soon as no
+        // request is in flight, and at the latest after `grace`.
+        grace_period_seconds: Some(grace.as_secs() + 2),
         upstream_keepalive_pool_size: config.server.upstream_keepalive,
-        graceful_shutdown_timeout_seconds: Some(grace.max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
         // Per listener port, so several ordergate processes can share a machine.
         pid_file: format!("/tmp/ordergate-{first_port}.pid"),
         upgrade_sock: format!("/tmp/ordergate-{first_port}-upgrade.sock"),
@@ -113,14 +246,25 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     };
     let listen = config.server.listen.clone();
     let read_buffer = config.server.read_buffer;
+    let shutdown_delay = config.server.shutdown_delay;
     let tls = config.server.tls.clone();
     let admin_config = config.admin.clone();
     let state = Arc::new(State::new(config, options.source));
+    // The admin listener first: a shopper listener on its address then fails
+    // the check below (`ordergate check` reports it too).
     let admin = admin_config
         .map(|admin| Admin::bind(Arc::clone(&state), admin, options.upgrade))
         .transpose()?;
+    if !options.upgrade {
+        for addr in state.listen_addrs() {
+            check_can_listen(addr)?;
+        }
+    }
 
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if options.upgrade {
+        log::info!("waiting for the listening sockets of the running ordergate: send it SIGQUIT");
+    }
     server.bootstrap();
     let limits_state = Arc::clone(&state);
     let app = Connections::new(
@@ -141,14 +285,15 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     for listener in &tls {
-        let cert = listener.cert.to_string_lossy();
-        let key = listener.key.to_string_lossy();
-        let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| {
-            format!(
-                "TLS listener {}: cannot load {cert} / {key}: {e}",
-                listener.listen
-            )
-        })?;
+        // The certificate was loaded and checked with the config; the resolver
+        // serves it and takes a renewed one on reload. pingora never reads the
+        // files itself (it would panic on a bad one).
+        let resolver = state
+            .cert_resolver(listener.listen)
+            .ok_or_else(|| format!("TLS listener {}: no certificate loaded", listener.listen))?;
+        let mut settings = TlsSettings::intermediate("", "")
+            .map_err(|e| format!("TLS listener {}: {e}", listener.listen))?;
+        settings.set_cert_resolver(resolver);
         if listener.http2 {
             settings.enable_h2();
         }
@@ -159,6 +304,12 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         );
     }
     server.add_service(proxy);
+    server.add_service(background_service(
+        "listener check",
+        ListenerCheck {
+            state: Arc::clone(&state),
+        },
+    ));
     server.add_service(background_service(
         "health checker",
         HealthChecker::new(Arc::clone(&state)),
@@ -176,8 +327,17 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         .chain(tls.iter().map(|t| format!("{} (TLS)", t.listen)))
         .collect();
     log::info!("ordergate listening on {}", addrs.join(", "));
+    let phases = server.watch_execution_phase();
+    let drain_state = Arc::clone(&state);
+    std::thread::Builder::new()
+        .name("shutdown".to_string())
+        .spawn(move || exit_when_drained(drain_state, phases, grace))
+        .map_err(|e| format!("cannot start the shutdown thread: {e}"))?;
     server.run(RunArgs {
-        shutdown_signal: Box::new(ShutdownWatchWithReadiness { state }),
+        shutdown_signal: Box::new(ShutdownWatchWithReadiness {
+            state,
+            delay: shutdown_delay,
+        }),
     });
     Ok(())
 }

@@ -5,13 +5,17 @@
 //! Reload: read → validate → build a snapshot → swap. An invalid config never
 //! replaces a good one; what cannot change live (listeners, threads) is reported.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
+use crate::config::tls::CertResolver;
 use crate::config::{Config, Pages};
+use crate::respond::PAGE_KINDS;
+use crate::retry::{Failure, Stop};
 use crate::route::RouteTable;
 use crate::telemetry::Metrics;
 use crate::upstream::{Pool, Registry};
@@ -46,8 +50,13 @@ pub struct ReloadStatus {
     pub last_ok: Option<bool>,
     /// Its errors (with key paths), when it failed.
     pub last_errors: Vec<String>,
-    /// Changes it could not apply live, and how to apply them.
+    /// Changes it could not apply live, and how to apply them; also what it
+    /// applied that an operator may not expect (a renewed certificate, a weight
+    /// override that still wins over the file).
     pub last_notes: Vec<String>,
+    /// Changes made through the admin API (weight overrides) since the start;
+    /// they rebuild the snapshot but are not config generations.
+    pub admin_changes: u64,
 }
 
 /// The current snapshot and the live state it is built from.
@@ -63,6 +72,13 @@ pub struct State {
     /// Serialises reloads so two triggers cannot interleave.
     reload_lock: Mutex<()>,
     shutting_down: AtomicBool,
+    /// Whether every listener was seen accepting connections.
+    listeners_ready: AtomicBool,
+    /// Snapshots replaced by newer ones, while requests still hold them.
+    retired: Mutex<Vec<Weak<Snapshot>>>,
+    admin_changes: AtomicU64,
+    /// The certificate resolver of each TLS listener, by listen address.
+    tls: Vec<(SocketAddr, Arc<CertResolver>)>,
     /// Every metric.
     pub metrics: Metrics,
 }
@@ -82,6 +98,12 @@ impl State {
                 .map_or_else(|| "built-in".to_string(), |p| p.display().to_string()),
             ..ReloadStatus::default()
         };
+        let tls = config
+            .server
+            .tls
+            .iter()
+            .map(|t| (t.listen, Arc::new(CertResolver::new(&t.cert_key))))
+            .collect();
         State {
             current: ArcSwap::from_pointee(snapshot),
             config: ArcSwap::from_pointee(config.clone()),
@@ -92,8 +114,55 @@ impl State {
             reload_status: Mutex::new(status),
             reload_lock: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
+            listeners_ready: AtomicBool::new(false),
+            retired: Mutex::new(Vec::new()),
+            admin_changes: AtomicU64::new(0),
+            tls,
             metrics,
         }
+    }
+
+    /// The certificate resolver serving the TLS listener on `addr`.
+    pub fn cert_resolver(&self, addr: SocketAddr) -> Option<Arc<CertResolver>> {
+        self.tls
+            .iter()
+            .find(|(listen, _)| *listen == addr)
+            .map(|(_, resolver)| Arc::clone(resolver))
+    }
+
+    /// Every address shoppers connect to (plain and TLS), as started.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let server = &self.started_with.server;
+        server
+            .listen
+            .iter()
+            .copied()
+            .chain(server.tls.iter().map(|t| t.listen))
+            .collect()
+    }
+
+    /// Marks every listener as seen accepting connections (readiness).
+    pub fn set_listeners_ready(&self) {
+        self.listeners_ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether every listener was seen accepting connections.
+    pub fn listeners_ready(&self) -> bool {
+        self.listeners_ready.load(Ordering::Relaxed)
+    }
+
+    /// Requests being served now: each holds a snapshot from its start to its
+    /// end, so this counts the holders of the current snapshot and of the
+    /// replaced ones still alive.
+    pub fn requests_in_flight(&self) -> usize {
+        let current = self.current.load_full();
+        // One count is the ArcSwap's, one is `current`'s.
+        let mut holders = Arc::strong_count(&current).saturating_sub(2);
+        if let Ok(mut retired) = self.retired.lock() {
+            retired.retain(|old| old.strong_count() > 0);
+            holders += retired.iter().map(Weak::strong_count).sum::<usize>();
+        }
+        holders
     }
 
     /// The snapshot a new request should hold for its whole life.
@@ -126,23 +195,32 @@ impl State {
     /// snapshot they started with. Returns the new generation.
     pub fn apply(&self, config: Config) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot = Snapshot::build(&config, &self.registry, &self.metrics, generation);
-        self.current.store(Arc::new(snapshot));
-        self.config.store(Arc::new(config));
+        self.swap(config, generation);
         generation
     }
 
-    /// Rebuilds the snapshot from the current config, e.g. after a weight change
-    /// through the admin API.
+    fn swap(&self, config: Config, generation: u64) {
+        let snapshot = Snapshot::build(&config, &self.registry, &self.metrics, generation);
+        let old = self.current.swap(Arc::new(snapshot));
+        if let Ok(mut retired) = self.retired.lock() {
+            retired.retain(|old| old.strong_count() > 0);
+            retired.push(Arc::downgrade(&old));
+        }
+        self.config.store(Arc::new(config));
+    }
+
+    /// Rebuilds the snapshot from the current config after a change through
+    /// the admin API (a weight override). The config generation stays: the
+    /// file did not change. Returns the number of admin changes so far.
     pub fn rebuild(&self) -> u64 {
         let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let config = Config::clone(&self.config());
-        let generation = self.apply(config);
-        self.metrics.config_generation.set(generation as i64);
+        self.swap(config, self.generation.load(Ordering::Relaxed));
+        let changes = self.admin_changes.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut status) = self.reload_status.lock() {
-            status.generation = generation;
+            status.admin_changes = changes;
         }
-        generation
+        changes
     }
 
     /// Re-reads the config file and applies it if valid. Returns the new
@@ -158,7 +236,9 @@ impl State {
         };
         let (outcome, notes) = match result {
             Ok(config) => {
-                let notes = fixed_changes(&self.started_with, &config);
+                let mut notes = fixed_changes(&self.started_with, &config);
+                notes.extend(self.renew_certificates(&config));
+                notes.extend(self.overrides_kept(&config));
                 (Ok(self.apply(config)), notes)
             }
             Err(errors) => (Err(errors), Vec::new()),
@@ -184,6 +264,47 @@ impl State {
             status.last_notes = notes;
         }
         outcome
+    }
+
+    /// Serves the certificates of a new config on the TLS listeners that stay;
+    /// says which changed.
+    fn renew_certificates(&self, config: &Config) -> Vec<String> {
+        let mut notes = Vec::new();
+        for listener in &config.server.tls {
+            let Some(resolver) = self.cert_resolver(listener.listen) else {
+                continue;
+            };
+            if resolver.replace(&listener.cert_key) {
+                notes.push(format!(
+                    "TLS listener {}: serving the new certificate from {} (valid until {})",
+                    listener.listen,
+                    listener.cert.display(),
+                    listener.cert_key.not_after()
+                ));
+            }
+        }
+        notes
+    }
+
+    /// Admin weight overrides outlive reloads: say where one hides the file's weight.
+    fn overrides_kept(&self, config: &Config) -> Vec<String> {
+        let mut notes = Vec::new();
+        for pool in &config.pools {
+            for backend in &pool.backends {
+                let Some(live) = self.registry.find_backend(&pool.name, backend.addr) else {
+                    continue;
+                };
+                if let Some(weight) = live.weight_override() {
+                    if weight != backend.weight {
+                        notes.push(format!(
+                            "pool {}: backend {} keeps the weight {weight} set through the admin API (the file says {}); POST /backends/{}/{}/weight?value=0 returns to the file's weight",
+                            pool.name, backend.addr, backend.weight, pool.name, backend.addr
+                        ));
+                    }
+                }
+            }
+        }
+        notes
     }
 
     /// The result of the last reload.
@@ -221,9 +342,17 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<String> {
             running.server.threads, new.server.threads
         ));
     }
-    if running.server.tls != new.server.tls {
+    let tls_listeners = |config: &Config| -> Vec<(SocketAddr, bool)> {
+        config
+            .server
+            .tls
+            .iter()
+            .map(|t| (t.listen, t.http2))
+            .collect()
+    };
+    if tls_listeners(running) != tls_listeners(new) {
         notes.push(format!(
-            "server.tls changed but TLS listeners and certificates cannot change live; {upgrade}"
+            "server.tls listeners changed (addresses or http2) but listeners cannot change live; certificates can, and were; {upgrade}"
         ));
     }
     if running.server.upstream_keepalive != new.server.upstream_keepalive {
@@ -236,6 +365,11 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<String> {
         notes.push(format!(
             "server.read_buffer changed ({} -> {}) but listeners size it at start; {upgrade}",
             running.server.read_buffer, new.server.read_buffer
+        ));
+    }
+    if running.server.shutdown_delay != new.server.shutdown_delay {
+        notes.push(format!(
+            "server.shutdown_delay changed but is read at start; {upgrade}"
         ));
     }
     if running.server.grace_period != new.server.grace_period {
@@ -258,14 +392,39 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<String> {
 
 impl Snapshot {
     fn build(config: &Config, registry: &Registry, metrics: &Metrics, generation: u64) -> Snapshot {
+        let pools: Vec<Pool> = config
+            .pools
+            .iter()
+            .map(|pool| Pool::new(pool, registry, metrics))
+            .collect();
+        for pool in &pools {
+            // The real limit from the start, not "unbounded until the first request".
+            pool.state.admission.set_capacity(pool.capacity());
+            metrics.prime_pool(&pool.name);
+        }
+        let retried = [
+            Failure::ConnectFailed,
+            Failure::Reset,
+            Failure::Timeout,
+            Failure::Status(0),
+        ]
+        .map(Failure::as_str);
+        let denied = [
+            Stop::NotListed,
+            Stop::UnsafeToReplay,
+            Stop::Attempts,
+            Stop::Deadline,
+            Stop::Budget,
+        ]
+        .map(Stop::as_str);
+        for route in &config.routes {
+            metrics.prime_route(&route.name, &retried, &denied, &PAGE_KINDS);
+        }
+        metrics.prime_route(Metrics::UNROUTED, &[], &[], &PAGE_KINDS);
         Snapshot {
             generation,
             routes: RouteTable::new(&config.routes, metrics, registry),
-            pools: config
-                .pools
-                .iter()
-                .map(|pool| Pool::new(pool, registry, metrics))
-                .collect(),
+            pools,
             pages: config.server.pages.clone(),
             limits: crate::connection::Limits::from(&config.server),
         }

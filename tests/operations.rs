@@ -316,14 +316,17 @@ fn metrics_parse_grow_and_count_each_request_in_its_series() {
         1.0
     );
     assert_eq!(value(&second, "ordergate_config_generation", &[]), 1.0);
-    // A free slot is no wait: nothing queued, so no queue-wait series.
-    assert!(
-        !second
-            .samples
-            .iter()
-            .any(|s| s.metric.starts_with("ordergate_queue_wait_seconds")),
-        "queue waits recorded for requests that never queued"
-    );
+    // A free slot is no wait: nothing queued, so the queue-wait series (there
+    // from the start) count nothing.
+    let text = admin(port, "GET", "/metrics").text();
+    for priority in ["critical", "high", "normal", "low"] {
+        let series =
+            format!("ordergate_queue_wait_seconds_count{{pool=\"p\",priority=\"{priority}\"}} 0");
+        assert!(
+            text.contains(&series),
+            "queue waits recorded for requests that never queued, or no series: {series}"
+        );
+    }
     // Counters only grow.
     for sample in &first.samples {
         if let prometheus_parse::Value::Counter(before) = sample.value {

@@ -94,6 +94,8 @@ pub struct FileServer {
     pub threads: Option<i64>,
     /// Grace period on shutdown.
     pub grace_period: Option<String>,
+    /// Time to keep serving with readiness false before the listeners close.
+    pub shutdown_delay: Option<String>,
     /// Idle connections to backends kept open for reuse, per worker thread.
     pub upstream_keepalive: Option<i64>,
     /// Degradation pages directory.

@@ -9,6 +9,7 @@
 
 mod duration;
 mod file;
+pub mod tls;
 mod validate;
 
 use std::fmt;
@@ -72,6 +73,9 @@ pub struct TlsConfig {
     pub cert: std::path::PathBuf,
     /// Private key, PEM.
     pub key: std::path::PathBuf,
+    /// The certificate chain and key as read (and checked) when the config was
+    /// validated.
+    pub cert_key: tls::CertKey,
     /// Offer HTTP/2 by ALPN. Default: true.
     pub http2: bool,
 }
@@ -83,8 +87,13 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// Worker threads of the proxy service. Default: 2.
     pub threads: usize,
-    /// On SIGTERM, how long to keep serving requests already in flight. Default: 5s.
+    /// On SIGTERM, how long to keep serving requests already in flight once the
+    /// listeners closed; the process exits as soon as none is left. Default: 5s.
     pub grace_period: Duration,
+    /// On SIGTERM, how long to go on serving (listeners open) while `/readyz`
+    /// already says 503, so a load balancer that watches it stops sending
+    /// first. Default: 0s.
+    pub shutdown_delay: Duration,
     /// Idle connections to backends kept open for reuse, per worker thread (all
     /// pools together; the least recently used goes first). At least 1.
     /// Default: 1024.

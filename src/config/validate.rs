@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::Method;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::file::{
     FileAdmin, FileBackend, FileHealth, FileLog, FileOutlier, FilePool, FileQueue, FileRateLimit,
@@ -60,6 +60,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
     let mut problems = Problems::default();
     let server = server(&file.server, base, &mut problems);
     let admin = file.admin.as_ref().map(|a| admin(a, &mut problems));
+    check_listeners_apart(&server, admin.as_ref(), &mut problems);
     let access_log = access_log(file.log.as_ref(), base, &mut problems);
     let pools: Vec<PoolConfig> = file
         .pools
@@ -133,6 +134,61 @@ fn admin(file: &FileAdmin, problems: &mut Problems) -> AdminConfig {
     AdminConfig { listen, token }
 }
 
+/// Two listeners on one port conflict when their addresses are equal or one
+/// of them is the unspecified address (0.0.0.0 or [::] takes the port on every
+/// address). Exact duplicates among the shopper listeners are reported where
+/// they are parsed.
+fn check_listeners_apart(
+    server: &ServerConfig,
+    admin: Option<&AdminConfig>,
+    problems: &mut Problems,
+) {
+    let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
+    listeners.extend(
+        server
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| (format!("server.listen[{i}]"), *addr)),
+    );
+    listeners.extend(
+        server
+            .tls
+            .iter()
+            .enumerate()
+            .map(|(i, tls)| (format!("server.tls[{i}].listen"), tls.listen)),
+    );
+    let shopper_listeners = listeners.len();
+    if let Some(admin) = admin {
+        listeners.push(("admin.listen".to_string(), admin.listen));
+    }
+    let overlap = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port()
+            && a.port() != 0
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    for (j, (path, addr)) in listeners.iter().enumerate() {
+        for (earlier_path, earlier) in &listeners[..j] {
+            if !overlap(*addr, *earlier) || (j < shopper_listeners && addr == earlier) {
+                continue;
+            }
+            let message = if addr == earlier {
+                format!("{addr} is also {earlier_path}; every listener needs an address of its own")
+            } else {
+                format!(
+                    "{addr} overlaps {earlier_path} ({earlier}): an unspecified address takes the port on every address; use another port"
+                )
+            };
+            let message = if path == "admin.listen" {
+                format!("{message} (the admin API's default is {DEFAULT_ADMIN_LISTEN})")
+            } else {
+                message
+            };
+            problems.add(path.clone(), message);
+        }
+    }
+}
+
 fn access_log(file: Option<&FileLog>, base: &Path, problems: &mut Problems) -> AccessLog {
     match file.and_then(|f| f.access.as_deref()) {
         None | Some("off") => AccessLog::Off,
@@ -189,6 +245,13 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
         true,
         problems,
     );
+    let shutdown_delay = duration_or(
+        "server.shutdown_delay",
+        file.shutdown_delay.as_deref(),
+        Duration::ZERO,
+        true,
+        problems,
+    );
     let upstream_keepalive = count(
         "server.upstream_keepalive",
         file.upstream_keepalive,
@@ -214,13 +277,21 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
                 None
             }
         };
-        let cert = readable_file(&format!("{at}.cert"), base, &entry.cert, problems);
-        let key = readable_file(&format!("{at}.key"), base, &entry.key, problems);
-        if let Some(listen) = listen_addr {
+        let cert = base.join(&entry.cert);
+        let key = base.join(&entry.key);
+        let cert_key = match super::tls::load(&cert, &key) {
+            Ok(cert_key) => Some(cert_key),
+            Err((file, message)) => {
+                problems.add(format!("{at}.{}", file.key_name()), message);
+                None
+            }
+        };
+        if let (Some(listen), Some(cert_key)) = (listen_addr, cert_key) {
             tls.push(TlsConfig {
                 listen,
                 cert,
                 key,
+                cert_key,
                 http2: entry.http2.unwrap_or(true),
             });
         }
@@ -261,6 +332,7 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
         listen,
         threads,
         grace_period,
+        shutdown_delay,
         upstream_keepalive,
         tls,
         max_request_header_bytes,
@@ -269,14 +341,6 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
         read_buffer,
         pages,
     }
-}
-
-fn readable_file(at: &str, base: &Path, path: &str, problems: &mut Problems) -> PathBuf {
-    let full = base.join(path);
-    if let Err(e) = std::fs::metadata(&full) {
-        problems.add(at, format!("cannot read {}: {e}", full.display()));
-    }
-    full
 }
 
 fn load_pages(at: &str, base: &Path, dir: &str, problems: &mut Problems) -> Option<Pages> {
@@ -887,7 +951,9 @@ fn size(
 /// `"64KiB"` → 65536. Units: B, KiB (or KB, K), MiB (or MB, M); 1024-based.
 fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let number: u64 = text[..digits].parse().ok()?;
     let unit = match text[digits..].trim() {
         "" | "B" => 1,

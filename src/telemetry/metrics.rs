@@ -4,10 +4,74 @@
 //! Per-request handles are resolved once per snapshot ([`RouteMetrics`],
 //! [`BackendMetrics`]), not looked up by label on every request.
 
+use std::sync::LazyLock;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The revision ordergate was built from (`build.rs` asks git), or `unknown`.
+pub const REVISION: &str = match option_env!("ORDERGATE_REVISION") {
+    Some(revision) => revision,
+    None => "unknown",
+};
+
+/// Things pingora logs that need no operator (see [`FrameworkEvent`]), counted
+/// once per process whichever registry exports them: the logger that demotes
+/// them has no `Metrics` at hand.
+static FRAMEWORK_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let counter = IntCounterVec::new(
+        Opts::new(
+            "ordergate_framework_events_total",
+            "Events pingora logs that need no operator action, by event.",
+        ),
+        &["event"],
+    )
+    .expect("static metric definition");
+    for event in FrameworkEvent::ALL {
+        counter.with_label_values(&[event.as_str()]);
+    }
+    counter
+});
+
+/// Something pingora reports at ERROR that is routine for ordergate: logged at
+/// debug instead and counted in `ordergate_framework_events_total{event}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameworkEvent {
+    /// A pooled backend connection was taken by another request at the same
+    /// moment; pingora opens a new one (`failed to acquire reusable stream`).
+    UpstreamReuseRace,
+    /// A shopper's TLS handshake failed or timed out (scanners, closed tabs,
+    /// readiness probes).
+    TlsHandshakeFailed,
+    /// During a graceful upgrade, the new process polls for the old one's
+    /// sockets until the old one gets SIGQUIT (`No incoming socket transfer`).
+    UpgradeSocketWait,
+}
+
+impl FrameworkEvent {
+    const ALL: [FrameworkEvent; 3] = [
+        FrameworkEvent::UpstreamReuseRace,
+        FrameworkEvent::TlsHandshakeFailed,
+        FrameworkEvent::UpgradeSocketWait,
+    ];
+
+    /// The `event` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameworkEvent::UpstreamReuseRace => "upstream_reuse_race",
+            FrameworkEvent::TlsHandshakeFailed => "tls_handshake_failed",
+            FrameworkEvent::UpgradeSocketWait => "upgrade_socket_wait",
+        }
+    }
+
+    /// Counts one.
+    pub fn count(self) {
+        FRAMEWORK_EVENTS.with_label_values(&[self.as_str()]).inc();
+    }
+}
 
 /// Latency buckets, in seconds: 1 ms to 30 s.
 const BUCKETS: &[f64] = &[
@@ -163,12 +227,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The route label of requests that matched no route.
+    pub const UNROUTED: &'static str = "(none)";
+
     /// Creates and registers every metric on a new registry. The definitions
     /// are static: failing to create or register one is a bug caught by the first
     /// test run, not a runtime condition, hence the `expect`s below.
     pub fn new() -> Metrics {
         let r = Registry::new();
-        Metrics {
+        let metrics = Metrics {
             requests: counter_vec(
                 &r,
                 "ordergate_requests_total",
@@ -282,7 +349,69 @@ impl Metrics {
                 }
             },
             registry: r,
+        };
+        metrics.prime_static();
+        metrics
+    }
+
+    /// Series that exist from the start: reload results, build information,
+    /// pingora's routine events and the process collector.
+    fn prime_static(&self) {
+        for result in ["success", "failure"] {
+            self.reloads.with_label_values(&[result]);
         }
+        let build_info = gauge_vec(
+            &self.registry,
+            "ordergate_build_info",
+            "Always 1; the labels say which ordergate runs.",
+            &["version", "revision"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION])
+            .set(1);
+        if let Err(e) = self.registry.register(Box::new(FRAMEWORK_EVENTS.clone())) {
+            log::warn!("metrics: cannot export ordergate_framework_events_total: {e}");
+        }
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(e) = self.registry.register(Box::new(process)) {
+            log::warn!("metrics: cannot export process metrics: {e}");
+        }
+    }
+
+    /// Creates a route's retry, denial and rejection series at zero, so that
+    /// `increase()` sees their first event.
+    pub fn prime_route(&self, route: &str, retried: &[&str], denied: &[&str], rejected: &[&str]) {
+        for reason in retried {
+            self.retries.with_label_values(&[route, reason]);
+        }
+        for reason in denied {
+            self.retries_denied.with_label_values(&[route, reason]);
+        }
+        for reason in rejected {
+            self.rejections.with_label_values(&[route, reason]);
+        }
+    }
+
+    /// Creates a pool's queue series (per priority) and its limit gauge.
+    pub fn prime_pool(&self, pool: &str) {
+        for priority in crate::admission::Priority::ALL {
+            self.queue_wait
+                .with_label_values(&[pool, priority.as_str()]);
+            self.queue_depth
+                .with_label_values(&[pool, priority.as_str()]);
+        }
+        self.concurrency_limit.with_label_values(&[pool]);
+        self.panics.with_label_values(&[pool]);
+    }
+
+    /// Requests answered so far, all routes and statuses together.
+    pub fn requests_answered(&self) -> u64 {
+        self.requests
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().value() as u64)
+            .sum()
     }
 
     /// Handles for a route.
@@ -296,7 +425,7 @@ impl Metrics {
 
     /// Counts a request that matched no route.
     pub fn unrouted(&self, status: u16, seconds: f64) {
-        self.route("(none)").observe(status, seconds);
+        self.route(Metrics::UNROUTED).observe(status, seconds);
     }
 
     /// Handles for a backend of a pool.

@@ -6,4 +6,7 @@ mod metrics;
 
 pub(crate) use access::now_rfc3339;
 pub use access::{AccessLogger, AccessRecord};
-pub use metrics::{BackendMetrics, ConnectionsClosed, Metrics, RouteMetrics, UpstreamResult};
+pub use metrics::{
+    BackendMetrics, ConnectionsClosed, FrameworkEvent, Metrics, RouteMetrics, UpstreamResult,
+    REVISION,
+};

@@ -29,6 +29,8 @@ pub struct Pool {
     hash_key: Option<HashKey>,
     backends: Vec<Arc<Backend>>,
     weights: Vec<u32>,
+    /// Weights as the config file gives them, before admin overrides.
+    config_weights: Vec<u32>,
     /// Most requests in flight per backend.
     caps: Vec<u32>,
     metrics: Vec<BackendMetrics>,
@@ -87,6 +89,7 @@ impl Pool {
             panics: metrics.pool_panics(&config.name),
             backends,
             weights,
+            config_weights: config.backends.iter().map(|b| b.weight).collect(),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             idle_timeout: config.idle_timeout,
@@ -101,6 +104,12 @@ impl Pool {
     /// The pool's backends, in config order.
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// The weight the config file gives the backend at `index` (an admin
+    /// override may serve another, see [`Pool::weight_and_cap`]).
+    pub fn config_weight(&self, index: usize) -> Option<u32> {
+        self.config_weights.get(index).copied()
     }
 
     /// The weight and in-flight cap of the backend at `index`, as served.
