@@ -51,6 +51,10 @@ pub struct RequestCtx {
     pub bytes_sent: usize,
     /// Request body bytes read from the client so far.
     pub body_bytes: u64,
+    /// Whether pingora's proxy loop started (`upstream_peer` ran): a failure
+    /// from then on closes the shopper's connection (pingora 0.9 does not
+    /// reuse it), so the page must say `Connection: close`.
+    pub proxying: bool,
 }
 
 impl RequestCtx {
@@ -74,6 +78,7 @@ impl RequestCtx {
             retry_after: None,
             bytes_sent: 0,
             body_bytes: 0,
+            proxying: false,
         }
     }
 

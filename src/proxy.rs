@@ -57,8 +57,10 @@ impl Proxy {
             retry_after: ctx.retry_after,
             wait_seconds: ctx.retry_after,
         };
-        let shutting_down = self.state.is_shutting_down();
-        let sent = respond::send(session, ctx.pages(), outcome, &context, shutting_down).await?;
+        // pingora 0.9 drops the shopper's connection after any failure in its
+        // proxy loop (once upstream_peer ran), whatever fail_to_proxy says.
+        let forced_close = self.state.is_shutting_down() || ctx.proxying;
+        let sent = respond::send(session, ctx.pages(), outcome, &context, forced_close).await?;
         ctx.bytes_sent += sent.bytes;
         Ok(sent)
     }
@@ -297,6 +299,7 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        ctx.proxying = true;
         if let Some(backoff) = ctx.backoff.take() {
             tokio::time::sleep(backoff).await;
         }
@@ -621,7 +624,8 @@ impl ProxyHttp for Proxy {
         FailToProxy {
             error_code: outcome.status(),
             // The page said keep-alive only if the connection can carry the
-            // next request (see respond::keeps_connection).
+            // next request (see respond::keeps_connection). pingora honours
+            // this only for failures before its proxy loop.
             can_reuse_downstream: keep_alive,
         }
     }

@@ -199,12 +199,23 @@ pub const BODY_TOO_LARGE: ErrorType = ErrorType::new("RequestBodyTooLarge");
 
 /// Whether the shopper's connection stays open for the next request after
 /// ordergate's own answer (RFC 9112 §9.6): only when the request was read to
-/// its end, so the next bytes are the next request, and the process is not
-/// shutting down. Otherwise the answer says `Connection: close` and the
-/// connection closes after it.
-pub fn keeps_connection(outcome: Outcome, body_read: bool, shutting_down: bool) -> bool {
-    body_read && !shutting_down && !outcome.closes_connection()
+/// its end, so the next bytes are the next request, and nothing else closes it
+/// (`forced_close`: the process is shutting down, or pingora drops the
+/// connection after a failure in its proxy loop). Otherwise the answer says
+/// `Connection: close` and the connection closes after it.
+pub fn keeps_connection(outcome: Outcome, body_read: bool, forced_close: bool) -> bool {
+    body_read && !forced_close && !outcome.closes_connection()
 }
+
+/// A request body up to this size that is still unread is read (and dropped)
+/// before a page, so the connection can carry the next request.
+const DRAIN_BEFORE_PAGE: u64 = 64 * 1024;
+
+/// The longest ordergate reads a request body it will not use: before a page
+/// (to keep the connection) or after a closing page, so that closing with
+/// unread bytes does not reset the connection under the page (a lingering
+/// close, as nginx's `lingering_timeout`).
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What an answer of ordergate's own sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,11 +347,15 @@ pub async fn send(
     pages: &Pages,
     outcome: Outcome,
     context: &PageContext<'_>,
-    shutting_down: bool,
+    forced_close: bool,
 ) -> Result<Sent> {
     let (header, body) = render(pages, outcome, &session.req_header().headers, context)?;
-    let body_read = session.as_mut().is_body_done();
-    if !keeps_connection(outcome, body_read, shutting_down) {
+    let mut body_read = session.as_mut().is_body_done();
+    if !body_read && !forced_close && !outcome.closes_connection() && small_body(session) {
+        body_read = drain(session).await;
+    }
+    let keep = keeps_connection(outcome, body_read, forced_close);
+    if !keep {
         session.set_keepalive(None);
     }
     let bytes = body.len();
@@ -348,7 +363,29 @@ pub async fn send(
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await?;
-    // pingora may have turned keep-alive off itself (an unread body): ask it.
+    if !keep && !session.as_mut().is_body_done() {
+        drain(session).await;
+    }
+    // pingora may have turned keep-alive off itself: ask it.
     let keep_alive = session.as_ref().is_http2() || session.get_keepalive().is_some();
     Ok(Sent { bytes, keep_alive })
+}
+
+/// Whether the request declares a body small enough to read before a page.
+fn small_body(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .is_some_and(|len| len <= DRAIN_BEFORE_PAGE)
+}
+
+/// Reads and drops the rest of the request body, for at most [`DRAIN_TIMEOUT`];
+/// whether it was read to its end.
+async fn drain(session: &mut Session) -> bool {
+    matches!(
+        tokio::time::timeout(DRAIN_TIMEOUT, session.as_mut().drain_request_body()).await,
+        Ok(Ok(()))
+    )
 }
