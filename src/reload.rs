@@ -1,5 +1,5 @@
-//! Reload triggers: `SIGHUP`, and a change of the config file or of a pages
-//! directory (polled, debounced). The admin API's `POST /reload` is the third.
+//! Reload triggers: `SIGHUP`, and a change of the config file, of a pages
+//! directory or of a TLS certificate or key (polled, debounced). The admin API's `POST /reload` is the third.
 //! Each calls [`State::reload`], which keeps the old config when the new one is
 //! invalid.
 
@@ -29,10 +29,17 @@ impl ReloadWatcher {
         ReloadWatcher { state }
     }
 
-    /// The files whose change means a reload: the config file and every page file.
+    /// The files whose change means a reload: the config file, every page
+    /// file, and the certificates and keys of the TLS listeners (a renewed
+    /// certificate is served without a restart).
     fn watched(&self) -> Vec<PathBuf> {
+        let config = self.state.config();
         let mut paths: Vec<PathBuf> = self.state.source().cloned().into_iter().collect();
-        paths.extend(self.state.config().pages_dirs.iter().cloned());
+        paths.extend(config.pages_dirs.iter().cloned());
+        for tls in &config.server.tls {
+            paths.push(tls.cert.clone());
+            paths.push(tls.key.clone());
+        }
         paths
     }
 }

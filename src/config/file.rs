@@ -1,5 +1,7 @@
 //! The serde mirror of the TOML file. Values stay as written (strings), so that
-//! validation can name the key and the bad value in its messages.
+//! validation can name the key and the bad value in its messages. `schema.rs`
+//! has already checked keys and types; keys required by validation default to
+//! empty here, so a missing one is reported with the rest, not by serde alone.
 
 use serde::Deserialize;
 
@@ -47,10 +49,13 @@ pub struct FileLog {
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
     /// Listen address.
+    #[serde(default)]
     pub listen: String,
     /// Certificate chain (PEM).
+    #[serde(default)]
     pub cert: String,
     /// Private key (PEM).
+    #[serde(default)]
     pub key: String,
     /// Offer HTTP/2 by ALPN.
     pub http2: Option<bool>,
@@ -79,7 +84,7 @@ pub struct FileQueue {
 #[serde(deny_unknown_fields)]
 pub struct FileRateLimit {
     /// Requests per second per key.
-    pub requests_per_second: i64,
+    pub requests_per_second: Option<i64>,
     /// `client_ip` or `header:NAME`.
     pub key: Option<String>,
 }
@@ -117,6 +122,7 @@ pub struct FileServer {
 #[serde(deny_unknown_fields)]
 pub struct FilePool {
     /// Pool name.
+    #[serde(default)]
     pub name: String,
     /// Balancing algorithm.
     pub balance: Option<String>,
@@ -206,6 +212,7 @@ pub struct FileRetryBudget {
 #[serde(deny_unknown_fields)]
 pub struct FileBackend {
     /// `IP:PORT`.
+    #[serde(default)]
     pub addr: String,
     /// Relative weight.
     pub weight: Option<i64>,
@@ -218,6 +225,7 @@ pub struct FileBackend {
 #[serde(deny_unknown_fields)]
 pub struct FileRoute {
     /// Route name.
+    #[serde(default)]
     pub name: String,
     /// Host to match.
     pub host: Option<String>,
@@ -226,6 +234,7 @@ pub struct FileRoute {
     /// Methods to match.
     pub methods: Option<Vec<String>>,
     /// Pool to send to.
+    #[serde(default)]
     pub pool: String,
     /// Overall deadline of a request, retries included.
     pub timeout: Option<String>,

@@ -1,14 +1,18 @@
 //! Configuration: the TOML an operator writes, and the typed config the proxy runs on.
 //!
 //! ```text
-//! ordergate.toml --toml+serde--> FileConfig --validate()--> Config --state::Snapshot::build--> served
-//!                 (file.rs: a mirror      (validate.rs: every    (typed: durations, socket
-//!                  of the TOML, unknown    check, all errors      addresses, route -> pool
-//!                  keys rejected)          at once, key paths)    references resolved)
+//! ordergate.toml --toml--> Table --schema::check--> --serde--> FileConfig --validate()--> Config
+//!                          (schema.rs: unknown keys   (file.rs: a    (validate.rs: every
+//!                           and wrong types reported  mirror of the   check, all errors at
+//!                           with key paths, dropped)  TOML)           once, key paths)
+//!
+//! Config --state::Snapshot::build--> served. Problems of all stages are
+//! reported together.
 //! ```
 
 mod duration;
 mod file;
+mod schema;
 pub mod tls;
 mod validate;
 
@@ -389,13 +393,38 @@ impl Config {
     /// Parses and validates a config from TOML text; relative paths in it are
     /// resolved against `base` (the config file's directory).
     pub fn from_toml_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
             vec![ConfigError {
                 path: String::new(),
                 message: format!("invalid TOML: {}", e.to_string().trim_end()),
             }]
         })?;
-        validate::validate(file, base)
+        // Unknown keys and wrong types first, each dropped once reported...
+        let mut problems = schema::check(&mut table);
+        let file: FileConfig = match toml::Value::Table(table).try_into() {
+            Ok(file) => file,
+            Err(e) => {
+                problems.push(ConfigError {
+                    path: String::new(),
+                    message: format!("invalid config: {}", e.to_string().trim_end()),
+                });
+                return Err(problems);
+            }
+        };
+        // ...then every check of the rest, reported together; a key already
+        // reported is not reported again as missing.
+        match validate::validate(file, base) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(problems),
+            Err(more) => {
+                for problem in more {
+                    if !problems.iter().any(|p| p.path == problem.path) {
+                        problems.push(problem);
+                    }
+                }
+                Err(problems)
+            }
+        }
     }
 
     /// Reads, parses and validates a config file, returning every problem found.

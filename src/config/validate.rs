@@ -11,6 +11,7 @@ use http::Method;
 
 use std::path::Path;
 
+use super::schema::entry_path;
 use super::file::{
     FileAdmin, FileBackend, FileHealth, FileLog, FileOutlier, FilePool, FileQueue, FileRateLimit,
     FileRetry, FileRetryBudget, FileRoute, FileServer,
@@ -263,6 +264,19 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
     let mut tls = Vec::new();
     for (i, entry) in file.tls.iter().flatten().enumerate() {
         let at = format!("server.tls[{i}]");
+        let mut missing = false;
+        for (key, value) in [("listen", &entry.listen), ("cert", &entry.cert), ("key", &entry.key)] {
+            if value.is_empty() {
+                problems.add(
+                    format!("{at}.{key}"),
+                    "is required: a TLS listener needs listen, cert and key",
+                );
+                missing = true;
+            }
+        }
+        if missing {
+            continue;
+        }
         let listen_addr = match socket_addr(&entry.listen) {
             Ok(addr) if seen.insert(addr) => Some(addr),
             Ok(_) => {
@@ -357,7 +371,7 @@ fn load_pages(at: &str, base: &Path, dir: &str, problems: &mut Problems) -> Opti
 }
 
 fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> PoolConfig {
-    let at = format!("pools[{index}] {:?}", file.name);
+    let at = entry_path("pools", index, &file.name);
     check_name(&at, &file.name, problems);
     let balance = balance(&at, file, problems);
     let connect_timeout = duration_or(
@@ -559,8 +573,15 @@ fn priority(name: &str) -> Result<Priority, String> {
 
 fn rate_limit(at: &str, file: &FileRateLimit, problems: &mut Problems) -> RateLimitConfig {
     let requests_per_second = match file.requests_per_second {
-        n @ 1..=1_000_000 => n as u32,
-        n => {
+        Some(n @ 1..=1_000_000) => n as u32,
+        None => {
+            problems.add(
+                format!("{at}.requests_per_second"),
+                "is required: the requests per second allowed per client key, e.g. 20",
+            );
+            1
+        }
+        Some(n) => {
             problems.add(
                 format!("{at}.requests_per_second"),
                 format!("{n} is out of range; use 1 to 1000000"),
@@ -1074,6 +1095,13 @@ fn backend(
             1
         }
     };
+    if file.addr.is_empty() {
+        problems.add(
+            format!("{at}.addr"),
+            "is required: the backend's IP:PORT, e.g. \"127.0.0.1:9001\"",
+        );
+        return None;
+    }
     match socket_addr(&file.addr) {
         Ok(addr) => Some(BackendConfig {
             addr,
@@ -1092,7 +1120,7 @@ fn check_unique_pool_names(pools: &[FilePool], problems: &mut Problems) {
     for (i, pool) in pools.iter().enumerate() {
         if !seen.insert(pool.name.as_str()) {
             problems.add(
-                format!("pools[{i}] {:?}", pool.name),
+                entry_path("pools", i, &pool.name),
                 "this pool name is already used by an earlier pool; pool names must be unique",
             );
         }
@@ -1115,7 +1143,7 @@ fn routes(
     let mut matchers = Vec::new();
     let mut routes = Vec::new();
     for (i, file) in files.iter().enumerate() {
-        let at = format!("routes[{i}] {:?}", file.name);
+        let at = entry_path("routes", i, &file.name);
         check_name(&at, &file.name, problems);
         if !names.insert(file.name.as_str()) {
             problems.add(
@@ -1153,6 +1181,17 @@ fn route(
 ) -> RouteConfig {
     let pool = match pools.iter().position(|p| p.name == file.pool) {
         Some(index) => index,
+        None if file.pool.is_empty() => {
+            let defined: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+            problems.add(
+                format!("{at}.pool"),
+                format!(
+                    "is required: the pool that serves the route (defined: {})",
+                    defined.join(", ")
+                ),
+            );
+            0
+        }
         None => {
             let defined: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
             let defined = if defined.is_empty() {
@@ -1273,8 +1312,14 @@ fn method(name: &str) -> Result<Method, String> {
 
 /// Names become metric labels and log fields: keep them short and plain.
 fn check_name(at: &str, name: &str, problems: &mut Problems) {
-    let valid = !name.is_empty()
-        && name.len() <= 64
+    if name.is_empty() {
+        problems.add(
+            format!("{at}.name"),
+            "is required: a name of 1 to 64 letters, digits, '_' or '-', used in logs and metrics",
+        );
+        return;
+    }
+    let valid = name.len() <= 64
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
@@ -1413,8 +1458,13 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_with_their_name() {
         let errors = errors("[server]\nlisten = [\"127.0.0.1:1\"]\nthread = 2\n");
-        assert_eq!(errors.len(), 1);
-        assert!(errors[0].contains("unknown field `thread`"), "{errors:?}");
+        assert_eq!(
+            errors,
+            [
+                "server.thread: unknown key; did you mean `threads`?",
+                "routes: no routes are defined; add a [[routes]] table with a name and a pool",
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,490 @@
+//! The keys ordergate knows and the type of each, checked on the parsed TOML
+//! tree before serde sees it. An unknown key or a value of the wrong type
+//! becomes a problem with its key path, what was expected in the operator's
+//! words and, for a near miss, the key that was probably meant; the key is
+//! then dropped, so serde never stops at it and validation goes on to report
+//! the rest of the file at once.
+//!
+//! This table must list every field of `file.rs` (a test deserializes a file
+//! that sets each key listed here, and `deny_unknown_fields` there catches a
+//! key listed here but unknown to serde).
+
+use toml::{Table, Value};
+
+use super::ConfigError;
+
+/// What a key holds.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Any string.
+    Str,
+    /// A duration string such as "5s".
+    Duration,
+    /// A whole number.
+    Int,
+    /// true or false.
+    Bool,
+    /// A size: a whole number of bytes, or a string such as "32KiB".
+    Size,
+    /// `queue.limit`: "capacity", "adaptive" or a whole number.
+    Limit,
+    /// A list of strings.
+    Strs,
+    /// A list of whole numbers.
+    Ints,
+    /// A table with these keys.
+    Table(&'static str, &'static [Field]),
+    /// A list of tables with these keys (`[[name]]` or `[ { ... } ]`).
+    Tables(&'static str, &'static [Field]),
+    /// A table of names to whole numbers.
+    IntMap,
+}
+
+impl Kind {
+    /// What is expected, in the operator's words.
+    fn expected(self) -> String {
+        match self {
+            Kind::Str => "a string in quotes".to_string(),
+            Kind::Duration => "a duration in quotes with a unit, e.g. \"250ms\" or \"5s\"".to_string(),
+            Kind::Int => "a whole number".to_string(),
+            Kind::Bool => "true or false".to_string(),
+            Kind::Size => "a size: a whole number of bytes or a string such as \"32KiB\" or \"1MiB\"".to_string(),
+            Kind::Limit => "\"capacity\", \"adaptive\" or a whole number".to_string(),
+            Kind::Strs => "a list of strings, e.g. [\"a\", \"b\"]".to_string(),
+            Kind::Ints => "a list of whole numbers, e.g. [200, 204]".to_string(),
+            Kind::Table(name, _) => format!("a table ([{name}] or {{ key = value, ... }})"),
+            Kind::Tables(name, _) => format!("a list of tables: write [[{name}]] before each entry"),
+            Kind::IntMap => "a table of whole numbers, e.g. { critical = 50 }".to_string(),
+        }
+    }
+
+    fn accepts(self, value: &Value) -> bool {
+        match (self, value) {
+            (Kind::Str | Kind::Duration, Value::String(_)) => true,
+            (Kind::Int, Value::Integer(_)) => true,
+            (Kind::Bool, Value::Boolean(_)) => true,
+            (Kind::Size | Kind::Limit, Value::Integer(_) | Value::String(_)) => true,
+            (Kind::Strs, Value::Array(items)) => items.iter().all(Value::is_str),
+            (Kind::Ints, Value::Array(items)) => items.iter().all(Value::is_integer),
+            (Kind::Table(..), Value::Table(_)) => true,
+            (Kind::Tables(..), Value::Array(items)) => items.iter().all(Value::is_table),
+            (Kind::IntMap, Value::Table(map)) => map.values().all(Value::is_integer),
+            _ => false,
+        }
+    }
+}
+
+/// A known key.
+#[derive(Debug)]
+struct Field {
+    name: &'static str,
+    kind: Kind,
+}
+
+const fn f(name: &'static str, kind: Kind) -> Field {
+    Field { name, kind }
+}
+
+const TLS: &[Field] = &[
+    f("listen", Kind::Str),
+    f("cert", Kind::Str),
+    f("key", Kind::Str),
+    f("http2", Kind::Bool),
+];
+
+const SERVER: &[Field] = &[
+    f("listen", Kind::Strs),
+    f("threads", Kind::Int),
+    f("grace_period", Kind::Duration),
+    f("shutdown_delay", Kind::Duration),
+    f("upstream_keepalive", Kind::Int),
+    f("pages", Kind::Str),
+    f("tls", Kind::Tables("server.tls", TLS)),
+    f("max_request_header_bytes", Kind::Size),
+    f("header_timeout", Kind::Duration),
+    f("keepalive_timeout", Kind::Duration),
+    f("read_buffer", Kind::Size),
+];
+
+const BACKEND: &[Field] = &[
+    f("addr", Kind::Str),
+    f("weight", Kind::Int),
+    f("max_in_flight", Kind::Int),
+];
+
+const HEALTH: &[Field] = &[
+    f("kind", Kind::Str),
+    f("path", Kind::Str),
+    f("method", Kind::Str),
+    f("host", Kind::Str),
+    f("expect_status", Kind::Ints),
+    f("interval", Kind::Duration),
+    f("timeout", Kind::Duration),
+    f("jitter", Kind::Duration),
+    f("healthy_threshold", Kind::Int),
+    f("unhealthy_threshold", Kind::Int),
+    f("start_healthy", Kind::Bool),
+];
+
+const OUTLIER: &[Field] = &[
+    f("consecutive_gateway_failures", Kind::Int),
+    f("consecutive_5xx", Kind::Int),
+    f("base_ejection", Kind::Duration),
+    f("max_ejection", Kind::Duration),
+    f("max_ejected_percent", Kind::Int),
+];
+
+const RETRY_BUDGET: &[Field] = &[f("percent", Kind::Int), f("min_per_second", Kind::Int)];
+
+const QUEUE: &[Field] = &[
+    f("max_waiting", Kind::Int),
+    f("timeout", Kind::Duration),
+    f("limit", Kind::Limit),
+    f("adaptive_min", Kind::Int),
+    f("adaptive_max", Kind::Int),
+    f("reserved", Kind::IntMap),
+];
+
+const POOL: &[Field] = &[
+    f("name", Kind::Str),
+    f("balance", Kind::Str),
+    f("hash_key", Kind::Str),
+    f("connect_timeout", Kind::Duration),
+    f("request_timeout", Kind::Duration),
+    f("idle_timeout", Kind::Duration),
+    f("backends", Kind::Tables("pools.backends", BACKEND)),
+    f("health", Kind::Table("pools.health", HEALTH)),
+    f("outlier", Kind::Table("pools.outlier", OUTLIER)),
+    f("panic_threshold", Kind::Int),
+    f("slow_start", Kind::Duration),
+    f("retry_budget", Kind::Table("pools.retry_budget", RETRY_BUDGET)),
+    f("max_in_flight", Kind::Int),
+    f("queue", Kind::Table("pools.queue", QUEUE)),
+];
+
+const RETRY: &[Field] = &[
+    f("attempts", Kind::Int),
+    f("on", Kind::Strs),
+    f("per_try_timeout", Kind::Duration),
+    f("backoff_base", Kind::Duration),
+    f("backoff_max", Kind::Duration),
+    f("idempotency_key_header", Kind::Str),
+    f("retry_with_idempotency_key", Kind::Bool),
+    f("unsafe_methods", Kind::Strs),
+];
+
+const RATE_LIMIT: &[Field] = &[f("requests_per_second", Kind::Int), f("key", Kind::Str)];
+
+const ROUTE: &[Field] = &[
+    f("name", Kind::Str),
+    f("host", Kind::Str),
+    f("path_prefix", Kind::Str),
+    f("methods", Kind::Strs),
+    f("pool", Kind::Str),
+    f("timeout", Kind::Duration),
+    f("retry", Kind::Table("routes.retry", RETRY)),
+    f("priority", Kind::Str),
+    f("intercept_errors", Kind::Bool),
+    f("pages", Kind::Str),
+    f("rate_limit", Kind::Table("routes.rate_limit", RATE_LIMIT)),
+    f("max_body_bytes", Kind::Size),
+];
+
+const ADMIN: &[Field] = &[
+    f("listen", Kind::Str),
+    f("token", Kind::Str),
+    f("token_env", Kind::Str),
+];
+
+const LOG: &[Field] = &[f("access", Kind::Str)];
+
+const ROOT: &[Field] = &[
+    f("server", Kind::Table("server", SERVER)),
+    f("pools", Kind::Tables("pools", POOL)),
+    f("routes", Kind::Tables("routes", ROUTE)),
+    f("admin", Kind::Table("admin", ADMIN)),
+    f("log", Kind::Table("log", LOG)),
+];
+
+/// The key path of an entry of `pools` or `routes`: `pools[0] "orders"`, or
+/// `pools[0]` while it has no name. Validation names entries the same way.
+pub(super) fn entry_path(list: &str, index: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("{list}[{index}]")
+    } else {
+        format!("{list}[{index}] {name:?}")
+    }
+}
+
+/// Checks `root` against the known keys; reports and removes every unknown key
+/// and every value of the wrong type.
+pub(super) fn check(root: &mut Table) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    walk(root, ROOT, "", "the top level", &mut problems);
+    problems
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+fn walk(
+    table: &mut Table,
+    fields: &'static [Field],
+    path: &str,
+    table_name: &str,
+    problems: &mut Vec<ConfigError>,
+) {
+    let keys: Vec<String> = table.keys().cloned().collect();
+    for key in keys {
+        let at = join(path, &key);
+        let Some(field) = fields.iter().find(|f| f.name == key) else {
+            problems.push(ConfigError {
+                path: at,
+                message: unknown_key(&key, fields, table_name),
+            });
+            table.remove(&key);
+            continue;
+        };
+        let Some(value) = table.get_mut(&key) else {
+            continue;
+        };
+        if !field.kind.accepts(value) {
+            problems.push(ConfigError {
+                path: at,
+                message: wrong_type(field.kind, value),
+            });
+            table.remove(&key);
+            continue;
+        }
+        match (field.kind, value) {
+            (Kind::Table(name, inner), Value::Table(nested)) => {
+                walk(nested, inner, &at, &format!("[{name}]"), problems);
+            }
+            (Kind::Tables(name, inner), Value::Array(items)) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let Value::Table(entry) = item {
+                        let entry_at = if path.is_empty() {
+                            let label = entry.get("name").and_then(Value::as_str).unwrap_or("");
+                            entry_path(&key, i, label)
+                        } else {
+                            format!("{at}[{i}]")
+                        };
+                        walk(entry, inner, &entry_at, &format!("[[{name}]]"), problems);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn unknown_key(key: &str, fields: &[Field], table_name: &str) -> String {
+    let names: Vec<&str> = fields.iter().map(|f| f.name).collect();
+    match closest(key, &names) {
+        Some(near) => format!("unknown key; did you mean `{near}`?"),
+        None => format!("unknown key; {table_name} takes: {}", names.join(", ")),
+    }
+}
+
+/// The known name nearest to a misspelt one, when it is near enough to be a
+/// typo (at most a third of the letters differ, at least one allowed).
+fn closest<'a>(key: &str, names: &[&'a str]) -> Option<&'a str> {
+    let key = key.to_ascii_lowercase();
+    names
+        .iter()
+        .map(|name| (edit_distance(&key, name), *name))
+        .filter(|(distance, name)| *distance <= (name.len() / 3).max(1))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, name)| name)
+}
+
+/// Levenshtein distance, counting an adjacent swap as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Integer(n) => format!("the number {n}"),
+        Value::Float(x) => format!("the number {x}"),
+        Value::Boolean(b) => b.to_string(),
+        Value::Datetime(d) => format!("the date {d}"),
+        Value::Array(items) => match items.iter().find(|i| !i.is_str() && !i.is_integer()) {
+            Some(odd) => format!("a list holding {}", describe(odd)),
+            None => "a list".to_string(),
+        },
+        Value::Table(_) => "a table".to_string(),
+    }
+}
+
+fn wrong_type(kind: Kind, value: &Value) -> String {
+    match (kind, value) {
+        (Kind::Tables(name, _), Value::Table(_)) => format!(
+            "[{name}] makes a single table, but {name} is a list: write [[{name}]] (double brackets) before each entry"
+        ),
+        (Kind::Int, Value::String(s)) if s.trim().parse::<i64>().is_ok() => format!(
+            "expected a whole number, found the string {s:?}; write it without quotes: {}",
+            s.trim()
+        ),
+        (Kind::Bool, Value::String(s)) if matches!(s.as_str(), "true" | "false") => {
+            format!("expected true or false, found the string {s:?}; write it without quotes")
+        }
+        (Kind::Duration, Value::Integer(n)) => format!(
+            "expected {}, found the number {n}; write e.g. \"{n}s\" or \"{n}ms\"",
+            kind.expected()
+        ),
+        (Kind::Strs, Value::String(s)) => format!(
+            "expected {}, found the string {s:?}; write [{s:?}]",
+            kind.expected()
+        ),
+        _ => format!("expected {}, found {}", kind.expected(), describe(value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let mut table: Table = toml::from_str(text).expect("TOML");
+        check(&mut table).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn near_misses_get_a_suggestion_and_others_the_list() {
+        let found = problems("[server]\nthreds = 4\nfrobnicate = 1\n");
+        assert_eq!(
+            found,
+            [
+                "server.frobnicate: unknown key; [server] takes: listen, threads, grace_period, shutdown_delay, upstream_keepalive, pages, tls, max_request_header_bytes, header_timeout, keepalive_timeout, read_buffer",
+                "server.threds: unknown key; did you mean `threads`?",
+            ]
+        );
+        assert_eq!(closest("balnce", &["balance", "backends"]), Some("balance"));
+        assert_eq!(closest("x", &["balance"]), None);
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected_and_paths_name_the_entry() {
+        let found = problems(
+            "[server]\nthreads = \"4\"\n[pools]\nname = \"p\"\n[[routes]]\nname = \"r\"\ntimeout = 5\nmethods = \"GET\"\n[routes.retry]\nattempts = 2.5\n",
+        );
+        let expected = [
+            "pools: [pools] makes a single table, but pools is a list: write [[pools]] (double brackets) before each entry",
+            "routes[0] \"r\".methods: expected a list of strings, e.g. [\"a\", \"b\"], found the string \"GET\"; write [\"GET\"]",
+            "routes[0] \"r\".retry.attempts: expected a whole number, found the number 2.5",
+            "routes[0] \"r\".timeout: expected a duration in quotes with a unit, e.g. \"250ms\" or \"5s\", found the number 5; write e.g. \"5s\" or \"5ms\"",
+            "server.threads: expected a whole number, found the string \"4\"; write it without quotes: 4",
+        ];
+        assert_eq!(found, expected);
+    }
+
+    /// A value of the right type for every kind.
+    fn sample(kind: Kind) -> Value {
+        match kind {
+            Kind::Str => Value::String("x".to_string()),
+            Kind::Duration => Value::String("1s".to_string()),
+            Kind::Int | Kind::Size | Kind::Limit => Value::Integer(1),
+            Kind::Bool => Value::Boolean(true),
+            Kind::Strs => Value::Array(vec![Value::String("x".to_string())]),
+            Kind::Ints => Value::Array(vec![Value::Integer(1)]),
+            Kind::Table(_, fields) => Value::Table(sample_table(fields)),
+            Kind::Tables(_, fields) => Value::Array(vec![Value::Table(sample_table(fields))]),
+            Kind::IntMap => Value::Table(Table::from_iter([("a".to_string(), Value::Integer(1))])),
+        }
+    }
+
+    fn sample_table(fields: &[Field]) -> Table {
+        fields
+            .iter()
+            .map(|f| (f.name.to_string(), sample(f.kind)))
+            .collect()
+    }
+
+    /// Every table of the tree, as the key path that leads to it.
+    fn tables(fields: &'static [Field], path: Vec<&'static str>, out: &mut Vec<(Vec<&'static str>, &'static [Field])>) {
+        out.push((path.clone(), fields));
+        for field in fields {
+            if let Kind::Table(_, inner) | Kind::Tables(_, inner) = field.kind {
+                let mut deeper = path.clone();
+                deeper.push(field.name);
+                tables(inner, deeper, out);
+            }
+        }
+    }
+
+    fn table_at<'a>(root: &'a mut Table, path: &[&str]) -> &'a mut Table {
+        let mut table = root;
+        for key in path {
+            table = match table.get_mut(*key) {
+                Some(Value::Table(t)) => t,
+                Some(Value::Array(items)) => match items.first_mut() {
+                    Some(Value::Table(t)) => t,
+                    _ => panic!("{key} holds no table"),
+                },
+                _ => panic!("no {key}"),
+            };
+        }
+        table
+    }
+
+    #[test]
+    fn the_schema_lists_exactly_the_keys_serde_knows() {
+        let full = sample_table(ROOT);
+        let parsed: Result<super::super::FileConfig, _> = Value::Table(full.clone()).try_into();
+        assert!(parsed.is_ok(), "a key of the schema is unknown to file.rs: {parsed:?}");
+        let mut all = Vec::new();
+        tables(ROOT, Vec::new(), &mut all);
+        for (path, fields) in all {
+            let mut probe = full.clone();
+            table_at(&mut probe, &path).insert("zzz_probe".to_string(), Value::Integer(1));
+            let error = Value::Table(probe)
+                .try_into::<super::super::FileConfig>()
+                .expect_err("an unknown key is refused")
+                .to_string();
+            let expected = error
+                .split("expected")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{error}"));
+            let mut serde_keys: Vec<&str> = expected
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .collect();
+            let mut schema_keys: Vec<&str> = fields.iter().map(|f| f.name).collect();
+            serde_keys.sort_unstable();
+            schema_keys.sort_unstable();
+            assert_eq!(schema_keys, serde_keys, "keys of {path:?}");
+        }
+    }
+}
