@@ -148,6 +148,9 @@ where
         if !*shutdown.borrow() {
             session.set_keepalive(limits.keepalive_seconds());
         }
+        // A client that pipelines gets every answer, in order (RFC 9112
+        // §9.3.2), rather than a close after the first.
+        session.set_pipelining_enabled(true);
         let idle = if reused {
             limits.keepalive_timeout
         } else {
