@@ -45,15 +45,22 @@ impl Kind {
     fn expected(self) -> String {
         match self {
             Kind::Str => "a string in quotes".to_string(),
-            Kind::Duration => "a duration in quotes with a unit, e.g. \"250ms\" or \"5s\"".to_string(),
+            Kind::Duration => {
+                "a duration in quotes with a unit, e.g. \"250ms\" or \"5s\"".to_string()
+            }
             Kind::Int => "a whole number".to_string(),
             Kind::Bool => "true or false".to_string(),
-            Kind::Size => "a size: a whole number of bytes or a string such as \"32KiB\" or \"1MiB\"".to_string(),
+            Kind::Size => {
+                "a size: a whole number of bytes or a string such as \"32KiB\" or \"1MiB\""
+                    .to_string()
+            }
             Kind::Limit => "\"capacity\", \"adaptive\" or a whole number".to_string(),
             Kind::Strs => "a list of strings, e.g. [\"a\", \"b\"]".to_string(),
             Kind::Ints => "a list of whole numbers, e.g. [200, 204]".to_string(),
             Kind::Table(name, _) => format!("a table ([{name}] or {{ key = value, ... }})"),
-            Kind::Tables(name, _) => format!("a list of tables: write [[{name}]] before each entry"),
+            Kind::Tables(name, _) => {
+                format!("a list of tables: write [[{name}]] before each entry")
+            }
             Kind::IntMap => "a table of whole numbers, e.g. { critical = 50 }".to_string(),
         }
     }
@@ -157,7 +164,10 @@ const POOL: &[Field] = &[
     f("outlier", Kind::Table("pools.outlier", OUTLIER)),
     f("panic_threshold", Kind::Int),
     f("slow_start", Kind::Duration),
-    f("retry_budget", Kind::Table("pools.retry_budget", RETRY_BUDGET)),
+    f(
+        "retry_budget",
+        Kind::Table("pools.retry_budget", RETRY_BUDGET),
+    ),
     f("max_in_flight", Kind::Int),
     f("queue", Kind::Table("pools.queue", QUEUE)),
 ];
@@ -429,7 +439,11 @@ mod tests {
     }
 
     /// Every table of the tree, as the key path that leads to it.
-    fn tables(fields: &'static [Field], path: Vec<&'static str>, out: &mut Vec<(Vec<&'static str>, &'static [Field])>) {
+    fn tables(
+        fields: &'static [Field],
+        path: Vec<&'static str>,
+        out: &mut Vec<(Vec<&'static str>, &'static [Field])>,
+    ) {
         out.push((path.clone(), fields));
         for field in fields {
             if let Kind::Table(_, inner) | Kind::Tables(_, inner) = field.kind {
@@ -459,7 +473,10 @@ mod tests {
     fn the_schema_lists_exactly_the_keys_serde_knows() {
         let full = sample_table(ROOT);
         let parsed: Result<super::super::FileConfig, _> = Value::Table(full.clone()).try_into();
-        assert!(parsed.is_ok(), "a key of the schema is unknown to file.rs: {parsed:?}");
+        assert!(
+            parsed.is_ok(),
+            "a key of the schema is unknown to file.rs: {parsed:?}"
+        );
         let mut all = Vec::new();
         tables(ROOT, Vec::new(), &mut all);
         for (path, fields) in all {

@@ -11,11 +11,11 @@ use http::Method;
 
 use std::path::Path;
 
-use super::schema::entry_path;
 use super::file::{
     FileAdmin, FileBackend, FileHealth, FileLog, FileOutlier, FilePool, FileQueue, FileRateLimit,
     FileRetry, FileRetryBudget, FileRoute, FileServer,
 };
+use super::schema::entry_path;
 use super::{
     parse_duration, AccessLog, AdminConfig, AdmissionConfig, BackendConfig, Balance, Config,
     ConfigError, FileConfig, HashKey, HealthConfig, LimitConfig, OutlierConfig, Pages, PoolConfig,
@@ -265,7 +265,11 @@ fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConf
     for (i, entry) in file.tls.iter().flatten().enumerate() {
         let at = format!("server.tls[{i}]");
         let mut missing = false;
-        for (key, value) in [("listen", &entry.listen), ("cert", &entry.cert), ("key", &entry.key)] {
+        for (key, value) in [
+            ("listen", &entry.listen),
+            ("cert", &entry.cert),
+            ("key", &entry.key),
+        ] {
             if value.is_empty() {
                 problems.add(
                     format!("{at}.{key}"),
