@@ -383,6 +383,19 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Problems grouped by the part of the file they are in, in the order the
+/// reference config has them; within a part, in the order found.
+fn by_section(mut problems: Vec<ConfigError>) -> Vec<ConfigError> {
+    const SECTIONS: [&str; 5] = ["server", "admin", "log", "pools", "routes"];
+    problems.sort_by_key(|p| {
+        SECTIONS
+            .iter()
+            .position(|s| p.path.starts_with(s))
+            .unwrap_or(if p.path.is_empty() { 0 } else { SECTIONS.len() })
+    });
+    problems
+}
+
 impl Config {
     /// Parses and validates a config from TOML text, returning every problem found.
     /// Relative paths (pages, certificates) are taken from the current directory.
@@ -415,14 +428,14 @@ impl Config {
         // reported is not reported again as missing.
         match validate::validate(file, base) {
             Ok(config) if problems.is_empty() => Ok(config),
-            Ok(_) => Err(problems),
+            Ok(_) => Err(by_section(problems)),
             Err(more) => {
                 for problem in more {
                     if !problems.iter().any(|p| p.path == problem.path) {
                         problems.push(problem);
                     }
                 }
-                Err(problems)
+                Err(by_section(problems))
             }
         }
     }

@@ -249,7 +249,14 @@ fn walk(
     table_name: &str,
     problems: &mut Vec<ConfigError>,
 ) {
-    let keys: Vec<String> = table.keys().cloned().collect();
+    // In the schema's order (then unknown keys), as a reader of the docs expects.
+    let mut keys: Vec<String> = table.keys().cloned().collect();
+    keys.sort_by_key(|key| {
+        fields
+            .iter()
+            .position(|f| f.name == key)
+            .unwrap_or(usize::MAX)
+    });
     for key in keys {
         let at = join(path, &key);
         let Some(field) = fields.iter().find(|f| f.name == key) else {
@@ -407,11 +414,11 @@ mod tests {
             "[server]\nthreads = \"4\"\n[pools]\nname = \"p\"\n[[routes]]\nname = \"r\"\ntimeout = 5\nmethods = \"GET\"\n[routes.retry]\nattempts = 2.5\n",
         );
         let expected = [
+            "server.threads: expected a whole number, found the string \"4\"; write it without quotes: 4",
             "pools: [pools] makes a single table, but pools is a list: write [[pools]] (double brackets) before each entry",
             "routes[0] \"r\".methods: expected a list of strings, e.g. [\"a\", \"b\"], found the string \"GET\"; write [\"GET\"]",
-            "routes[0] \"r\".retry.attempts: expected a whole number, found the number 2.5",
             "routes[0] \"r\".timeout: expected a duration in quotes with a unit, e.g. \"250ms\" or \"5s\", found the number 5; write e.g. \"5s\" or \"5ms\"",
-            "server.threads: expected a whole number, found the string \"4\"; write it without quotes: 4",
+            "routes[0] \"r\".retry.attempts: expected a whole number, found the number 2.5",
         ];
         assert_eq!(found, expected);
     }
