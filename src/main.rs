@@ -139,6 +139,20 @@ fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+fn report(path: &Path, errors: &[ordergate::config::ConfigError]) -> String {
+    let mut message = format!(
+        "{} has {} problem{}:",
+        path.display(),
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    for error in errors {
+        message.push_str("\n  ");
+        message.push_str(&error.to_string());
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,18 +186,4 @@ mod tests {
             None
         );
     }
-}
-
-fn report(path: &Path, errors: &[ordergate::config::ConfigError]) -> String {
-    let mut message = format!(
-        "{} has {} problem{}:",
-        path.display(),
-        errors.len(),
-        if errors.len() == 1 { "" } else { "s" }
-    );
-    for error in errors {
-        message.push_str("\n  ");
-        message.push_str(&error.to_string());
-    }
-    message
 }
