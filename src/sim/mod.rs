@@ -14,7 +14,7 @@
 //! | --- | --- |
 //! | `GET /health` | `{"status":"ok"}` |
 //! | `GET /api/products/{id}` | a product, the same for the same id |
-//! | `POST /api/orders` | 201 and the new order; 200 with `idempotent-replay: true` for a known `Idempotency-Key` |
+//! | `POST /api/orders` | 201 and the new order; 200 with `idempotent-replay: true` for a known `Idempotency-Key` (unless the mode ignores keys) |
 //! | `GET /api/orders/{id}` | the stored order, or 404 |
 //! | any method, `/__sim/echo` | the method, path, query, headers and body received |
 //! | `GET /__sim/stats` | requests and accepted connections per listener, orders created, idempotent replays, requests in flight |
@@ -71,6 +71,11 @@ pub struct SimArgs {
     /// Fault to inject into every request.
     #[arg(long = "fault", value_enum, default_value_t = Fault::None)]
     pub fault: Fault,
+
+    /// Make a new order for every POST, with or without an `Idempotency-Key`,
+    /// like an order service that does not dedupe.
+    #[arg(long = "ignore-idempotency")]
+    pub ignore_idempotency: bool,
 }
 
 impl SimArgs {
@@ -84,6 +89,7 @@ impl SimArgs {
             status: None,
             capacity: None,
             fault: Fault::None,
+            ignore_idempotency: false,
         }
     }
 
@@ -95,6 +101,7 @@ impl SimArgs {
             status: self.status,
             capacity: self.capacity,
             fault: self.fault,
+            ignore_idempotency: self.ignore_idempotency,
         }
     }
 }

@@ -94,6 +94,9 @@ pub struct Mode {
     pub capacity: Option<u32>,
     /// The fault injected into requests.
     pub fault: Fault,
+    /// Every POST makes a new order, key or not (an order service that does
+    /// not dedupe).
+    pub ignore_idempotency: bool,
 }
 
 impl Mode {
@@ -127,6 +130,7 @@ pub(crate) struct ModePatch {
     pub(crate) status: Option<Option<u16>>,
     pub(crate) capacity: Option<Option<u32>>,
     pub(crate) fault: Option<Fault>,
+    pub(crate) ignore_idempotency: Option<bool>,
     /// Apply to every listener of the process, not just the one that received it.
     pub(crate) all: bool,
 }
@@ -152,6 +156,13 @@ impl ModePatch {
                 "status" => patch.status = Some(status(value)?),
                 "capacity" => patch.capacity = Some(capacity(value)?),
                 "fault" => patch.fault = Some(fault(value)?),
+                "ignore_idempotency" => {
+                    patch.ignore_idempotency = Some(match value {
+                        Value::Bool(ignore) => *ignore,
+                        Value::Null => false,
+                        _ => return Err("\"ignore_idempotency\" must be true or false".to_owned()),
+                    })
+                }
                 "all" => {
                     patch.all = match value {
                         Value::Bool(all) => *all,
@@ -162,7 +173,7 @@ impl ModePatch {
                 other => {
                     return Err(format!(
                         "unknown field {other:?} (expected latency_ms, jitter_ms, status, \
-                         capacity, fault or all)"
+                         capacity, fault, ignore_idempotency or all)"
                     ))
                 }
             }
@@ -186,6 +197,9 @@ impl ModePatch {
         }
         if let Some(fault) = self.fault {
             mode.fault = fault;
+        }
+        if let Some(ignore) = self.ignore_idempotency {
+            mode.ignore_idempotency = ignore;
         }
     }
 }
@@ -260,6 +274,7 @@ mod tests {
                 status: Some(Some(503)),
                 capacity: Some(Some(4)),
                 fault: Some(Fault::Reset),
+                ignore_idempotency: None,
                 all: true,
             }
         );
@@ -273,6 +288,7 @@ mod tests {
             status: Some(500),
             capacity: Some(2),
             fault: Fault::Hang,
+            ignore_idempotency: true,
         };
         patch(r#"{"latency_ms":50}"#)
             .expect("valid patch")
@@ -282,6 +298,11 @@ mod tests {
         assert_eq!(mode.status, Some(500));
         assert_eq!(mode.capacity, Some(2));
         assert_eq!(mode.fault, Fault::Hang);
+        assert!(mode.ignore_idempotency);
+        patch(r#"{"ignore_idempotency":false}"#)
+            .expect("valid patch")
+            .apply(&mut mode);
+        assert!(!mode.ignore_idempotency);
     }
 
     #[test]
@@ -292,6 +313,7 @@ mod tests {
             status: Some(503),
             capacity: Some(4),
             fault: Fault::SlowBody,
+            ignore_idempotency: false,
         };
         patch(r#"{"status":null,"capacity":null,"fault":null,"latency_ms":null}"#)
             .expect("valid patch")
@@ -304,6 +326,7 @@ mod tests {
                 status: None,
                 capacity: None,
                 fault: Fault::None,
+                ignore_idempotency: false,
             }
         );
     }

@@ -141,6 +141,7 @@ fn create_order(headers: &HeaderMap, body: &Bytes, listener: &Listener, fleet: &
     };
     let key = headers
         .get(&IDEMPOTENCY_KEY)
+        .filter(|_| !listener.mode().ignore_idempotency)
         .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     let (outcome, order) = fleet.book().create(item, listener.name(), key.as_deref());
     let location = order

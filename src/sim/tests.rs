@@ -442,6 +442,7 @@ fn command_line_sets_the_starting_mode() {
             status: Some(503),
             capacity: Some(4),
             fault: Fault::ResetAfterBody,
+            ignore_idempotency: false,
         }
     );
     let plain = cli(&["--listen", "127.0.0.1:0"]).expect("valid arguments");
