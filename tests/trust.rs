@@ -298,23 +298,54 @@ fn keepalive_gets(addr: SocketAddr, path: &str, n: usize) -> Vec<u16> {
     statuses
 }
 
-/// Item 7: healthy keep-alive traffic logs no ERROR line (pingora's routine
-/// "failed to acquire reusable stream" is debug and counted).
+/// Item 7: healthy traffic logs no ERROR line. pingora's routine ERRORs — a
+/// pooled backend connection taken at the same moment ("failed to acquire
+/// reusable stream"), a client that opens a TLS connection and closes it
+/// without a handshake (a load balancer's TCP check) — are debug and counted.
 #[test]
 fn healthy_traffic_logs_no_error_line() {
     let fleet = Fleet::start(2);
     let port = free_port();
-    let proxy = Proxy::start(&format!(
-        "{}[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
-        admin_section(port),
-        fleet.backends_toml(&[1, 1])
-    ));
+    let files = cert_files();
+    let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let server_extra = format!(
+        "grace_period = \"0s\"\n{}",
+        tls_section(tls, &files.cert_file.path, &files.key_file.path)
+    );
+    let proxy = Proxy::try_start_with(
+        &server_extra,
+        &format!(
+            "{}[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
+            admin_section(port),
+            fleet.backends_toml(&[1, 1])
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let statuses = keepalive_gets(proxy.addr, "/api/products/1", 200);
     assert_eq!(statuses, vec![200; 200]);
-    // Requests through fresh connections too, and an aborted TLS-less probe.
     for _ in 0..20 {
         assert_eq!(proxy.get("/api/products/1").status, 200);
     }
+    // TCP checks of the TLS listener: connect, then close without a handshake.
+    for _ in 0..3 {
+        drop(TcpStream::connect(tls).expect("connect the TLS listener"));
+    }
+    let counted = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("ordergate_framework_events_total{event=\"tls_handshake_failed\"}")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || counted(
+            &admin(port, "GET", "/metrics").text()
+        ) >= 3.0),
+        "failed handshakes are counted"
+    );
     let errors: Vec<String> = proxy
         .logs()
         .into_iter()
@@ -325,8 +356,6 @@ fn healthy_traffic_logs_no_error_line() {
         errors.is_empty(),
         "ERROR lines on healthy traffic: {errors:#?}"
     );
-    let metrics = admin(port, "GET", "/metrics").text();
-    assert!(metrics.contains("ordergate_framework_events_total{event=\"upstream_reuse_race\"}"));
 }
 
 /// Item 9: an admin weight override is shown beside the config's weight, does
