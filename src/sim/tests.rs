@@ -213,7 +213,7 @@ fn modes_apply_per_listener_and_reset_restores_them() {
     assert_eq!(mode.status, 200);
     assert_eq!(
         mode.json(),
-        json!({"latency_ms": 20, "jitter_ms": 0, "status": 503, "capacity": null, "fault": "none"})
+        json!({"latency_ms": 20, "jitter_ms": 0, "status": 503, "capacity": null, "fault": "none", "ignore_idempotency": false})
     );
     let forced = get(a, "/health");
     assert_eq!(forced.status, 503);
