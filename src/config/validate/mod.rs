@@ -1,0 +1,67 @@
+//! `FileConfig -> Config`: runs every check and returns all problems at once, each
+//! with its key path, the bad value and what would fix it. One file per part of
+//! the config file (`server`, `pool`, `route`); the checks of single values
+//! they share are in `values`.
+
+mod pool;
+mod route;
+mod server;
+#[cfg(test)]
+mod tests;
+mod values;
+
+use std::path::Path;
+
+use super::{Config, ConfigError, FileConfig, PoolConfig};
+use pool::{check_unique_pool_names, pool};
+use route::routes;
+use server::{access_log, admin, check_listeners_apart, server};
+
+/// Collects problems while the checks run.
+#[derive(Default)]
+pub(super) struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates a parsed file into a [`Config`], or returns every problem found.
+pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut problems = Problems::default();
+    let server = server(&file.server, base, &mut problems);
+    let admin = file.admin.as_ref().map(|a| admin(a, &mut problems));
+    check_listeners_apart(&server, admin.as_ref(), &mut problems);
+    let access_log = access_log(file.log.as_ref(), base, &mut problems);
+    let pools: Vec<PoolConfig> = file
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, pool)| self::pool(i, pool, &mut problems))
+        .collect();
+    check_unique_pool_names(&file.pools, &mut problems);
+    let routes = routes(&file.routes, &file.pools, base, &mut problems);
+    let pages_dirs = file
+        .server
+        .pages
+        .iter()
+        .chain(file.routes.iter().filter_map(|r| r.pages.as_ref()))
+        .map(|dir| base.join(dir))
+        .collect();
+    if problems.0.is_empty() {
+        Ok(Config {
+            server,
+            pools,
+            routes,
+            admin,
+            access_log,
+            pages_dirs,
+        })
+    } else {
+        Err(problems.0)
+    }
+}

@@ -1,0 +1,547 @@
+//! `[[pools]]`: backends, balancing, health checks, outlier detection, the
+//! retry budget and the admission queue.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+
+use super::values::{
+    check_name, count, duration_or, method, percent, priority, socket_addr, status,
+};
+use super::Problems;
+use crate::config::file::{
+    FileBackend, FileHealth, FileOutlier, FilePool, FileQueue, FileRetryBudget,
+};
+use crate::config::schema::entry_path;
+use crate::config::{
+    AdmissionConfig, BackendConfig, Balance, HashKey, HealthConfig, LimitConfig, OutlierConfig,
+    PoolConfig, Probe, RetryBudgetConfig,
+};
+
+pub(super) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const MAX_WEIGHT: i64 = 1000;
+pub(super) const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
+
+pub(super) fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> PoolConfig {
+    let at = entry_path("pools", index, &file.name);
+    check_name(&at, &file.name, problems);
+    let balance = balance(&at, file, problems);
+    let connect_timeout = duration_or(
+        &format!("{at}.connect_timeout"),
+        file.connect_timeout.as_deref(),
+        DEFAULT_CONNECT_TIMEOUT,
+        false,
+        problems,
+    );
+    let request_timeout = duration_or(
+        &format!("{at}.request_timeout"),
+        file.request_timeout.as_deref(),
+        DEFAULT_REQUEST_TIMEOUT,
+        false,
+        problems,
+    );
+    let idle_timeout = duration_or(
+        &format!("{at}.idle_timeout"),
+        file.idle_timeout.as_deref(),
+        DEFAULT_IDLE_TIMEOUT,
+        false,
+        problems,
+    );
+    if file.backends.is_empty() {
+        problems.add(
+            format!("{at}.backends"),
+            "is empty; list at least one backend, e.g. [ { addr = \"127.0.0.1:9001\" } ]",
+        );
+    }
+    let max_in_flight = count(
+        &format!("{at}.max_in_flight"),
+        file.max_in_flight,
+        DEFAULT_MAX_IN_FLIGHT,
+        1,
+        problems,
+    );
+    let mut backends = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, entry) in file.backends.iter().enumerate() {
+        if let Some(backend) = backend(
+            &format!("{at}.backends[{i}]"),
+            entry,
+            max_in_flight,
+            problems,
+        ) {
+            if seen.insert(backend.addr) {
+                backends.push(backend);
+            } else {
+                problems.add(
+                    format!("{at}.backends[{i}].addr"),
+                    format!(
+                        "{:?} is listed twice in this pool; raise its weight instead",
+                        entry.addr
+                    ),
+                );
+            }
+        }
+    }
+    PoolConfig {
+        name: file.name.clone(),
+        balance,
+        connect_timeout,
+        request_timeout,
+        idle_timeout,
+        backends,
+        health: file
+            .health
+            .as_ref()
+            .map(|h| health(&format!("{at}.health"), h, problems)),
+        outlier: outlier(&format!("{at}.outlier"), file.outlier.as_ref(), problems),
+        panic_threshold: percent(
+            &format!("{at}.panic_threshold"),
+            file.panic_threshold,
+            50,
+            problems,
+        ),
+        slow_start: duration_or(
+            &format!("{at}.slow_start"),
+            file.slow_start.as_deref(),
+            Duration::ZERO,
+            true,
+            problems,
+        ),
+        retry_budget: retry_budget(
+            &format!("{at}.retry_budget"),
+            file.retry_budget.as_ref(),
+            problems,
+        ),
+        admission: admission(&format!("{at}.queue"), file.queue.as_ref(), problems),
+    }
+}
+
+pub(super) fn admission(
+    at: &str,
+    file: Option<&FileQueue>,
+    problems: &mut Problems,
+) -> AdmissionConfig {
+    let max_waiting = match file.and_then(|f| f.max_waiting) {
+        None => 1000,
+        Some(n @ 0..=1_000_000) => n as usize,
+        Some(n) => {
+            problems.add(
+                format!("{at}.max_waiting"),
+                format!("{n} is out of range; use 0 (no queue) to 1000000"),
+            );
+            1000
+        }
+    };
+    let queue_timeout = duration_or(
+        &format!("{at}.timeout"),
+        file.and_then(|f| f.timeout.as_deref()),
+        Duration::from_secs(5),
+        false,
+        problems,
+    );
+    let bound = |key: &str, value: Option<i64>, default: usize, problems: &mut Problems| {
+        count(&format!("{at}.{key}"), value, default as u32, 1, problems) as usize
+    };
+    let limit = match file.and_then(|f| f.limit.as_ref()) {
+        None => LimitConfig::Capacity,
+        Some(toml::Value::String(s)) if s == "capacity" => LimitConfig::Capacity,
+        Some(toml::Value::String(s)) if s == "adaptive" => {
+            let min = bound(
+                "adaptive_min",
+                file.and_then(|f| f.adaptive_min),
+                4,
+                problems,
+            );
+            let max = bound(
+                "adaptive_max",
+                file.and_then(|f| f.adaptive_max),
+                1000,
+                problems,
+            );
+            if min > max {
+                problems.add(
+                    format!("{at}.adaptive_min"),
+                    format!("{min} is above adaptive_max {max}"),
+                );
+            }
+            LimitConfig::Adaptive {
+                min,
+                max,
+                initial: min.max(20).min(max),
+            }
+        }
+        Some(toml::Value::Integer(n)) if (1..=1_000_000).contains(n) => {
+            LimitConfig::Fixed(*n as usize)
+        }
+        Some(other) => {
+            problems.add(
+                format!("{at}.limit"),
+                format!("{other} is not a limit; use \"capacity\", \"adaptive\" or a number of concurrent requests"),
+            );
+            LimitConfig::Capacity
+        }
+    };
+    if !matches!(limit, LimitConfig::Adaptive { .. }) {
+        for (key, set) in [
+            ("adaptive_min", file.and_then(|f| f.adaptive_min).is_some()),
+            ("adaptive_max", file.and_then(|f| f.adaptive_max).is_some()),
+        ] {
+            if set {
+                problems.add(
+                    format!("{at}.{key}"),
+                    "only applies to limit = \"adaptive\"",
+                );
+            }
+        }
+    }
+    let mut reserved = [0u8; 4];
+    for (class, share) in file.and_then(|f| f.reserved.as_ref()).into_iter().flatten() {
+        match priority(class) {
+            Ok(p) => {
+                reserved[p as usize] =
+                    percent(&format!("{at}.reserved.{class}"), Some(*share), 0, problems)
+            }
+            Err(message) => problems.add(format!("{at}.reserved.{class}"), message),
+        }
+    }
+    let total: u32 = reserved.iter().map(|r| u32::from(*r)).sum();
+    if total > 100 {
+        problems.add(
+            format!("{at}.reserved"),
+            format!("shares add up to {total}%; they must add up to at most 100"),
+        );
+    }
+    AdmissionConfig {
+        max_waiting,
+        queue_timeout,
+        reserved,
+        limit,
+    }
+}
+
+pub(super) fn health(at: &str, file: &FileHealth, problems: &mut Problems) -> HealthConfig {
+    let probe = match file.kind.as_deref().unwrap_or("http") {
+        "http" => {
+            let path = file.path.clone().unwrap_or_else(|| "/health".to_string());
+            if !path.starts_with('/') || path.contains([' ', '\r', '\n']) {
+                problems.add(
+                    format!("{at}.path"),
+                    format!("{path:?} is not a request path; it must start with \"/\", e.g. \"/health\""),
+                );
+            }
+            let method = match file.method.as_deref() {
+                None => Method::GET,
+                Some(name) => method(name).unwrap_or_else(|message| {
+                    problems.add(format!("{at}.method"), message);
+                    Method::GET
+                }),
+            };
+            let host = file.host.clone();
+            if let Some(host) = &host {
+                if host.is_empty() || host.contains([' ', '\r', '\n', '/']) {
+                    problems.add(format!("{at}.host"), format!("{host:?} is not a host name"));
+                }
+            }
+            let expect_status = match &file.expect_status {
+                None => vec![200],
+                Some(list) if list.is_empty() => {
+                    problems.add(
+                        format!("{at}.expect_status"),
+                        "is empty, so every probe would fail; list the passing statuses, e.g. [200]",
+                    );
+                    vec![200]
+                }
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, code)| {
+                        status(&format!("{at}.expect_status[{i}]"), *code, problems)
+                    })
+                    .collect(),
+            };
+            Probe::Http {
+                method,
+                path,
+                host,
+                expect_status,
+            }
+        }
+        "tcp" => {
+            for (key, set) in [
+                ("path", file.path.is_some()),
+                ("method", file.method.is_some()),
+                ("host", file.host.is_some()),
+                ("expect_status", file.expect_status.is_some()),
+            ] {
+                if set {
+                    problems.add(
+                        format!("{at}.{key}"),
+                        "only applies to kind = \"http\"; remove it or change kind",
+                    );
+                }
+            }
+            Probe::Tcp
+        }
+        other => {
+            problems.add(
+                format!("{at}.kind"),
+                format!("{other:?} is not a probe kind; use \"http\" or \"tcp\""),
+            );
+            Probe::Tcp
+        }
+    };
+    let interval = duration_or(
+        &format!("{at}.interval"),
+        file.interval.as_deref(),
+        Duration::from_secs(1),
+        false,
+        problems,
+    );
+    let timeout = duration_or(
+        &format!("{at}.timeout"),
+        file.timeout.as_deref(),
+        Duration::from_millis(500),
+        false,
+        problems,
+    );
+    if timeout > interval {
+        problems.add(
+            format!("{at}.timeout"),
+            format!("{timeout:?} is longer than the interval {interval:?}; probes would overlap, so make it at most the interval"),
+        );
+    }
+    HealthConfig {
+        probe,
+        interval,
+        timeout,
+        jitter: duration_or(
+            &format!("{at}.jitter"),
+            file.jitter.as_deref(),
+            interval / 10,
+            true,
+            problems,
+        ),
+        healthy_threshold: count(
+            &format!("{at}.healthy_threshold"),
+            file.healthy_threshold,
+            2,
+            1,
+            problems,
+        ),
+        unhealthy_threshold: count(
+            &format!("{at}.unhealthy_threshold"),
+            file.unhealthy_threshold,
+            2,
+            1,
+            problems,
+        ),
+        start_healthy: file.start_healthy.unwrap_or(false),
+    }
+}
+
+pub(super) fn outlier(
+    at: &str,
+    file: Option<&FileOutlier>,
+    problems: &mut Problems,
+) -> OutlierConfig {
+    let get = |f: fn(&FileOutlier) -> Option<i64>| file.and_then(f);
+    let get_str = |f: fn(&FileOutlier) -> Option<&String>| file.and_then(f).map(String::as_str);
+    let base_ejection = duration_or(
+        &format!("{at}.base_ejection"),
+        get_str(|f| f.base_ejection.as_ref()),
+        Duration::from_secs(5),
+        false,
+        problems,
+    );
+    let max_ejection = duration_or(
+        &format!("{at}.max_ejection"),
+        get_str(|f| f.max_ejection.as_ref()),
+        Duration::from_secs(60),
+        false,
+        problems,
+    );
+    if max_ejection < base_ejection {
+        problems.add(
+            format!("{at}.max_ejection"),
+            format!("{max_ejection:?} is shorter than base_ejection {base_ejection:?}; make it at least as long"),
+        );
+    }
+    OutlierConfig {
+        consecutive_gateway_failures: count(
+            &format!("{at}.consecutive_gateway_failures"),
+            get(|f| f.consecutive_gateway_failures),
+            3,
+            0,
+            problems,
+        ),
+        consecutive_5xx: count(
+            &format!("{at}.consecutive_5xx"),
+            get(|f| f.consecutive_5xx),
+            5,
+            0,
+            problems,
+        ),
+        base_ejection,
+        max_ejection,
+        max_ejected_percent: percent(
+            &format!("{at}.max_ejected_percent"),
+            get(|f| f.max_ejected_percent),
+            50,
+            problems,
+        ),
+    }
+}
+
+pub(super) fn retry_budget(
+    at: &str,
+    file: Option<&FileRetryBudget>,
+    problems: &mut Problems,
+) -> RetryBudgetConfig {
+    RetryBudgetConfig {
+        percent: percent(
+            &format!("{at}.percent"),
+            file.and_then(|f| f.percent),
+            20,
+            problems,
+        ),
+        min_per_second: count(
+            &format!("{at}.min_per_second"),
+            file.and_then(|f| f.min_per_second),
+            3,
+            0,
+            problems,
+        ),
+    }
+}
+
+pub(super) fn balance(at: &str, file: &FilePool, problems: &mut Problems) -> Balance {
+    const NAMES: &str = "round_robin, random, least_request, peak_ewma, consistent_hash";
+    let name = file.balance.as_deref().unwrap_or("round_robin");
+    let balance = match name {
+        "round_robin" => Balance::RoundRobin,
+        "random" => Balance::Random,
+        "least_request" => Balance::LeastRequest,
+        "peak_ewma" => Balance::PeakEwma,
+        "consistent_hash" => {
+            let Some(text) = file.hash_key.as_deref() else {
+                problems.add(
+                    format!("{at}.hash_key"),
+                    "is required when balance = \"consistent_hash\"; e.g. \"header:x-cart-id\", \"cookie:cart\" or \"client_ip\"",
+                );
+                return Balance::RoundRobin;
+            };
+            match hash_key(text) {
+                Ok(key) => return Balance::ConsistentHash(key),
+                Err(message) => {
+                    problems.add(format!("{at}.hash_key"), message);
+                    return Balance::RoundRobin;
+                }
+            }
+        }
+        other => {
+            problems.add(
+                format!("{at}.balance"),
+                format!("{other:?} is not an algorithm; use one of: {NAMES}"),
+            );
+            Balance::RoundRobin
+        }
+    };
+    if let Some(key) = &file.hash_key {
+        problems.add(
+            format!("{at}.hash_key"),
+            format!(
+                "{key:?} is only used with balance = \"consistent_hash\" (this pool uses {name:?}); remove it or change balance"
+            ),
+        );
+    }
+    balance
+}
+
+pub(super) fn hash_key(text: &str) -> Result<HashKey, String> {
+    let usage = "use \"header:NAME\", \"cookie:NAME\" or \"client_ip\"";
+    if text == "client_ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    if let Some(name) = text.strip_prefix("header:") {
+        return HeaderName::from_str(name)
+            .map(HashKey::Header)
+            .map_err(|_| format!("{text:?}: {name:?} is not a valid header name; {usage}"));
+    }
+    if let Some(name) = text.strip_prefix("cookie:") {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        return if valid {
+            Ok(HashKey::Cookie(name.to_string()))
+        } else {
+            Err(format!(
+                "{text:?}: {name:?} is not a valid cookie name; {usage}"
+            ))
+        };
+    }
+    Err(format!("{text:?} is not a hash key; {usage}"))
+}
+
+pub(super) fn backend(
+    at: &str,
+    file: &FileBackend,
+    pool_max_in_flight: u32,
+    problems: &mut Problems,
+) -> Option<BackendConfig> {
+    let max_in_flight = count(
+        &format!("{at}.max_in_flight"),
+        file.max_in_flight,
+        pool_max_in_flight,
+        1,
+        problems,
+    );
+    let weight = match file.weight {
+        None => 1,
+        Some(w @ 1..=MAX_WEIGHT) => w as u32,
+        Some(w) => {
+            problems.add(
+                format!("{at}.weight"),
+                format!(
+                    "{w} is out of range; use 1 to {MAX_WEIGHT} (remove the backend to send it nothing)"
+                ),
+            );
+            1
+        }
+    };
+    if file.addr.is_empty() {
+        problems.add(
+            format!("{at}.addr"),
+            "is required: the backend's IP:PORT, e.g. \"127.0.0.1:9001\"",
+        );
+        return None;
+    }
+    match socket_addr(&file.addr) {
+        Ok(addr) => Some(BackendConfig {
+            addr,
+            weight,
+            max_in_flight,
+        }),
+        Err(message) => {
+            problems.add(format!("{at}.addr"), message);
+            None
+        }
+    }
+}
+
+pub(super) fn check_unique_pool_names(pools: &[FilePool], problems: &mut Problems) {
+    let mut seen = HashSet::new();
+    for (i, pool) in pools.iter().enumerate() {
+        if !seen.insert(pool.name.as_str()) {
+            problems.add(
+                entry_path("pools", i, &pool.name),
+                "this pool name is already used by an earlier pool; pool names must be unique",
+            );
+        }
+    }
+}

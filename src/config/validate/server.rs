@@ -1,0 +1,298 @@
+//! `[server]`, `[admin]` and `[log]`: listeners (which must not overlap), TLS
+//! certificates, timeouts and sizes of shopper connections, the admin API and
+//! the access log.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::values::{count, duration_or, load_pages, size, socket_addr, KIB, MIB};
+use super::Problems;
+use crate::config::file::{FileAdmin, FileLog, FileServer};
+use crate::config::{AccessLog, AdminConfig, Pages, ServerConfig, TlsConfig};
+
+pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub(super) const DEFAULT_THREADS: usize = 2;
+pub(super) const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_UPSTREAM_KEEPALIVE: u32 = 1024;
+pub(super) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+pub(super) const DEFAULT_MAX_REQUEST_HEADER_BYTES: u64 = 32 * KIB;
+pub(super) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_READ_BUFFER: u64 = 4 * KIB;
+/// pingora's own ceiling for a request head (`MAX_HEADER_SIZE`).
+pub(super) const MAX_REQUEST_HEADER_BYTES: u64 = MIB - 1;
+
+pub(super) fn admin(file: &FileAdmin, problems: &mut Problems) -> AdminConfig {
+    let text = file.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let listen = socket_addr(text).unwrap_or_else(|message| {
+        problems.add("admin.listen", message);
+        SocketAddr::from(([127, 0, 0, 1], 9901))
+    });
+    let token = match (&file.token, &file.token_env) {
+        (Some(_), Some(_)) => {
+            problems.add("admin", "set token or token_env, not both");
+            None
+        }
+        (Some(token), None) => Some(token.clone()),
+        (None, Some(var)) => {
+            match std::env::var(var) {
+                Ok(token) => Some(token),
+                Err(_) => {
+                    problems.add(
+                    "admin.token_env",
+                    format!("the environment variable {var:?} is not set; export it or use admin.token"),
+                );
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    if let Some(token) = &token {
+        if token.len() < 16 || token.bytes().any(|b| !b.is_ascii_graphic()) {
+            problems.add(
+                "admin.token",
+                "must be at least 16 printable characters without spaces",
+            );
+        }
+    }
+    if token.is_none() && !listen.ip().is_loopback() {
+        problems.add(
+            "admin",
+            format!("listen {listen} is not a loopback address, so a token is required: set admin.token or admin.token_env"),
+        );
+    }
+    AdminConfig { listen, token }
+}
+
+/// Two listeners on one port conflict when their addresses are equal or one
+/// of them is the unspecified address (0.0.0.0 or [::] takes the port on every
+/// address). Exact duplicates among the shopper listeners are reported where
+/// they are parsed.
+pub(super) fn check_listeners_apart(
+    server: &ServerConfig,
+    admin: Option<&AdminConfig>,
+    problems: &mut Problems,
+) {
+    let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
+    listeners.extend(
+        server
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| (format!("server.listen[{i}]"), *addr)),
+    );
+    listeners.extend(
+        server
+            .tls
+            .iter()
+            .enumerate()
+            .map(|(i, tls)| (format!("server.tls[{i}].listen"), tls.listen)),
+    );
+    let shopper_listeners = listeners.len();
+    if let Some(admin) = admin {
+        listeners.push(("admin.listen".to_string(), admin.listen));
+    }
+    let overlap = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port()
+            && a.port() != 0
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    for (j, (path, addr)) in listeners.iter().enumerate() {
+        for (earlier_path, earlier) in &listeners[..j] {
+            if !overlap(*addr, *earlier) || (j < shopper_listeners && addr == earlier) {
+                continue;
+            }
+            let message = if addr == earlier {
+                format!("{addr} is also {earlier_path}; every listener needs an address of its own")
+            } else {
+                format!(
+                    "{addr} overlaps {earlier_path} ({earlier}): an unspecified address takes the port on every address; use another port"
+                )
+            };
+            let message = if path == "admin.listen" {
+                format!("{message} (the admin API's default is {DEFAULT_ADMIN_LISTEN})")
+            } else {
+                message
+            };
+            problems.add(path.clone(), message);
+        }
+    }
+}
+
+pub(super) fn access_log(
+    file: Option<&FileLog>,
+    base: &Path,
+    problems: &mut Problems,
+) -> AccessLog {
+    match file.and_then(|f| f.access.as_deref()) {
+        None | Some("off") => AccessLog::Off,
+        Some("stdout") => AccessLog::Stdout,
+        Some("") => {
+            problems.add(
+                "log.access",
+                "is empty; use \"off\", \"stdout\" or a file path",
+            );
+            AccessLog::Off
+        }
+        Some(path) => AccessLog::File(base.join(path)),
+    }
+}
+
+pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) -> ServerConfig {
+    let listen_text = file
+        .listen
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+    if listen_text.is_empty() {
+        problems.add(
+            "server.listen",
+            format!("is empty; give at least one address, e.g. [\"{DEFAULT_LISTEN}\"]"),
+        );
+    }
+    let mut listen = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, text) in listen_text.iter().enumerate() {
+        let path = format!("server.listen[{i}]");
+        match socket_addr(text) {
+            Ok(addr) if !seen.insert(addr) => {
+                problems.add(path, format!("{text:?} is listed twice"))
+            }
+            Ok(addr) => listen.push(addr),
+            Err(message) => problems.add(path, message),
+        }
+    }
+    let threads = match file.threads {
+        None => DEFAULT_THREADS,
+        Some(n @ 1..=256) => n as usize,
+        Some(n) => {
+            problems.add(
+                "server.threads",
+                format!("{n} is out of range; use 1 to 256 (one per core is typical)"),
+            );
+            DEFAULT_THREADS
+        }
+    };
+    let grace_period = duration_or(
+        "server.grace_period",
+        file.grace_period.as_deref(),
+        DEFAULT_GRACE_PERIOD,
+        true,
+        problems,
+    );
+    let shutdown_delay = duration_or(
+        "server.shutdown_delay",
+        file.shutdown_delay.as_deref(),
+        Duration::ZERO,
+        true,
+        problems,
+    );
+    let upstream_keepalive = count(
+        "server.upstream_keepalive",
+        file.upstream_keepalive,
+        DEFAULT_UPSTREAM_KEEPALIVE,
+        // pingora's pool misbehaves at 0 (it keeps connections and warns on every request).
+        1,
+        problems,
+    ) as usize;
+    let mut tls = Vec::new();
+    for (i, entry) in file.tls.iter().flatten().enumerate() {
+        let at = format!("server.tls[{i}]");
+        let mut missing = false;
+        for (key, value) in [
+            ("listen", &entry.listen),
+            ("cert", &entry.cert),
+            ("key", &entry.key),
+        ] {
+            if value.is_empty() {
+                problems.add(
+                    format!("{at}.{key}"),
+                    "is required: a TLS listener needs listen, cert and key",
+                );
+                missing = true;
+            }
+        }
+        if missing {
+            continue;
+        }
+        let listen_addr = match socket_addr(&entry.listen) {
+            Ok(addr) if seen.insert(addr) => Some(addr),
+            Ok(_) => {
+                problems.add(
+                    format!("{at}.listen"),
+                    format!("{:?} is already a listener", entry.listen),
+                );
+                None
+            }
+            Err(message) => {
+                problems.add(format!("{at}.listen"), message);
+                None
+            }
+        };
+        let cert = base.join(&entry.cert);
+        let key = base.join(&entry.key);
+        let cert_key = match crate::config::tls::load(&cert, &key) {
+            Ok(cert_key) => Some(cert_key),
+            Err((file, message)) => {
+                problems.add(format!("{at}.{}", file.key_name()), message);
+                None
+            }
+        };
+        if let (Some(listen), Some(cert_key)) = (listen_addr, cert_key) {
+            tls.push(TlsConfig {
+                listen,
+                cert,
+                key,
+                cert_key,
+                http2: entry.http2.unwrap_or(true),
+            });
+        }
+    }
+    let pages = match &file.pages {
+        None => Pages::builtin(),
+        Some(dir) => load_pages("server.pages", base, dir, problems).unwrap_or_else(Pages::builtin),
+    };
+    let max_request_header_bytes = size(
+        "server.max_request_header_bytes",
+        file.max_request_header_bytes.as_ref(),
+        DEFAULT_MAX_REQUEST_HEADER_BYTES,
+        (KIB, MAX_REQUEST_HEADER_BYTES),
+        problems,
+    ) as usize;
+    let header_timeout = duration_or(
+        "server.header_timeout",
+        file.header_timeout.as_deref(),
+        DEFAULT_HEADER_TIMEOUT,
+        false,
+        problems,
+    );
+    let keepalive_timeout = duration_or(
+        "server.keepalive_timeout",
+        file.keepalive_timeout.as_deref(),
+        DEFAULT_KEEPALIVE_TIMEOUT,
+        true,
+        problems,
+    );
+    let read_buffer = size(
+        "server.read_buffer",
+        file.read_buffer.as_ref(),
+        DEFAULT_READ_BUFFER,
+        (512, 4 * MIB),
+        problems,
+    ) as usize;
+    ServerConfig {
+        listen,
+        threads,
+        grace_period,
+        shutdown_delay,
+        upstream_keepalive,
+        tls,
+        max_request_header_bytes,
+        header_timeout,
+        keepalive_timeout,
+        read_buffer,
+        pages,
+    }
+}
