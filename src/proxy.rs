@@ -56,6 +56,7 @@ impl Proxy {
             request_id: &ctx.request_id,
             retry_after: ctx.retry_after,
             wait_seconds: ctx.retry_after,
+            link: None,
         };
         // pingora 0.9 drops the shopper's connection after any failure in its
         // proxy loop (once upstream_peer ran), whatever fail_to_proxy says.

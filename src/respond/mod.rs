@@ -60,6 +60,22 @@ pub enum Outcome {
     /// The request body is larger than the route's `max_body_bytes` (declared,
     /// or grown past it while streaming); no backend got it whole.
     BodyTooLarge,
+    /// A keyed method without an idempotency key, on a route that requires one.
+    IdempotencyKeyMissing,
+    /// An idempotency key that is not 1-255 printable ASCII characters (or
+    /// two keys on one request).
+    IdempotencyKeyInvalid,
+    /// The first request with this key is still in flight after
+    /// `wait_for_first`: nothing forwarded.
+    IdempotencyInProgress,
+    /// The key was used before for a different request: nothing forwarded.
+    IdempotencyKeyReused,
+    /// The first request with this key reached a backend and its answer was
+    /// lost: an order may exist; nothing forwarded.
+    OrderOutcomeUnknown,
+    /// The first request with this key was processed, but its answer was too
+    /// large to keep for replays: nothing forwarded.
+    AlreadyProcessed,
     /// The client's request was malformed.
     BadRequest,
     /// The client went away; nothing can be sent (this outcome has no page).
@@ -70,7 +86,7 @@ pub enum Outcome {
 
 /// The page kinds: the [`Outcome::reason`] of every outcome that has a page
 /// (all but `client_gone`). Each language file has one table per kind.
-pub const PAGE_KINDS: [&str; 15] = [
+pub const PAGE_KINDS: [&str; 21] = [
     "no_route",
     "no_healthy_backend",
     "connect_failed",
@@ -84,6 +100,12 @@ pub const PAGE_KINDS: [&str; 15] = [
     "shed",
     "header_too_large",
     "body_too_large",
+    "idempotency_key_missing",
+    "idempotency_key_invalid",
+    "idempotency_in_progress",
+    "idempotency_key_reused",
+    "order_outcome_unknown",
+    "already_processed",
     "bad_request",
     "internal",
 ];
@@ -104,6 +126,11 @@ impl Outcome {
             Outcome::RateLimited => 429,
             Outcome::HeaderTooLarge => 431,
             Outcome::BodyTooLarge => 413,
+            Outcome::IdempotencyKeyMissing | Outcome::IdempotencyKeyInvalid => 400,
+            Outcome::IdempotencyInProgress
+            | Outcome::OrderOutcomeUnknown
+            | Outcome::AlreadyProcessed => 409,
+            Outcome::IdempotencyKeyReused => 422,
             Outcome::BadRequest => 400,
             Outcome::ClientGone => 499,
             Outcome::Internal => 500,
@@ -127,6 +154,12 @@ impl Outcome {
             Outcome::Shed => "shed",
             Outcome::HeaderTooLarge => "header_too_large",
             Outcome::BodyTooLarge => "body_too_large",
+            Outcome::IdempotencyKeyMissing => "idempotency_key_missing",
+            Outcome::IdempotencyKeyInvalid => "idempotency_key_invalid",
+            Outcome::IdempotencyInProgress => "idempotency_in_progress",
+            Outcome::IdempotencyKeyReused => "idempotency_key_reused",
+            Outcome::OrderOutcomeUnknown => "order_outcome_unknown",
+            Outcome::AlreadyProcessed => "already_processed",
             Outcome::BadRequest => "bad_request",
             Outcome::ClientGone => "client_gone",
             Outcome::Internal => "internal",
@@ -137,7 +170,7 @@ impl Outcome {
     /// (the default; [`PageContext::retry_after`] overrides it).
     pub fn retry_after(self) -> Option<u32> {
         match self {
-            Outcome::RateLimited => Some(1),
+            Outcome::RateLimited | Outcome::IdempotencyInProgress => Some(1),
             Outcome::NoHealthyBackend
             | Outcome::QueueFull
             | Outcome::QueueTimeout
@@ -238,6 +271,9 @@ pub struct PageContext<'a> {
     /// Estimated wait in seconds shown on the waiting page (defaults to the
     /// Retry-After).
     pub wait_seconds: Option<u32>,
+    /// Where the shopper sees their orders, linked from pages that say an
+    /// order may exist (a route's `idempotency.orders_url`).
+    pub link: Option<&'a str>,
 }
 
 impl<'a> PageContext<'a> {
@@ -247,6 +283,7 @@ impl<'a> PageContext<'a> {
             request_id,
             retry_after: None,
             wait_seconds: None,
+            link: None,
         }
     }
 }
@@ -257,6 +294,8 @@ struct JsonPage<'a> {
     error: JsonError<'a>,
     retry_after: Option<u32>,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    orders_url: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -298,6 +337,7 @@ pub fn render(
         request_id: context.request_id,
         retry_after,
         wait_seconds: context.wait_seconds.or(retry_after),
+        link: context.link,
     };
 
     let (content_type, body) = if negotiate::prefers_html(request) {
@@ -315,6 +355,7 @@ pub fn render(
             },
             retry_after,
             request_id: context.request_id,
+            orders_url: context.link,
         };
         let body = serde_json::to_vec(&json)
             .or_else(|e| Error::e_because(ErrorType::InternalError, "encoding a page", e))?;

@@ -1,11 +1,11 @@
 //! The page template language, parsed once at load: `{{name}}` placeholders and
-//! `{{#retry}}…{{/retry}}` / `{{#wait}}…{{/wait}}` blocks. A template is first
+//! `{{#retry}}…{{/retry}}` / `{{#wait}}…{{/wait}}` / `{{#link}}…{{/link}}` blocks. A template is first
 //! parsed into [`Token`]s (syntax checked, every problem collected), then bound
 //! to one language and page kind into [`Seg`]s, where only the values that vary
 //! per response are left open; rendering is then a walk that appends strings.
 
 /// The strings of the `[ui]` table of a language file, shared by all kinds.
-pub(super) const UI_FIELDS: [(&str, &str); 6] = [
+pub(super) const UI_FIELDS: [(&str, &str); 7] = [
     ("request_id_label", "the label shown before the request id"),
     (
         "request_id_hint",
@@ -24,6 +24,10 @@ pub(super) const UI_FIELDS: [(&str, &str); 6] = [
         "that the waiting page reloads itself, with {{retry_after}} for the seconds",
     ),
     ("refresh_now", "the text of the link that reloads at once"),
+    (
+        "orders_link",
+        "the text of the link to the shopper's orders (a route's idempotency.orders_url)",
+    ),
 ];
 
 /// The texts every page kind has in a language file.
@@ -44,6 +48,8 @@ pub(super) enum Dynamic {
     RetryAfter,
     /// Seconds of estimated wait; empty when unknown.
     WaitSeconds,
+    /// Where the shopper sees their orders (a route's setting); empty when unset.
+    Link,
 }
 
 /// A section shown only when its value is known.
@@ -53,6 +59,8 @@ pub(super) enum Block {
     Retry,
     /// Shown when an estimated wait is known.
     Wait,
+    /// Shown when the page links to the shopper's orders.
+    Link,
 }
 
 impl Block {
@@ -60,6 +68,7 @@ impl Block {
         match self {
             Block::Retry => "retry",
             Block::Wait => "wait",
+            Block::Link => "link",
         }
     }
 
@@ -67,6 +76,7 @@ impl Block {
         match name {
             "retry" => Some(Block::Retry),
             "wait" => Some(Block::Wait),
+            "link" => Some(Block::Link),
             _ => None,
         }
     }
@@ -87,11 +97,12 @@ pub(super) enum Field {
     Dyn(Dynamic),
 }
 
-const DYNAMIC: [(&str, Dynamic); 4] = [
+const DYNAMIC: [(&str, Dynamic); 5] = [
     ("status", Dynamic::Status),
     ("request_id", Dynamic::RequestId),
     ("retry_after", Dynamic::RetryAfter),
     ("wait_seconds", Dynamic::WaitSeconds),
+    ("link", Dynamic::Link),
 ];
 
 /// Where a placeholder may be used.
@@ -189,7 +200,7 @@ pub(super) fn parse(source: &str, scope: Scope) -> Result<Vec<Token>, Vec<String
                     "line {line}: blocks such as {{{{#{name}}}}} belong in the HTML templates, not in language texts"
                 )),
                 None => problems.push(format!(
-                    "line {line}: unknown block {{{{#{name}}}}}; the blocks are {{{{#retry}}}}…{{{{/retry}}}} and {{{{#wait}}}}…{{{{/wait}}}}"
+                    "line {line}: unknown block {{{{#{name}}}}}; the blocks are {{{{#retry}}}}…{{{{/retry}}}}, {{{{#wait}}}}…{{{{/wait}}}} and {{{{#link}}}}…{{{{/link}}}}"
                 )),
             }
         } else if let Some(name) = inner.strip_prefix('/') {
@@ -320,6 +331,8 @@ pub(super) struct Values<'a> {
     pub(super) retry_after: Option<u32>,
     /// Estimated wait seconds.
     pub(super) wait_seconds: Option<u32>,
+    /// Link to the shopper's orders (escaped when written).
+    pub(super) link: Option<&'a str>,
 }
 
 /// Appends the page to `out`.
@@ -339,10 +352,16 @@ pub(super) fn render(segs: &[Seg], values: &Values<'_>, out: &mut String) {
                     out.push_str(&s.to_string());
                 }
             }
+            Seg::Dyn(Dynamic::Link) => {
+                if let Some(link) = values.link {
+                    out.push_str(&escape_html(link));
+                }
+            }
             Seg::Block(block, content) => {
                 let shown = match block {
                     Block::Retry => values.retry_after.is_some(),
                     Block::Wait => values.wait_seconds.is_some(),
+                    Block::Link => values.link.is_some(),
                 };
                 if shown {
                     render(content, values, out);
@@ -451,6 +470,7 @@ mod tests {
             request_id: "x",
             retry_after: Some(7),
             wait_seconds: None,
+            link: None,
         };
         render(&segs, &values, &mut out);
         assert_eq!(out, "<b>a &amp; b</b>&lt;wait&gt; 7");

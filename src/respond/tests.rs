@@ -5,7 +5,7 @@ use super::*;
 const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 /// Every outcome that has a page, with its status and default Retry-After.
-const PAGED: [(Outcome, u16, Option<u32>); 17] = [
+const PAGED: [(Outcome, u16, Option<u32>); 23] = [
     (Outcome::NoRoute, 404, None),
     (Outcome::NoHealthyBackend, 503, Some(5)),
     (Outcome::ConnectFailed, 502, Some(2)),
@@ -21,12 +21,20 @@ const PAGED: [(Outcome, u16, Option<u32>); 17] = [
     (Outcome::Shed, 503, Some(5)),
     (Outcome::HeaderTooLarge, 431, None),
     (Outcome::BodyTooLarge, 413, None),
+    (Outcome::IdempotencyKeyMissing, 400, None),
+    (Outcome::IdempotencyKeyInvalid, 400, None),
+    (Outcome::IdempotencyInProgress, 409, Some(1)),
+    (Outcome::IdempotencyKeyReused, 422, None),
+    (Outcome::OrderOutcomeUnknown, 409, None),
+    (Outcome::AlreadyProcessed, 409, None),
     (Outcome::BadRequest, 400, None),
     (Outcome::Internal, 500, None),
 ];
 
 /// Kinds whose request may have reached a backend: an order may exist.
-const MAY_HAVE_ORDERED: [&str; 4] = [
+const MAY_HAVE_ORDERED: [&str; 6] = [
+    "order_outcome_unknown",
+    "already_processed",
     "upstream_timeout",
     "upstream_reset",
     "upstream_error",
@@ -34,7 +42,10 @@ const MAY_HAVE_ORDERED: [&str; 4] = [
 ];
 
 /// Kinds that fail before any backend got the request.
-const NOTHING_ORDERED: [&str; 8] = [
+const NOTHING_ORDERED: [&str; 11] = [
+    "idempotency_key_missing",
+    "idempotency_key_invalid",
+    "idempotency_key_reused",
     "header_too_large",
     "body_too_large",
     "no_healthy_backend",
@@ -279,6 +290,7 @@ fn retry_after_and_wait_can_be_overridden() {
         request_id: "req-42",
         retry_after: Some(30),
         wait_seconds: Some(45),
+        link: None,
     };
     let (head, body) = render(&pages, Outcome::Shed, &html, &context).expect("page");
     assert_eq!(header(&head, "retry-after"), Some("30"));
@@ -534,4 +546,39 @@ fn a_page_keeps_the_connection_only_when_the_next_request_can_follow() {
 fn a_body_cut_for_size_is_its_own_outcome() {
     let error = Error::explain(BODY_TOO_LARGE, "over").into_down();
     assert_eq!(Outcome::from_error(&error), Outcome::BodyTooLarge);
+}
+
+#[test]
+fn a_page_links_to_the_shoppers_orders_when_the_route_says_where() {
+    let pages = Pages::builtin();
+    let context = PageContext {
+        link: Some("/my/orders?x=1&y=\"2\""),
+        ..PageContext::new("req-42")
+    };
+    let html = request(Some(BROWSER), None);
+    let (_, body) = render(&pages, Outcome::OrderOutcomeUnknown, &html, &context).expect("page");
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(
+        text.contains("<a href=\"/my/orders?x=1&amp;y=&quot;2&quot;\">See my orders</a>"),
+        "{text}"
+    );
+    let (_, body) = render(
+        &pages,
+        Outcome::OrderOutcomeUnknown,
+        &request(None, None),
+        &context,
+    )
+    .expect("page");
+    let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(page["orders_url"], "/my/orders?x=1&y=\"2\"");
+    let (_, body) = render(
+        &pages,
+        Outcome::OrderOutcomeUnknown,
+        &html,
+        &PageContext::new("req-42"),
+    )
+    .expect("page");
+    assert!(!String::from_utf8(body.to_vec())
+        .expect("utf-8")
+        .contains("<a href"));
 }
