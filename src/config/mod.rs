@@ -2,13 +2,13 @@
 //!
 //! ```text
 //! ordergate.toml --toml--> Table --schema::check--> --serde--> FileConfig --validate()--> Config
-//!                          (schema.rs: unknown keys   (file.rs: a    (validate.rs: every
+//!                          (schema.rs: unknown keys   (file.rs: a    (validate/: every
 //!                           and wrong types reported  mirror of the   check, all errors at
 //!                           with key paths, dropped)  TOML)           once, key paths)
-//!
-//! Config --state::Snapshot::build--> served. Problems of all stages are
-//! reported together.
 //! ```
+//!
+//! Then `Config --state::Snapshot::build--> served`. Problems of all stages are
+//! reported together, grouped by the part of the file they are in.
 
 mod duration;
 mod file;
