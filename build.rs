@@ -12,9 +12,8 @@ fn main() {
         .and_then(|output| String::from_utf8(output.stdout).ok())
         .map(|text| text.trim().to_string())
         .filter(|text| !text.is_empty());
-    if let Some(revision) = revision {
-        println!("cargo:rustc-env=ORDERGATE_REVISION={revision}");
-    }
+    let revision = revision.unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=ORDERGATE_REVISION={revision}");
     // A new commit changes HEAD or the branch it points to.
     println!("cargo:rerun-if-changed=.git/HEAD");
     if let Ok(head) = std::fs::read_to_string(".git/HEAD") {

@@ -7,12 +7,20 @@ use clap::{Parser, Subcommand};
 
 use crate::sim::SimArgs;
 
+/// `--version`: the crate version and the git revision it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("ORDERGATE_REVISION"),
+    ")"
+);
+
 /// ordergate: a reverse proxy and load balancer for e-commerce order servers.
 ///
 /// It spreads shopper traffic over pools of order backends and turns every failure
 /// into a clear answer. Start with `ordergate demo`.
 #[derive(Debug, Parser)]
-#[command(name = "ordergate", version, propagate_version = true)]
+#[command(name = "ordergate", version = VERSION, propagate_version = true)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// Config file to serve (same as `ordergate run -c FILE`).

@@ -464,6 +464,16 @@ impl Config {
             listen.join(", "),
             self.server.threads
         );
+        for tls in &self.server.tls {
+            let _ = writeln!(
+                out,
+                "TLS listener {}: {} (valid until {}), http2 {}",
+                tls.listen,
+                tls.cert.display(),
+                tls.cert_key.not_after(),
+                if tls.http2 { "on" } else { "off" }
+            );
+        }
         let _ = writeln!(out, "routes ({}):", self.routes.len());
         for route in &self.routes {
             let methods = match &route.methods {

@@ -13,10 +13,7 @@ use prometheus::{
 };
 
 /// The revision ordergate was built from (`build.rs` asks git), or `unknown`.
-pub const REVISION: &str = match option_env!("ORDERGATE_REVISION") {
-    Some(revision) => revision,
-    None => "unknown",
-};
+pub const REVISION: &str = env!("ORDERGATE_REVISION");
 
 /// Things pingora logs that need no operator (see [`FrameworkEvent`]), counted
 /// once per process whichever registry exports them: the logger that demotes
