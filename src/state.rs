@@ -17,6 +17,7 @@ use crate::config::{Config, Pages};
 use crate::respond::PAGE_KINDS;
 use crate::retry::{Failure, Stop};
 use crate::route::RouteTable;
+use crate::store::Stores;
 use crate::telemetry::Metrics;
 use crate::upstream::{Pool, Registry};
 
@@ -66,6 +67,8 @@ pub struct State {
     config: ArcSwap<Config>,
     started_with: Config,
     registry: Registry,
+    /// Records that outlive requests and snapshots (idempotency).
+    stores: Stores,
     generation: AtomicU64,
     source: Option<PathBuf>,
     reload_status: Mutex<ReloadStatus>,
@@ -87,8 +90,9 @@ impl State {
     /// Builds the first snapshot from a validated config read from `source`.
     pub fn new(config: Config, source: Option<PathBuf>) -> State {
         let registry = Registry::default();
+        let stores = Stores::default();
         let metrics = Metrics::new();
-        let snapshot = Snapshot::build(&config, &registry, &metrics, 1);
+        let snapshot = Snapshot::build(&config, &registry, &stores, &metrics, 1);
         metrics.config_generation.set(1);
         metrics.config_last_reload_success.set(1);
         let status = ReloadStatus {
@@ -109,6 +113,7 @@ impl State {
             config: ArcSwap::from_pointee(config.clone()),
             started_with: config,
             registry,
+            stores,
             generation: AtomicU64::new(1),
             source,
             reload_status: Mutex::new(status),
@@ -200,7 +205,13 @@ impl State {
     }
 
     fn swap(&self, config: Config, generation: u64) {
-        let snapshot = Snapshot::build(&config, &self.registry, &self.metrics, generation);
+        let snapshot = Snapshot::build(
+            &config,
+            &self.registry,
+            &self.stores,
+            &self.metrics,
+            generation,
+        );
         let old = self.current.swap(Arc::new(snapshot));
         if let Ok(mut retired) = self.retired.lock() {
             retired.retain(|old| old.strong_count() > 0);
@@ -234,14 +245,17 @@ impl State {
             Some(path) => Config::load(path)
                 .map_err(|errors| errors.iter().map(ToString::to_string).collect()),
         };
-        let (outcome, notes) = match result {
+        // Notes: what could not be applied live or hides the file's value
+        // (warnings), then what was applied that the file did not show
+        // (renewed certificates).
+        let (outcome, warnings, applied) = match result {
             Ok(config) => {
-                let mut notes = fixed_changes(&self.started_with, &config);
-                notes.extend(self.renew_certificates(&config));
-                notes.extend(self.overrides_kept(&config));
-                (Ok(self.apply(config)), notes)
+                let mut warnings = fixed_changes(&self.started_with, &config);
+                warnings.extend(self.overrides_kept(&config));
+                let applied = self.renew_certificates(&config);
+                (Ok(self.apply(config)), warnings, applied)
             }
-            Err(errors) => (Err(errors), Vec::new()),
+            Err(errors) => (Err(errors), Vec::new(), Vec::new()),
         };
         let generation = self.generation.load(Ordering::Relaxed);
         self.metrics.reload(outcome.is_ok(), generation);
@@ -252,9 +266,14 @@ impl State {
                 errors.join("\n  ")
             ),
         }
-        for note in &notes {
+        for note in &warnings {
             log::warn!("config reload ({trigger}): {note}");
         }
+        for note in &applied {
+            log::info!("config reload ({trigger}): {note}");
+        }
+        let mut notes = warnings;
+        notes.extend(applied);
         if let Ok(mut status) = self.reload_status.lock() {
             status.generation = generation;
             status.last_attempt = Some(crate::telemetry::now_rfc3339());
@@ -391,7 +410,13 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<String> {
 }
 
 impl Snapshot {
-    fn build(config: &Config, registry: &Registry, metrics: &Metrics, generation: u64) -> Snapshot {
+    fn build(
+        config: &Config,
+        registry: &Registry,
+        stores: &Stores,
+        metrics: &Metrics,
+        generation: u64,
+    ) -> Snapshot {
         let pools: Vec<Pool> = config
             .pools
             .iter()
@@ -423,7 +448,7 @@ impl Snapshot {
         metrics.prime_route(Metrics::UNROUTED, &[], &[], &PAGE_KINDS);
         Snapshot {
             generation,
-            routes: RouteTable::new(&config.routes, metrics, registry),
+            routes: RouteTable::new(&config.routes, metrics, registry, stores),
             pools,
             pages: config.server.pages.clone(),
             limits: crate::connection::Limits::from(&config.server),
