@@ -488,6 +488,30 @@ mod tests {
     }
 
     #[test]
+    fn requests_in_flight_are_the_holders_of_current_and_replaced_snapshots() {
+        let config = Config::from_toml(CONFIG).expect("valid");
+        let state = State::new(config.clone(), None);
+        assert_eq!(state.requests_in_flight(), 0);
+        let first = state.snapshot();
+        assert_eq!(state.requests_in_flight(), 1);
+        state.apply(config.clone());
+        let second = state.snapshot();
+        assert_eq!(
+            state.requests_in_flight(),
+            2,
+            "one on the old snapshot, one on the new"
+        );
+        drop(first);
+        assert_eq!(state.requests_in_flight(), 1);
+        // An admin rebuild keeps the generation and still counts holders.
+        assert_eq!(state.rebuild(), 1);
+        assert_eq!(state.snapshot().generation, 2);
+        assert_eq!(state.requests_in_flight(), 1);
+        drop(second);
+        assert_eq!(state.requests_in_flight(), 0);
+    }
+
+    #[test]
     fn a_bad_reload_keeps_the_old_config_and_reports_why() {
         let dir = std::env::temp_dir().join(format!("ordergate-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
