@@ -535,3 +535,53 @@ fn sigterm_waits_the_shutdown_delay_serving_then_exits_once_idle() {
             && l.contains("finished")
             && l.contains("cut"))));
 }
+
+/// Item 7, during a graceful upgrade: the new process polls for the old one's
+/// sockets until it gets SIGQUIT; pingora logs each poll at ERROR, ordergate
+/// at debug, counted. Neither process logs an ERROR line.
+#[test]
+fn a_graceful_upgrade_logs_no_error_line() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let mut old = Proxy::start(&format!(
+        "{}{}",
+        admin_section(port),
+        pool_and_route(&fleet)
+    ));
+    let upgrade_socket =
+        std::path::PathBuf::from(format!("/tmp/ordergate-{}-upgrade.sock", old.addr.port()));
+    let _ = std::fs::remove_file(&upgrade_socket);
+    let new = old.start_upgrade();
+    assert!(
+        wait_until(Duration::from_secs(10), || upgrade_socket.exists()),
+        "the new process waits for the sockets"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || new
+            .logs()
+            .iter()
+            .any(|(_, l)| l.contains("send it SIGQUIT"))),
+        "the new process says what it waits for"
+    );
+    old.signal("QUIT");
+    let status = old
+        .wait_exit(Duration::from_secs(15))
+        .expect("the old process exits");
+    assert!(status.success(), "old process: {status}");
+    assert_eq!(new.get("/api/products/1").status, 200);
+    let metrics = admin(port, "GET", "/metrics").text();
+    let waits = metrics
+        .lines()
+        .find(|l| l.starts_with("ordergate_framework_events_total{event=\"upgrade_socket_wait\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(waits.is_some_and(|n| n >= 1.0), "{waits:?}");
+    for (who, logs) in [("old", old.logs()), ("new", new.logs())] {
+        let errors: Vec<&String> = logs
+            .iter()
+            .map(|(_, line)| line)
+            .filter(|line| line.contains(" ERROR "))
+            .collect();
+        assert!(errors.is_empty(), "{who} process logged ERROR: {errors:#?}");
+    }
+}
