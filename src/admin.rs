@@ -396,6 +396,19 @@ fn update_scrape_gauges(state: &State) {
     let snapshot = state.snapshot();
     let metrics = &state.metrics;
     let now = Instant::now();
+    for route in snapshot.routes.iter() {
+        if let Some(idempotency) = &route.idempotency {
+            let labels = [route.name.as_str()];
+            metrics
+                .idempotency_store_bytes
+                .with_label_values(&labels)
+                .set(i64::try_from(idempotency.store.size_bytes()).unwrap_or(i64::MAX));
+            metrics
+                .idempotency_evictions
+                .with_label_values(&labels)
+                .set(i64::try_from(idempotency.store.evictions()).unwrap_or(i64::MAX));
+        }
+    }
     for pool in &snapshot.pools {
         for backend in pool.backends() {
             let labels = [pool.name.as_str(), &backend.addr.to_string()];

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::admission::Permit;
+use crate::idempotency::KeyedRequest;
 use crate::respond::Outcome;
 use crate::route::Route;
 use crate::state::Snapshot;
@@ -55,6 +56,11 @@ pub struct RequestCtx {
     /// from then on closes the shopper's connection (pingora 0.9 does not
     /// reuse it), so the page must say `Connection: close`.
     pub proxying: bool,
+    /// Whether a connection to a backend was open for the current attempt:
+    /// from then on the request may have reached it.
+    pub connected: bool,
+    /// The first request with an idempotency key: what its record will say.
+    pub keyed: Option<KeyedRequest>,
 }
 
 impl RequestCtx {
@@ -79,6 +85,8 @@ impl RequestCtx {
             bytes_sent: 0,
             body_bytes: 0,
             proxying: false,
+            connected: false,
+            keyed: None,
         }
     }
 

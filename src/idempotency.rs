@@ -10,50 +10,14 @@
 //! method, path, query and a digest of the body, so a key reused for another
 //! request is refused (422), not replayed.
 
-use std::net::IpAddr;
-use std::time::Duration;
-
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderMap, Method};
+use std::net::IpAddr;
 
-use crate::store::{Fingerprint, RecordKey, StoredAnswer};
-
-/// A route's `[routes.idempotency]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// The header carrying the key. Default: the retry section's
-    /// `idempotency_key_header` (`idempotency-key`).
-    pub header: HeaderName,
-    /// Methods whose requests are keyed. Default: POST, PATCH.
-    pub methods: Vec<Method>,
-    /// Whether a keyed method without a key is refused (400). Default: false.
-    pub required: bool,
-    /// How long a record is kept. Default: 24h.
-    pub ttl: Duration,
-    /// What makes two shoppers' keys distinct. Default: none.
-    pub scope: Scope,
-    /// Whether the order servers honour the key themselves. Default: false.
-    pub backend_dedupes: bool,
-    /// Memory for all records of the route, answers included. Default: 256 MiB.
-    pub max_bytes: u64,
-    /// Largest answer kept for replays. Default: 64 KiB.
-    pub max_response_bytes: usize,
-    /// How long a repeat waits for the first request with its key. Default: 10s.
-    pub wait_for_first: Duration,
-}
-
-/// What makes two shoppers' keys distinct.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// Keys are global to the route.
-    None,
-    /// The client's IP address.
-    ClientIp,
-    /// The value of a request header (e.g. an API token).
-    Header(HeaderName),
-    /// The value of a cookie (e.g. the session cookie).
-    Cookie(String),
-}
+pub use crate::config::{IdempotencyConfig as Settings, IdempotencyScope as Scope};
+use crate::respond::Outcome;
+use crate::store::{Begin, Fingerprint, RecordKey, StoredAnswer};
+use crate::telemetry::IdempotencyResult;
 
 /// What a request's key says before anything else happens.
 #[derive(Debug, PartialEq, Eq)]
@@ -231,6 +195,158 @@ pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
         .collect()
 }
 
+/// A route's idempotency: its settings, its records (live, shared across
+/// snapshots) and its metrics.
+#[derive(Debug, Clone)]
+pub struct RouteIdempotency {
+    /// The route's `[routes.idempotency]`.
+    pub settings: Settings,
+    /// The route's records.
+    pub store: std::sync::Arc<dyn crate::store::IdempotencyStore>,
+    /// `ordergate_idempotency_total` of the route.
+    pub metrics: crate::telemetry::IdempotencyMetrics,
+}
+
+/// What the record of a keyed request says to do with it.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The first request with its key: forward it (and settle its record when
+    /// it ends, [`RouteIdempotency::settle`]).
+    Forward,
+    /// Answer with the first request's stored answer; nothing is forwarded.
+    Replay(std::sync::Arc<StoredAnswer>),
+    /// Answer with this page; nothing is forwarded.
+    Refuse(Outcome),
+}
+
+impl RouteIdempotency {
+    /// Looks the record up (creating it for the first request) and waits, up
+    /// to `wait_for_first`, for a first request still in flight.
+    pub async fn begin(&self, key: &RecordKey, fingerprint: &Fingerprint) -> Verdict {
+        let deadline = tokio::time::Instant::now() + self.settings.wait_for_first;
+        let mut waited = false;
+        loop {
+            let begin = self
+                .store
+                .get_or_begin(key, fingerprint, self.settings.ttl)
+                .await;
+            let (result, verdict) = match begin {
+                Begin::First => (IdempotencyResult::First, Verdict::Forward),
+                Begin::Done(answer) if waited => {
+                    (IdempotencyResult::Waited, Verdict::Replay(answer))
+                }
+                Begin::Done(answer) => (IdempotencyResult::Replayed, Verdict::Replay(answer)),
+                Begin::DoneNotStored => (
+                    IdempotencyResult::TooLarge,
+                    Verdict::Refuse(Outcome::AlreadyProcessed),
+                ),
+                Begin::Unknown => (
+                    IdempotencyResult::OutcomeUnknown,
+                    Verdict::Refuse(Outcome::OrderOutcomeUnknown),
+                ),
+                Begin::Mismatch => (
+                    IdempotencyResult::ReusedMismatch,
+                    Verdict::Refuse(Outcome::IdempotencyKeyReused),
+                ),
+                Begin::InFlight(waiter) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if !left.is_zero() && waiter.settled_within(left).await {
+                        // Settled (or released): look again.
+                        waited = true;
+                        continue;
+                    }
+                    (
+                        IdempotencyResult::InProgress,
+                        Verdict::Refuse(Outcome::IdempotencyInProgress),
+                    )
+                }
+            };
+            self.metrics.count(result);
+            return verdict;
+        }
+    }
+
+    /// Settles the record of the first request once it ended.
+    pub async fn settle(&self, request: KeyedRequest, may_have_reached: bool, request_id: &str) {
+        let key = request.key.clone();
+        match self
+            .settings
+            .settle(request.ending(may_have_reached, request_id))
+        {
+            Settle::Complete(answer) => self.store.complete(&key, answer).await,
+            Settle::Release => {
+                self.metrics.count(IdempotencyResult::Released);
+                self.store.release(&key).await;
+            }
+            Settle::Unknown => self.store.mark_unknown(&key).await,
+        }
+    }
+}
+
+/// Bodies up to this size are read before forwarding, so the fingerprint
+/// covers them (pingora keeps them for the upstream, like a retry). A larger
+/// or chunked body is fingerprinted by its length only.
+pub const FINGERPRINTED_BODY: u64 = 64 * 1024;
+
+/// The first request with a key, on its way: what its record will say.
+#[derive(Debug)]
+pub struct KeyedRequest {
+    /// The record.
+    pub key: RecordKey,
+    head: Option<(u16, Vec<(String, Bytes)>)>,
+    body: BodyRecorder,
+    body_complete: bool,
+}
+
+impl KeyedRequest {
+    /// The first request with `key`.
+    pub fn new(key: RecordKey) -> KeyedRequest {
+        KeyedRequest {
+            key,
+            head: None,
+            body: BodyRecorder::default(),
+            body_complete: false,
+        }
+    }
+
+    /// A backend's final answer header (a retry replaces an earlier one).
+    pub fn answer_head(&mut self, status: u16, headers: &HeaderMap) {
+        self.head = Some((status, stored_headers(headers)));
+        self.body = BodyRecorder::default();
+        self.body_complete = false;
+    }
+
+    /// A chunk of the backend's answer body; `end` when it is whole.
+    pub fn answer_body(&mut self, chunk: Option<&Bytes>, end: bool, max: usize) {
+        if let Some(chunk) = chunk {
+            self.body.push(chunk, max);
+        }
+        self.body_complete |= end;
+    }
+
+    /// How the request ended: `may_have_reached` when a connection to a
+    /// backend was open for it (the request may have been sent).
+    pub fn ending(self, may_have_reached: bool, request_id: &str) -> Ending {
+        match self.head {
+            Some((status, headers)) if self.body_complete || status >= 500 => {
+                match self.body.finish() {
+                    Some(body) => Ending::Answered(StoredAnswer {
+                        status,
+                        headers,
+                        body,
+                        request_id: request_id.to_owned(),
+                    }),
+                    None => Ending::AnsweredTooLarge(status),
+                }
+            }
+            // An answer cut short: the backend acted, the shopper did not see it.
+            Some(_) => Ending::Lost,
+            None if may_have_reached => Ending::Lost,
+            None => Ending::NeverReached,
+        }
+    }
+}
+
 /// Collects a backend's answer body for the record, up to the route's limit.
 #[derive(Debug, Default)]
 pub struct BodyRecorder {
@@ -276,6 +392,8 @@ impl BodyRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
+    use std::time::Duration;
 
     fn settings() -> Settings {
         Settings {
@@ -288,6 +406,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_response_bytes: 64 * 1024,
             wait_for_first: Duration::from_secs(10),
+            orders_url: None,
         }
     }
 

@@ -17,10 +17,11 @@ use crate::admission::Reject;
 use crate::connection;
 use crate::ctx::RequestCtx;
 use crate::forward;
+use crate::idempotency::{self, KeyCheck, KeyedRequest, Verdict};
 use crate::respond::{self, Outcome, PageContext, Sent, BODY_TOO_LARGE};
 use crate::retry::{self, Attempt, Failure};
 use crate::state::State;
-use crate::telemetry::{AccessLogger, AccessRecord, UpstreamResult};
+use crate::telemetry::{AccessLogger, AccessRecord, IdempotencyResult, UpstreamResult};
 use crate::upstream::outlier::Signal;
 
 /// The error that turns a backend's retryable status (e.g. 503) into another try.
@@ -56,7 +57,13 @@ impl Proxy {
             request_id: &ctx.request_id,
             retry_after: ctx.retry_after,
             wait_seconds: ctx.retry_after,
-            link: None,
+            link: match outcome {
+                Outcome::OrderOutcomeUnknown | Outcome::AlreadyProcessed => ctx
+                    .route_and_pool()
+                    .and_then(|(route, _)| route.idempotency.as_ref())
+                    .and_then(|i| i.settings.orders_url.as_deref()),
+                _ => None,
+            },
         };
         // pingora 0.9 drops the shopper's connection after any failure in its
         // proxy loop (once upstream_peer ran), whatever fail_to_proxy says.
@@ -64,6 +71,64 @@ impl Proxy {
         let sent = respond::send(session, ctx.pages(), outcome, &context, forced_close).await?;
         ctx.bytes_sent += sent.bytes;
         Ok(sent)
+    }
+
+    /// Idempotency at the edge, in `request_filter`: `Some(true)` when the
+    /// request was answered (a replay or a page), `None` to go on.
+    async fn idempotency(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<bool>> {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let Some(route) = ctx.route.and_then(|index| snapshot.routes.get(index)) else {
+            return Ok(None);
+        };
+        let Some(idempotency) = &route.idempotency else {
+            return Ok(None);
+        };
+        let request = session.req_header();
+        let key = match idempotency.settings.check(
+            &route.name,
+            &request.method,
+            &request.headers,
+            ctx.client_ip,
+        ) {
+            KeyCheck::NotKeyed | KeyCheck::Absent => return Ok(None),
+            KeyCheck::Missing => {
+                idempotency.metrics.count(IdempotencyResult::Missing);
+                return self
+                    .reject(session, ctx, Outcome::IdempotencyKeyMissing)
+                    .await
+                    .map(Some);
+            }
+            KeyCheck::Invalid => {
+                idempotency.metrics.count(IdempotencyResult::Invalid);
+                return self
+                    .reject(session, ctx, Outcome::IdempotencyKeyInvalid)
+                    .await
+                    .map(Some);
+            }
+            KeyCheck::Key(key) => key,
+        };
+        let body = read_small_body(session).await?;
+        let request = session.req_header();
+        let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+        let fingerprint = idempotency::fingerprint(&request.method, target, &body);
+        match idempotency.begin(&key, &fingerprint).await {
+            Verdict::Forward => {
+                ctx.keyed = Some(KeyedRequest::new(key));
+                Ok(None)
+            }
+            Verdict::Replay(answer) => {
+                let forced_close = self.state.is_shutting_down();
+                let sent =
+                    respond::send_stored(session, &answer, &ctx.request_id, forced_close).await?;
+                ctx.bytes_sent += sent.bytes;
+                Ok(Some(true))
+            }
+            Verdict::Refuse(outcome) => self.reject(session, ctx, outcome).await.map(Some),
+        }
     }
 
     /// Ends the request in `request_filter` with ordergate's page for `outcome`.
@@ -82,6 +147,27 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .client_addr()
         .and_then(|addr| addr.as_inet())
         .map(|addr| addr.ip())
+}
+
+/// Reads a keyed request's body before forwarding when it is small (declared
+/// up to [`idempotency::FINGERPRINTED_BODY`]): pingora keeps it and sends it
+/// upstream as it sends a retry. A larger or chunked body stays unread and is
+/// fingerprinted by its declared length only.
+async fn read_small_body(session: &mut Session) -> Result<Bytes> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let Some(len) = declared.filter(|len| *len <= idempotency::FINGERPRINTED_BODY) else {
+        return Ok(Bytes::from(format!("length:{declared:?}")));
+    };
+    session.as_mut().enable_retry_buffering();
+    let mut body = Vec::with_capacity(len as usize);
+    while let Some(chunk) = session.read_request_body().await? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
 }
 
 /// The host the request names: the Host header, or the authority of an
@@ -155,8 +241,14 @@ fn after_failure(
     };
     let request = session.req_header();
     // A body larger than pingora's retry buffer cannot be sent again.
+    // A keyed order on a route whose backends ignore keys is replayed only
+    // when it never reached a backend, as an unkeyed one.
     let replay_safe = retry::replay_safe(&request.method, &request.headers, &route.retry)
-        && !session.as_ref().retry_buffer_truncated();
+        && !session.as_ref().retry_buffer_truncated()
+        && route
+            .idempotency
+            .as_ref()
+            .is_none_or(|i| i.settings.allows_replay(&request.method));
     let attempt = Attempt {
         failure,
         tries: ctx.tries(),
@@ -239,8 +331,12 @@ impl ProxyHttp for Proxy {
             ctx.retry_after = Some(1);
             return self.reject(session, ctx, Outcome::RateLimited).await;
         }
-        let capacity = pool.capacity();
         ctx.deadline = Some(deadline);
+        // A replay or a conflict is answered here, before any pool slot.
+        if let Some(answered) = self.idempotency(session, ctx).await? {
+            return Ok(answered);
+        }
+        let capacity = ctx.route_and_pool().map_or(0, |(_, pool)| pool.capacity());
         if capacity == 0 {
             // Nothing can take the request: say so now rather than queue it.
             return self.reject(session, ctx, Outcome::NoHealthyBackend).await;
@@ -345,6 +441,20 @@ impl ProxyHttp for Proxy {
                 Err(error)
             }
         }
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // From here on the request may reach the backend.
+        ctx.connected = true;
+        Ok(())
     }
 
     // A retried attempt is counted (ordergate_retries_total) and logged at debug;
@@ -456,6 +566,9 @@ impl ProxyHttp for Proxy {
         if upstream_response.status.is_informational() {
             // 100 Continue and friends: the final answer is still to come.
             return Ok(());
+        }
+        if let Some(keyed) = ctx.keyed.as_mut() {
+            keyed.answer_head(status, &upstream_response.headers);
         }
         let Some((retryable, intercept)) = ctx.route_and_pool().map(|(route, _)| {
             (
@@ -574,10 +687,19 @@ impl ProxyHttp for Proxy {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(keyed) = ctx.keyed.as_mut() {
+            let max = ctx
+                .snapshot
+                .routes
+                .get(ctx.route.unwrap_or(usize::MAX))
+                .and_then(|route| route.idempotency.as_ref())
+                .map_or(0, |i| i.settings.max_response_bytes);
+            keyed.answer_body(body.as_ref(), end_of_stream, max);
+        }
         if end_of_stream {
             // The backend is done: its slot and in-flight count are free even if
             // the shopper is still downloading. In-flight first, so the next
@@ -636,6 +758,17 @@ impl ProxyHttp for Proxy {
         // the next waiter, so that waiter finds the backend under its cap.
         ctx.in_flight = None;
         ctx.permit = None;
+        if let Some(keyed) = ctx.keyed.take() {
+            if let Some(idempotency) = ctx
+                .route_and_pool()
+                .and_then(|(route, _)| route.idempotency.as_ref())
+            {
+                let may_have_reached = ctx.connected || ctx.reached_backend.is_some();
+                idempotency
+                    .settle(keyed, may_have_reached, &ctx.request_id)
+                    .await;
+            }
+        }
         let backend = ctx.tried.last().copied();
         let status = session
             .response_written()

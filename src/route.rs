@@ -17,6 +17,8 @@ use http::{HeaderMap, Method};
 use pingora_limits::rate::Rate;
 
 use crate::config::{Pages, Priority, RateKey, RateLimitConfig, RetryConfig, RouteConfig};
+use crate::idempotency::RouteIdempotency;
+use crate::store::Stores;
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::Registry;
 
@@ -40,6 +42,8 @@ pub struct Route {
     pub rate_limit: Option<(RateLimitConfig, Arc<Rate>)>,
     /// Largest request body, in bytes.
     pub max_body_bytes: u64,
+    /// Idempotency at the edge: settings, records and metrics.
+    pub idempotency: Option<RouteIdempotency>,
     /// Metric handles.
     pub metrics: RouteMetrics,
     host: Option<String>,
@@ -83,7 +87,12 @@ pub struct RouteTable {
 impl RouteTable {
     /// Compiles validated routes into a table, with metric handles and live rate
     /// limiters.
-    pub fn new(configs: &[RouteConfig], metrics: &Metrics, registry: &Registry) -> RouteTable {
+    pub fn new(
+        configs: &[RouteConfig],
+        metrics: &Metrics,
+        registry: &Registry,
+        stores: &Stores,
+    ) -> RouteTable {
         let mut routes: Vec<Route> = configs
             .iter()
             .map(|c| Route {
@@ -99,6 +108,11 @@ impl RouteTable {
                     .clone()
                     .map(|limit| (limit, registry.rate_limiter(&c.name))),
                 max_body_bytes: c.max_body_bytes,
+                idempotency: c.idempotency.clone().map(|settings| RouteIdempotency {
+                    store: stores.idempotency(&c.name, settings.max_bytes),
+                    metrics: metrics.idempotency(&c.name),
+                    settings,
+                }),
                 metrics: metrics.route(&c.name),
                 host: c.host.clone(),
                 path_prefix: c.path_prefix.clone(),
@@ -188,7 +202,12 @@ mod tests {
     }
 
     fn table(configs: &[RouteConfig]) -> RouteTable {
-        RouteTable::new(configs, &Metrics::new(), &Registry::default())
+        RouteTable::new(
+            configs,
+            &Metrics::new(),
+            &Registry::default(),
+            &Stores::default(),
+        )
     }
 
     fn name<'a>(

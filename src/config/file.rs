@@ -250,6 +250,34 @@ pub struct FileRoute {
     pub rate_limit: Option<FileRateLimit>,
     /// Largest request body.
     pub max_body_bytes: Option<toml::Value>,
+    /// `[routes.idempotency]`.
+    pub idempotency: Option<FileIdempotency>,
+}
+
+/// `[routes.idempotency]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdempotency {
+    /// The header carrying the key.
+    pub header: Option<String>,
+    /// Methods whose requests are keyed.
+    pub methods: Option<Vec<String>>,
+    /// Whether a keyed method without a key is refused.
+    pub required: Option<bool>,
+    /// How long a record is kept.
+    pub ttl: Option<String>,
+    /// `none`, `client_ip`, `header:NAME` or `cookie:NAME`.
+    pub scope: Option<String>,
+    /// Whether the order servers honour the key themselves.
+    pub backend_dedupes: Option<bool>,
+    /// Memory for all records of the route.
+    pub max_bytes: Option<toml::Value>,
+    /// Largest answer kept for replays.
+    pub max_response_bytes: Option<toml::Value>,
+    /// How long a repeat waits for the first request.
+    pub wait_for_first: Option<String>,
+    /// Where shoppers see their orders.
+    pub orders_url: Option<String>,
 }
 
 /// `[routes.retry]`.

@@ -308,6 +308,49 @@ pub struct RouteConfig {
     /// page before any backend is contacted; a chunked body that grows past it
     /// is cut. Default: 1 MiB.
     pub max_body_bytes: u64,
+    /// Idempotency at the edge. Default: off.
+    pub idempotency: Option<IdempotencyConfig>,
+}
+
+/// `[routes.idempotency]`: ordergate itself makes a keyed order happen at
+/// most once (see `idempotency`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyConfig {
+    /// The header carrying the key. Default: the retry section's
+    /// `idempotency_key_header` (`idempotency-key`).
+    pub header: HeaderName,
+    /// Methods whose requests are keyed. Default: POST, PATCH.
+    pub methods: Vec<Method>,
+    /// Whether a keyed method without a key is refused (400). Default: false.
+    pub required: bool,
+    /// How long a record is kept. Default: 24h.
+    pub ttl: Duration,
+    /// What makes two shoppers' keys distinct. Default: none.
+    pub scope: IdempotencyScope,
+    /// Whether the order servers honour the key themselves. Default: false.
+    pub backend_dedupes: bool,
+    /// Memory for all records of the route, answers included. Default: 256 MiB.
+    pub max_bytes: u64,
+    /// Largest answer kept for replays. Default: 64 KiB.
+    pub max_response_bytes: usize,
+    /// How long a repeat waits for the first request with its key. Default: 10s.
+    pub wait_for_first: Duration,
+    /// Where shoppers see their orders, linked from the pages that say an
+    /// order may exist. Default: none.
+    pub orders_url: Option<String>,
+}
+
+/// What makes two shoppers' idempotency keys distinct.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyScope {
+    /// Keys are global to the route.
+    None,
+    /// The client's IP address.
+    ClientIp,
+    /// The value of a request header (e.g. an API token).
+    Header(HeaderName),
+    /// The value of a cookie (e.g. the session cookie).
+    Cookie(String),
 }
 
 /// `[routes.rate_limit]`.

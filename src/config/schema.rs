@@ -185,6 +185,19 @@ const RETRY: &[Field] = &[
 
 const RATE_LIMIT: &[Field] = &[f("requests_per_second", Kind::Int), f("key", Kind::Str)];
 
+const IDEMPOTENCY: &[Field] = &[
+    f("header", Kind::Str),
+    f("methods", Kind::Strs),
+    f("required", Kind::Bool),
+    f("ttl", Kind::Duration),
+    f("scope", Kind::Str),
+    f("backend_dedupes", Kind::Bool),
+    f("max_bytes", Kind::Size),
+    f("max_response_bytes", Kind::Size),
+    f("wait_for_first", Kind::Duration),
+    f("orders_url", Kind::Str),
+];
+
 const ROUTE: &[Field] = &[
     f("name", Kind::Str),
     f("host", Kind::Str),
@@ -198,6 +211,7 @@ const ROUTE: &[Field] = &[
     f("pages", Kind::Str),
     f("rate_limit", Kind::Table("routes.rate_limit", RATE_LIMIT)),
     f("max_body_bytes", Kind::Size),
+    f("idempotency", Kind::Table("routes.idempotency", IDEMPOTENCY)),
 ];
 
 const ADMIN: &[Field] = &[

@@ -24,6 +24,8 @@ use serde::Serialize;
 
 pub use pages::Pages;
 
+use crate::store::StoredAnswer;
+
 /// Every way a request can end other than with a backend's own answer.
 /// The `reason` of each is a bounded label for logs and metrics, and the name
 /// of its page kind.
@@ -410,6 +412,47 @@ pub async fn send(
     // pingora may have turned keep-alive off itself: ask it.
     let keep_alive = session.as_ref().is_http2() || session.get_keepalive().is_some();
     Ok(Sent { bytes, keep_alive })
+}
+
+/// Replays a stored answer byte for byte (status, headers, body), marked
+/// `idempotency-replayed: true`, with this request's own `X-Request-Id` and the
+/// first request's in `X-Original-Request-Id`. The connection follows the
+/// same rule as a page.
+pub async fn send_stored(
+    session: &mut Session,
+    answer: &StoredAnswer,
+    request_id: &str,
+    forced_close: bool,
+) -> Result<Sent> {
+    let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 4))?;
+    for (name, value) in &answer.headers {
+        let value = http::HeaderValue::from_maybe_shared(value.clone())
+            .or_err(ErrorType::InternalError, "a stored header value")?;
+        header.append_header(name.clone(), value)?;
+    }
+    header.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
+    header.insert_header("idempotency-replayed", "true")?;
+    if let Ok(id) = http::HeaderValue::from_str(request_id) {
+        header.insert_header("x-request-id", id)?;
+    }
+    if let Ok(id) = http::HeaderValue::from_str(&answer.request_id) {
+        header.insert_header("x-original-request-id", id)?;
+    }
+    let body_read = session.as_mut().is_body_done();
+    if !body_read || forced_close {
+        session.set_keepalive(None);
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(answer.body.clone()), true)
+        .await?;
+    let keep_alive = session.as_ref().is_http2() || session.get_keepalive().is_some();
+    Ok(Sent {
+        bytes: answer.body.len(),
+        keep_alive,
+    })
 }
 
 /// Whether the request declares a body small enough to read before a page.

@@ -9,12 +9,40 @@
 
 pub mod memory;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
+
+/// The live stores, by route name: they outlive config snapshots, so a reload
+/// keeps every record (an entry lives while a snapshot holds it).
+#[derive(Debug, Default)]
+pub struct Stores {
+    idempotency: Mutex<HashMap<String, Weak<memory::MemoryIdempotency>>>,
+}
+
+impl Stores {
+    /// The idempotency store of a route, created if new; a changed
+    /// `max_bytes` gives a store of the new size holding the same records.
+    pub fn idempotency(&self, route: &str, max_bytes: u64) -> Arc<dyn IdempotencyStore> {
+        let mut stores = self
+            .idempotency
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        stores.retain(|_, weak| weak.strong_count() > 0);
+        let store = match stores.get(route).and_then(Weak::upgrade) {
+            Some(store) if store.max_bytes() == max_bytes => store,
+            Some(store) => Arc::new(store.resized(max_bytes)),
+            None => Arc::new(memory::MemoryIdempotency::new(max_bytes)),
+        };
+        stores.insert(route.to_owned(), Arc::downgrade(&store));
+        store
+    }
+}
 
 /// Identifies a record: the route, the scope value (e.g. the shopper's session
 /// cookie) and the key the client sent.

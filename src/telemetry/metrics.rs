@@ -104,9 +104,85 @@ pub struct Metrics {
     /// 1 when the last reload attempt succeeded, 0 when it failed.
     pub config_last_reload_success: IntGauge,
     panics: IntCounterVec,
+    idempotency: IntCounterVec,
+    /// Bytes the idempotency records of a route take, set at scrape time.
+    pub idempotency_store_bytes: IntGaugeVec,
+    /// Idempotency records evicted to stay within a route's `max_bytes`, set
+    /// at scrape time from the store's own count.
+    pub idempotency_evictions: IntGaugeVec,
     /// Shopper connections ordergate closed because they idled or were slow,
     /// by reason (`header_timeout`, `keepalive_timeout`); exported at zero.
     pub connections_closed: ConnectionsClosed,
+}
+
+/// What a keyed request met: the `result` label of `ordergate_idempotency_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyResult {
+    /// The first request with its key: forwarded.
+    First,
+    /// A repeat answered with the stored answer.
+    Replayed,
+    /// A repeat that waited for the first, then got its answer.
+    Waited,
+    /// A repeat that waited past `wait_for_first`: 409.
+    InProgress,
+    /// The key was used for a different request: 422.
+    ReusedMismatch,
+    /// A repeat after the first's answer was lost: 409.
+    OutcomeUnknown,
+    /// The first request did nothing (5xx, never reached a backend): key released.
+    Released,
+    /// A repeat of a request whose answer was too large to keep: 409.
+    TooLarge,
+    /// A keyed method without a key on a route that requires one: 400.
+    Missing,
+    /// A malformed key: 400.
+    Invalid,
+}
+
+impl IdempotencyResult {
+    /// Every result, in label order.
+    pub const ALL: [IdempotencyResult; 10] = [
+        IdempotencyResult::First,
+        IdempotencyResult::Replayed,
+        IdempotencyResult::Waited,
+        IdempotencyResult::InProgress,
+        IdempotencyResult::ReusedMismatch,
+        IdempotencyResult::OutcomeUnknown,
+        IdempotencyResult::Released,
+        IdempotencyResult::TooLarge,
+        IdempotencyResult::Missing,
+        IdempotencyResult::Invalid,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdempotencyResult::First => "first",
+            IdempotencyResult::Replayed => "replayed",
+            IdempotencyResult::Waited => "waited",
+            IdempotencyResult::InProgress => "in_progress",
+            IdempotencyResult::ReusedMismatch => "reused_mismatch",
+            IdempotencyResult::OutcomeUnknown => "outcome_unknown",
+            IdempotencyResult::Released => "released",
+            IdempotencyResult::TooLarge => "too_large",
+            IdempotencyResult::Missing => "missing",
+            IdempotencyResult::Invalid => "invalid",
+        }
+    }
+}
+
+/// `ordergate_idempotency_total` of one route, resolved when a snapshot is built.
+#[derive(Debug, Clone)]
+pub struct IdempotencyMetrics {
+    results: [IntCounter; 10],
+}
+
+impl IdempotencyMetrics {
+    /// Counts what a keyed request met.
+    pub fn count(&self, result: IdempotencyResult) {
+        self.results[result as usize].inc();
+    }
 }
 
 /// Counters of shopper connections closed by ordergate's own timeouts.
@@ -333,6 +409,24 @@ impl Metrics {
                 "Times a pool entered panic mode (too few healthy backends).",
                 &["pool"],
             ),
+            idempotency: counter_vec(
+                &r,
+                "ordergate_idempotency_total",
+                "Keyed requests on routes with idempotency, by route and what they met.",
+                &["route", "result"],
+            ),
+            idempotency_store_bytes: gauge_vec(
+                &r,
+                "ordergate_idempotency_store_bytes",
+                "Bytes the idempotency records of a route take.",
+                &["route"],
+            ),
+            idempotency_evictions: gauge_vec(
+                &r,
+                "ordergate_idempotency_evictions",
+                "Idempotency records evicted to stay within the route's max_bytes, since start.",
+                &["route"],
+            ),
             connections_closed: {
                 let closed = counter_vec(
                     &r,
@@ -466,6 +560,14 @@ impl Metrics {
             .inc();
         self.config_last_reload_success.set(i64::from(ok));
         self.config_generation.set(generation as i64);
+    }
+
+    /// `ordergate_idempotency_total` of a route, every result at zero from the start.
+    pub fn idempotency(&self, route: &str) -> IdempotencyMetrics {
+        IdempotencyMetrics {
+            results: IdempotencyResult::ALL
+                .map(|result| self.idempotency.with_label_values(&[route, result.as_str()])),
+        }
     }
 
     /// The counter of times a pool entered panic mode.

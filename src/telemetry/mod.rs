@@ -7,6 +7,6 @@ mod metrics;
 pub(crate) use access::now_rfc3339;
 pub use access::{AccessLogger, AccessRecord};
 pub use metrics::{
-    BackendMetrics, ConnectionsClosed, FrameworkEvent, Metrics, RouteMetrics, UpstreamResult,
+    BackendMetrics, ConnectionsClosed, IdempotencyMetrics, IdempotencyResult, FrameworkEvent, Metrics, RouteMetrics, UpstreamResult,
     REVISION,
 };

@@ -3,6 +3,7 @@
 //! the config file (`server`, `pool`, `route`); the checks of single values
 //! they share are in `values`.
 
+mod idempotency;
 mod pool;
 mod route;
 mod server;

@@ -140,6 +140,15 @@ pub(super) fn route(
             })
             .collect()
     });
+    let retry = retry(&format!("{at}.retry"), file.retry.as_ref(), problems);
+    let idempotency = file.idempotency.as_ref().map(|table| {
+        super::idempotency::idempotency(
+            &format!("{at}.idempotency"),
+            table,
+            &retry.idempotency_key_header,
+            problems,
+        )
+    });
     let timeout = duration_or(
         &format!("{at}.timeout"),
         file.timeout.as_deref(),
@@ -154,7 +163,7 @@ pub(super) fn route(
         methods,
         pool,
         timeout,
-        retry: retry(&format!("{at}.retry"), file.retry.as_ref(), problems),
+        retry,
         priority: match file.priority.as_deref() {
             None => Priority::Normal,
             Some(name) => priority(name).unwrap_or_else(|message| {
@@ -178,6 +187,7 @@ pub(super) fn route(
             (0, 1 << 40),
             problems,
         ),
+        idempotency,
     }
 }
 
