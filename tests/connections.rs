@@ -50,8 +50,7 @@ fn check(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-    page: &str,
-    keeps: bool,
+    (page, keeps): (&str, bool),
 ) {
     let mut conn = Conn::open(proxy.addr);
     let response = conn
@@ -193,8 +192,7 @@ requests_per_second = 1
         "/nowhere",
         &[],
         b"",
-        "no_route",
-        true,
+        ("no_route", true),
     );
     let big = "x".repeat(40 * 1024);
     check(
@@ -204,8 +202,7 @@ requests_per_second = 1
         "/api/products/1",
         &[("x-big", big.as_str())],
         b"",
-        "header_too_large",
-        false,
+        ("header_too_large", false),
     );
     check(
         &proxy,
@@ -214,8 +211,7 @@ requests_per_second = 1
         "/api/orders",
         &json,
         &[b'x'; 1000],
-        "body_too_large",
-        false,
+        ("body_too_large", false),
     );
     let limited = wait_until(Duration::from_secs(3), || {
         support::get(proxy.addr, "/limited/1").is_ok_and(|r| r.status == 429)
@@ -228,8 +224,7 @@ requests_per_second = 1
         "/limited/1",
         &[],
         b"",
-        "rate_limited",
-        true,
+        ("rate_limited", true),
     );
 
     let down = wait_until(Duration::from_secs(5), || {
@@ -244,8 +239,7 @@ requests_per_second = 1
         "/dead/1",
         &[],
         b"",
-        "no_healthy_backend",
-        true,
+        ("no_healthy_backend", true),
     );
     check(
         &proxy,
@@ -254,8 +248,7 @@ requests_per_second = 1
         "/refused/1",
         &[],
         b"",
-        "connect_failed",
-        false,
+        ("connect_failed", false),
     );
     check(
         &proxy,
@@ -264,8 +257,7 @@ requests_per_second = 1
         "/resetting/1",
         &[],
         b"",
-        "upstream_reset",
-        false,
+        ("upstream_reset", false),
     );
     check(
         &proxy,
@@ -274,8 +266,7 @@ requests_per_second = 1
         "/resetting/orders",
         &json,
         b"{\"sku\":\"tea\"}",
-        "upstream_reset",
-        false,
+        ("upstream_reset", false),
     );
     check(
         &proxy,
@@ -284,8 +275,7 @@ requests_per_second = 1
         "/hanging/1",
         &[],
         b"",
-        "upstream_timeout",
-        false,
+        ("upstream_timeout", false),
     );
     check(
         &proxy,
@@ -294,8 +284,7 @@ requests_per_second = 1
         "/broken/1",
         &[],
         b"",
-        "upstream_status",
-        false,
+        ("upstream_status", false),
     );
 
     // The slow pool takes one request at a time and queues one more for 300 ms.
@@ -324,8 +313,7 @@ requests_per_second = 1
         "/slow/3",
         &[],
         b"",
-        "queue_full",
-        true,
+        ("queue_full", true),
     );
     let (second, kept) = second.join().expect("second");
     assert_eq!(second.header("x-ordergate-page"), Some("queue_timeout"));

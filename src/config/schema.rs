@@ -211,7 +211,10 @@ const ROUTE: &[Field] = &[
     f("pages", Kind::Str),
     f("rate_limit", Kind::Table("routes.rate_limit", RATE_LIMIT)),
     f("max_body_bytes", Kind::Size),
-    f("idempotency", Kind::Table("routes.idempotency", IDEMPOTENCY)),
+    f(
+        "idempotency",
+        Kind::Table("routes.idempotency", IDEMPOTENCY),
+    ),
 ];
 
 const ADMIN: &[Field] = &[

@@ -565,8 +565,10 @@ impl Metrics {
     /// `ordergate_idempotency_total` of a route, every result at zero from the start.
     pub fn idempotency(&self, route: &str) -> IdempotencyMetrics {
         IdempotencyMetrics {
-            results: IdempotencyResult::ALL
-                .map(|result| self.idempotency.with_label_values(&[route, result.as_str()])),
+            results: IdempotencyResult::ALL.map(|result| {
+                self.idempotency
+                    .with_label_values(&[route, result.as_str()])
+            }),
         }
     }
 

@@ -7,6 +7,6 @@ mod metrics;
 pub(crate) use access::now_rfc3339;
 pub use access::{AccessLogger, AccessRecord};
 pub use metrics::{
-    BackendMetrics, ConnectionsClosed, IdempotencyMetrics, IdempotencyResult, FrameworkEvent, Metrics, RouteMetrics, UpstreamResult,
-    REVISION,
+    BackendMetrics, ConnectionsClosed, FrameworkEvent, IdempotencyMetrics, IdempotencyResult,
+    Metrics, RouteMetrics, UpstreamResult, REVISION,
 };
