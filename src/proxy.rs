@@ -73,6 +73,17 @@ impl Proxy {
         Ok(sent)
     }
 
+    /// The waiting room of the request's route, in `request_filter`:
+    /// `Some(true)` when the shopper was answered (the waiting page), `None` to
+    /// go on (admitted, holding a pass, bypassed, or no room).
+    async fn waiting_room(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Option<bool>> {
+        Ok(None)
+    }
+
     /// Idempotency at the edge, in `request_filter`: `Some(true)` when the
     /// request was answered (a replay or a page), `None` to go on.
     async fn idempotency(
@@ -332,6 +343,10 @@ impl ProxyHttp for Proxy {
             return self.reject(session, ctx, Outcome::RateLimited).await;
         }
         ctx.deadline = Some(deadline);
+        // A shopper waiting in a room's line never takes a pool slot.
+        if let Some(answered) = self.waiting_room(session, ctx).await? {
+            return Ok(answered);
+        }
         // A replay or a conflict is answered here, before any pool slot.
         if let Some(answered) = self.idempotency(session, ctx).await? {
             return Ok(answered);
