@@ -1,6 +1,20 @@
-//! Durations as operators write them: `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
+//! Durations as operators write them: `"250ms"`, `"5s"`, `"2m"`, `"1h"`, and
+//! instants as RFC 3339 times: `"2026-12-01T02:00:00Z"`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+/// Parses an RFC 3339 time with its offset, e.g. `"2026-12-01T02:00:00Z"` or
+/// `"2026-12-01T10:00:00+08:00"`.
+pub fn parse_time(text: &str) -> Result<SystemTime, String> {
+    let time = chrono::DateTime::parse_from_rfc3339(text.trim()).map_err(|e| {
+        format!("{text:?} is not an RFC 3339 time ({e}); write e.g. \"2026-12-01T02:00:00Z\" or \"2026-12-01T10:00:00+08:00\"")
+    })?;
+    let since_epoch = Duration::new(
+        u64::try_from(time.timestamp()).map_err(|_| format!("{text:?} is before 1970"))?,
+        time.timestamp_subsec_nanos(),
+    );
+    Ok(SystemTime::UNIX_EPOCH + since_epoch)
+}
 
 /// Parses a duration written as an integer followed by `ms`, `s`, `m` or `h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -30,6 +44,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_rfc3339_times_with_their_offset() {
+        let utc = parse_time("2026-12-01T02:00:00Z").expect("time");
+        let beijing = parse_time("2026-12-01T10:00:00+08:00").expect("time");
+        assert_eq!(utc, beijing);
+        assert_eq!(
+            utc.duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_secs(),
+            1_796_090_400
+        );
+        assert!(parse_time("tomorrow").is_err());
+        assert!(parse_time("2026-12-01 02:00").is_err());
+    }
 
     #[test]
     fn parses_each_unit() {

@@ -27,7 +27,7 @@ use http::Method;
 pub use crate::admission::{AdmissionConfig, LimitConfig, Priority};
 pub use crate::respond::Pages;
 
-pub use duration::parse_duration;
+pub use duration::{parse_duration, parse_time};
 pub use file::FileConfig;
 
 /// The validated configuration that the proxy serves with.
