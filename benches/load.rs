@@ -18,6 +18,8 @@
 //! cargo bench --bench load -- steady --targets direct,ordergate,nginx,haproxy --duration 10
 //! cargo bench --bench load -- overload               # 0.5x → 1x → 3x → 5x → 0.5x of capacity, about 1 min
 //! cargo bench --bench load -- flash-sale | backend-kill | slow-backend | reload | new-connections
+//! cargo bench --bench load -- soak                   # 10 min of mixed traffic, faults, reloads, restarts
+//! cargo bench --bench load -- connections | tls      # memory per idle shopper; TLS handshakes
 //! cargo bench --bench load -- --help
 //! ```
 //!
@@ -28,6 +30,8 @@
 
 #[path = "load/client.rs"]
 mod client;
+#[path = "load/connections.rs"]
+mod connections;
 #[path = "load/procs.rs"]
 mod procs;
 #[path = "load/profile.rs"]
@@ -36,12 +40,16 @@ mod profile;
 mod report;
 #[path = "load/scenarios.rs"]
 mod scenarios;
+#[path = "load/soak.rs"]
+mod soak;
 #[path = "load/stats.rs"]
 mod stats;
 #[path = "../tests/support/mod.rs"]
 mod support;
 #[path = "load/svg.rs"]
 mod svg;
+#[path = "load/tls.rs"]
+mod tls;
 
 use std::time::{Duration, Instant};
 
@@ -59,7 +67,16 @@ scenarios:
   slow-backend     3 backends; one answers in 300 ms mid-run (least_request / peak_ewma)
   reload           ordergate POST /reload every 2 s under load vs no reloads
   new-connections  a new TCP connection per request
-  smoke            every scenario for about 1 s, ordergate only unless --targets; exit 1 on raw errors
+  soak             ordergate only, 10 min (--quick: 20 s): GETs, keyed and unkeyed POSTs over 3
+                   backends; a fault every 30 s, a reload every 20 s, a backend restart every 2 min;
+                   raw errors, duplicated orders, RSS and open files over time
+  connections      up to 10 000 idle keep-alive shoppers (--connections N): memory per idle
+                   connection, CPU and p99 with each shopper sending every few seconds, ordergate
+                   at its descriptor limit; --read-buffer sweeps ordergate's server.read_buffer
+  tls              full TLS handshakes per second and CPU per keep-alive HTTPS request,
+                   ordergate (rustls) against nginx (OpenSSL)
+  smoke            every scenario but connections and tls for about 1 s (soak 20 s), ordergate
+                   only unless --targets; exit 1 on raw errors
 
 options:
   --targets LIST     direct,ordergate,pingora-floor,nginx,haproxy (default: all available,
@@ -77,6 +94,8 @@ options:
                      (default: sequential for steady and new-connections, parallel otherwise)
   --no-pin           do not pin processes to CPUs
   --quiet            no progress lines
+  --read-buffer LIST connections: ordergate's server.read_buffer values in bytes, e.g.
+                     1024,4096,16384,65536 (each measured idle and under steady load)
   --profile          steady, new-connections: sample each proxy with `perf record` during the
                      closed-loop maximum and show where its CPU time goes, by component
                      (kernel, pingora, tokio, allocator, the proxy's own code...); the raw
@@ -108,6 +127,8 @@ pub(crate) struct Options {
     pub(crate) quiet: bool,
     /// `--profile`.
     pub(crate) profile: bool,
+    /// `--read-buffer`, in bytes.
+    pub(crate) read_buffer: Vec<u64>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -125,6 +146,7 @@ fn parse_args() -> Result<Options, String> {
         pin: true,
         quiet: false,
         profile: false,
+        read_buffer: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -158,6 +180,17 @@ fn parse_args() -> Result<Options, String> {
             }
             "--pool" => opts.pool = Some(number(&value("--pool")?, "--pool")? as usize),
             "--rate" => opts.rate = Some(number(&value("--rate")?, "--rate")?),
+            "--read-buffer" => {
+                for size in value("--read-buffer")?.split(',').map(str::trim) {
+                    let bytes = number(size, "--read-buffer")?;
+                    if !(512.0..=4.0 * 1024.0 * 1024.0).contains(&bytes) {
+                        return Err(format!(
+                            "--read-buffer {size}: between 512 and 4194304 bytes"
+                        ));
+                    }
+                    opts.read_buffer.push(bytes as u64);
+                }
+            }
             "--timeout-ms" => {
                 opts.timeout =
                     Duration::from_millis(number(&value("--timeout-ms")?, "--timeout-ms")? as u64)
@@ -210,12 +243,15 @@ fn run() -> i32 {
     let smoke = scenario == "smoke";
     let names: Vec<&str> = if smoke {
         scenarios::ALL.to_vec()
-    } else if scenarios::ALL.contains(&scenario.as_str()) {
+    } else if scenarios::ALL.contains(&scenario.as_str())
+        || scenarios::NAMED_ONLY.contains(&scenario.as_str())
+    {
         vec![scenario.as_str()]
     } else {
         eprintln!(
-            "unknown scenario {scenario:?}; use one of: {}, smoke\n\n{USAGE}",
-            scenarios::ALL.join(", ")
+            "unknown scenario {scenario:?}; use one of: {}, {}, smoke\n\n{USAGE}",
+            scenarios::ALL.join(", "),
+            scenarios::NAMED_ONLY.join(", ")
         );
         return 2;
     };
@@ -289,6 +325,7 @@ fn run() -> i32 {
             "rate": opts.rate,
             "timeout_ms": opts.timeout.as_millis() as u64,
             "balance": opts.balance,
+            "read_buffer": opts.read_buffer,
             "machine": machine,
         });
         match report::write_files(&result, settings, smoke) {

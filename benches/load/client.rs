@@ -23,7 +23,18 @@ pub(crate) enum Kind {
     Browse,
     /// `POST /api/orders` with a unique `Idempotency-Key` (checkout, critical).
     Checkout,
+    /// `POST /api/orders` without an idempotency key.
+    Order,
+    /// `POST /api/orders` with a [`BIG_BODY`]-byte body that is not JSON (the
+    /// backend reads it all and answers a small 400; nothing is stored).
+    BigPost,
+    /// `POST /__sim/echo` with a [`BIG_BODY`]-byte body: the backend sends it
+    /// back, so the answer is as large.
+    BigAnswer,
 }
+
+/// Body size of [`Kind::BigPost`] and [`Kind::BigAnswer`]: 256 KiB.
+pub(crate) const BIG_BODY: usize = 256 * 1024;
 
 impl Kind {
     /// The name in reports.
@@ -31,9 +42,33 @@ impl Kind {
         match self {
             Kind::Browse => "browse",
             Kind::Checkout => "checkout",
+            Kind::Order => "order",
+            Kind::BigPost => "big-post",
+            Kind::BigAnswer => "big-answer",
         }
     }
+
+    /// Whether the request may create an order.
+    pub(crate) fn creates_order(self) -> bool {
+        matches!(self, Kind::Checkout | Kind::Order)
+    }
 }
+
+/// How one order-creating request ended, for the order accounting of `soak`.
+#[derive(Clone, Debug)]
+pub(crate) struct Sent {
+    /// Its sequence number, also sent in the order body as `"ref"`.
+    pub(crate) seq: u64,
+    /// Keyed (checkout) or not (order).
+    pub(crate) kind: Kind,
+    /// What the client got.
+    pub(crate) class: Class,
+    /// The client sent it a second time (a keep-alive connection found closed).
+    pub(crate) resent: bool,
+}
+
+/// Outcomes of the order-creating requests of a run, when asked for.
+pub(crate) type Ledger = Arc<Mutex<Vec<Sent>>>;
 
 /// One phase of a run.
 #[derive(Clone, Debug)]
@@ -98,6 +133,8 @@ pub(crate) struct Plan {
     pub(crate) events: Vec<Event>,
     /// Print one progress line per second to stderr.
     pub(crate) progress: bool,
+    /// Where to note how each order-creating request ended (soak).
+    pub(crate) ledger: Option<Ledger>,
 }
 
 /// One request to make.
@@ -118,6 +155,7 @@ struct Shared {
     run_id: u64,
     next_conn: AtomicU64,
     next_seq: AtomicU64,
+    ledger: Option<Ledger>,
 }
 
 impl Shared {
@@ -150,14 +188,32 @@ impl Shared {
                 seq % 1000
             )
             .into_bytes(),
-            Kind::Checkout => {
-                let body = r#"{"sku":"tea","quantity":1}"#;
+            Kind::Checkout | Kind::Order => {
+                // The ref lets soak tell which request made which order.
+                let body = format!(r#"{{"sku":"tea","quantity":1,"ref":{seq}}}"#);
+                let key = if kind == Kind::Checkout {
+                    format!("Idempotency-Key: load-{:x}-{seq}\r\n", self.run_id)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "POST /api/orders HTTP/1.1\r\nHost: shop.test\r\nAccept: application/json\r\nUser-Agent: ordergate-load\r\nContent-Type: application/json\r\nIdempotency-Key: load-{:x}-{seq}\r\nContent-Length: {}\r\n{connection}\r\n{body}",
-                    self.run_id,
+                    "POST /api/orders HTTP/1.1\r\nHost: shop.test\r\nAccept: application/json\r\nUser-Agent: ordergate-load\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\n{connection}\r\n{body}",
                     body.len()
                 )
                 .into_bytes()
+            }
+            Kind::BigPost | Kind::BigAnswer => {
+                let path = if kind == Kind::BigPost {
+                    "/api/orders"
+                } else {
+                    "/__sim/echo"
+                };
+                let mut request = format!(
+                    "POST {path} HTTP/1.1\r\nHost: shop.test\r\nAccept: application/json\r\nUser-Agent: ordergate-load\r\nContent-Type: text/plain\r\nContent-Length: {BIG_BODY}\r\n{connection}\r\n"
+                )
+                .into_bytes();
+                request.resize(request.len() + BIG_BODY, b'x');
+                request
             }
         }
     }
@@ -187,6 +243,7 @@ pub(crate) async fn run(plan: Plan, cpu: Arc<dyn Fn() -> Option<u64> + Send + Sy
         run_id: u64::from(std::process::id()) << 32 | u64::from(fastrand::u32(..)),
         next_conn: AtomicU64::new(0),
         next_seq: AtomicU64::new(0),
+        ledger: plan.ledger,
     });
 
     // Events.
@@ -364,6 +421,7 @@ async fn execute(shared: &Shared, conn: &mut Option<Conn>, job: Job) {
         return;
     }
     let request = shared.request(kind, job.seq);
+    let mut resent = false;
     let class = match tokio::time::timeout_at(deadline, exchange(shared, conn, &request)).await {
         Err(_) => {
             *conn = None;
@@ -374,6 +432,7 @@ async fn execute(shared: &Shared, conn: &mut Option<Conn>, job: Job) {
             if let Ok(mut r) = shared.recorder.lock() {
                 r.stale();
             }
+            resent = true;
             // Once more on a fresh connection.
             match tokio::time::timeout_at(deadline, exchange(shared, conn, &request)).await {
                 Err(_) => {
@@ -393,6 +452,16 @@ async fn execute(shared: &Shared, conn: &mut Option<Conn>, job: Job) {
         }
         Ok(Ok(response)) => response.class(),
     };
+    if let (Some(ledger), true) = (&shared.ledger, kind.creates_order()) {
+        if let Ok(mut ledger) = ledger.lock() {
+            ledger.push(Sent {
+                seq: job.seq,
+                kind,
+                class: class.clone(),
+                resent,
+            });
+        }
+    }
     shared.record(&job, kind, class, Instant::now());
     if !shared.keepalive {
         *conn = None;
@@ -485,6 +554,18 @@ async fn exchange(
             Ok(_) => got_bytes = true,
             Err(_) => return Err(fail(got_bytes)),
         }
+    }
+}
+
+/// A complete response at the start of `buf` (`eof`: the server closed after
+/// it): how it is classified, whether the server closes the connection, and
+/// the bytes it took. `Ok(None)` while incomplete; `Err` when unparsable.
+pub(crate) fn complete_response(buf: &[u8], eof: bool) -> Result<Option<(Class, bool, usize)>, ()> {
+    match parse(buf) {
+        Parsed::Done(response, used) => Ok(Some((response.class(), response.close, used))),
+        Parsed::UntilEof(response) if eof => Ok(Some((response.class(), true, buf.len()))),
+        Parsed::Invalid => Err(()),
+        Parsed::Incomplete | Parsed::UntilEof(_) => Ok(None),
     }
 }
 

@@ -47,15 +47,18 @@ pub(crate) fn pin_self(enabled: bool) -> String {
     }
 }
 
-/// A command that runs `program` on the proxy CPU when pinning is on.
-fn proxy_command(program: &Path) -> Command {
+/// A command that runs `program` on the proxy CPU when pinning is on, behind
+/// `wrapper` (a program and its arguments, e.g. `prlimit --nofile=N:N --`) if any.
+fn proxy_command(program: &Path, wrapper: &[String]) -> Command {
+    let mut words: Vec<std::ffi::OsString> = Vec::new();
     if PINNING.load(Ordering::Relaxed) == 1 {
-        let mut command = Command::new("taskset");
-        command.args(["-c", &PROXY_CPU.to_string()]).arg(program);
-        command
-    } else {
-        Command::new(program)
+        words.extend(["taskset".into(), "-c".into(), PROXY_CPU.to_string().into()]);
     }
+    words.extend(wrapper.iter().map(Into::into));
+    words.push(program.into());
+    let mut command = Command::new(&words[0]);
+    command.args(&words[1..]);
+    command
 }
 
 /// The path of `program` on PATH (or in the sbin directories, where Debian
@@ -245,6 +248,41 @@ pub(crate) fn cpu_micros(pid: u32) -> u64 {
     ticks * 1_000_000 / clock_ticks()
 }
 
+/// Resident memory of `pid` and its descendants (nginx and HAProxy workers),
+/// in KiB, from `VmRSS` in /proc; `None` when `pid` is gone.
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+    let own = vm_rss(pid)?;
+    let children: u64 = descendants(pid)
+        .into_iter()
+        .skip(1)
+        .filter_map(vm_rss)
+        .sum();
+    Some(own + children)
+}
+
+fn vm_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Open file descriptors of `pid` and its descendants, from /proc/PID/fd.
+pub(crate) fn open_fds(pid: u32) -> Option<usize> {
+    let count = |p: u32| {
+        std::fs::read_dir(format!("/proc/{p}/fd"))
+            .ok()
+            .map(|d| d.count())
+    };
+    let own = count(pid)?;
+    Some(
+        own + descendants(pid)
+            .into_iter()
+            .skip(1)
+            .filter_map(count)
+            .sum::<usize>(),
+    )
+}
+
 /// Waits up to `timeout` for a TCP listener at `addr`, failing early when
 /// `proc` exits.
 fn wait_listening(proc: &mut Proc, addr: SocketAddr, timeout: Duration) -> Result<(), String> {
@@ -276,21 +314,33 @@ pub(crate) struct Backend {
 impl Backend {
     /// Starts a backend on a free port with extra `ordergate sim` flags.
     pub(crate) fn start(flags: &[String]) -> Result<Backend, String> {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Backend::start_listeners(&[any], flags).map(|(backend, _)| backend)
+    }
+
+    /// Starts one `ordergate sim` process serving every address of `listen`
+    /// (port 0: a free one), all sharing one order book; returns it with the
+    /// bound addresses in the order of `listen` (`addr` is the first).
+    pub(crate) fn start_listeners(
+        listen: &[SocketAddr],
+        flags: &[String],
+    ) -> Result<(Backend, Vec<SocketAddr>), String> {
         let mut command = Command::new(support::bin());
+        command.arg("sim");
+        for addr in listen {
+            command.arg("--listen").arg(addr.to_string());
+        }
         command
-            .args(["sim", "--listen", "127.0.0.1:0"])
             .args(flags)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut proc = Proc::spawn(command, "ordergate sim")?;
         let stdout = proc.child.stdout.take().ok_or("ordergate sim: no stdout")?;
-        let addrs = support::sim_addresses(stdout, 1, Duration::from_secs(10))
-            .map_err(|_| "ordergate sim did not report its address within 10s".to_owned())?;
-        Ok(Backend {
-            addr: addrs[0],
-            proc,
-        })
+        let addrs = support::sim_addresses(stdout, listen.len(), Duration::from_secs(10))
+            .map_err(|_| "ordergate sim did not report its addresses within 10s".to_owned())?;
+        let addr = *addrs.first().ok_or("ordergate sim reported no address")?;
+        Ok((Backend { addr, proc }, addrs))
     }
 
     /// Starts `n` backends, each its own process.
@@ -408,6 +458,27 @@ impl Kind {
     }
 }
 
+/// Changes to how a target starts, for the scenarios that need them.
+#[derive(Default)]
+pub(crate) struct Tweaks {
+    /// Edits the proxy's config text before it is written (nginx, HAProxy,
+    /// ordergate; the pingora floor has none).
+    pub(crate) edit: Option<Box<dyn Fn(String) -> String>>,
+    /// A program and its arguments the proxy runs under (e.g. `prlimit`).
+    pub(crate) wrapper: Vec<String>,
+    /// More addresses to wait for before the target counts as started.
+    pub(crate) also_listening: Vec<SocketAddr>,
+}
+
+impl Tweaks {
+    fn config(&self, text: String) -> String {
+        match &self.edit {
+            Some(edit) => edit(text),
+            None => text,
+        }
+    }
+}
+
 /// A running target: where clients send, and the proxy process (not for direct).
 pub(crate) struct Target {
     /// Addresses clients connect to (connection `i` uses `addrs[i % len]`).
@@ -423,6 +494,15 @@ pub(crate) struct Target {
 impl Target {
     /// Starts the target in front of `spec.backends`.
     pub(crate) fn start(kind: Kind, spec: &ProxySpec) -> Result<Target, String> {
+        Target::start_tweaked(kind, spec, &Tweaks::default())
+    }
+
+    /// Starts the target with its config edited or its command wrapped.
+    pub(crate) fn start_tweaked(
+        kind: Kind,
+        spec: &ProxySpec,
+        tweaks: &Tweaks,
+    ) -> Result<Target, String> {
         match kind {
             Kind::Direct => Ok(Target {
                 addrs: spec.backends.clone(),
@@ -431,10 +511,10 @@ impl Target {
                 proc: None,
                 dir: None,
             }),
-            Kind::Ordergate => start_ordergate(spec),
-            Kind::Nginx => start_nginx(spec),
-            Kind::Haproxy => start_haproxy(spec),
-            Kind::PingoraFloor => start_pingora_floor(spec),
+            Kind::Ordergate => start_ordergate(spec, tweaks),
+            Kind::Nginx => start_nginx(spec, tweaks),
+            Kind::Haproxy => start_haproxy(spec, tweaks),
+            Kind::PingoraFloor => start_pingora_floor(spec, tweaks),
         }
     }
 
@@ -524,22 +604,22 @@ pub(crate) fn ordergate_config(
     text
 }
 
-fn start_ordergate(spec: &ProxySpec) -> Result<Target, String> {
+fn start_ordergate(spec: &ProxySpec, tweaks: &Tweaks) -> Result<Target, String> {
     let dir = TempDir::new("ordergate")?;
     let listen = free_addr();
     let admin = spec.admin.then(free_addr);
-    let config = ordergate_config(spec, listen, admin);
+    let config = tweaks.config(ordergate_config(spec, listen, admin));
     let path = dir.write("ordergate.toml", &config)?;
     let log = std::fs::File::create(dir.path.join("stderr.log"))
         .map_err(|e| format!("create log: {e}"))?;
-    let mut command = proxy_command(Path::new(support::bin()));
+    let mut command = proxy_command(Path::new(support::bin()), &tweaks.wrapper);
     command
         .args(["run", "-c"])
         .arg(&path)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log);
-    start_proxy(command, "ordergate", listen, admin, config, dir)
+    start_proxy(command, "ordergate", listen, admin, config, dir, tweaks)
 }
 
 /// Fills `{{NAME}}` placeholders of a template.
@@ -580,13 +660,13 @@ pub(crate) fn nginx_config(spec: &ProxySpec, listen: SocketAddr, prefix: &Path) 
     )
 }
 
-fn start_nginx(spec: &ProxySpec) -> Result<Target, String> {
+fn start_nginx(spec: &ProxySpec, tweaks: &Tweaks) -> Result<Target, String> {
     let program = which("nginx").ok_or("nginx not found: apt-get install nginx")?;
     let dir = TempDir::new("nginx")?;
     let listen = free_addr();
-    let config = nginx_config(spec, listen, &dir.path);
+    let config = tweaks.config(nginx_config(spec, listen, &dir.path));
     let path = dir.write("nginx.conf", &config)?;
-    let mut command = proxy_command(&program);
+    let mut command = proxy_command(&program, &tweaks.wrapper);
     command
         .arg("-p")
         .arg(&dir.path)
@@ -597,7 +677,7 @@ fn start_nginx(spec: &ProxySpec) -> Result<Target, String> {
         .args(["-g", "daemon off;"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    start_proxy(command, "nginx", listen, None, config, dir)
+    start_proxy(command, "nginx", listen, None, config, dir, tweaks)
 }
 
 /// The HAProxy config for a spec (from `benches/peers/haproxy.cfg.tmpl`).
@@ -653,15 +733,15 @@ pub(crate) fn haproxy_config(spec: &ProxySpec, listen: SocketAddr, prefix: &Path
     )
 }
 
-fn start_haproxy(spec: &ProxySpec) -> Result<Target, String> {
+fn start_haproxy(spec: &ProxySpec, tweaks: &Tweaks) -> Result<Target, String> {
     let program = which("haproxy").ok_or("haproxy not found: apt-get install haproxy")?;
     let dir = TempDir::new("haproxy")?;
     let listen = free_addr();
-    let config = haproxy_config(spec, listen, &dir.path);
+    let config = tweaks.config(haproxy_config(spec, listen, &dir.path));
     let path = dir.write("haproxy.cfg", &config)?;
     let log = std::fs::File::create(dir.path.join("stderr.log"))
         .map_err(|e| format!("create log: {e}"))?;
-    let mut command = proxy_command(&program);
+    let mut command = proxy_command(&program, &tweaks.wrapper);
     command
         .arg("-f")
         .arg(&path)
@@ -669,7 +749,7 @@ fn start_haproxy(spec: &ProxySpec) -> Result<Target, String> {
         .args(["-W", "-db"])
         .stdout(Stdio::null())
         .stderr(log);
-    start_proxy(command, "haproxy", listen, None, config, dir)
+    start_proxy(command, "haproxy", listen, None, config, dir, tweaks)
 }
 
 /// Builds `examples/pingora_floor.rs` (release) once per run and returns its
@@ -706,13 +786,13 @@ fn build_pingora_floor_now() -> Option<PathBuf> {
     }
 }
 
-fn start_pingora_floor(spec: &ProxySpec) -> Result<Target, String> {
+fn start_pingora_floor(spec: &ProxySpec, tweaks: &Tweaks) -> Result<Target, String> {
     let program = build_pingora_floor().ok_or("pingora-floor: no build")?;
     let dir = TempDir::new("pingora-floor")?;
     let listen = free_addr();
     let log = std::fs::File::create(dir.path.join("stderr.log"))
         .map_err(|e| format!("create log: {e}"))?;
-    let mut command = proxy_command(&program);
+    let mut command = proxy_command(&program, &tweaks.wrapper);
     command
         .arg(listen.to_string())
         .args(spec.backends.iter().map(SocketAddr::to_string))
@@ -720,7 +800,7 @@ fn start_pingora_floor(spec: &ProxySpec) -> Result<Target, String> {
         .stdout(Stdio::null())
         .stderr(log);
     let config = format!("pingora_floor {listen} {:?}", spec.backends);
-    start_proxy(command, "pingora-floor", listen, None, config, dir)
+    start_proxy(command, "pingora-floor", listen, None, config, dir, tweaks)
 }
 
 /// Spawns a proxy under test and waits until it listens (and its admin
@@ -732,13 +812,17 @@ fn start_proxy(
     admin: Option<SocketAddr>,
     config: String,
     dir: TempDir,
+    tweaks: &Tweaks,
 ) -> Result<Target, String> {
     let mut proc = Proc::spawn(command, name)?;
-    let up =
+    let mut up =
         wait_listening(&mut proc, listen, Duration::from_secs(15)).and_then(|()| match admin {
             Some(admin) => wait_listening(&mut proc, admin, Duration::from_secs(5)),
             None => Ok(()),
         });
+    for addr in &tweaks.also_listening {
+        up = up.and_then(|()| wait_listening(&mut proc, *addr, Duration::from_secs(5)));
+    }
     let target = Target {
         addrs: vec![listen],
         admin,

@@ -14,8 +14,8 @@ use crate::stats::{PhaseStats, Recorder};
 use crate::{profile, report};
 use crate::{support, Options};
 
-/// Every scenario, in the order `smoke` runs them.
-pub(crate) const ALL: [&str; 7] = [
+/// Every scenario `smoke` runs, in its order.
+pub(crate) const ALL: [&str; 8] = [
     "steady",
     "overload",
     "flash-sale",
@@ -23,11 +23,15 @@ pub(crate) const ALL: [&str; 7] = [
     "slow-backend",
     "reload",
     "new-connections",
+    "soak",
 ];
 
-/// The scenarios that measure the cost of a request (where the pingora floor
-/// runs by default).
-pub(crate) const COST: [&str; 2] = ["steady", "new-connections"];
+/// Scenarios only run when named (too long or too heavy for `smoke`).
+pub(crate) const NAMED_ONLY: [&str; 2] = ["connections", "tls"];
+
+/// The scenarios that measure the cost of a request or a connection (where
+/// the pingora floor runs by default).
+pub(crate) const COST: [&str; 3] = ["steady", "new-connections", "connections"];
 
 /// Latency of the overloaded backend (ms) and its concurrency.
 const OVERLOAD_LATENCY_MS: u64 = 50;
@@ -86,7 +90,7 @@ pub(crate) struct Ctx<'a> {
 impl Ctx<'_> {
     /// The main duration (s) of a scenario: `--duration`, else the smoke,
     /// quick or full default.
-    fn main_duration(&self, full: f64, quick: f64, smoke: f64) -> f64 {
+    pub(crate) fn main_duration(&self, full: f64, quick: f64, smoke: f64) -> f64 {
         match self.opts.duration {
             Some(d) => d,
             None if self.smoke => smoke,
@@ -95,7 +99,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn warmup(&self) -> Duration {
+    pub(crate) fn warmup(&self) -> Duration {
         if self.smoke || self.opts.quick {
             Duration::from_millis(200)
         } else {
@@ -103,7 +107,13 @@ impl Ctx<'_> {
         }
     }
 
-    fn plan(&self, label: &str, target: &Target, phases: Vec<Phase>, mix: Vec<Req>) -> Plan {
+    pub(crate) fn plan(
+        &self,
+        label: &str,
+        target: &Target,
+        phases: Vec<Phase>,
+        mix: Vec<Req>,
+    ) -> Plan {
         Plan {
             label: label.to_owned(),
             addrs: target.addrs.clone(),
@@ -114,15 +124,16 @@ impl Ctx<'_> {
             timeout: self.opts.timeout,
             events: Vec::new(),
             progress: !self.opts.quiet,
+            ledger: None,
         }
     }
 }
 
-fn secs(s: f64) -> Duration {
+pub(crate) fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.05))
 }
 
-fn phase(name: &str, load: Load, seconds: f64) -> Phase {
+pub(crate) fn phase(name: &str, load: Load, seconds: f64) -> Phase {
     Phase {
         name: name.to_owned(),
         load,
@@ -133,7 +144,7 @@ fn phase(name: &str, load: Load, seconds: f64) -> Phase {
 
 /// A first second (200 ms in quick runs) that opens the connections and is
 /// left out of the reports.
-fn warmup_phase(ctx: &Ctx<'_>, rate: f64) -> Phase {
+pub(crate) fn warmup_phase(ctx: &Ctx<'_>, rate: f64) -> Phase {
     Phase {
         name: "warm-up".to_owned(),
         load: open(rate),
@@ -142,17 +153,19 @@ fn warmup_phase(ctx: &Ctx<'_>, rate: f64) -> Phase {
     }
 }
 
-fn open(rate: f64) -> Load {
+pub(crate) fn open(rate: f64) -> Load {
     Load::Open { rate }
 }
 
 /// Backends and the target in front of them, alive while the run goes on.
 pub(crate) struct Setup {
-    backends: Vec<Backend>,
-    target: Target,
+    /// The simulated backends.
+    pub(crate) backends: Vec<Backend>,
+    /// The proxy (or direct) in front of them.
+    pub(crate) target: Target,
 }
 
-fn setup(
+pub(crate) fn setup(
     kind: Kind,
     n: usize,
     flags: &[String],
@@ -164,7 +177,7 @@ fn setup(
     Ok(Setup { backends, target })
 }
 
-fn sim_flags(latency_ms: u64, jitter_ms: u64, capacity: Option<u32>) -> Vec<String> {
+pub(crate) fn sim_flags(latency_ms: u64, jitter_ms: u64, capacity: Option<u32>) -> Vec<String> {
     let mut flags = vec![
         "--latency-ms".to_owned(),
         latency_ms.to_string(),
@@ -256,7 +269,7 @@ fn run_pass(ctx: &Ctx<'_>, kinds: &[Kind], parallel: bool, make: &Make<'_>) -> V
 
 /// Raw errors of ordergate where the scenario's target is 0, and runs that
 /// could not run at all.
-fn check_raw_errors(runs: &[TargetRun], what: &str) -> Vec<String> {
+pub(crate) fn check_raw_errors(runs: &[TargetRun], what: &str) -> Vec<String> {
     let mut failures = Vec::new();
     for run in runs {
         if let Some(why) = &run.error {
@@ -300,9 +313,13 @@ pub(crate) fn run(ctx: &Ctx<'_>, name: &str) -> Result<ScenarioResult, String> {
         "backend-kill" => Ok(backend_kill(ctx)),
         "slow-backend" => Ok(slow_backend(ctx)),
         "reload" => Ok(reload(ctx)),
+        "soak" => crate::soak::run(ctx),
+        "connections" => crate::connections::run(ctx),
+        "tls" => crate::tls::run(ctx),
         other => Err(format!(
-            "unknown scenario {other:?}; use one of: {}, smoke",
-            ALL.join(", ")
+            "unknown scenario {other:?}; use one of: {}, {}, smoke",
+            ALL.join(", "),
+            NAMED_ONLY.join(", ")
         )),
     }
 }
@@ -575,7 +592,7 @@ fn overload(ctx: &Ctx<'_>, flash: bool) -> ScenarioResult {
     }
 }
 
-fn mode_event(at: f64, label: &str, backend: SocketAddr, mode: &'static str) -> Event {
+pub(crate) fn mode_event(at: f64, label: &str, backend: SocketAddr, mode: &'static str) -> Event {
     Event {
         at: secs(at),
         label: label.to_owned(),
@@ -732,7 +749,7 @@ fn slow_backend(ctx: &Ctx<'_>) -> ScenarioResult {
 }
 
 /// How a proxy is told to reload its config, as its operators do it.
-fn reload_action(kind: Kind, target: &Target) -> Result<(String, Action), String> {
+pub(crate) fn reload_action(kind: Kind, target: &Target) -> Result<(String, Action), String> {
     let pid = target.pid();
     match (kind, target.admin, pid) {
         (Kind::Ordergate, Some(admin), _) => Ok((
