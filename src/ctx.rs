@@ -61,6 +61,8 @@ pub struct RequestCtx {
     pub connected: bool,
     /// The first request with an idempotency key: what its record will say.
     pub keyed: Option<KeyedRequest>,
+    /// The operator's words for the page (a maintenance window's message).
+    pub notice: Option<String>,
 }
 
 impl RequestCtx {
@@ -87,6 +89,7 @@ impl RequestCtx {
             proxying: false,
             connected: false,
             keyed: None,
+            notice: None,
         }
     }
 

@@ -37,6 +37,7 @@ pub mod ctx;
 pub mod demo;
 pub mod forward;
 pub mod idempotency;
+pub mod maintenance;
 pub mod proxy;
 pub mod reload;
 pub mod respond;

@@ -64,6 +64,7 @@ impl Proxy {
                     .and_then(|i| i.settings.orders_url.as_deref()),
                 _ => None,
             },
+            notice: ctx.notice.as_deref(),
         };
         // pingora 0.9 drops the shopper's connection after any failure in its
         // proxy loop (once upstream_peer ran), whatever fail_to_proxy says.

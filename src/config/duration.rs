@@ -51,7 +51,9 @@ mod tests {
         let beijing = parse_time("2026-12-01T10:00:00+08:00").expect("time");
         assert_eq!(utc, beijing);
         assert_eq!(
-            utc.duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_secs(),
+            utc.duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs(),
             1_796_090_400
         );
         assert!(parse_time("tomorrow").is_err());

@@ -22,6 +22,26 @@ pub struct FileConfig {
     pub admin: Option<FileAdmin>,
     /// `[log]`.
     pub log: Option<FileLog>,
+    /// `[maintenance]`: for every route.
+    pub maintenance: Option<FileMaintenance>,
+}
+
+/// `[maintenance]` and `[routes.maintenance]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMaintenance {
+    /// RFC 3339 end of the window.
+    pub until: Option<String>,
+    /// Shown to shoppers.
+    pub message: Option<String>,
+    /// Client networks that pass through.
+    pub allow_cidrs: Option<Vec<String>>,
+    /// Header that lets staff pass with the token.
+    pub allow_header: Option<String>,
+    /// The secret value of `allow_header`.
+    pub allow_token: Option<String>,
+    /// Environment variable holding the secret value.
+    pub allow_token_env: Option<String>,
 }
 
 /// `[admin]`.
@@ -252,6 +272,8 @@ pub struct FileRoute {
     pub max_body_bytes: Option<toml::Value>,
     /// `[routes.idempotency]`.
     pub idempotency: Option<FileIdempotency>,
+    /// `[routes.maintenance]`.
+    pub maintenance: Option<FileMaintenance>,
 }
 
 /// `[routes.idempotency]`.

@@ -45,6 +45,85 @@ pub struct Config {
     pub access_log: AccessLog,
     /// Pages directories the config uses (watched for changes).
     pub pages_dirs: Vec<std::path::PathBuf>,
+    /// `[maintenance]`: a window for every route. Default: none.
+    pub maintenance: Option<MaintenanceConfig>,
+}
+
+/// `[maintenance]` / `[routes.maintenance]`: a planned maintenance window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceConfig {
+    /// When the window ends; `None`: while the table is in the file.
+    pub until: Option<std::time::SystemTime>,
+    /// Shown to shoppers beside the page's own text.
+    pub message: Option<String>,
+    /// Client networks that pass through (staff). Default: none.
+    pub allow_cidrs: Vec<Cidr>,
+    /// A header that lets staff pass when it carries `allow_token`.
+    pub allow_header: Option<HeaderName>,
+    /// The secret value of `allow_header`.
+    pub allow_token: Option<String>,
+}
+
+/// A network: an address and a prefix length, e.g. `10.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in this network.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        match (self.network, ip) {
+            (V4(net), V4(ip)) => prefix_match(&net.octets(), &ip.octets(), self.prefix),
+            (V6(net), V6(ip)) => prefix_match(&net.octets(), &ip.octets(), self.prefix),
+            (V6(net), V4(ip)) => {
+                prefix_match(&net.octets(), &ip.to_ipv6_mapped().octets(), self.prefix)
+            }
+            (V4(net), V6(ip)) => ip
+                .to_ipv4_mapped()
+                .is_some_and(|ip| prefix_match(&net.octets(), &ip.octets(), self.prefix)),
+        }
+    }
+}
+
+fn prefix_match(net: &[u8], ip: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if net[..full] != ip[..full] {
+        return false;
+    }
+    rest == 0 || {
+        let mask = 0xffu8 << (8 - rest);
+        (net[full] & mask) == (ip[full] & mask)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    /// `"10.0.0.0/8"`, `"::1/128"`, or a bare address (one host).
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let bad =
+            || format!("{text:?} is not a network; write e.g. \"10.0.0.0/8\" or \"192.0.2.7\"");
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: std::net::IpAddr = address.trim().parse().map_err(|_| bad())?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(bad)?,
+        };
+        Ok(Cidr { network, prefix })
+    }
 }
 
 /// `[admin]`: the admin API (status, metrics, reload, drain).
@@ -310,6 +389,8 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// Idempotency at the edge. Default: off.
     pub idempotency: Option<IdempotencyConfig>,
+    /// A maintenance window for this route. Default: none.
+    pub maintenance: Option<MaintenanceConfig>,
 }
 
 /// `[routes.idempotency]`: ordergate itself makes a keyed order happen at

@@ -198,6 +198,15 @@ const IDEMPOTENCY: &[Field] = &[
     f("orders_url", Kind::Str),
 ];
 
+const MAINTENANCE: &[Field] = &[
+    f("until", Kind::Str),
+    f("message", Kind::Str),
+    f("allow_cidrs", Kind::Strs),
+    f("allow_header", Kind::Str),
+    f("allow_token", Kind::Str),
+    f("allow_token_env", Kind::Str),
+];
+
 const ROUTE: &[Field] = &[
     f("name", Kind::Str),
     f("host", Kind::Str),
@@ -231,6 +240,7 @@ const ROOT: &[Field] = &[
     f("routes", Kind::Tables("routes", ROUTE)),
     f("admin", Kind::Table("admin", ADMIN)),
     f("log", Kind::Table("log", LOG)),
+    f("maintenance", Kind::Table("maintenance", MAINTENANCE)),
 ];
 
 /// The key path of an entry of `pools` or `routes`: `pools[0] "orders"`, or

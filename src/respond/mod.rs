@@ -78,6 +78,9 @@ pub enum Outcome {
     /// The first request with this key was processed, but its answer was too
     /// large to keep for replays: nothing forwarded.
     AlreadyProcessed,
+    /// A maintenance window is open for the route (or everything); nothing
+    /// reached a backend.
+    Maintenance,
     /// The client's request was malformed.
     BadRequest,
     /// The client went away; nothing can be sent (this outcome has no page).
@@ -88,7 +91,7 @@ pub enum Outcome {
 
 /// The page kinds: the [`Outcome::reason`] of every outcome that has a page
 /// (all but `client_gone`). Each language file has one table per kind.
-pub const PAGE_KINDS: [&str; 21] = [
+pub const PAGE_KINDS: [&str; 22] = [
     "no_route",
     "no_healthy_backend",
     "connect_failed",
@@ -108,6 +111,7 @@ pub const PAGE_KINDS: [&str; 21] = [
     "idempotency_key_reused",
     "order_outcome_unknown",
     "already_processed",
+    "maintenance",
     "bad_request",
     "internal",
 ];
@@ -118,6 +122,7 @@ impl Outcome {
         match self {
             Outcome::NoRoute => 404,
             Outcome::NoHealthyBackend
+            | Outcome::Maintenance
             | Outcome::QueueFull
             | Outcome::QueueTimeout
             | Outcome::Shed => 503,
@@ -162,6 +167,7 @@ impl Outcome {
             Outcome::IdempotencyKeyReused => "idempotency_key_reused",
             Outcome::OrderOutcomeUnknown => "order_outcome_unknown",
             Outcome::AlreadyProcessed => "already_processed",
+            Outcome::Maintenance => "maintenance",
             Outcome::BadRequest => "bad_request",
             Outcome::ClientGone => "client_gone",
             Outcome::Internal => "internal",
@@ -174,6 +180,7 @@ impl Outcome {
         match self {
             Outcome::RateLimited | Outcome::IdempotencyInProgress => Some(1),
             Outcome::NoHealthyBackend
+            | Outcome::Maintenance
             | Outcome::QueueFull
             | Outcome::QueueTimeout
             | Outcome::Shed => Some(5),
@@ -276,6 +283,8 @@ pub struct PageContext<'a> {
     /// Where the shopper sees their orders, linked from pages that say an
     /// order may exist (a route's `idempotency.orders_url`).
     pub link: Option<&'a str>,
+    /// The operator's own words for this page (a maintenance window's message).
+    pub notice: Option<&'a str>,
 }
 
 impl<'a> PageContext<'a> {
@@ -286,6 +295,7 @@ impl<'a> PageContext<'a> {
             retry_after: None,
             wait_seconds: None,
             link: None,
+            notice: None,
         }
     }
 }
@@ -298,6 +308,8 @@ struct JsonPage<'a> {
     request_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     orders_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notice: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -340,6 +352,7 @@ pub fn render(
         retry_after,
         wait_seconds: context.wait_seconds.or(retry_after),
         link: context.link,
+        notice: context.notice,
     };
 
     let (content_type, body) = if negotiate::prefers_html(request) {
@@ -358,6 +371,7 @@ pub fn render(
             retry_after,
             request_id: context.request_id,
             orders_url: context.link,
+            notice: context.notice,
         };
         let body = serde_json::to_vec(&json)
             .or_else(|e| Error::e_because(ErrorType::InternalError, "encoding a page", e))?;

@@ -1,5 +1,6 @@
 //! The page template language, parsed once at load: `{{name}}` placeholders and
-//! `{{#retry}}…{{/retry}}` / `{{#wait}}…{{/wait}}` / `{{#link}}…{{/link}}` blocks. A template is first
+//! `{{#retry}}…{{/retry}}`, `{{#wait}}…{{/wait}}`, `{{#link}}…{{/link}}` and
+//! `{{#notice}}…{{/notice}}` blocks. A template is first
 //! parsed into [`Token`]s (syntax checked, every problem collected), then bound
 //! to one language and page kind into [`Seg`]s, where only the values that vary
 //! per response are left open; rendering is then a walk that appends strings.
@@ -50,6 +51,8 @@ pub(super) enum Dynamic {
     WaitSeconds,
     /// Where the shopper sees their orders (a route's setting); empty when unset.
     Link,
+    /// The operator's own words (a maintenance message); empty when unset.
+    Notice,
 }
 
 /// A section shown only when its value is known.
@@ -61,6 +64,8 @@ pub(super) enum Block {
     Wait,
     /// Shown when the page links to the shopper's orders.
     Link,
+    /// Shown when the operator wrote a notice.
+    Notice,
 }
 
 impl Block {
@@ -69,6 +74,7 @@ impl Block {
             Block::Retry => "retry",
             Block::Wait => "wait",
             Block::Link => "link",
+            Block::Notice => "notice",
         }
     }
 
@@ -77,6 +83,7 @@ impl Block {
             "retry" => Some(Block::Retry),
             "wait" => Some(Block::Wait),
             "link" => Some(Block::Link),
+            "notice" => Some(Block::Notice),
             _ => None,
         }
     }
@@ -97,12 +104,13 @@ pub(super) enum Field {
     Dyn(Dynamic),
 }
 
-const DYNAMIC: [(&str, Dynamic); 5] = [
+const DYNAMIC: [(&str, Dynamic); 6] = [
     ("status", Dynamic::Status),
     ("request_id", Dynamic::RequestId),
     ("retry_after", Dynamic::RetryAfter),
     ("wait_seconds", Dynamic::WaitSeconds),
     ("link", Dynamic::Link),
+    ("notice", Dynamic::Notice),
 ];
 
 /// Where a placeholder may be used.
@@ -200,7 +208,7 @@ pub(super) fn parse(source: &str, scope: Scope) -> Result<Vec<Token>, Vec<String
                     "line {line}: blocks such as {{{{#{name}}}}} belong in the HTML templates, not in language texts"
                 )),
                 None => problems.push(format!(
-                    "line {line}: unknown block {{{{#{name}}}}}; the blocks are {{{{#retry}}}}…{{{{/retry}}}}, {{{{#wait}}}}…{{{{/wait}}}} and {{{{#link}}}}…{{{{/link}}}}"
+                    "line {line}: unknown block {{{{#{name}}}}}; the blocks are {{{{#retry}}}}…{{{{/retry}}}}, {{{{#wait}}}}…{{{{/wait}}}}, {{{{#link}}}}…{{{{/link}}}} and {{{{#notice}}}}…{{{{/notice}}}}"
                 )),
             }
         } else if let Some(name) = inner.strip_prefix('/') {
@@ -333,6 +341,8 @@ pub(super) struct Values<'a> {
     pub(super) wait_seconds: Option<u32>,
     /// Link to the shopper's orders (escaped when written).
     pub(super) link: Option<&'a str>,
+    /// The operator's notice (escaped when written).
+    pub(super) notice: Option<&'a str>,
 }
 
 /// Appends the page to `out`.
@@ -357,11 +367,17 @@ pub(super) fn render(segs: &[Seg], values: &Values<'_>, out: &mut String) {
                     out.push_str(&escape_html(link));
                 }
             }
+            Seg::Dyn(Dynamic::Notice) => {
+                if let Some(notice) = values.notice {
+                    out.push_str(&escape_html(notice));
+                }
+            }
             Seg::Block(block, content) => {
                 let shown = match block {
                     Block::Retry => values.retry_after.is_some(),
                     Block::Wait => values.wait_seconds.is_some(),
                     Block::Link => values.link.is_some(),
+                    Block::Notice => values.notice.is_some(),
                 };
                 if shown {
                     render(content, values, out);
@@ -471,6 +487,7 @@ mod tests {
             retry_after: Some(7),
             wait_seconds: None,
             link: None,
+            notice: None,
         };
         render(&segs, &values, &mut out);
         assert_eq!(out, "<b>a &amp; b</b>&lt;wait&gt; 7");

@@ -5,7 +5,7 @@ use super::*;
 const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 /// Every outcome that has a page, with its status and default Retry-After.
-const PAGED: [(Outcome, u16, Option<u32>); 23] = [
+const PAGED: [(Outcome, u16, Option<u32>); 24] = [
     (Outcome::NoRoute, 404, None),
     (Outcome::NoHealthyBackend, 503, Some(5)),
     (Outcome::ConnectFailed, 502, Some(2)),
@@ -27,6 +27,7 @@ const PAGED: [(Outcome, u16, Option<u32>); 23] = [
     (Outcome::IdempotencyKeyReused, 422, None),
     (Outcome::OrderOutcomeUnknown, 409, None),
     (Outcome::AlreadyProcessed, 409, None),
+    (Outcome::Maintenance, 503, Some(5)),
     (Outcome::BadRequest, 400, None),
     (Outcome::Internal, 500, None),
 ];
@@ -42,7 +43,8 @@ const MAY_HAVE_ORDERED: [&str; 6] = [
 ];
 
 /// Kinds that fail before any backend got the request.
-const NOTHING_ORDERED: [&str; 11] = [
+const NOTHING_ORDERED: [&str; 12] = [
+    "maintenance",
     "idempotency_key_missing",
     "idempotency_key_invalid",
     "idempotency_key_reused",
@@ -291,6 +293,7 @@ fn retry_after_and_wait_can_be_overridden() {
         retry_after: Some(30),
         wait_seconds: Some(45),
         link: None,
+        notice: None,
     };
     let (head, body) = render(&pages, Outcome::Shed, &html, &context).expect("page");
     assert_eq!(header(&head, "retry-after"), Some("30"));
@@ -581,4 +584,26 @@ fn a_page_links_to_the_shoppers_orders_when_the_route_says_where() {
     assert!(!String::from_utf8(body.to_vec())
         .expect("utf-8")
         .contains("<a href"));
+}
+
+#[test]
+fn the_operators_notice_is_shown_escaped_in_html_and_json() {
+    let pages = Pages::builtin();
+    let context = PageContext {
+        notice: Some("Back at 02:00 <UTC>"),
+        ..PageContext::new("req-42")
+    };
+    let (_, body) = render(
+        &pages,
+        Outcome::Maintenance,
+        &request(Some(BROWSER), None),
+        &context,
+    )
+    .expect("page");
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(text.contains("Back at 02:00 &lt;UTC&gt;"), "{text}");
+    let (_, body) =
+        render(&pages, Outcome::Maintenance, &request(None, None), &context).expect("page");
+    let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(page["notice"], "Back at 02:00 <UTC>");
 }

@@ -4,6 +4,7 @@
 //! they share are in `values`.
 
 mod idempotency;
+mod maintenance;
 mod pool;
 mod route;
 mod server;
@@ -53,6 +54,10 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
         .chain(file.routes.iter().filter_map(|r| r.pages.as_ref()))
         .map(|dir| base.join(dir))
         .collect();
+    let maintenance = file
+        .maintenance
+        .as_ref()
+        .map(|m| maintenance::maintenance("maintenance", m, &mut problems));
     if problems.0.is_empty() {
         Ok(Config {
             server,
@@ -61,6 +66,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
             admin,
             access_log,
             pages_dirs,
+            maintenance,
         })
     } else {
         Err(problems.0)

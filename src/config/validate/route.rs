@@ -188,6 +188,10 @@ pub(super) fn route(
             problems,
         ),
         idempotency,
+        maintenance: file
+            .maintenance
+            .as_ref()
+            .map(|m| super::maintenance::maintenance(&format!("{at}.maintenance"), m, problems)),
     }
 }
 
