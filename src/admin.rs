@@ -2,6 +2,7 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /` or `/ui` | the status page: HTML that polls `/status` every 2 s (no token needed for the page itself; it asks for one when `/status` does) |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when every listener accepts connections, 503 before that and while shutting down |
 //! | `GET /status` | JSON: config generation and source, last reload, pools, backends, queues |
@@ -11,9 +12,12 @@
 //! | `POST /backends/{pool}/{addr}/undrain` | back in rotation |
 //! | `POST /backends/{pool}/{addr}/weight?value=N` | override its weight (1–1000) until `value=0` returns to the config's; not a config generation |
 //!
-//! With a token configured, every request but `/healthz` and `/readyz` needs
-//! `Authorization: Bearer <token>`.
+//! With a token configured, every request but `/healthz`, `/readyz` and the
+//! status page's HTML needs `Authorization: Bearer <token>`. The page holds
+//! no data: its script sends the token (kept in the tab's `sessionStorage`)
+//! with every call.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +41,18 @@ use crate::config::AdminConfig;
 use crate::state::State;
 use crate::upstream::{Availability, Backend, Pool};
 
+/// The status page: HTML, CSS and script in one file, nothing fetched from
+/// elsewhere.
+const STATUS_PAGE: &str = include_str!("admin/status.html");
+
+/// What the status page may do: its own inline script and style, calls to
+/// this listener, nothing from elsewhere; never inside another site's frame
+/// (its buttons drain backends).
+const STATUS_PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// When the process started serving, for `uptime_seconds` in `/status`.
+static STARTED: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
 /// Pause before trying again after a failed accept.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -54,6 +70,7 @@ impl Admin {
     /// backlog. The socket has SO_REUSEPORT: during a graceful upgrade (`upgrade`)
     /// the new process listens beside the old one until that one exits.
     pub fn bind(state: Arc<State>, config: AdminConfig, upgrade: bool) -> Result<Admin, String> {
+        std::sync::LazyLock::force(&STARTED);
         if !upgrade {
             // A plain bind fails if anything else holds the port.
             std::net::TcpListener::bind(config.listen).map_err(|e| {
@@ -157,7 +174,8 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
-    if let (Some(token), false) = (token, matches!(path.as_str(), "/healthz" | "/readyz")) {
+    let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/" | "/ui");
+    if let (Some(token), false) = (token, open) {
         let given = request
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -175,6 +193,7 @@ async fn handle(
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
+        (&Method::GET, [""] | ["ui"]) => status_page(),
         (&Method::GET, ["healthz"]) => reply(StatusCode::OK, json!({ "status": "alive" })),
         (&Method::GET, ["readyz"]) => readiness(state),
         (&Method::GET, ["status"]) => reply(StatusCode::OK, status(state)),
@@ -201,7 +220,7 @@ async fn handle(
             let query = request.uri().query().unwrap_or("").to_string();
             backend_action(state, pool, addr, action, &query)
         }
-        (_, ["healthz" | "readyz" | "status" | "metrics"])
+        (_, ["" | "ui" | "healthz" | "readyz" | "status" | "metrics"])
         | (_, ["reload"])
         | (_, ["backends", ..]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -209,6 +228,27 @@ async fn handle(
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no admin endpoint {path}")),
     }
+}
+
+fn status_page() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+    let headers = response.headers_mut();
+    let static_header = http::HeaderValue::from_static;
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        static_header("text/html; charset=utf-8"),
+    );
+    headers.insert(http::header::CACHE_CONTROL, static_header("no-store"));
+    headers.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        static_header(STATUS_PAGE_CSP),
+    );
+    headers.insert(http::header::X_FRAME_OPTIONS, static_header("DENY"));
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        static_header("nosniff"),
+    );
+    response
 }
 
 /// Ready when every listener was seen accepting connections and the process
@@ -324,11 +364,57 @@ fn availability_name(availability: Availability) -> &'static str {
     }
 }
 
-fn backend_status(pool: &Pool, index: usize, backend: &Backend, now: Instant) -> Value {
+/// Seconds from `then` to `now`, rounded to milliseconds.
+fn seconds_since(now: Instant, then: Instant) -> f64 {
+    (now.saturating_duration_since(then).as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+type AttemptTotals = BTreeMap<(String, String), BTreeMap<String, u64>>;
+
+fn backend_status(
+    pool: &Pool,
+    index: usize,
+    backend: &Backend,
+    now: Instant,
+    attempts: &AttemptTotals,
+) -> Value {
     let (weight, max_in_flight) = pool.weight_and_cap(index).unwrap_or_default();
     // An admin override wins over the file until `weight?value=0`: show both.
     let availability = backend.availability(now, pool.health());
+    // Time left of an ejection; 0 while an ejected backend whose time is up
+    // waits for a passing probe.
+    let ejected_for = (availability == Availability::Ejected).then(|| {
+        backend
+            .ejected_until()
+            .map_or(0.0, |until| seconds_since(until, now))
+    });
+    let probe = pool.health().map(|_| {
+        let report = backend.probe_report();
+        json!({
+            "last_ago_s": report.last.as_ref().map(|(at, _)| seconds_since(now, *at)),
+            "last_ok": report.last.as_ref().map(|(_, error)| error.is_none()),
+            "last_error": report.last.as_ref().and_then(|(_, error)| error.clone()),
+            "changed_ago_s": report.changed.map(|at| seconds_since(now, at)),
+        })
+    });
+    // Share of its full weight a returning backend gets (slow start), 1 when done.
+    let slow_start = pool.slow_start();
+    let slow_start_progress = match availability {
+        Availability::Serving(since) if !slow_start.is_zero() => {
+            Some((since.as_secs_f64() / slow_start.as_secs_f64()).min(1.0))
+        }
+        _ => None,
+    };
+    let attempts = attempts
+        .get(&(pool.name.clone(), backend.addr.to_string()))
+        .cloned()
+        .unwrap_or_default();
     json!({
+        "ejected_for_s": ejected_for,
+        "probe": probe,
+        "slow_start_progress": slow_start_progress,
+        "ewma_latency_ms": (backend.ewma_latency().as_secs_f64() * 1e6).round() / 1e3,
+        "attempts": attempts,
         "addr": backend.addr.to_string(),
         "state": availability_name(availability),
         "health": if pool.health().is_some() { backend.health().as_str() } else { "not_checked" },
@@ -345,6 +431,7 @@ fn backend_status(pool: &Pool, index: usize, backend: &Backend, now: Instant) ->
 fn status(state: &State) -> Value {
     let snapshot = state.snapshot();
     let now = Instant::now();
+    let attempts = state.metrics.attempt_totals();
     let pools: Vec<Value> = snapshot
         .pools
         .iter()
@@ -365,6 +452,8 @@ fn status(state: &State) -> Value {
                 "name": pool.name,
                 "capacity": pool.capacity(),
                 "panic": pool.state.panicking.load(std::sync::atomic::Ordering::Relaxed),
+                "health_checked": pool.health().is_some(),
+                "slow_start_s": pool.slow_start().as_secs_f64(),
                 "queue": {
                     "in_use": admission.in_use,
                     "waiting": waiting,
@@ -375,7 +464,7 @@ fn status(state: &State) -> Value {
                     .backends()
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| backend_status(pool, i, b, now))
+                    .map(|(i, b)| backend_status(pool, i, b, now, &attempts))
                     .collect::<Vec<_>>(),
             })
         })
@@ -387,7 +476,20 @@ fn status(state: &State) -> Value {
         "ready": state.listeners_ready() && !state.is_shutting_down(),
         "reload": state.reload_status(),
         "shutting_down": state.is_shutting_down(),
+        "uptime_seconds": seconds_since(now, *STARTED),
         "routes": snapshot.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        "route_stats": snapshot
+            .routes
+            .iter()
+            .map(|route| {
+                json!({
+                    "name": route.name,
+                    "pool": snapshot.pools.get(route.pool).map(|p| p.name.as_str()),
+                    "priority": route.priority.as_str(),
+                    "totals": state.metrics.route_totals(&route.name),
+                })
+            })
+            .collect::<Vec<_>>(),
         "pools": pools,
     })
 }

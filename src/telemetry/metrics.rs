@@ -4,9 +4,10 @@
 //! Per-request handles are resolved once per snapshot ([`RouteMetrics`],
 //! [`BackendMetrics`]), not looked up by label on every request.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use prometheus::core::Collector;
+use prometheus::core::{Collector, Metric as _};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -244,6 +245,36 @@ impl RouteMetrics {
         self.requests[class].inc();
         self.duration.observe(seconds);
     }
+}
+
+/// A route's counters since the start, for `/status`: the status page turns
+/// two of them into rates and percentiles over the time between its polls.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RouteTotals {
+    /// Requests answered, by status class (`2xx`, `5xx`, ...).
+    pub requests: BTreeMap<&'static str, u64>,
+    /// Requests answered with one of ordergate's pages, by reason (only those
+    /// that happened).
+    pub rejections: BTreeMap<String, u64>,
+    /// Retries, all reasons.
+    pub retries: u64,
+    /// Failures not retried, by why (only those that happened).
+    pub retries_denied: BTreeMap<String, u64>,
+    /// The request duration histogram.
+    pub latency: LatencyTotals,
+}
+
+/// A latency histogram's cumulative buckets.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LatencyTotals {
+    /// Upper bounds of the buckets, in seconds (the last bucket, +Inf, is `count`).
+    pub le: Vec<f64>,
+    /// Requests at or below each bound.
+    pub counts: Vec<u64>,
+    /// Requests observed.
+    pub count: u64,
+    /// Sum of their durations, in seconds.
+    pub sum: f64,
 }
 
 /// Handles for one backend of a pool, resolved when a snapshot is built.
@@ -505,6 +536,63 @@ impl Metrics {
             .sum()
     }
 
+    /// A route's counters since the start (see [`RouteTotals`]).
+    pub fn route_totals(&self, route: &str) -> RouteTotals {
+        let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .into_iter()
+            .map(|class| {
+                let counter = self.requests.with_label_values(&[route, class]);
+                (class, counter.get())
+            })
+            .collect();
+        let histogram = self.duration.with_label_values(&[route]).metric();
+        let histogram = histogram.get_histogram();
+        let (le, counts) = histogram
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .unzip();
+        let retries = counts_by(&self.retries, route, "reason").values().sum();
+        let nonzero = |mut counts: BTreeMap<String, u64>| {
+            counts.retain(|_, n| *n > 0);
+            counts
+        };
+        RouteTotals {
+            requests,
+            rejections: nonzero(counts_by(&self.rejections, route, "reason")),
+            retries,
+            retries_denied: nonzero(counts_by(&self.retries_denied, route, "reason")),
+            latency: LatencyTotals {
+                le,
+                counts,
+                count: histogram.get_sample_count(),
+                sum: histogram.get_sample_sum(),
+            },
+        }
+    }
+
+    /// Upstream attempts since the start, by pool, backend and result.
+    pub fn attempt_totals(&self) -> BTreeMap<(String, String), BTreeMap<String, u64>> {
+        let mut totals: BTreeMap<(String, String), BTreeMap<String, u64>> = BTreeMap::new();
+        for family in self.attempts.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                totals
+                    .entry((label("pool"), label("backend")))
+                    .or_default()
+                    .insert(label("result"), metric.get_counter().value() as u64);
+            }
+        }
+        totals
+    }
+
     /// Handles for a route.
     pub fn route(&self, route: &str) -> RouteMetrics {
         RouteMetrics {
@@ -587,6 +675,29 @@ impl Metrics {
     }
 }
 
+/// The counters of a `{route, <key>}` vector for one route, by `key`.
+fn counts_by(vec: &IntCounterVec, route: &str, key: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels = metric.get_label();
+            if !labels
+                .iter()
+                .any(|l| l.name() == "route" && l.value() == route)
+            {
+                continue;
+            }
+            if let Some(value) = labels.iter().find(|l| l.name() == key) {
+                counts.insert(
+                    value.value().to_string(),
+                    metric.get_counter().value() as u64,
+                );
+            }
+        }
+    }
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,5 +720,36 @@ mod tests {
         assert!(text.contains("ordergate_upstream_attempts_total{backend=\"127.0.0.1:9001\",pool=\"orders\",result=\"reset\"} 1"));
         assert!(text.contains("ordergate_request_duration_seconds_count{route=\"checkout\"} 2"));
         assert!(text.contains("ordergate_config_generation 2"));
+    }
+
+    #[test]
+    fn route_totals_count_what_happened_to_one_route() {
+        let metrics = Metrics::new();
+        metrics.route("checkout").observe(201, 0.02);
+        metrics.route("checkout").observe(503, 0.001);
+        metrics.route("catalog").observe(200, 3.0);
+        metrics.rejection("checkout", "shed");
+        metrics.rejection("catalog", "no_route");
+        metrics.retry("checkout", "reset");
+        metrics.retry_denied("checkout", "budget");
+        let totals = metrics.route_totals("checkout");
+        assert_eq!(totals.requests["2xx"], 1);
+        assert_eq!(totals.requests["5xx"], 1);
+        assert_eq!(totals.rejections.len(), 1);
+        assert_eq!(totals.rejections["shed"], 1);
+        assert_eq!(totals.retries, 1);
+        assert_eq!(totals.retries_denied["budget"], 1);
+        assert_eq!(totals.latency.count, 2);
+        assert_eq!(totals.latency.le.len(), BUCKETS.len());
+        // 1 ms is in the first bucket, 20 ms from the 25 ms bucket on.
+        assert_eq!(totals.latency.counts[0], 1);
+        assert_eq!(totals.latency.counts[4], 2);
+        metrics
+            .backend("orders", "127.0.0.1:9001")
+            .attempt(UpstreamResult::Reset);
+        let attempts = metrics.attempt_totals();
+        let backend = &attempts[&("orders".to_string(), "127.0.0.1:9001".to_string())];
+        assert_eq!(backend["reset"], 1);
+        assert_eq!(backend["success"], 0);
     }
 }

@@ -8,5 +8,5 @@ pub(crate) use access::now_rfc3339;
 pub use access::{AccessLogger, AccessRecord};
 pub use metrics::{
     BackendMetrics, ConnectionsClosed, FrameworkEvent, IdempotencyMetrics, IdempotencyResult,
-    Metrics, RouteMetrics, UpstreamResult, REVISION,
+    LatencyTotals, Metrics, RouteMetrics, RouteTotals, UpstreamResult, REVISION,
 };

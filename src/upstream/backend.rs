@@ -61,6 +61,20 @@ struct Status {
     /// Since when the backend can take traffic (for slow start).
     serving_since: Instant,
     next_probe: Option<Instant>,
+    /// The last probe: when, and why it failed (`None` when it passed).
+    last_probe: Option<(Instant, Option<String>)>,
+    /// When active health last changed (`None`: never, since the start).
+    health_changed: Option<Instant>,
+}
+
+/// The last active probe of a backend and the last change of its health, for
+/// the admin status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeReport {
+    /// When the last probe finished, and why it failed (`None` when it passed).
+    pub last: Option<(Instant, Option<String>)>,
+    /// When the health last changed.
+    pub changed: Option<Instant>,
 }
 
 /// Whether a backend may take a new request now.
@@ -101,6 +115,8 @@ impl Backend {
                 outlier: OutlierState::default(),
                 serving_since: now,
                 next_probe: None,
+                last_probe: None,
+                health_changed: None,
             }),
             drained: AtomicBool::new(false),
             weight_override: AtomicU32::new(0),
@@ -222,7 +238,46 @@ impl Backend {
         if change == Some(Health::Healthy) {
             status.serving_since = now;
         }
+        if change.is_some() {
+            status.health_changed = Some(now);
+        }
+        if passed {
+            status.last_probe = Some((now, None));
+        }
         change
+    }
+
+    /// Records a probe's outcome with why it failed, then counts it as
+    /// [`Backend::record_probe`] does.
+    pub fn record_probe_result(
+        &self,
+        result: &Result<(), String>,
+        config: &HealthConfig,
+    ) -> Option<Health> {
+        let change = self.record_probe(result.is_ok(), config);
+        if let Err(why) = result {
+            lock(&self.status).last_probe = Some((Instant::now(), Some(why.clone())));
+        }
+        change
+    }
+
+    /// The last probe and the last change of health.
+    pub fn probe_report(&self) -> ProbeReport {
+        let status = lock(&self.status);
+        ProbeReport {
+            last: status.last_probe.clone(),
+            changed: status.health_changed,
+        }
+    }
+
+    /// Until when passive checks eject the backend (or last ejected it).
+    pub fn ejected_until(&self) -> Option<Instant> {
+        lock(&self.status).outlier.ejected_until()
+    }
+
+    /// The smoothed (peak-EWMA) latency of the backend's answers.
+    pub fn ewma_latency(&self) -> Duration {
+        Duration::from_nanos(lock(&self.load).latency_nanos as u64)
     }
 
     /// Claims the next probe if it is due: returns true at most once per interval.

@@ -49,7 +49,7 @@ impl HealthChecker {
                 let config = config.clone();
                 tokio::spawn(async move {
                     let result = super::health::probe(backend.addr, &config).await;
-                    if let Some(health) = backend.record_probe(result.is_ok(), &config) {
+                    if let Some(health) = backend.record_probe_result(&result, &config) {
                         match result {
                             Ok(()) => log::info!(
                                 "pool {}: backend {} is {}",

@@ -14,7 +14,7 @@ pub mod health;
 pub mod outlier;
 mod pool;
 
-pub use backend::{Availability, Backend, InFlight, PoolState, Registry};
+pub use backend::{Availability, Backend, InFlight, PoolState, ProbeReport, Registry};
 pub use balance::key_hash;
 pub use budget::RetryBudget;
 pub use pool::{Pick, Pool};

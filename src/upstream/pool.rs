@@ -146,6 +146,12 @@ impl Pool {
         serving * 100 < usize::from(self.panic_threshold) * self.backends.len()
     }
 
+    /// How long a backend that comes back ramps up to its full share
+    /// (`slow_start`; zero when off).
+    pub fn slow_start(&self) -> Duration {
+        self.slow_start
+    }
+
     /// The pool's active health checks, if any.
     pub fn health(&self) -> Option<&HealthConfig> {
         self.health.as_ref()
