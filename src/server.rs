@@ -1,5 +1,8 @@
 //! Starting the pingora server for a validated config: the proxy on its TCP and
 //! TLS listeners, the health checker, the reload watcher and the admin API.
+//! Signals: SIGHUP reloads (see `reload`), SIGTERM drains and stops, SIGINT
+//! stops, SIGQUIT hands the sockets to a new process, SIGUSR1 reopens the
+//! access log file.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -25,7 +28,7 @@ use crate::connection::Connections;
 use crate::proxy::Proxy;
 use crate::reload::ReloadWatcher;
 use crate::state::State;
-use crate::telemetry::AccessLogger;
+use crate::telemetry::{AccessLogReopen, AccessLogger};
 use crate::upstream::checker::HealthChecker;
 
 /// How to start.
@@ -220,10 +223,43 @@ pub fn raise_open_files_limit() {
     }
 }
 
+/// SIGUSR1 reopens the access log file (logrotate's `postrotate`). The handler
+/// is installed before the server starts, on a thread of its own, so the
+/// signal's default action (exit) never applies while ordergate serves.
+fn reopen_access_log_on_sigusr1(reopen: AccessLogReopen) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the SIGUSR1 handler: {e}"))?;
+    let mut signals = {
+        let _context = runtime.enter();
+        signal(SignalKind::user_defined1()).map_err(|e| format!("cannot handle SIGUSR1: {e}"))?
+    };
+    std::thread::Builder::new()
+        .name("sigusr1".to_string())
+        .spawn(move || {
+            runtime.block_on(async move {
+                while signals.recv().await.is_some() {
+                    match reopen.reopen() {
+                        Ok(Some(path)) => {
+                            log::info!("SIGUSR1: access log reopened at {}", path.display())
+                        }
+                        Ok(None) => log::info!("SIGUSR1: no access log file to reopen"),
+                        Err(e) => log::error!("SIGUSR1: {e}; still writing to the old file"),
+                    }
+                }
+            });
+        })
+        .map_err(|e| format!("cannot start the SIGUSR1 handler: {e}"))?;
+    Ok(())
+}
+
 /// Serves a config until the process is told to stop. Returns only on a
 /// startup error; otherwise the process exits when it shuts down.
 pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     let access_log = AccessLogger::open(&config.access_log)?;
+    reopen_access_log_on_sigusr1(access_log.reopener())?;
     let first_port = config.server.listen.first().map_or(0, |a| a.port());
     let grace = config.server.grace_period;
     let conf = ServerConf {

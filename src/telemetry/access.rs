@@ -1,9 +1,12 @@
 //! The access log: one JSON object per line and request, written to stdout or
-//! a file, or nowhere (the default).
+//! a file, or nowhere (the default). A file is reopened at its path on
+//! request ([`AccessLogReopen`], on SIGUSR1), so logrotate can move it away and
+//! ordergate goes on writing to a new file.
 
 use std::fs::OpenOptions;
 use std::io::{LineWriter, Write};
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -44,7 +47,13 @@ pub struct AccessRecord<'a> {
 
 /// Where access records go.
 pub struct AccessLogger {
-    sink: Option<Mutex<Box<dyn Write + Send>>>,
+    sink: Option<Arc<Mutex<Sink>>>,
+}
+
+/// The open writer, and the file it writes to (none for stdout).
+struct Sink {
+    writer: Box<dyn Write + Send>,
+    path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AccessLogger {
@@ -55,29 +64,44 @@ impl std::fmt::Debug for AccessLogger {
     }
 }
 
+fn open_file(path: &Path) -> Result<Box<dyn Write + Send>, String> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open access log {}: {e}", path.display()))?;
+    Ok(Box::new(LineWriter::new(file)))
+}
+
 impl AccessLogger {
     /// Opens the access log the config names.
     pub fn open(config: &AccessLog) -> Result<AccessLogger, String> {
-        let sink: Option<Box<dyn Write + Send>> = match config {
+        let sink = match config {
             AccessLog::Off => None,
-            AccessLog::Stdout => Some(Box::new(LineWriter::new(std::io::stdout()))),
-            AccessLog::File(path) => {
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| format!("cannot open access log {}: {e}", path.display()))?;
-                Some(Box::new(LineWriter::new(file)))
-            }
+            AccessLog::Stdout => Some(Sink {
+                writer: Box::new(LineWriter::new(std::io::stdout())),
+                path: None,
+            }),
+            AccessLog::File(path) => Some(Sink {
+                writer: open_file(path)?,
+                path: Some(path.clone()),
+            }),
         };
         Ok(AccessLogger {
-            sink: sink.map(Mutex::new),
+            sink: sink.map(|sink| Arc::new(Mutex::new(sink))),
         })
     }
 
     /// Whether records are written at all (skip building them otherwise).
     pub fn enabled(&self) -> bool {
         self.sink.is_some()
+    }
+
+    /// A handle that reopens the log file, for the signal handler.
+    pub fn reopener(&self) -> AccessLogReopen {
+        AccessLogReopen {
+            sink: self.sink.clone(),
+        }
     }
 
     /// Writes one record as a JSON line.
@@ -88,10 +112,49 @@ impl AccessLogger {
         };
         line.push(b'\n');
         if let Ok(mut sink) = sink.lock() {
-            if let Err(e) = sink.write_all(&line) {
+            if let Err(e) = sink.writer.write_all(&line) {
                 log::warn!("access log write failed: {e}");
             }
         }
+    }
+}
+
+/// Reopens the access log file at its configured path (logrotate's
+/// `postrotate` sends SIGUSR1 after moving the file away).
+#[derive(Clone)]
+pub struct AccessLogReopen {
+    sink: Option<Arc<Mutex<Sink>>>,
+}
+
+impl std::fmt::Debug for AccessLogReopen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLogReopen").finish_non_exhaustive()
+    }
+}
+
+impl AccessLogReopen {
+    /// Opens the file anew and writes to it from the next record on; returns
+    /// the path, or `None` when the log is off or goes to stdout. On an error
+    /// the old file stays in use.
+    pub fn reopen(&self) -> Result<Option<PathBuf>, String> {
+        let Some(sink) = &self.sink else {
+            return Ok(None);
+        };
+        let path = match sink.lock() {
+            Ok(sink) => sink.path.clone(),
+            Err(_) => return Err("the access log is unusable".to_string()),
+        };
+        let Some(path) = path else { return Ok(None) };
+        // Open before taking the lock: requests keep logging meanwhile.
+        let writer = open_file(&path)?;
+        let mut sink = sink
+            .lock()
+            .map_err(|_| "the access log is unusable".to_string())?;
+        if let Err(e) = sink.writer.flush() {
+            log::warn!("access log: flushing the old file failed: {e}");
+        }
+        sink.writer = writer;
+        Ok(Some(path))
     }
 }
 
@@ -129,6 +192,50 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reopen_writes_to_a_new_file_at_the_same_path() {
+        let dir = std::env::temp_dir().join(format!("ordergate-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("access.log");
+        let logger = AccessLogger::open(&AccessLog::File(path.clone())).expect("open");
+        let record = |id| AccessRecord {
+            time: now_rfc3339(),
+            request_id: id,
+            route: None,
+            pool: None,
+            backend: None,
+            method: "GET",
+            path: "/",
+            status: 200,
+            attempts: 1,
+            queue_wait: 0.0,
+            upstream_time: None,
+            total_time: 0.0,
+            bytes: 0,
+            outcome: None,
+        };
+        logger.write(&record("before"));
+        let rotated = dir.join("access.log.1");
+        std::fs::rename(&path, &rotated).expect("rotate");
+        // Until reopened, records follow the moved file.
+        logger.write(&record("moved"));
+        assert_eq!(logger.reopener().reopen(), Ok(Some(path.clone())));
+        logger.write(&record("after"));
+        let old = std::fs::read_to_string(&rotated).expect("rotated file");
+        let new = std::fs::read_to_string(&path).expect("new file");
+        assert!(
+            old.contains("\"before\"") && old.contains("\"moved\""),
+            "{old}"
+        );
+        assert!(
+            new.contains("\"after\"") && !new.contains("\"before\""),
+            "{new}"
+        );
+        let off = AccessLogger::open(&AccessLog::Off).expect("off");
+        assert_eq!(off.reopener().reopen(), Ok(None));
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn converts_days_to_dates() {

@@ -5,7 +5,7 @@ mod access;
 mod metrics;
 
 pub(crate) use access::now_rfc3339;
-pub use access::{AccessLogger, AccessRecord};
+pub use access::{AccessLogReopen, AccessLogger, AccessRecord};
 pub use metrics::{
     BackendMetrics, ConnectionsClosed, FrameworkEvent, IdempotencyMetrics, IdempotencyResult,
     LatencyTotals, Metrics, RouteMetrics, RouteTotals, UpstreamResult, REVISION,
