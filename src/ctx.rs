@@ -61,6 +61,8 @@ pub struct RequestCtx {
     pub connected: bool,
     /// The first request with an idempotency key: what its record will say.
     pub keyed: Option<KeyedRequest>,
+    /// A waiting room's new pass, set on the answer (`Set-Cookie` value).
+    pub room_cookie: Option<String>,
     /// The operator's words for the page (a maintenance window's message).
     pub notice: Option<String>,
 }
@@ -89,6 +91,7 @@ impl RequestCtx {
             proxying: false,
             connected: false,
             keyed: None,
+            room_cookie: None,
             notice: None,
         }
     }

@@ -42,6 +42,7 @@ pub mod proxy;
 pub mod reload;
 pub mod respond;
 pub mod retry;
+pub mod room;
 pub mod route;
 pub mod server;
 pub mod sim;

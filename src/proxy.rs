@@ -79,10 +79,52 @@ impl Proxy {
     /// go on (admitted, holding a pass, bypassed, or no room).
     async fn waiting_room(
         &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
     ) -> Result<Option<bool>> {
-        Ok(None)
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let Some((route, pool)) = ctx.route_and_pool() else {
+            return Ok(None);
+        };
+        let Some(room) = snapshot.rooms.for_route(&route.name) else {
+            return Ok(None);
+        };
+        let pressure = room_pressure(pool);
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
+        let header = session.req_header();
+        let request = crate::room::Request {
+            method: &header.method,
+            path: header.uri.path(),
+            headers: &header.headers,
+            tls,
+        };
+        match room.decide(&request, pressure, Instant::now()).await {
+            crate::room::Decision::Pass(cookie) => {
+                ctx.room_cookie = cookie;
+                Ok(None)
+            }
+            crate::room::Decision::Wait(view, cookie) => {
+                let outcome = Outcome::WaitingRoom;
+                ctx.outcome = Some(outcome);
+                ctx.retry_after = Some(view.refresh);
+                self.state
+                    .metrics
+                    .rejection(ctx.route_name(), outcome.reason());
+                let page = respond::RoomPage {
+                    request_id: &ctx.request_id,
+                    room: &room.settings.name,
+                    view,
+                    set_cookie: cookie.as_deref(),
+                };
+                let forced_close = self.state.is_shutting_down();
+                let sent = respond::send_room(session, ctx.pages(), &page, forced_close).await?;
+                ctx.bytes_sent += sent.bytes;
+                Ok(Some(true))
+            }
+        }
     }
 
     /// Idempotency at the edge, in `request_filter`: `Some(true)` when the
@@ -179,6 +221,18 @@ async fn read_small_body(session: &mut Session) -> Result<Bytes> {
     while let Some(chunk) = session.read_request_body().await? {
         body.extend_from_slice(&chunk);
     }
+/// How loaded a room's pool is: its slots, queue, limit and capacity now.
+fn room_pressure(pool: &crate::upstream::Pool) -> crate::room::Pressure {
+    let capacity = pool.capacity();
+    let admission = pool.state.admission.snapshot();
+    crate::room::Pressure::of(
+        admission.in_use,
+        admission.waiting.iter().sum(),
+        admission.limit,
+        capacity,
+    )
+}
+
     Ok(Bytes::from(body))
 }
 
@@ -707,6 +761,10 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(cookie) = ctx.room_cookie.take() {
+            // A waiting room's new pass, on the admitted shopper's first answer.
+            response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
         if let Some(keyed) = ctx.keyed.as_mut() {
             let max = ctx
                 .snapshot

@@ -34,6 +34,9 @@ pub struct Snapshot {
     pub pages: Pages,
     /// Limits on what a shopper's connection may send and how long it may idle.
     pub limits: crate::connection::Limits,
+    /// Waiting rooms, and which covers each route; their lines are live
+    /// state in `Stores` and outlive snapshots.
+    pub rooms: crate::room::Rooms,
 }
 
 /// The result of the last reload attempt, for the admin status.
@@ -457,6 +460,7 @@ impl Snapshot {
 }
 
 #[cfg(test)]
+            rooms: crate::room::Rooms::new(&config.rooms, stores, metrics),
 mod tests {
     use super::*;
 

@@ -18,6 +18,9 @@ pub struct FileConfig {
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+    /// `[[rooms]]`: waiting rooms.
+    #[serde(default)]
+    pub rooms: Vec<FileRoom>,
     /// `[admin]`.
     pub admin: Option<FileAdmin>,
     /// `[log]`.
@@ -30,6 +33,8 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileMaintenance {
+    /// Whether the table opens a window (false: only allow rules).
+    pub active: Option<bool>,
     /// RFC 3339 end of the window.
     pub until: Option<String>,
     /// Shown to shoppers.
@@ -322,4 +327,50 @@ pub struct FileRetry {
     pub retry_with_idempotency_key: Option<bool>,
     /// Methods this route treats as non-idempotent besides POST and PATCH.
     pub unsafe_methods: Option<Vec<String>>,
+}
+
+/// `[[rooms]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoom {
+    /// Room name.
+    #[serde(default)]
+    pub name: String,
+    /// Names of the routes it covers.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Most shoppers on the site at once.
+    pub max_active: Option<i64>,
+    /// New shoppers let in per minute.
+    pub admit_per_minute: Option<i64>,
+    /// How long a pass lasts after the last request.
+    pub session: Option<String>,
+    /// How often the waiting page checks again.
+    pub refresh: Option<String>,
+    /// How long a waiting shopper may go without checking in.
+    pub ticket_timeout: Option<String>,
+    /// HMAC key.
+    pub secret: Option<String>,
+    /// Environment variable holding the HMAC key.
+    pub secret_env: Option<String>,
+    /// `on_overload`, `always` or `off`.
+    pub mode: Option<String>,
+    /// `[rooms.bypass]`.
+    pub bypass: Option<FileBypass>,
+    /// RFC 3339 opening time (a TOML date-time or a string).
+    pub opens_at: Option<toml::Value>,
+}
+
+/// `[rooms.bypass]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBypass {
+    /// Path prefixes that never wait.
+    pub paths: Option<Vec<String>>,
+    /// Methods that never wait.
+    pub methods: Option<Vec<String>>,
+    /// A header whose presence (or value) never waits.
+    pub header: Option<String>,
+    /// The value the header must have.
+    pub header_value: Option<String>,
 }

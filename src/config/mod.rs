@@ -25,6 +25,7 @@ use http::header::HeaderName;
 use http::Method;
 
 pub use crate::admission::{AdmissionConfig, LimitConfig, Priority};
+pub use crate::room::{Bypass, RoomConfig, RoomMode, Secret};
 pub use crate::respond::Pages;
 
 pub use duration::{parse_duration, parse_time};
@@ -39,6 +40,8 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// Routes, in file order (the route table sorts them by specificity).
     pub routes: Vec<RouteConfig>,
+    /// Waiting rooms, in file order.
+    pub rooms: Vec<RoomConfig>,
     /// The admin listener, when `[admin]` is present.
     pub admin: Option<AdminConfig>,
     /// Access log.
@@ -52,6 +55,9 @@ pub struct Config {
 /// `[maintenance]` / `[routes.maintenance]`: a planned maintenance window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaintenanceConfig {
+    /// Whether the table opens a window; false: it only holds the allow rules
+    /// for windows opened from the admin API. Default: true.
+    pub active: bool,
     /// When the window ends; `None`: while the table is in the file.
     pub until: Option<std::time::SystemTime>,
     /// Shown to shoppers beside the page's own text.
@@ -510,7 +516,7 @@ impl fmt::Display for ConfigError {
 /// Problems grouped by the part of the file they are in, in the order the
 /// reference config has them; within a part, in the order found.
 fn by_section(mut problems: Vec<ConfigError>) -> Vec<ConfigError> {
-    const SECTIONS: [&str; 5] = ["server", "admin", "log", "pools", "routes"];
+    const SECTIONS: [&str; 6] = ["server", "admin", "log", "pools", "routes", "rooms"];
     problems.sort_by_key(|p| {
         SECTIONS
             .iter()

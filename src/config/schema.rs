@@ -38,6 +38,8 @@ enum Kind {
     Tables(&'static str, &'static [Field]),
     /// A table of names to whole numbers.
     IntMap,
+    /// An RFC 3339 time: a TOML date-time or a string.
+    Time,
 }
 
 impl Kind {
@@ -62,6 +64,7 @@ impl Kind {
                 format!("a list of tables: write [[{name}]] before each entry")
             }
             Kind::IntMap => "a table of whole numbers, e.g. { critical = 50 }".to_string(),
+            Kind::Time => "an RFC 3339 time, e.g. \"2026-12-01T02:00:00Z\"".to_string(),
         }
     }
 
@@ -76,6 +79,7 @@ impl Kind {
             (Kind::Table(..), Value::Table(_)) => true,
             (Kind::Tables(..), Value::Array(items)) => items.iter().all(Value::is_table),
             (Kind::IntMap, Value::Table(map)) => map.values().all(Value::is_integer),
+            (Kind::Time, Value::String(_) | Value::Datetime(_)) => true,
             _ => false,
         }
     }
@@ -236,10 +240,33 @@ const LOG: &[Field] = &[f("access", Kind::Str)];
 
 const ROOT: &[Field] = &[
     f("server", Kind::Table("server", SERVER)),
+const BYPASS: &[Field] = &[
+    f("paths", Kind::Strs),
+    f("methods", Kind::Strs),
+    f("header", Kind::Str),
+    f("header_value", Kind::Str),
+];
+
+const ROOM: &[Field] = &[
+    f("name", Kind::Str),
+    f("routes", Kind::Strs),
+    f("max_active", Kind::Int),
+    f("admit_per_minute", Kind::Int),
+    f("session", Kind::Duration),
+    f("refresh", Kind::Duration),
+    f("ticket_timeout", Kind::Duration),
+    f("secret", Kind::Str),
+    f("secret_env", Kind::Str),
+    f("mode", Kind::Str),
+    f("bypass", Kind::Table("rooms.bypass", BYPASS)),
+    f("opens_at", Kind::Time),
+];
+
     f("pools", Kind::Tables("pools", POOL)),
     f("routes", Kind::Tables("routes", ROUTE)),
     f("admin", Kind::Table("admin", ADMIN)),
     f("log", Kind::Table("log", LOG)),
+    f("rooms", Kind::Tables("rooms", ROOM)),
     f("maintenance", Kind::Table("maintenance", MAINTENANCE)),
 ];
 
@@ -464,6 +491,7 @@ mod tests {
             Kind::IntMap => Value::Table(Table::from_iter([("a".to_string(), Value::Integer(1))])),
         }
     }
+            Kind::Time => Value::String("2026-12-01T02:00:00Z".to_string()),
 
     fn sample_table(fields: &[Field]) -> Table {
         fields

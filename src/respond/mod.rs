@@ -81,6 +81,9 @@ pub enum Outcome {
     /// A maintenance window is open for the route (or everything); nothing
     /// reached a backend.
     Maintenance,
+    /// The route's waiting room holds the shopper in line (position and
+    /// estimated wait in [`RoomPage`]); nothing reached a backend.
+    WaitingRoom,
     /// The client's request was malformed.
     BadRequest,
     /// The client went away; nothing can be sent (this outcome has no page).
@@ -91,7 +94,7 @@ pub enum Outcome {
 
 /// The page kinds: the [`Outcome::reason`] of every outcome that has a page
 /// (all but `client_gone`). Each language file has one table per kind.
-pub const PAGE_KINDS: [&str; 22] = [
+pub const PAGE_KINDS: [&str; 23] = [
     "no_route",
     "no_healthy_backend",
     "connect_failed",
@@ -112,6 +115,7 @@ pub const PAGE_KINDS: [&str; 22] = [
     "order_outcome_unknown",
     "already_processed",
     "maintenance",
+    "waiting_room",
     "bad_request",
     "internal",
 ];
@@ -123,6 +127,7 @@ impl Outcome {
             Outcome::NoRoute => 404,
             Outcome::NoHealthyBackend
             | Outcome::Maintenance
+            | Outcome::WaitingRoom
             | Outcome::QueueFull
             | Outcome::QueueTimeout
             | Outcome::Shed => 503,
@@ -168,6 +173,7 @@ impl Outcome {
             Outcome::OrderOutcomeUnknown => "order_outcome_unknown",
             Outcome::AlreadyProcessed => "already_processed",
             Outcome::Maintenance => "maintenance",
+            Outcome::WaitingRoom => "waiting_room",
             Outcome::BadRequest => "bad_request",
             Outcome::ClientGone => "client_gone",
             Outcome::Internal => "internal",
@@ -184,6 +190,7 @@ impl Outcome {
             | Outcome::QueueFull
             | Outcome::QueueTimeout
             | Outcome::Shed => Some(5),
+            Outcome::WaitingRoom => Some(10),
             Outcome::ConnectFailed
             | Outcome::UpstreamTimeout
             | Outcome::UpstreamReset
@@ -312,6 +319,36 @@ struct JsonPage<'a> {
     notice: Option<&'a str>,
 }
 
+/// The waiting room's JSON for apps (documented in `conf/pages/README.md`).
+#[derive(Serialize)]
+struct JsonRoom<'a> {
+    state: &'static str,
+    room: &'a str,
+    position: Option<u64>,
+    ahead: Option<u64>,
+    estimated_wait_s: Option<u32>,
+    refresh_s: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opens_in_s: Option<u32>,
+    title: &'a str,
+    message: &'a str,
+    retry_after: Option<u32>,
+    request_id: &'a str,
+}
+
+/// What the waiting room's page shows, beside the request id.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomPage<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The room's name.
+    pub room: &'a str,
+    /// Position, estimate, refresh.
+    pub view: crate::room::View,
+    /// A new ticket to set (`Set-Cookie` value).
+    pub set_cookie: Option<&'a str>,
+}
+
 #[derive(Serialize)]
 struct JsonError<'a> {
     code: &'a str,
@@ -330,6 +367,36 @@ pub fn render(
     outcome: Outcome,
     request: &HeaderMap,
     context: &PageContext<'_>,
+) -> Result<(ResponseHeader, Bytes)> {
+    render_with(pages, outcome, request, context, None)
+}
+
+/// Renders the waiting room's page (`waiting_room`, 503): the place in line
+/// and the estimate in HTML, or the room's JSON shape for apps; it refreshes
+/// after `view.refresh` seconds (also its Retry-After) and sets the ticket.
+pub fn render_room(
+    pages: &Pages,
+    request: &HeaderMap,
+    room: &RoomPage<'_>,
+) -> Result<(ResponseHeader, Bytes)> {
+    let context = PageContext {
+        retry_after: Some(room.view.refresh),
+        wait_seconds: room.view.estimated_wait,
+        ..PageContext::new(room.request_id)
+    };
+    let (mut header, body) = render_with(pages, Outcome::WaitingRoom, request, &context, Some(room))?;
+    if let Some(cookie) = room.set_cookie {
+        header.append_header(http::header::SET_COOKIE, cookie)?;
+    }
+    Ok((header, body))
+}
+
+fn render_with(
+    pages: &Pages,
+    outcome: Outcome,
+    request: &HeaderMap,
+    context: &PageContext<'_>,
+    room: Option<&RoomPage<'_>>,
 ) -> Result<(ResponseHeader, Bytes)> {
     let Some(kind) = outcome.page_kind() else {
         return Error::e_explain(
@@ -353,12 +420,32 @@ pub fn render(
         wait_seconds: context.wait_seconds.or(retry_after),
         link: context.link,
         notice: context.notice,
+        position: room.and_then(|r| r.view.position),
+        ahead: room.and_then(|r| r.view.ahead),
+        opens_in: room.and_then(|r| r.view.opens_in),
     };
 
     let (content_type, body) = if negotiate::prefers_html(request) {
         let mut html = String::with_capacity(4096);
         template::render(&page.html, &values, &mut html);
         ("text/html; charset=utf-8", html.into_bytes())
+    } else if let Some(room) = room {
+        let json = JsonRoom {
+            state: "waiting",
+            room: room.room,
+            position: room.view.position,
+            ahead: room.view.ahead,
+            estimated_wait_s: room.view.estimated_wait,
+            refresh_s: room.view.refresh,
+            opens_in_s: room.view.opens_in,
+            title: &page.title,
+            message: &page.message,
+            retry_after,
+            request_id: context.request_id,
+        };
+        let body = serde_json::to_vec(&json)
+            .or_else(|e| Error::e_because(ErrorType::InternalError, "encoding a page", e))?;
+        ("application/json; charset=utf-8", body)
     } else {
         let json = JsonPage {
             error: JsonError {
@@ -407,6 +494,28 @@ pub async fn send(
     forced_close: bool,
 ) -> Result<Sent> {
     let (header, body) = render(pages, outcome, &session.req_header().headers, context)?;
+    send_rendered(session, outcome, header, body, forced_close).await
+}
+
+/// Writes the waiting room's page ([`render_room`]); the connection follows
+/// the rule of every page.
+pub async fn send_room(
+    session: &mut Session,
+    pages: &Pages,
+    room: &RoomPage<'_>,
+    forced_close: bool,
+) -> Result<Sent> {
+    let (header, body) = render_room(pages, &session.req_header().headers, room)?;
+    send_rendered(session, Outcome::WaitingRoom, header, body, forced_close).await
+}
+
+async fn send_rendered(
+    session: &mut Session,
+    outcome: Outcome,
+    header: ResponseHeader,
+    body: Bytes,
+    forced_close: bool,
+) -> Result<Sent> {
     let mut body_read = session.as_mut().is_body_done();
     if !body_read && !forced_close && !outcome.closes_connection() && small_body(session) {
         body_read = drain(session).await;

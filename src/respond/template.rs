@@ -6,7 +6,7 @@
 //! per response are left open; rendering is then a walk that appends strings.
 
 /// The strings of the `[ui]` table of a language file, shared by all kinds.
-pub(super) const UI_FIELDS: [(&str, &str); 7] = [
+pub(super) const UI_FIELDS: [(&str, &str); 9] = [
     ("request_id_label", "the label shown before the request id"),
     (
         "request_id_hint",
@@ -28,6 +28,14 @@ pub(super) const UI_FIELDS: [(&str, &str); 7] = [
     (
         "orders_link",
         "the text of the link to the shopper's orders (a route's idempotency.orders_url)",
+    ),
+    (
+        "position_hint",
+        "the shopper's place in the waiting room's line, with {{position}} and {{ahead}}",
+    ),
+    (
+        "opens_hint",
+        "that the waiting room opens in {{opens_in}} seconds and places are drawn then",
     ),
 ];
 
@@ -53,6 +61,12 @@ pub(super) enum Dynamic {
     Link,
     /// The operator's own words (a maintenance message); empty when unset.
     Notice,
+    /// Place in the waiting room's line, from 1; empty when unknown.
+    Position,
+    /// Tickets ahead in the waiting room's line; empty when unknown.
+    Ahead,
+    /// Seconds until the waiting room opens; empty when open.
+    OpensIn,
 }
 
 /// A section shown only when its value is known.
@@ -66,6 +80,10 @@ pub(super) enum Block {
     Link,
     /// Shown when the operator wrote a notice.
     Notice,
+    /// Shown when the shopper's place in the waiting room's line is known.
+    Position,
+    /// Shown while the waiting room has not opened yet.
+    Opens,
 }
 
 impl Block {
@@ -75,6 +93,8 @@ impl Block {
             Block::Wait => "wait",
             Block::Link => "link",
             Block::Notice => "notice",
+            Block::Position => "position",
+            Block::Opens => "opens",
         }
     }
 
@@ -84,6 +104,8 @@ impl Block {
             "wait" => Some(Block::Wait),
             "link" => Some(Block::Link),
             "notice" => Some(Block::Notice),
+            "position" => Some(Block::Position),
+            "opens" => Some(Block::Opens),
             _ => None,
         }
     }
@@ -104,13 +126,16 @@ pub(super) enum Field {
     Dyn(Dynamic),
 }
 
-const DYNAMIC: [(&str, Dynamic); 6] = [
+const DYNAMIC: [(&str, Dynamic); 9] = [
     ("status", Dynamic::Status),
     ("request_id", Dynamic::RequestId),
     ("retry_after", Dynamic::RetryAfter),
     ("wait_seconds", Dynamic::WaitSeconds),
     ("link", Dynamic::Link),
     ("notice", Dynamic::Notice),
+    ("position", Dynamic::Position),
+    ("ahead", Dynamic::Ahead),
+    ("opens_in", Dynamic::OpensIn),
 ];
 
 /// Where a placeholder may be used.
@@ -208,7 +233,7 @@ pub(super) fn parse(source: &str, scope: Scope) -> Result<Vec<Token>, Vec<String
                     "line {line}: blocks such as {{{{#{name}}}}} belong in the HTML templates, not in language texts"
                 )),
                 None => problems.push(format!(
-                    "line {line}: unknown block {{{{#{name}}}}}; the blocks are {{{{#retry}}}}…{{{{/retry}}}}, {{{{#wait}}}}…{{{{/wait}}}}, {{{{#link}}}}…{{{{/link}}}} and {{{{#notice}}}}…{{{{/notice}}}}"
+                    "line {line}: unknown block {{{{#{name}}}}}; the blocks are {{{{#retry}}}}…{{{{/retry}}}}, {{{{#wait}}}}…{{{{/wait}}}}, {{{{#link}}}}…{{{{/link}}}}, {{{{#notice}}}}…{{{{/notice}}}}, {{{{#position}}}}…{{{{/position}}}} and {{{{#opens}}}}…{{{{/opens}}}}"
                 )),
             }
         } else if let Some(name) = inner.strip_prefix('/') {
@@ -343,6 +368,12 @@ pub(super) struct Values<'a> {
     pub(super) link: Option<&'a str>,
     /// The operator's notice (escaped when written).
     pub(super) notice: Option<&'a str>,
+    /// Place in the waiting room's line.
+    pub(super) position: Option<u64>,
+    /// Tickets ahead in the waiting room's line.
+    pub(super) ahead: Option<u64>,
+    /// Seconds until the waiting room opens.
+    pub(super) opens_in: Option<u32>,
 }
 
 /// Appends the page to `out`.
@@ -372,18 +403,29 @@ pub(super) fn render(segs: &[Seg], values: &Values<'_>, out: &mut String) {
                     out.push_str(&escape_html(notice));
                 }
             }
+            Seg::Dyn(Dynamic::Position) => push_number(out, values.position),
+            Seg::Dyn(Dynamic::Ahead) => push_number(out, values.ahead),
+            Seg::Dyn(Dynamic::OpensIn) => push_number(out, values.opens_in.map(u64::from)),
             Seg::Block(block, content) => {
                 let shown = match block {
                     Block::Retry => values.retry_after.is_some(),
                     Block::Wait => values.wait_seconds.is_some(),
                     Block::Link => values.link.is_some(),
                     Block::Notice => values.notice.is_some(),
+                    Block::Position => values.position.is_some(),
+                    Block::Opens => values.opens_in.is_some(),
                 };
                 if shown {
                     render(content, values, out);
                 }
             }
         }
+    }
+}
+
+fn push_number(out: &mut String, value: Option<u64>) {
+    if let Some(n) = value {
+        out.push_str(&n.to_string());
     }
 }
 
@@ -488,6 +530,9 @@ mod tests {
             wait_seconds: None,
             link: None,
             notice: None,
+            position: None,
+            ahead: None,
+            opens_in: None,
         };
         render(&segs, &values, &mut out);
         assert_eq!(out, "<b>a &amp; b</b>&lt;wait&gt; 7");

@@ -5,7 +5,7 @@ use super::*;
 const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 /// Every outcome that has a page, with its status and default Retry-After.
-const PAGED: [(Outcome, u16, Option<u32>); 24] = [
+const PAGED: [(Outcome, u16, Option<u32>); 25] = [
     (Outcome::NoRoute, 404, None),
     (Outcome::NoHealthyBackend, 503, Some(5)),
     (Outcome::ConnectFailed, 502, Some(2)),
@@ -28,6 +28,7 @@ const PAGED: [(Outcome, u16, Option<u32>); 24] = [
     (Outcome::OrderOutcomeUnknown, 409, None),
     (Outcome::AlreadyProcessed, 409, None),
     (Outcome::Maintenance, 503, Some(5)),
+    (Outcome::WaitingRoom, 503, Some(10)),
     (Outcome::BadRequest, 400, None),
     (Outcome::Internal, 500, None),
 ];
@@ -43,8 +44,9 @@ const MAY_HAVE_ORDERED: [&str; 6] = [
 ];
 
 /// Kinds that fail before any backend got the request.
-const NOTHING_ORDERED: [&str; 12] = [
+const NOTHING_ORDERED: [&str; 13] = [
     "maintenance",
+    "waiting_room",
     "idempotency_key_missing",
     "idempotency_key_invalid",
     "idempotency_key_reused",
@@ -58,7 +60,7 @@ const NOTHING_ORDERED: [&str; 12] = [
     "rate_limited",
 ];
 
-const WAITING: [&str; 3] = ["queue_full", "queue_timeout", "shed"];
+const WAITING: [&str; 4] = ["queue_full", "queue_timeout", "shed", "waiting_room"];
 
 fn request(accept: Option<&'static str>, language: Option<&'static str>) -> HeaderMap {
     let mut map = HeaderMap::new();
@@ -606,4 +608,76 @@ fn the_operators_notice_is_shown_escaped_in_html_and_json() {
         render(&pages, Outcome::Maintenance, &request(None, None), &context).expect("page");
     let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(page["notice"], "Back at 02:00 <UTC>");
+}
+
+#[test]
+fn the_waiting_room_page_shows_the_place_and_the_estimate() {
+    let pages = Pages::builtin();
+    let view = crate::room::View {
+        position: Some(12),
+        ahead: Some(11),
+        estimated_wait: Some(30),
+        refresh: 10,
+        opens_in: None,
+    };
+    let room = RoomPage {
+        request_id: "req-42",
+        room: "sale",
+        view,
+        set_cookie: Some("ordergate_room_sale=t.x; Path=/"),
+    };
+    let (head, body) = render_room(&pages, &request(Some(BROWSER), None), &room).expect("page");
+    let html = check_common(
+        Outcome::WaitingRoom,
+        503,
+        Some(10),
+        &head,
+        &body,
+        "text/html; charset=utf-8",
+        "en",
+    );
+    assert!(html.contains("You are number 12 in line (11 ahead of you)."), "{html}");
+    assert!(html.contains("about 30 s"), "{html}");
+    assert!(html.contains(r#"<meta http-equiv="refresh" content="10">"#), "{html}");
+    assert!(!html.contains("<script"), "works without JavaScript");
+    assert_eq!(header(&head, "set-cookie"), Some("ordergate_room_sale=t.x; Path=/"));
+
+    let (head, body) =
+        render_room(&pages, &request(Some("application/json"), Some("zh-CN")), &room).expect("page");
+    check_common(
+        Outcome::WaitingRoom,
+        503,
+        Some(10),
+        &head,
+        &body,
+        "application/json; charset=utf-8",
+        "zh-CN",
+    );
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["state"], "waiting");
+    assert_eq!(json["room"], "sale");
+    assert_eq!(json["position"], 12);
+    assert_eq!(json["ahead"], 11);
+    assert_eq!(json["estimated_wait_s"], 30);
+    assert_eq!(json["refresh_s"], 10);
+    assert_eq!(json["request_id"], "req-42");
+    assert!(json.get("opens_in_s").is_none());
+
+    // Before the opening: no place yet, the time to the opening.
+    let before = RoomPage {
+        view: crate::room::View {
+            position: None,
+            ahead: None,
+            estimated_wait: Some(125),
+            refresh: 10,
+            opens_in: Some(120),
+        },
+        set_cookie: None,
+        ..room
+    };
+    let (head, body) = render_room(&pages, &request(Some(BROWSER), Some("zh-CN")), &before).expect("page");
+    let html = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(html.contains("活动将在 120 秒后开始"), "{html}");
+    assert!(!html.contains("排第"), "{html}");
+    assert_eq!(header(&head, "set-cookie"), None);
 }

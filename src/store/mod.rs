@@ -6,8 +6,11 @@
 //! flight" atomically; it ends as a stored answer, "done, not stored" (the
 //! answer was too large), "outcome unknown" (the answer was lost after the
 //! request reached a backend), or is released (the key behaves as new).
+//!
+//! Waiting-room lines ([`room`]): tickets in arrival order, calls, passes.
 
 pub mod memory;
+pub mod room;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -23,6 +26,7 @@ use tokio::sync::watch;
 #[derive(Debug, Default)]
 pub struct Stores {
     idempotency: Mutex<HashMap<String, Weak<memory::MemoryIdempotency>>>,
+    rooms: Mutex<HashMap<String, Weak<room::MemoryLine>>>,
 }
 
 impl Stores {
@@ -41,6 +45,24 @@ impl Stores {
         };
         stores.insert(route.to_owned(), Arc::downgrade(&store));
         store
+    }
+}
+
+impl Stores {
+    /// The line of a waiting room, created if new: a reload keeps every place,
+    /// call and pass (and the operator's open/close/pause).
+    pub fn room_line(&self, room: &str) -> Arc<dyn room::RoomLine> {
+        let mut lines = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        lines.retain(|_, weak| weak.strong_count() > 0);
+        let line = match lines.get(room).and_then(Weak::upgrade) {
+            Some(line) => line,
+            None => Arc::new(room::MemoryLine::new()),
+        };
+        lines.insert(room.to_owned(), Arc::downgrade(&line));
+        line
     }
 }
 

@@ -117,6 +117,7 @@ pub struct Metrics {
 }
 
 /// What a keyed request met: the `result` label of `ordergate_idempotency_total`.
+    rooms: super::room::RoomVecs,
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdempotencyResult {
     /// The first request with its key: forwarded.
@@ -479,6 +480,7 @@ impl Metrics {
     /// Series that exist from the start: reload results, build information,
     /// pingora's routine events and the process collector.
     fn prime_static(&self) {
+            rooms: super::room::RoomVecs::new(&r),
         for result in ["success", "failure"] {
             self.reloads.with_label_values(&[result]);
         }
@@ -669,6 +671,11 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+    /// A waiting room's handles, every series at zero from the start.
+    pub fn room(&self, room: &str) -> super::RoomMetrics {
+        self.rooms.room(room)
+    }
+
             log::error!("cannot encode metrics: {e}");
         }
         String::from_utf8(buffer).unwrap_or_default()

@@ -3,6 +3,7 @@
 
 mod access;
 mod metrics;
+mod room;
 
 pub(crate) use access::now_rfc3339;
 pub use access::{AccessLogReopen, AccessLogger, AccessRecord};
@@ -10,3 +11,4 @@ pub use metrics::{
     BackendMetrics, ConnectionsClosed, FrameworkEvent, IdempotencyMetrics, IdempotencyResult,
     LatencyTotals, Metrics, RouteMetrics, RouteTotals, UpstreamResult, REVISION,
 };
+pub use room::RoomMetrics;

@@ -6,6 +6,7 @@
 mod idempotency;
 mod maintenance;
 mod pool;
+mod room;
 mod route;
 mod server;
 #[cfg(test)]
@@ -47,6 +48,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
         .collect();
     check_unique_pool_names(&file.pools, &mut problems);
     let routes = routes(&file.routes, &file.pools, base, &mut problems);
+    let rooms = room::rooms(&file.rooms, &file.routes, &mut problems);
     let pages_dirs = file
         .server
         .pages
@@ -63,6 +65,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
             server,
             pools,
             routes,
+            rooms,
             admin,
             access_log,
             pages_dirs,

@@ -1,0 +1,247 @@
+//! `[[rooms]]`: waiting rooms in front of routes.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+
+use super::values::{check_name, duration_or, method};
+use super::Problems;
+use crate::config::file::{FileBypass, FileRoom, FileRoute};
+use crate::config::schema::entry_path;
+use crate::config::{parse_time, Bypass, RoomConfig, RoomMode, Secret};
+
+const DEFAULT_SESSION: Duration = Duration::from_secs(300);
+const DEFAULT_REFRESH: Duration = Duration::from_secs(10);
+const DEFAULT_TICKET_TIMEOUT: Duration = Duration::from_secs(60);
+/// Shortest HMAC key: 256 bits, the output size of SHA-256.
+const MIN_SECRET_BYTES: usize = 32;
+
+pub(super) fn rooms(files: &[FileRoom], routes: &[FileRoute], problems: &mut Problems) -> Vec<RoomConfig> {
+    let mut names = HashSet::new();
+    let mut covered: Vec<(&str, &str)> = Vec::new();
+    let mut rooms = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let at = entry_path("rooms", i, &file.name);
+        check_name(&at, &file.name, problems);
+        if !names.insert(file.name.as_str()) {
+            problems.add(
+                &at,
+                "this room name is already used by an earlier room; room names must be unique (they name the shoppers' cookies)",
+            );
+        }
+        if file.routes.is_empty() {
+            let defined: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+            problems.add(
+                format!("{at}.routes"),
+                format!(
+                    "is required: the names of the routes the room covers (defined: {})",
+                    defined.join(", ")
+                ),
+            );
+        }
+        for (j, route) in file.routes.iter().enumerate() {
+            if !routes.iter().any(|r| &r.name == route) {
+                let defined: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+                problems.add(
+                    format!("{at}.routes[{j}]"),
+                    format!(
+                        "route {route:?} is not defined (defined: {})",
+                        defined.join(", ")
+                    ),
+                );
+            } else if let Some((_, other)) = covered.iter().find(|(r, _)| r == route) {
+                problems.add(
+                    format!("{at}.routes[{j}]"),
+                    format!("route {route:?} is already covered by room {other:?}; a route has at most one room"),
+                );
+            } else {
+                covered.push((route, &file.name));
+            }
+        }
+        rooms.push(room(&at, file, problems));
+    }
+    rooms
+}
+
+fn room(at: &str, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
+    let positive = |key: &str, value: Option<i64>, problems: &mut Problems| match value {
+        None => None,
+        Some(n @ 1..=100_000_000) => Some(n as u32),
+        Some(n) => {
+            problems.add(
+                format!("{at}.{key}"),
+                format!("{n} is out of range; use a whole number from 1 to 100000000 (0 would let nobody in)"),
+            );
+            None
+        }
+    };
+    let max_active = positive("max_active", file.max_active, problems);
+    let admit_per_minute = positive("admit_per_minute", file.admit_per_minute, problems);
+    if file.max_active.is_none() && file.admit_per_minute.is_none() {
+        problems.add(
+            at,
+            "has no capacity: set max_active (shoppers on the site at once) and/or admit_per_minute (new shoppers let in per minute)",
+        );
+    }
+    let session = duration_or(
+        &format!("{at}.session"),
+        file.session.as_deref(),
+        DEFAULT_SESSION,
+        false,
+        problems,
+    );
+    let refresh = duration_or(
+        &format!("{at}.refresh"),
+        file.refresh.as_deref(),
+        DEFAULT_REFRESH,
+        false,
+        problems,
+    );
+    if refresh < Duration::from_secs(1) {
+        problems.add(
+            format!("{at}.refresh"),
+            "is shorter than 1s; the waiting page checks again in whole seconds",
+        );
+    }
+    let ticket_timeout = duration_or(
+        &format!("{at}.ticket_timeout"),
+        file.ticket_timeout.as_deref(),
+        DEFAULT_TICKET_TIMEOUT,
+        false,
+        problems,
+    );
+    if ticket_timeout < refresh * 2 {
+        problems.add(
+            format!("{at}.ticket_timeout"),
+            format!(
+                "{ticket_timeout:?} is shorter than twice refresh ({refresh:?}): shoppers who keep the page open would lose their place; make it at least {:?}",
+                refresh * 2
+            ),
+        );
+    }
+    let mode = match file.mode.as_deref() {
+        None | Some("on_overload") => RoomMode::OnOverload,
+        Some("always") => RoomMode::Always,
+        Some("off") => RoomMode::Off,
+        Some(other) => {
+            problems.add(
+                format!("{at}.mode"),
+                format!("{other:?} is not a mode; use \"on_overload\", \"always\" or \"off\""),
+            );
+            RoomMode::OnOverload
+        }
+    };
+    let opens_at = file.opens_at.as_ref().and_then(|value| {
+        let text = match value {
+            toml::Value::Datetime(d) => d.to_string(),
+            other => other.as_str().unwrap_or_default().to_owned(),
+        };
+        parse_time(&text)
+            .map_err(|message| problems.add(format!("{at}.opens_at"), message))
+            .ok()
+    });
+    RoomConfig {
+        name: file.name.clone(),
+        routes: file.routes.clone(),
+        max_active,
+        admit_per_minute,
+        session,
+        refresh,
+        ticket_timeout,
+        secret: secret(at, file, problems),
+        mode,
+        bypass: file
+            .bypass
+            .as_ref()
+            .map(|b| bypass(&format!("{at}.bypass"), b, problems))
+            .unwrap_or_default(),
+        opens_at,
+    }
+}
+
+fn secret(at: &str, file: &FileRoom, problems: &mut Problems) -> Secret {
+    let (key, value) = match (&file.secret, &file.secret_env) {
+        (Some(_), Some(_)) => {
+            problems.add(at, "set secret or secret_env, not both");
+            return Secret(Vec::new());
+        }
+        (Some(secret), None) => ("secret", secret.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(value) => ("secret_env", value),
+            Err(_) => {
+                problems.add(
+                    format!("{at}.secret_env"),
+                    format!("the environment variable {var:?} is not set; export it with a random value of 32 bytes or more (e.g. `openssl rand -hex 32`)"),
+                );
+                return Secret(Vec::new());
+            }
+        },
+        (None, None) => {
+            problems.add(
+                at,
+                "has no secret: set secret_env (recommended) or secret to a random value of 32 bytes or more (e.g. `openssl rand -hex 32`); it signs tickets and passes",
+            );
+            return Secret(Vec::new());
+        }
+    };
+    if value.len() < MIN_SECRET_BYTES {
+        problems.add(
+            format!("{at}.{key}"),
+            format!(
+                "is {} bytes; use 32 bytes or more (e.g. `openssl rand -hex 32`), or anyone could forge passes",
+                value.len()
+            ),
+        );
+    }
+    Secret(value.into_bytes())
+}
+
+fn bypass(at: &str, file: &FileBypass, problems: &mut Problems) -> Bypass {
+    let paths = file.paths.clone().unwrap_or_default();
+    for (j, path) in paths.iter().enumerate() {
+        if !path.starts_with('/') {
+            problems.add(
+                format!("{at}.paths[{j}]"),
+                format!("{path:?} must start with '/', e.g. \"/api/payments/callback\""),
+            );
+        }
+    }
+    let methods = file
+        .methods
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(j, name)| {
+            method(name)
+                .map_err(|message| problems.add(format!("{at}.methods[{j}]"), message))
+                .ok()
+        })
+        .collect();
+    let header = match (&file.header, &file.header_value) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            problems.add(
+                format!("{at}.header_value"),
+                "needs header: the name of the header that carries it",
+            );
+            None
+        }
+        (Some(name), value) => match HeaderName::from_str(name) {
+            Ok(name) => Some((name, value.clone())),
+            Err(_) => {
+                problems.add(
+                    format!("{at}.header"),
+                    format!("{name:?} is not a header name; write e.g. \"x-staff-pass\""),
+                );
+                None
+            }
+        },
+    };
+    Bypass {
+        paths,
+        methods,
+        header,
+    }
+}

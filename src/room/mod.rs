@@ -1,0 +1,536 @@
+//! The waiting room: when a flash sale brings more shoppers than the order
+//! servers can take, those beyond capacity get a fair place in line, with their
+//! position and an estimated wait, instead of a 503 to retry by luck. Shoppers
+//! are let in strictly in ticket order as capacity frees, and an admitted
+//! shopper keeps a pass for `session` after their last request, so a checkout
+//! under way is never sent back to the line.
+//!
+//! A request on a room's route goes through [`Room::decide`]:
+//!
+//! | the shopper has… | the room… |
+//! |---|---|
+//! | a bypass (path, method, header) | lets it through, never counts it |
+//! | a valid pass | lets it through; the session extends |
+//! | a valid ticket, called | lets it through with a pass cookie |
+//! | a valid ticket, not yet called | shows the waiting page (position, estimate); the place is kept |
+//! | nothing, or a forged, tampered, other-room or expired cookie (counted) | a new shopper: let in at once when nobody waits and there is room, otherwise a ticket at the back (a random draw before `opens_at`) |
+//!
+//! Capacity: at most `max_active` shoppers on the site (passes in use plus
+//! calls not picked up) and/or `admit_per_minute` new ones, and only while the
+//! pool has headroom (some backend takes traffic and its queue holds less than
+//! half of its limit — the adaptive limit when on). In `on_overload` mode the
+//! room forms only when the pool would queue; until then newcomers pass (with a
+//! pass, so they are not sent back once it forms). The estimate is the tickets
+//! ahead (less the measured share of abandoned ones) divided by the admission
+//! rate measured while the line was not empty, so it follows the pool.
+
+pub mod cookie;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::HeaderName;
+use http::{HeaderMap, Method};
+use ring::hmac;
+use tokio::time::Instant;
+
+use crate::store::room::{Arrival, CheckIn, Control, LineStats, Limits, RoomLine};
+use crate::store::Stores;
+use crate::telemetry::{Metrics, RoomMetrics};
+use cookie::{Invalid, Token};
+
+/// When the waiting room forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomMode {
+    /// Only when the pool's admission would queue or shed (the default).
+    OnOverload,
+    /// Every new shopper goes through the line.
+    Always,
+    /// The room does nothing.
+    Off,
+}
+
+impl RoomMode {
+    /// The name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomMode::OnOverload => "on_overload",
+            RoomMode::Always => "always",
+            RoomMode::Off => "off",
+        }
+    }
+}
+
+/// Requests that never wait.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bypass {
+    /// Path prefixes (whole segments), e.g. payment callbacks, health checks.
+    pub paths: Vec<String>,
+    /// Methods, e.g. `OPTIONS`.
+    pub methods: Vec<Method>,
+    /// A header (e.g. staff), and the value it must have (`None`: any value).
+    pub header: Option<(HeaderName, Option<String>)>,
+}
+
+impl Bypass {
+    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        self.methods.contains(method)
+            || self.paths.iter().any(|prefix| prefix_matches(prefix, path))
+            || self.header.as_ref().is_some_and(|(name, want)| {
+                headers.get_all(name).iter().any(|value| {
+                    want.as_ref()
+                        .is_none_or(|want| same(value.as_bytes(), want.as_bytes()))
+                })
+            })
+    }
+}
+
+/// A secret that never shows in logs or `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// `[[rooms]]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomConfig {
+    /// Name, in cookies, metrics and the admin API.
+    pub name: String,
+    /// Names of the routes the room covers (a sale's product pages and checkout).
+    pub routes: Vec<String>,
+    /// Most shoppers on the site at once. Default: none (then
+    /// `admit_per_minute` is required).
+    pub max_active: Option<u32>,
+    /// New shoppers let in per minute. Default: none (then `max_active` is required).
+    pub admit_per_minute: Option<u32>,
+    /// How long an admitted shopper keeps the pass after their last request.
+    /// Default: 5m.
+    pub session: Duration,
+    /// How often the waiting page checks again (sooner when the estimate is
+    /// shorter). Default: 10s.
+    pub refresh: Duration,
+    /// A waiting shopper who has not checked in for this long loses the place
+    /// (and a called one who did not come, the slot), so the line never stalls
+    /// behind abandoned tickets. Default: 60s; at least twice `refresh`.
+    pub ticket_timeout: Duration,
+    /// HMAC key of tickets and passes (`secret` or `secret_env`), 32 bytes or more.
+    pub secret: Secret,
+    /// When the room forms. Default: on_overload.
+    pub mode: RoomMode,
+    /// Requests that never wait. Default: none.
+    pub bypass: Bypass,
+    /// Shoppers arriving before this instant get random places at it; nobody
+    /// is admitted before it. Default: none.
+    pub opens_at: Option<SystemTime>,
+}
+
+/// How loaded the room's pool is, from its admission state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pressure {
+    /// The pool would queue a request now (or no backend can take traffic):
+    /// an `on_overload` room forms.
+    pub would_queue: bool,
+    /// The pool can take more shoppers: some backend takes traffic and its
+    /// queue holds less than half of its limit.
+    pub headroom: bool,
+}
+
+impl Pressure {
+    /// From the pool's slots in use, requests waiting, slot limit and capacity
+    /// (sum of in-flight caps of the backends that can take traffic).
+    pub fn of(in_use: usize, waiting: usize, limit: usize, capacity: usize) -> Pressure {
+        let limit = limit.min(capacity);
+        Pressure {
+            would_queue: capacity == 0 || waiting > 0 || in_use >= limit,
+            headroom: capacity > 0 && waiting < (limit / 2).max(1),
+        }
+    }
+
+    /// A pool with room to spare (for tests and rooms without a pool view).
+    pub const IDLE: Pressure = Pressure {
+        would_queue: false,
+        headroom: true,
+    };
+}
+
+/// What the waiting page shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// Place in line, from 1; `None` before the opening (drawn then).
+    pub position: Option<u64>,
+    /// Tickets ahead; `None` before the opening.
+    pub ahead: Option<u64>,
+    /// Estimated wait, whole seconds; `None` when nobody is being admitted
+    /// (paused, or the pool admits nobody).
+    pub estimated_wait: Option<u32>,
+    /// When to check again, whole seconds (Retry-After and the page's refresh).
+    pub refresh: u32,
+    /// Seconds until the room opens, before `opens_at`.
+    pub opens_in: Option<u32>,
+}
+
+/// What to do with a request on a room's route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let it through; set this cookie (a new pass) on the answer.
+    Pass(Option<String>),
+    /// Answer with the waiting page; set this cookie (a new ticket) on it.
+    Wait(View, Option<String>),
+}
+
+/// A request as the room sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// Path.
+    pub path: &'a str,
+    /// Headers (cookies, bypass header).
+    pub headers: &'a HeaderMap,
+    /// Whether it came over TLS (cookies get `Secure`).
+    pub tls: bool,
+}
+
+/// Weight, in seconds of measurement, of the configured rate before the line
+/// has been measured: the first estimates use the configuration, later ones
+/// what the line does.
+const PRIOR_SECONDS: f64 = 2.0;
+
+/// A room, compiled for a snapshot; its line is live state shared by snapshots.
+pub struct Room {
+    /// The room's settings.
+    pub settings: RoomConfig,
+    key: hmac::Key,
+    cookie_name: String,
+    line: Arc<dyn RoomLine>,
+    metrics: RoomMetrics,
+    opens_at: Option<Instant>,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("name", &self.settings.name)
+            .field("line", &self.line)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Room {
+    /// A room on `line`, with its metric handles.
+    pub fn new(settings: RoomConfig, line: Arc<dyn RoomLine>, metrics: RoomMetrics) -> Room {
+        let opens_at = settings.opens_at.map(|at| {
+            let now = Instant::now();
+            match at.duration_since(SystemTime::now()) {
+                Ok(ahead) => now + ahead,
+                Err(past) => now.checked_sub(past.duration()).unwrap_or(now),
+            }
+        });
+        Room {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &settings.secret.0),
+            cookie_name: format!("ordergate_room_{}", settings.name),
+            line,
+            metrics,
+            opens_at,
+            settings,
+        }
+    }
+
+    /// The cookie holding this room's ticket or pass.
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
+    }
+
+    /// The room's line.
+    pub fn line(&self) -> &Arc<dyn RoomLine> {
+        &self.line
+    }
+
+    fn before_open(&self, control: Control, now: Instant) -> bool {
+        control != Control::Open && self.opens_at.is_some_and(|at| now < at)
+    }
+
+    /// What the line may do now, given the operator's control and the pool.
+    pub fn limits(&self, control: Control, pressure: Pressure, now: Instant) -> Limits {
+        let before_open = self.before_open(control, now);
+        Limits {
+            may_call: !before_open && control != Control::Paused && pressure.headroom,
+            open: !before_open,
+            max_active: self.settings.max_active.map(u64::from),
+            per_second: self
+                .settings
+                .admit_per_minute
+                .map(|n| f64::from(n) / 60.0),
+            session: self.settings.session,
+            ticket_timeout: self.settings.ticket_timeout,
+        }
+    }
+
+    /// The admission rate the line is expected to move at, per second: what
+    /// was measured while shoppers waited, blended with the configured rate
+    /// until measurements accumulate; 0 while nobody may be called.
+    pub fn rate(&self, stats: &LineStats, limits: &Limits) -> f64 {
+        if !limits.may_call && limits.open {
+            return 0.0;
+        }
+        let configured = limits.per_second;
+        let prior = configured.unwrap_or_else(|| {
+            // Every pass frees its slot within a session at the latest.
+            let max = self.settings.max_active.map_or(1.0, f64::from);
+            max / self.settings.session.as_secs_f64().max(1.0)
+        });
+        let measured = (stats.rate_admissions + prior * PRIOR_SECONDS)
+            / (stats.rate_busy_seconds + PRIOR_SECONDS);
+        configured.map_or(measured, |c| measured.min(c))
+    }
+
+    /// The waiting page's numbers for a shopper with `ahead` tickets before them.
+    pub fn view(
+        &self,
+        ahead: Option<u64>,
+        stats: &LineStats,
+        limits: &Limits,
+        now: Instant,
+    ) -> View {
+        let rate = self.rate(stats, limits);
+        let refresh = whole_seconds(self.settings.refresh);
+        let opens_in = (!limits.open)
+            .then(|| self.opens_at.map(|at| at.saturating_duration_since(now)))
+            .flatten();
+        let estimate = match (ahead, opens_in) {
+            (Some(ahead), _) if rate > 0.0 => {
+                let live = ahead as f64 * (1.0 - stats.skipped_share.clamp(0.0, 1.0));
+                Some(Duration::from_secs_f64(((live + 1.0) / rate).min(1e6)))
+            }
+            // Before the opening: the wait until it, then half of the draws.
+            (None, Some(until)) if rate > 0.0 => Some(
+                until + Duration::from_secs_f64((stats.drawn as f64 / 2.0 + 1.0) / rate),
+            ),
+            _ => None,
+        };
+        let refresh = match (opens_in, estimate) {
+            (Some(until), _) => refresh.min(whole_seconds(until).max(1)),
+            (None, Some(wait)) => refresh.min(whole_seconds(wait)),
+            (None, None) => refresh,
+        };
+        View {
+            position: ahead.map(|a| a + 1),
+            ahead,
+            estimated_wait: estimate.map(|wait| wait.as_secs_f64().round() as u32),
+            refresh,
+            opens_in: opens_in.map(whole_seconds),
+        }
+    }
+
+    /// Decides for one request on a route this room covers.
+    pub async fn decide(&self, request: &Request<'_>, pressure: Pressure, now: Instant) -> Decision {
+        let control = self.line.control();
+        if self.settings.mode == RoomMode::Off
+            || control == Control::Closed
+            || self
+                .settings
+                .bypass
+                .matches(request.method, request.path, request.headers)
+        {
+            return Decision::Pass(None);
+        }
+        let limits = self.limits(control, pressure, now);
+        let epoch = self.line.epoch();
+        let mut rejected = None;
+        for value in cookie::values(request.headers, &self.cookie_name) {
+            match cookie::decode(&self.key, &self.settings.name, epoch, value) {
+                Ok(Token::Pass { id, .. }) => {
+                    if self.line.touch(id, now, self.settings.session).await {
+                        return Decision::Pass(None);
+                    }
+                    rejected = Some(Invalid::Expired);
+                }
+                Ok(Token::Ticket { seq, eta, .. }) => {
+                    let (found, outcome) = self.line.check_in(seq, now, &limits).await;
+                    self.metrics.abandoned(outcome.abandoned);
+                    match found {
+                        CheckIn::Admitted(admission) => {
+                            if admission.first {
+                                self.metrics.admitted(admission.waited, eta);
+                            }
+                            return Decision::Pass(Some(self.pass_cookie(admission, request.tls)));
+                        }
+                        CheckIn::Waiting { ahead } => {
+                            let stats = self.line.stats(now, &limits).await;
+                            return Decision::Wait(self.view(Some(ahead), &stats, &limits, now), None);
+                        }
+                        CheckIn::Drawn { .. } => {
+                            let stats = self.line.stats(now, &limits).await;
+                            return Decision::Wait(self.view(None, &stats, &limits, now), None);
+                        }
+                        CheckIn::Unknown => rejected = Some(Invalid::Expired),
+                    }
+                }
+                Err(reason) => rejected = rejected.or(Some(reason)),
+            }
+            break;
+        }
+        if let Some(reason) = rejected {
+            self.metrics.rejected(reason);
+        }
+        // A new shopper.
+        let direct = self.settings.mode == RoomMode::OnOverload
+            && limits.open
+            && control != Control::Paused
+            && !pressure.would_queue;
+        let (arrival, outcome) = self.line.arrive(now, &limits, direct).await;
+        self.metrics.abandoned(outcome.abandoned);
+        let (seq, ahead) = match arrival {
+            Arrival::Admitted(admission) => {
+                self.metrics.admitted(admission.waited, None);
+                return Decision::Pass(Some(self.pass_cookie(admission, request.tls)));
+            }
+            Arrival::Waiting { seq, ahead } => (seq, Some(ahead)),
+            Arrival::Drawn { seq, .. } => (seq, None),
+        };
+        let stats = self.line.stats(now, &limits).await;
+        self.metrics.observe_line(&stats, self.rate(&stats, &limits));
+        let view = self.view(ahead, &stats, &limits, now);
+        self.metrics.estimated_wait(view.estimated_wait);
+        let ticket = Token::Ticket {
+            seq,
+            issued: unix_now(),
+            eta: view.estimated_wait,
+        };
+        let value = cookie::encode(&self.key, &self.settings.name, epoch, ticket);
+        Decision::Wait(view, Some(self.set_cookie(&value, request.tls)))
+    }
+
+    fn pass_cookie(&self, admission: crate::store::room::Admission, tls: bool) -> String {
+        let token = Token::Pass {
+            id: admission.pass,
+            number: admission.number,
+            issued: unix_now(),
+        };
+        let value = cookie::encode(&self.key, &self.settings.name, self.line.epoch(), token);
+        self.set_cookie(&value, tls)
+    }
+
+    /// A `Set-Cookie` value: for the whole site (a room covers several
+    /// routes), not readable by scripts, sent on top-level navigation.
+    fn set_cookie(&self, value: &str, tls: bool) -> String {
+        format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Lax{}",
+            self.cookie_name,
+            if tls { "; Secure" } else { "" }
+        )
+    }
+
+    /// Updates the room's gauges from its line (at scrape time and on the admin API).
+    pub async fn status(&self, pressure: Pressure, now: Instant) -> RoomStatus {
+        let control = self.line.control();
+        let limits = self.limits(control, pressure, now);
+        let stats = self.line.stats(now, &limits).await;
+        let rate = self.rate(&stats, &limits);
+        self.metrics.observe_line(&stats, rate);
+        let view = self.view(Some(stats.waiting), &stats, &limits, now);
+        self.metrics.estimated_wait(view.estimated_wait);
+        RoomStatus {
+            control,
+            stats,
+            admitted_per_minute: rate * 60.0,
+            estimated_wait: view.estimated_wait,
+            before_open: !limits.open,
+        }
+    }
+}
+
+/// A room's state for the admin API.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomStatus {
+    /// The operator's setting.
+    pub control: Control,
+    /// The line.
+    pub stats: LineStats,
+    /// The admission rate estimates use, per minute.
+    pub admitted_per_minute: f64,
+    /// The estimated wait of a shopper arriving now, seconds.
+    pub estimated_wait: Option<u32>,
+    /// Whether `opens_at` is still ahead.
+    pub before_open: bool,
+}
+
+/// The rooms of a snapshot, and which covers each route.
+#[derive(Debug, Default)]
+pub struct Rooms {
+    rooms: Vec<Room>,
+    by_route: HashMap<String, usize>,
+}
+
+impl Rooms {
+    /// Compiles the configured rooms onto their live lines.
+    pub fn new(configs: &[RoomConfig], stores: &Stores, metrics: &Metrics) -> Rooms {
+        let mut rooms = Rooms::default();
+        for config in configs {
+            let index = rooms.rooms.len();
+            for route in &config.routes {
+                rooms.by_route.insert(route.clone(), index);
+            }
+            rooms.rooms.push(Room::new(
+                config.clone(),
+                stores.room_line(&config.name),
+                metrics.room(&config.name),
+            ));
+        }
+        rooms
+    }
+
+    /// The room covering a route, if any.
+    pub fn for_route(&self, route: &str) -> Option<&Room> {
+        self.rooms.get(*self.by_route.get(route)?)
+    }
+
+    /// A room by name.
+    pub fn get(&self, name: &str) -> Option<&Room> {
+        self.rooms.iter().find(|r| r.settings.name == name)
+    }
+
+    /// Every room, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.iter()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whole seconds, rounded up, at least 1.
+fn whole_seconds(d: Duration) -> u32 {
+    u32::try_from(d.as_millis().div_ceil(1000))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Compares without an early exit (a staff header's value is a secret).
+fn same(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,3 @@
+//! The room's policy on a paused clock: who passes, who waits, what the page says.
+
+use super::*;
