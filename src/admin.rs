@@ -10,6 +10,10 @@
 //! | `POST /reload` | re-read the config file; 200 with the generation, or 422 with every error |
 //! | `POST /backends/{pool}/{addr}/drain` | no new requests to the backend; those in flight finish |
 //! | `POST /backends/{pool}/{addr}/undrain` | back in rotation |
+//! | `GET /rooms` | JSON: each waiting room's line length, shoppers on the site, admissions per minute, estimated wait, the operator's setting |
+//! | `POST /rooms/{name}/open` | admit again (also before `opens_at`) |
+//! | `POST /rooms/{name}/close` | the room steps aside: everyone passes; the line is kept |
+//! | `POST /rooms/{name}/pause` | nobody is admitted; everybody keeps their place |
 //! | `POST /backends/{pool}/{addr}/weight?value=N` | override its weight (1–1000) until `value=0` returns to the config's; not a config generation |
 //!
 //! With a token configured, every request but `/healthz`, `/readyz` and the
@@ -35,6 +39,9 @@ use serde_json::{json, Value};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+
+mod maintenance;
+mod rooms;
 
 use crate::admission::Priority;
 use crate::config::AdminConfig;
@@ -199,6 +206,7 @@ async fn handle(
         (&Method::GET, ["status"]) => reply(StatusCode::OK, status(state)),
         (&Method::GET, ["metrics"]) => {
             update_scrape_gauges(state);
+            rooms::update_gauges(state).await;
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -216,13 +224,21 @@ async fn handle(
                 json!({ "errors": errors }),
             ),
         },
+        (&Method::GET, ["maintenance"]) => maintenance::list(state),
+        (&Method::POST, ["maintenance"]) => maintenance::open(state, request).await,
+        (&Method::DELETE, ["maintenance"]) => {
+            maintenance::close(state, request.uri().query().unwrap_or(""))
+        }
+        (&Method::GET, ["rooms"]) => rooms::list(state).await,
+        (&Method::POST, ["rooms", name, action]) => rooms::action(state, name, action).await,
         (&Method::POST, ["backends", pool, addr, action]) => {
             let query = request.uri().query().unwrap_or("").to_string();
             backend_action(state, pool, addr, action, &query)
         }
         (_, ["" | "ui" | "healthz" | "readyz" | "status" | "metrics"])
-        | (_, ["reload"])
-        | (_, ["backends", ..]) => error(
+        | (_, ["reload" | "maintenance"])
+        | (_, ["backends", ..])
+        | (_, ["rooms", ..]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
         ),
@@ -478,6 +494,7 @@ fn status(state: &State) -> Value {
         "shutting_down": state.is_shutting_down(),
         "uptime_seconds": seconds_since(now, *STARTED),
         "routes": snapshot.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        "maintenance": maintenance::windows(state),
         "route_stats": snapshot
             .routes
             .iter()
@@ -498,6 +515,11 @@ fn update_scrape_gauges(state: &State) {
     let snapshot = state.snapshot();
     let metrics = &state.metrics;
     let now = Instant::now();
+    metrics.maintenance_open.reset();
+    for window in maintenance::windows(state) {
+        let route = window["route"].as_str().unwrap_or("*");
+        metrics.maintenance_open.with_label_values(&[route]).set(1);
+    }
     for route in snapshot.routes.iter() {
         if let Some(idempotency) = &route.idempotency {
             let labels = [route.name.as_str()];

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -43,12 +44,12 @@ impl Window {
 }
 
 impl MaintenanceConfig {
-    /// The configured window.
-    pub fn window(&self) -> Window {
-        Window {
+    /// The configured window, unless the table only holds allow rules.
+    pub fn window(&self) -> Option<Window> {
+        self.active.then(|| Window {
             until: self.until,
             message: self.message.clone(),
-        }
+        })
     }
 
     /// Whether a client passes through during maintenance: its address is in
@@ -90,12 +91,16 @@ pub enum Decision {
 pub struct LiveWindows {
     /// By route name; `None` for everything.
     windows: Mutex<HashMap<Option<String>, Window>>,
+    /// Whether any window was opened: lets every request skip the lock while
+    /// there is none (the usual case).
+    any: AtomicBool,
 }
 
 impl LiveWindows {
     /// Opens (or replaces) the window of a route, or of everything.
     pub fn open(&self, route: Option<String>, window: Window) {
         self.lock().insert(route, window);
+        self.any.store(true, Ordering::Release);
     }
 
     /// Ends the window of a route, or of everything; whether there was one.
@@ -116,6 +121,9 @@ impl LiveWindows {
     }
 
     fn get(&self, route: Option<&str>) -> Option<Window> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
         self.lock().get(&route.map(str::to_owned)).cloned()
     }
 
@@ -149,11 +157,18 @@ impl Rules<'_> {
         client_ip: Option<IpAddr>,
         now: SystemTime,
     ) -> Decision {
+        let configured = |config: Option<&MaintenanceConfig>| config.is_some_and(|c| c.active);
+        if !configured(self.route_config)
+            && !configured(self.global_config)
+            && !live.any.load(Ordering::Acquire)
+        {
+            return Decision::Pass;
+        }
         let open = [
             live.get(Some(self.route)),
-            self.route_config.map(MaintenanceConfig::window),
+            self.route_config.and_then(MaintenanceConfig::window),
             live.get(None),
-            self.global_config.map(MaintenanceConfig::window),
+            self.global_config.and_then(MaintenanceConfig::window),
         ]
         .into_iter()
         .flatten()
@@ -180,6 +195,7 @@ mod tests {
 
     fn config(until: Option<SystemTime>) -> MaintenanceConfig {
         MaintenanceConfig {
+            active: true,
             until,
             message: Some("Back at 02:00".into()),
             allow_cidrs: vec!["10.0.0.0/8".parse().expect("cidr")],

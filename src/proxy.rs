@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use crate::connection;
 use crate::ctx::RequestCtx;
 use crate::forward;
 use crate::idempotency::{self, KeyCheck, KeyedRequest, Verdict};
+use crate::maintenance;
 use crate::respond::{self, Outcome, PageContext, Sent, BODY_TOO_LARGE};
 use crate::retry::{self, Attempt, Failure};
 use crate::state::State;
@@ -72,6 +73,30 @@ impl Proxy {
         let sent = respond::send(session, ctx.pages(), outcome, &context, forced_close).await?;
         ctx.bytes_sent += sent.bytes;
         Ok(sent)
+    }
+
+    /// Maintenance, in `request_filter`: `Some(true)` when the shopper got the
+    /// maintenance page, `None` to go on.
+    async fn maintenance(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<bool>> {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let Some(route) = ctx.route.and_then(|index| snapshot.routes.get(index)) else {
+            return Ok(None);
+        };
+        let rules = maintenance::Rules {
+            route: &route.name,
+            route_config: route.maintenance.as_ref(),
+            global_config: snapshot.maintenance.as_ref(),
+        };
+        let now = SystemTime::now();
+        let request = session.req_header();
+        match rules.decide(&self.state.maintenance, &request.headers, ctx.client_ip, now) {
+            maintenance::Decision::Pass => Ok(None),
+            maintenance::Decision::Closed(window) => {
+                ctx.retry_after = Some(window.retry_after(now));
+                ctx.notice = window.message;
+                self.reject(session, ctx, Outcome::Maintenance).await.map(Some)
+            }
+        }
     }
 
     /// The waiting room of the request's route, in `request_filter`:
@@ -196,6 +221,18 @@ impl Proxy {
     }
 }
 
+/// How loaded a room's pool is: its slots, queue, limit and capacity now.
+fn room_pressure(pool: &crate::upstream::Pool) -> crate::room::Pressure {
+    let capacity = pool.capacity();
+    let admission = pool.state.admission.snapshot();
+    crate::room::Pressure::of(
+        admission.in_use,
+        admission.waiting.iter().sum(),
+        admission.limit,
+        capacity,
+    )
+}
+
 fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
@@ -221,18 +258,6 @@ async fn read_small_body(session: &mut Session) -> Result<Bytes> {
     while let Some(chunk) = session.read_request_body().await? {
         body.extend_from_slice(&chunk);
     }
-/// How loaded a room's pool is: its slots, queue, limit and capacity now.
-fn room_pressure(pool: &crate::upstream::Pool) -> crate::room::Pressure {
-    let capacity = pool.capacity();
-    let admission = pool.state.admission.snapshot();
-    crate::room::Pressure::of(
-        admission.in_use,
-        admission.waiting.iter().sum(),
-        admission.limit,
-        capacity,
-    )
-}
-
     Ok(Bytes::from(body))
 }
 
@@ -398,6 +423,9 @@ impl ProxyHttp for Proxy {
             return self.reject(session, ctx, Outcome::RateLimited).await;
         }
         ctx.deadline = Some(deadline);
+        if let Some(answered) = self.maintenance(session, ctx).await? {
+            return Ok(answered);
+        }
         // A shopper waiting in a room's line never takes a pool slot.
         if let Some(answered) = self.waiting_room(session, ctx).await? {
             return Ok(answered);
@@ -733,6 +761,10 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(cookie) = ctx.room_cookie.take() {
+            // A waiting room's new pass, on the admitted shopper's first answer.
+            response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
         if self.state.is_shutting_down() {
             // The listeners are closing: say so rather than leave the shopper
             // a connection that dies under its next request.
@@ -761,10 +793,6 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if let Some(cookie) = ctx.room_cookie.take() {
-            // A waiting room's new pass, on the admitted shopper's first answer.
-            response.append_header(http::header::SET_COOKIE, cookie)?;
-        }
         if let Some(keyed) = ctx.keyed.as_mut() {
             let max = ctx
                 .snapshot

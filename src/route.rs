@@ -16,7 +16,9 @@ use std::time::Duration;
 use http::{HeaderMap, Method};
 use pingora_limits::rate::Rate;
 
-use crate::config::{Pages, Priority, RateKey, RateLimitConfig, RetryConfig, RouteConfig};
+use crate::config::{
+    MaintenanceConfig, Pages, Priority, RateKey, RateLimitConfig, RetryConfig, RouteConfig,
+};
 use crate::idempotency::RouteIdempotency;
 use crate::store::Stores;
 use crate::telemetry::{Metrics, RouteMetrics};
@@ -44,6 +46,8 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Idempotency at the edge: settings, records and metrics.
     pub idempotency: Option<RouteIdempotency>,
+    /// The route's configured maintenance window.
+    pub maintenance: Option<MaintenanceConfig>,
     /// Metric handles.
     pub metrics: RouteMetrics,
     host: Option<String>,
@@ -113,6 +117,7 @@ impl RouteTable {
                     metrics: metrics.idempotency(&c.name),
                     settings,
                 }),
+                maintenance: c.maintenance.clone(),
                 metrics: metrics.route(&c.name),
                 host: c.host.clone(),
                 path_prefix: c.path_prefix.clone(),

@@ -37,6 +37,8 @@ pub struct Snapshot {
     /// Waiting rooms, and which covers each route; their lines are live
     /// state in `Stores` and outlive snapshots.
     pub rooms: crate::room::Rooms,
+    /// `[maintenance]`: a configured window for every route.
+    pub maintenance: Option<crate::config::MaintenanceConfig>,
 }
 
 /// The result of the last reload attempt, for the admin status.
@@ -87,6 +89,8 @@ pub struct State {
     tls: Vec<(SocketAddr, Arc<CertResolver>)>,
     /// Every metric.
     pub metrics: Metrics,
+    /// Maintenance windows opened from the admin API (outlive reloads).
+    pub maintenance: crate::maintenance::LiveWindows,
 }
 
 impl State {
@@ -127,6 +131,7 @@ impl State {
             admin_changes: AtomicU64::new(0),
             tls,
             metrics,
+            maintenance: crate::maintenance::LiveWindows::default(),
         }
     }
 
@@ -455,12 +460,13 @@ impl Snapshot {
             pools,
             pages: config.server.pages.clone(),
             limits: crate::connection::Limits::from(&config.server),
+            rooms: crate::room::Rooms::new(&config.rooms, stores, metrics),
+            maintenance: config.maintenance.clone(),
         }
     }
 }
 
 #[cfg(test)]
-            rooms: crate::room::Rooms::new(&config.rooms, stores, metrics),
 mod tests {
     use super::*;
 

@@ -203,6 +203,7 @@ const IDEMPOTENCY: &[Field] = &[
 ];
 
 const MAINTENANCE: &[Field] = &[
+    f("active", Kind::Bool),
     f("until", Kind::Str),
     f("message", Kind::Str),
     f("allow_cidrs", Kind::Strs),
@@ -228,6 +229,7 @@ const ROUTE: &[Field] = &[
         "idempotency",
         Kind::Table("routes.idempotency", IDEMPOTENCY),
     ),
+    f("maintenance", Kind::Table("routes.maintenance", MAINTENANCE)),
 ];
 
 const ADMIN: &[Field] = &[
@@ -238,8 +240,6 @@ const ADMIN: &[Field] = &[
 
 const LOG: &[Field] = &[f("access", Kind::Str)];
 
-const ROOT: &[Field] = &[
-    f("server", Kind::Table("server", SERVER)),
 const BYPASS: &[Field] = &[
     f("paths", Kind::Strs),
     f("methods", Kind::Strs),
@@ -262,11 +262,13 @@ const ROOM: &[Field] = &[
     f("opens_at", Kind::Time),
 ];
 
+const ROOT: &[Field] = &[
+    f("server", Kind::Table("server", SERVER)),
     f("pools", Kind::Tables("pools", POOL)),
     f("routes", Kind::Tables("routes", ROUTE)),
+    f("rooms", Kind::Tables("rooms", ROOM)),
     f("admin", Kind::Table("admin", ADMIN)),
     f("log", Kind::Table("log", LOG)),
-    f("rooms", Kind::Tables("rooms", ROOM)),
     f("maintenance", Kind::Table("maintenance", MAINTENANCE)),
 ];
 
@@ -489,9 +491,9 @@ mod tests {
             Kind::Table(_, fields) => Value::Table(sample_table(fields)),
             Kind::Tables(_, fields) => Value::Array(vec![Value::Table(sample_table(fields))]),
             Kind::IntMap => Value::Table(Table::from_iter([("a".to_string(), Value::Integer(1))])),
+            Kind::Time => Value::String("2026-12-01T02:00:00Z".to_string()),
         }
     }
-            Kind::Time => Value::String("2026-12-01T02:00:00Z".to_string()),
 
     fn sample_table(fields: &[Field]) -> Table {
         fields

@@ -151,6 +151,18 @@ impl Pressure {
         }
     }
 
+    /// The pressure of a pool now: its slots, queue, limit and capacity.
+    pub fn of_pool(pool: &crate::upstream::Pool) -> Pressure {
+        let capacity = pool.capacity();
+        let admission = pool.state.admission.snapshot();
+        Pressure::of(
+            admission.in_use,
+            admission.waiting.iter().sum(),
+            admission.limit,
+            capacity,
+        )
+    }
+
     /// A pool with room to spare (for tests and rooms without a pool view).
     pub const IDLE: Pressure = Pressure {
         would_queue: false,

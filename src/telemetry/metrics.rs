@@ -106,6 +106,9 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     panics: IntCounterVec,
     idempotency: IntCounterVec,
+    /// 1 while a maintenance window is open for a route (`*`: every route),
+    /// set at scrape time.
+    pub maintenance_open: IntGaugeVec,
     /// Bytes the idempotency records of a route take, set at scrape time.
     pub idempotency_store_bytes: IntGaugeVec,
     /// Idempotency records evicted to stay within a route's `max_bytes`, set
@@ -114,10 +117,10 @@ pub struct Metrics {
     /// Shopper connections ordergate closed because they idled or were slow,
     /// by reason (`header_timeout`, `keepalive_timeout`); exported at zero.
     pub connections_closed: ConnectionsClosed,
+    rooms: super::room::RoomVecs,
 }
 
 /// What a keyed request met: the `result` label of `ordergate_idempotency_total`.
-    rooms: super::room::RoomVecs,
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdempotencyResult {
     /// The first request with its key: forwarded.
@@ -447,6 +450,12 @@ impl Metrics {
                 "Keyed requests on routes with idempotency, by route and what they met.",
                 &["route", "result"],
             ),
+            maintenance_open: gauge_vec(
+                &r,
+                "ordergate_maintenance_open",
+                "1 while a maintenance window is open for the route (\"*\": every route).",
+                &["route"],
+            ),
             idempotency_store_bytes: gauge_vec(
                 &r,
                 "ordergate_idempotency_store_bytes",
@@ -471,6 +480,7 @@ impl Metrics {
                     keepalive_timeout: closed.with_label_values(&["keepalive_timeout"]),
                 }
             },
+            rooms: super::room::RoomVecs::new(&r),
             registry: r,
         };
         metrics.prime_static();
@@ -480,7 +490,6 @@ impl Metrics {
     /// Series that exist from the start: reload results, build information,
     /// pingora's routine events and the process collector.
     fn prime_static(&self) {
-            rooms: super::room::RoomVecs::new(&r),
         for result in ["success", "failure"] {
             self.reloads.with_label_values(&[result]);
         }
@@ -662,6 +671,11 @@ impl Metrics {
         }
     }
 
+    /// A waiting room's handles, every series at zero from the start.
+    pub fn room(&self, room: &str) -> super::RoomMetrics {
+        self.rooms.room(room)
+    }
+
     /// The counter of times a pool entered panic mode.
     pub fn pool_panics(&self, pool: &str) -> IntCounter {
         self.panics.with_label_values(&[pool])
@@ -671,11 +685,6 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
-    /// A waiting room's handles, every series at zero from the start.
-    pub fn room(&self, room: &str) -> super::RoomMetrics {
-        self.rooms.room(room)
-    }
-
             log::error!("cannot encode metrics: {e}");
         }
         String::from_utf8(buffer).unwrap_or_default()

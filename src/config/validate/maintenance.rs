@@ -70,6 +70,7 @@ pub(super) fn maintenance(
         );
     }
     MaintenanceConfig {
+        active: file.active.unwrap_or(true),
         until,
         message: file.message.clone(),
         allow_cidrs,
