@@ -308,7 +308,8 @@ impl Line {
             active: HashMap::new(),
             next_number: 1,
             next_direct: 0,
-            tokens: 0.0,
+            // A new room lets its first second's worth in at once.
+            tokens: f64::INFINITY,
             tokens_at: now,
             rate: BusyRate::new(now),
             skipped_share: 0.0,

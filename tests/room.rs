@@ -1,0 +1,717 @@
+//! The waiting room against the real binary, with simulated shoppers that keep
+//! their cookies: admission in arrival order with estimates that hold, forged
+//! and stale cookies treated as new, abandoners skipped, a checkout never sent
+//! back, `opens_at` draws, the admin API, reloads, `check`, and the page in
+//! headless Chromium.
+
+mod support;
+
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile};
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A shopper's browser: the room cookie it was given, sent back every time.
+#[derive(Debug, Clone, Default)]
+struct Shopper {
+    cookie: Option<String>,
+}
+
+/// What one visit met.
+#[derive(Debug)]
+enum Visit {
+    /// Through to a backend (any non-room answer), with the pass if one came.
+    Passed { status: u16 },
+    /// The waiting page's JSON.
+    Waiting(serde_json::Value),
+}
+
+impl Shopper {
+    fn visit(&mut self, addr: SocketAddr, room: &str, method: &str, path: &str) -> Visit {
+        let name = format!("ordergate_room_{room}");
+        let cookie = self.cookie.as_ref().map(|v| format!("{name}={v}"));
+        let mut headers = vec![("accept", "application/json")];
+        if let Some(cookie) = &cookie {
+            headers.push(("cookie", cookie.as_str()));
+        }
+        let response = request(addr, method, path, &headers, b"")
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"));
+        for (header, value) in &response.headers {
+            if header == "set-cookie" {
+                if let Some(v) = value
+                    .strip_prefix(&format!("{name}="))
+                    .and_then(|rest| rest.split(';').next())
+                {
+                    self.cookie = Some(v.to_string());
+                }
+            }
+        }
+        if response.header("x-ordergate-page") == Some("waiting_room") {
+            assert_eq!(response.status, 503);
+            assert_eq!(response.header("cache-control"), Some("no-store"));
+            assert!(response.header("x-request-id").is_some());
+            let page = response.json();
+            assert_eq!(
+                response.header("retry-after"),
+                Some(page["refresh_s"].to_string().as_str())
+            );
+            Visit::Waiting(page)
+        } else {
+            Visit::Passed {
+                status: response.status,
+            }
+        }
+    }
+
+    /// The kind (`t` ticket, `p` pass) and fields of the cookie.
+    fn token(&self) -> Option<Vec<String>> {
+        self.cookie
+            .as_ref()
+            .map(|c| c.split('.').map(str::to_string).collect())
+    }
+
+    /// The pass's admission number.
+    fn admission_number(&self) -> Option<u64> {
+        let fields = self.token()?;
+        (fields[0] == "p").then(|| u64::from_str_radix(&fields[4], 16).ok())?
+    }
+
+    /// The ticket's number.
+    fn ticket(&self) -> Option<u64> {
+        let fields = self.token()?;
+        (fields[0] == "t").then(|| u64::from_str_radix(&fields[3], 16).ok())?
+    }
+}
+
+fn room_config(fleet: &Fleet, admin_port: u16, rooms: &str) -> String {
+    format!(
+        "{}[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[routes]]\nname = \"other\"\npath_prefix = \"/other\"\npool = \"orders\"\n\n{rooms}",
+        admin_section(admin_port),
+        fleet.backends_toml(&[])
+    )
+}
+
+fn room(name: &str, routes: &str, extra: &str) -> String {
+    format!(
+        "[[rooms]]\nname = \"{name}\"\nroutes = [{routes}]\nsecret = \"{SECRET}\"\nmode = \"always\"\n{extra}\n"
+    )
+}
+
+fn admin(port: u16, method: &str, path: &str) -> support::Response {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    request(addr, method, path, &[], b"").unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
+}
+
+/// The value of a metric series from `/metrics`, e.g.
+/// `ordergate_room_rejected_cookies_total{room="a",reason="bad_signature"}`.
+fn metric(port: u16, series: &str) -> f64 {
+    admin(port, "GET", "/metrics")
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn waiting(visit: &Visit) -> &serde_json::Value {
+    match visit {
+        Visit::Waiting(page) => page,
+        other => panic!("expected the waiting page, got {other:?}"),
+    }
+}
+
+#[test]
+fn forged_tampered_other_room_and_expired_cookies_are_treated_as_new_and_counted() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let rooms = format!(
+        "{}{}",
+        room("a", "\"sale\"", "max_active = 1\nsession = \"2s\"\nrefresh = \"1s\"\nticket_timeout = \"30s\""),
+        room("b", "\"other\"", "max_active = 1\nrefresh = \"1s\"")
+    );
+    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
+    let addr = proxy.addr;
+
+    // One shopper on each room's site, one waiting in each line.
+    let mut inside = Shopper::default();
+    assert!(matches!(inside.visit(addr, "a", "GET", "/api/products/1"), Visit::Passed { status: 200 }));
+    let mut first = Shopper::default();
+    let page = waiting(&first.visit(addr, "a", "GET", "/api/products/1")).clone();
+    assert_eq!(page["state"], "waiting");
+    assert_eq!(page["position"], 1);
+    assert_eq!(page["ahead"], 0);
+    assert!(page["estimated_wait_s"].as_u64().is_some(), "{page}");
+    let mut b_inside = Shopper::default();
+    assert!(matches!(b_inside.visit(addr, "b", "GET", "/other/1"), Visit::Passed { .. }));
+    let mut b_waiting = Shopper::default();
+    waiting(&b_waiting.visit(addr, "b", "GET", "/other/1"));
+    let b_ticket = b_waiting.cookie.clone().expect("a ticket for room b");
+
+    let mut checks = 0;
+    let mut is_new = |shopper: &mut Shopper, what: &str| {
+        checks += 1;
+        let before = shopper.cookie.clone();
+        let page = waiting(&shopper.visit(addr, "a", "GET", "/api/products/1")).clone();
+        assert_ne!(shopper.cookie, before, "{what}: a new ticket");
+        assert_eq!(page["position"], checks + 1, "{what}: at the back of the line: {page}");
+    };
+    // Forged: made up, signed with some other key.
+    let mut forger = Shopper {
+        cookie: Some(format!("t.a.1.0.0.ffffffff.{}", "00".repeat(32))),
+    };
+    is_new(&mut forger, "forged");
+    // Tampered: a real ticket with an earlier number.
+    let mut tamperer = first.clone();
+    let real = tamperer.cookie.clone().expect("ticket");
+    let fields: Vec<&str> = real.split('.').collect();
+    tamperer.cookie = Some(
+        [&fields[..3], &["ffff"], &fields[4..]]
+            .concat()
+            .join("."),
+    );
+    is_new(&mut tamperer, "tampered");
+    // Another room's ticket (the same secret).
+    let mut stranger = Shopper {
+        cookie: Some(b_ticket),
+    };
+    is_new(&mut stranger, "other room");
+    // Garbage.
+    let mut garbage = Shopper {
+        cookie: Some("%%%".into()),
+    };
+    is_new(&mut garbage, "malformed");
+    // The real ticket still holds the first place.
+    assert_eq!(waiting(&first.visit(addr, "a", "GET", "/api/products/1"))["position"], 1);
+
+    // An expired pass: the shopper inside stops for longer than the session.
+    let expired_pass = inside.cookie.clone();
+    std::thread::sleep(Duration::from_millis(2600));
+    let mut late = Shopper {
+        cookie: expired_pass,
+    };
+    let visit = late.visit(addr, "a", "GET", "/api/products/1");
+    let page = waiting(&visit);
+    assert!(late.ticket().is_some(), "an expired pass gets a new ticket: {page}");
+
+    let count = |reason: &str| {
+        metric(
+            port,
+            &format!("ordergate_room_rejected_cookies_total{{reason=\"{reason}\",room=\"a\"}}"),
+        )
+    };
+    assert_eq!(count("bad_signature"), 2.0, "forged and tampered");
+    assert_eq!(count("other_room"), 1.0);
+    assert_eq!(count("malformed"), 1.0);
+    assert_eq!(count("expired"), 1.0);
+}
+
+/// One scheduled visit of the load test.
+#[derive(PartialEq, Eq)]
+struct Due(Instant, usize);
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.cmp(&self.0).then(other.1.cmp(&self.1))
+    }
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Default, Clone)]
+struct Record {
+    arrived: Option<Instant>,
+    first_estimate: Option<u64>,
+    ticket: Option<u64>,
+    admitted: Option<Instant>,
+    number: Option<u64>,
+    shopper: Shopper,
+}
+
+#[test]
+fn a_thousand_shoppers_are_admitted_in_arrival_order_within_their_estimates() {
+    const SHOPPERS: usize = 1000;
+    let fleet = Fleet::start(2);
+    let port = free_port();
+    let rooms = room("sale", "\"sale\"", "admit_per_minute = 3000");
+    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
+    let addr = proxy.addr;
+    // Give the room's token bucket its one second of burst.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let start = Instant::now() + Duration::from_millis(200);
+    let queue: Arc<Mutex<BinaryHeap<Due>>> = Arc::new(Mutex::new(
+        (0..SHOPPERS)
+            .map(|i| Due(start + Duration::from_millis(10 * i as u64), i))
+            .collect(),
+    ));
+    let records: Arc<Mutex<Vec<Record>>> = Arc::new(Mutex::new(vec![Record::default(); SHOPPERS]));
+    let deadline = start + Duration::from_secs(60);
+    let workers: Vec<_> = (0..24)
+        .map(|_| {
+            let (queue, records) = (Arc::clone(&queue), Arc::clone(&records));
+            std::thread::spawn(move || loop {
+                let next = {
+                    let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                    match queue.peek() {
+                        None => return,
+                        Some(Due(at, _)) if *at <= Instant::now() => queue.pop(),
+                        Some(_) => None,
+                    }
+                };
+                let Some(Due(_, i)) = next else {
+                    if Instant::now() > deadline {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let mut shopper = records.lock().unwrap_or_else(|p| p.into_inner())[i]
+                    .shopper
+                    .clone();
+                let sent = Instant::now();
+                let visit = shopper.visit(addr, "sale", "GET", "/api/products/7");
+                let mut records = records.lock().unwrap_or_else(|p| p.into_inner());
+                let record = &mut records[i];
+                record.arrived.get_or_insert(sent);
+                record.shopper = shopper.clone();
+                match visit {
+                    Visit::Passed { status } => {
+                        assert_eq!(status, 200);
+                        record.admitted = Some(sent);
+                        record.number = shopper.admission_number();
+                    }
+                    Visit::Waiting(page) => {
+                        if record.first_estimate.is_none() {
+                            record.first_estimate = page["estimated_wait_s"].as_u64();
+                            record.ticket = shopper.ticket();
+                        }
+                        let refresh = page["refresh_s"].as_u64().unwrap_or(1);
+                        drop(records);
+                        queue
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(Due(sent + Duration::from_secs(refresh), i));
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a shopper thread");
+    }
+    let records = records.lock().unwrap_or_else(|p| p.into_inner()).clone();
+
+    let admitted = records.iter().filter(|r| r.admitted.is_some()).count();
+    assert_eq!(admitted, SHOPPERS, "everyone gets in within a minute");
+    // Order: admission numbers follow ticket numbers (the room's arrival order)...
+    let mut waited: Vec<&Record> = records.iter().filter(|r| r.ticket.is_some()).collect();
+    assert!(waited.len() > SHOPPERS / 3, "a line formed: {}", waited.len());
+    waited.sort_by_key(|r| r.ticket);
+    for pair in waited.windows(2) {
+        assert!(
+            pair[0].number < pair[1].number,
+            "ticket {:?} was admitted as {:?}, after ticket {:?} admitted as {:?}",
+            pair[0].ticket,
+            pair[0].number,
+            pair[1].ticket,
+            pair[1].number
+        );
+    }
+    // ...and everyone admitted without waiting came before any ticket.
+    let direct_max = records.iter().filter(|r| r.ticket.is_none()).filter_map(|r| r.number).max();
+    let line_min = waited.iter().filter_map(|r| r.number).min();
+    assert!(direct_max < line_min, "{direct_max:?} {line_min:?}");
+    // ...and ticket numbers follow the order shoppers came in (10 ms apart;
+    // a few sent at nearly the same instant may swap).
+    let mut by_arrival: Vec<&Record> = waited.clone();
+    by_arrival.sort_by_key(|r| r.arrived);
+    let swapped = by_arrival.windows(2).filter(|p| p[0].ticket > p[1].ticket).count();
+    assert!(swapped <= SHOPPERS / 50, "{swapped} arrivals out of order");
+
+    // Estimates: within ±25% or ±2 s of the actual wait.
+    let mut worst = 0.0f64;
+    let mut errors = Vec::new();
+    for r in &waited {
+        let (Some(arrived), Some(admitted), Some(estimate)) = (r.arrived, r.admitted, r.first_estimate)
+        else {
+            panic!("a waiting shopper without an estimate");
+        };
+        let actual = admitted.duration_since(arrived).as_secs_f64();
+        let estimate = estimate as f64;
+        let error = (actual - estimate).abs();
+        errors.push(error);
+        worst = worst.max(error);
+        assert!(
+            error <= 2.0 || error <= 0.25 * estimate,
+            "ticket {:?}: waited {actual:.1} s, estimated {estimate} s",
+            r.ticket
+        );
+    }
+    errors.sort_by(f64::total_cmp);
+    eprintln!(
+        "room: {} of {SHOPPERS} waited; estimate error p50 {:.2} s, p99 {:.2} s, max {worst:.2} s",
+        waited.len(),
+        errors[errors.len() / 2],
+        errors[errors.len() * 99 / 100]
+    );
+    let rooms = admin(port, "GET", "/rooms").json();
+    let sale = &rooms["rooms"][0];
+    assert_eq!(sale["name"], "sale");
+    assert_eq!(sale["length"], 0, "{rooms}");
+    assert_eq!(sale["admitted_from_line"].as_u64(), Some(waited.len() as u64), "{rooms}");
+    assert!(metric(port, "ordergate_room_wait_seconds_count{room=\"sale\"}") >= waited.len() as f64);
+    assert!(metric(port, "ordergate_room_eta_error_seconds_count{room=\"sale\"}") >= waited.len() as f64);
+}
+
+#[test]
+fn shoppers_who_stop_checking_in_are_skipped_and_refreshers_keep_their_place() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let rooms = room(
+        "sale",
+        "\"sale\"",
+        "max_active = 1\nsession = \"1s\"\nrefresh = \"1s\"\nticket_timeout = \"2s\"",
+    );
+    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
+    let addr = proxy.addr;
+    let mut inside = Shopper::default();
+    assert!(matches!(inside.visit(addr, "sale", "GET", "/api/products/1"), Visit::Passed { .. }));
+    let mut quitter = Shopper::default();
+    assert_eq!(waiting(&quitter.visit(addr, "sale", "GET", "/api/products/1"))["position"], 1);
+    let mut stayer = Shopper::default();
+    assert_eq!(waiting(&stayer.visit(addr, "sale", "GET", "/api/products/1"))["position"], 2);
+
+    // The one inside shops on for 3 s; the stayer keeps refreshing, the
+    // quitter has gone.
+    let shopping = Instant::now();
+    while shopping.elapsed() < Duration::from_secs(3) {
+        assert!(matches!(inside.visit(addr, "sale", "GET", "/api/products/1"), Visit::Passed { .. }));
+        let page = waiting(&stayer.visit(addr, "sale", "GET", "/api/products/1")).clone();
+        assert_eq!(page["position"], 2, "keeps the place: {page}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The one inside leaves: after the session, the slot goes to the stayer,
+    // skipping the quitter.
+    let mut admitted = false;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            admitted = matches!(stayer.visit(addr, "sale", "GET", "/api/products/1"), Visit::Passed { .. });
+            std::thread::sleep(Duration::from_millis(200));
+            admitted
+        }),
+        "the refresher is admitted"
+    );
+    assert!(stayer.admission_number().is_some());
+    assert!(metric(port, "ordergate_room_abandoned_total{room=\"sale\"}") >= 1.0);
+    // The quitter comes back: a new shopper, at the back of the (empty) line.
+    let old = quitter.cookie.clone();
+    let visit = quitter.visit(addr, "sale", "GET", "/api/products/1");
+    assert_ne!(quitter.cookie, old, "a new ticket or pass: {visit:?}");
+}
+
+#[test]
+fn an_admitted_shopper_is_not_sent_back_to_the_line_while_the_pass_is_valid() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let rooms = room("sale", "\"sale\"", "max_active = 1\nsession = \"2s\"\nrefresh = \"1s\"");
+    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
+    let addr = proxy.addr;
+    let mut buyer = Shopper::default();
+    assert!(matches!(buyer.visit(addr, "sale", "GET", "/api/products/1"), Visit::Passed { status: 200 }));
+    let mut crowd: Vec<Shopper> = (0..30).map(|_| Shopper::default()).collect();
+    for shopper in &mut crowd {
+        waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1"));
+    }
+    // A checkout of several steps over 4 s (longer than the session, which
+    // each request extends), while the room is full and 30 wait.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        for (method, path) in [("GET", "/api/products/1"), ("POST", "/api/orders"), ("GET", "/api/orders/1")] {
+            match buyer.visit(addr, "sale", method, path) {
+                Visit::Passed { .. } => {}
+                Visit::Waiting(page) => panic!("sent back to the line mid-checkout: {page}"),
+            }
+        }
+        for shopper in crowd.iter_mut().take(5) {
+            waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1"));
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+}
+
+#[test]
+fn before_opens_at_arrivals_draw_random_places_and_nobody_gets_in() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let opening = chrono::Utc::now() + chrono::Duration::seconds(4);
+    let opens_at = opening.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let opens_instant = Instant::now() + Duration::from_secs(4);
+    let rooms = room(
+        "sale",
+        "\"sale\"",
+        &format!("admit_per_minute = 600\nrefresh = \"1s\"\nopens_at = \"{opens_at}\""),
+    );
+    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
+    let addr = proxy.addr;
+    const N: usize = 30;
+    let mut shoppers: Vec<Shopper> = (0..N).map(|_| Shopper::default()).collect();
+    for shopper in &mut shoppers {
+        let page = waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1")).clone();
+        assert!(page["position"].is_null(), "drawn at the opening: {page}");
+        assert!(page["opens_in_s"].as_u64().is_some_and(|s| s <= 5), "{page}");
+        assert!(Instant::now() < opens_instant - Duration::from_millis(500), "arrivals before the opening");
+    }
+    // Everyone keeps checking in; nobody gets in before the opening.
+    let mut admitted_at: Vec<Option<Instant>> = vec![None; N];
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while admitted_at.iter().any(Option::is_none) && Instant::now() < give_up {
+        for (i, shopper) in shoppers.iter_mut().enumerate() {
+            if admitted_at[i].is_some() {
+                continue;
+            }
+            let sent = Instant::now();
+            if let Visit::Passed { .. } = shopper.visit(addr, "sale", "GET", "/api/products/1") {
+                assert!(
+                    sent + Duration::from_millis(200) >= opens_instant,
+                    "shopper {i} got in {:?} before the opening",
+                    opens_instant - sent
+                );
+                admitted_at[i] = Some(sent);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(admitted_at.iter().all(Option::is_some), "everyone got in after the opening");
+    // The order of admission is not the order of arrival.
+    let numbers: Vec<u64> = shoppers
+        .iter()
+        .map(|s| s.admission_number().expect("a pass"))
+        .collect();
+    let in_order = numbers.windows(2).filter(|w| w[0] < w[1]).count();
+    assert!(
+        (N / 5..N * 4 / 5).contains(&in_order),
+        "places look drawn, not by arrival: {numbers:?}"
+    );
+}
+
+#[test]
+fn admin_api_pauses_opens_and_closes_a_room_and_the_line_survives_a_reload() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let rooms = room("sale", "\"sale\"", "max_active = 1\nsession = \"1s\"\nrefresh = \"1s\"");
+    let config = room_config(&fleet, port, &rooms);
+    let proxy = Proxy::start(&config);
+    let addr = proxy.addr;
+    let mut inside = Shopper::default();
+    assert!(matches!(inside.visit(addr, "sale", "GET", "/api/products/1"), Visit::Passed { .. }));
+    let mut line: Vec<Shopper> = (0..3).map(|_| Shopper::default()).collect();
+    for (i, shopper) in line.iter_mut().enumerate() {
+        assert_eq!(waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1"))["position"], i as u64 + 1);
+    }
+    let listed = admin(port, "GET", "/rooms").json();
+    let sale = &listed["rooms"][0];
+    assert_eq!(sale["name"], "sale", "{listed}");
+    assert_eq!(sale["length"], 3, "{listed}");
+    assert_eq!(sale["active"], 1, "{listed}");
+    assert_eq!(sale["control"], "auto", "{listed}");
+    assert!(sale["estimated_wait_s"].as_u64().is_some(), "{listed}");
+
+    // A reload (another refresh interval) keeps every place.
+    proxy.rewrite_config(&config.replace("refresh = \"1s\"", "refresh = \"2s\""));
+    assert_eq!(admin(port, "POST", "/reload").status, 200);
+    for (i, shopper) in line.iter_mut().enumerate() {
+        let page = waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1")).clone();
+        assert_eq!(page["position"], i as u64 + 1, "after the reload: {page}");
+    }
+
+    // Paused: the slot frees (the session ends) but nobody is admitted.
+    assert_eq!(admin(port, "POST", "/rooms/sale/pause").json()["control"], "paused");
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..3 {
+        for (i, shopper) in line.iter_mut().enumerate() {
+            let page = waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1")).clone();
+            assert_eq!(page["position"], i as u64 + 1, "paused keeps places: {page}");
+            assert!(page["estimated_wait_s"].is_null(), "no estimate while paused: {page}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Open again: the first in line gets in.
+    assert_eq!(admin(port, "POST", "/rooms/sale/open").json()["control"], "open");
+    assert!(matches!(line[0].visit(addr, "sale", "GET", "/api/products/1"), Visit::Passed { .. }));
+    // Closed: the room steps aside; everyone passes.
+    assert_eq!(admin(port, "POST", "/rooms/sale/close").json()["control"], "closed");
+    let mut newcomer = Shopper::default();
+    assert!(matches!(newcomer.visit(addr, "sale", "GET", "/api/products/1"), Visit::Passed { .. }));
+    assert!(matches!(line[2].visit(addr, "sale", "GET", "/api/products/1"), Visit::Passed { .. }));
+    assert_eq!(admin(port, "POST", "/rooms/nope/open").status, 404);
+    assert_eq!(admin(port, "POST", "/rooms/sale/explode").status, 404);
+}
+
+#[test]
+fn bypassed_requests_never_wait() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let rooms = room(
+        "sale",
+        "\"sale\"",
+        "max_active = 1\n[rooms.bypass]\npaths = [\"/api/payments/callback\"]\nmethods = [\"OPTIONS\"]\nheader = \"x-staff\"\nheader_value = \"let-me-in\"",
+    );
+    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
+    let addr = proxy.addr;
+    let mut inside = Shopper::default();
+    assert!(matches!(inside.visit(addr, "sale", "GET", "/api/products/1"), Visit::Passed { .. }));
+    let mut shopper = Shopper::default();
+    waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1"));
+    let through = |headers: &[(&str, &str)], method: &str, path: &str| {
+        let response = request(addr, method, path, headers, b"").expect("request");
+        response.header("x-ordergate-page") != Some("waiting_room")
+    };
+    assert!(through(&[], "POST", "/api/payments/callback"));
+    assert!(through(&[], "OPTIONS", "/api/products/1"));
+    assert!(through(&[("x-staff", "let-me-in")], "GET", "/api/products/1"));
+    assert!(!through(&[("x-staff", "guess")], "GET", "/api/products/1"));
+}
+
+#[test]
+fn check_rejects_a_missing_or_short_secret_an_unknown_route_and_zero_capacity() {
+    let text = "[[pools]]\nname = \"orders\"\nbackends = [ { addr = \"127.0.0.1:9\" } ]\n[[routes]]\nname = \"sale\"\npool = \"orders\"\n\n[[rooms]]\nname = \"a\"\nroutes = [\"sale\"]\nmax_active = 10\n\n[[rooms]]\nname = \"b\"\nroutes = [\"nope\"]\nsecret = \"short\"\nadmit_per_minute = 0\n\n[[rooms]]\nname = \"c\"\nroutes = [\"sale\"]\nsecret_env = \"ORDERGATE_TEST_UNSET_SECRET\"\n";
+    let file = TempFile::new("rooms.toml", text);
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&file.path)
+        .env_remove("ORDERGATE_TEST_UNSET_SECRET")
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stderr}");
+    for expected in [
+        "rooms[0] \"a\": has no secret",
+        "rooms[1] \"b\".routes[0]: route \"nope\" is not defined",
+        "rooms[1] \"b\".secret: is 5 bytes; use 32 bytes or more",
+        "rooms[1] \"b\".admit_per_minute: 0 is out of range",
+        "rooms[2] \"c\".secret_env: the environment variable \"ORDERGATE_TEST_UNSET_SECRET\" is not set",
+        "rooms[2] \"c\": has no capacity",
+        "rooms[2] \"c\".routes[0]: route \"sale\" is already covered by room \"a\"",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+/// A program, installed from Debian's `package` with apt-get when missing.
+fn ensure_program(names: &[&str], package: &str) -> Option<PathBuf> {
+    let find = || {
+        names
+            .iter()
+            .flat_map(|name| ["/usr/bin", "/usr/local/bin", "/snap/bin"].map(|d| Path::new(d).join(name)))
+            .find(|p| p.is_file())
+    };
+    if let Some(found) = find() {
+        return Some(found);
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut command = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        command
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    eprintln!("room: {} missing; installing {package} with apt-get", names[0]);
+    let _ = apt(&["update", "-qq"]);
+    let _ = apt(&["install", "-y", "-qq", package]);
+    find()
+}
+
+fn chromium(browser: &Path, url: &str, args: &[&str]) -> String {
+    let profile = TempFile::new("profile", "");
+    let output = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--lang=en-US",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            profile.path.with_file_name("chromium").display()
+        ))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chromium");
+    assert!(output.status.success(), "chromium failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn the_waiting_page_renders_in_headless_chromium() {
+    let Some(browser) = ensure_program(&["chromium", "chromium-browser", "google-chrome"], "chromium") else {
+        eprintln!("SKIPPED waiting page test: chromium is not installed and apt-get could not install it");
+        return;
+    };
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let rooms = room(
+        "sale",
+        "\"sale\"",
+        "max_active = 1\nadmit_per_minute = 6\nrefresh = \"30s\"\nsession = \"5m\"",
+    );
+    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
+    let addr = proxy.addr;
+    // The room is full, and a dozen shoppers wait ahead of the browser.
+    let mut inside = Shopper::default();
+    assert!(matches!(inside.visit(addr, "sale", "GET", "/api/products/1"), Visit::Passed { .. }));
+    for _ in 0..12 {
+        waiting(&Shopper::default().visit(addr, "sale", "GET", "/api/products/1"));
+    }
+    let url = format!("http://{addr}/api/products/1");
+    let dom = chromium(&browser, &url, &["--virtual-time-budget=1000", "--dump-dom"]);
+    assert!(dom.contains("You are number 13 in line (12 ahead of you)."), "{dom}");
+    assert!(dom.contains("Estimated wait: about"), "{dom}");
+    assert!(dom.contains("http-equiv=\"refresh\""), "{dom}");
+    let target = repo().join("target").join("room");
+    std::fs::create_dir_all(&target).expect("target/room");
+    let path = target.join("waiting-page.png");
+    let _ = std::fs::remove_file(&path);
+    chromium(
+        &browser,
+        &url,
+        &[
+            "--window-size=800,720",
+            "--virtual-time-budget=1000",
+            &format!("--screenshot={}", path.display()),
+        ],
+    );
+    let png = std::fs::read(&path).unwrap_or_default();
+    assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
+    eprintln!("room: screenshot in {}", path.display());
+}
