@@ -327,6 +327,27 @@ fn status_page_shows_every_backend_and_the_killed_one_as_down() {
         !dom.contains(">Undrain<") && dom.contains(">Drain<"),
         "{dom}"
     );
+    // Rates and percentiles from successive polls, while shoppers come.
+    let catalog = dom
+        .split("<tr data-route=\"catalog\">")
+        .nth(1)
+        .and_then(|row| row.split("</tr>").next())
+        .unwrap_or_default();
+    let cell = |label: &str| {
+        catalog
+            .split(&format!("data-label=\"{label}\" class=\"num\">"))
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        cell("req/s").parse::<f64>().is_ok_and(|r| r > 0.0),
+        "req/s: {catalog}"
+    );
+    assert!(cell("p99").ends_with(" ms"), "p99: {catalog}");
+    // No rooms here: the section stays hidden.
+    assert!(dom.contains("<section id=\"rooms\" hidden"), "{dom}");
 
     // Draining one of the two left: the page shows it drained, and the pool
     // in panic mode (one of three can take traffic).
@@ -352,6 +373,123 @@ fn status_page_shows_every_backend_and_the_killed_one_as_down() {
     assert_eq!(row_state(&dom, killed).as_deref(), Some("down"), "{dom}");
     assert!(dom.contains("1 of 3 backends up"), "{dom}");
     assert!(dom.contains(">Undrain<"), "{dom}");
+}
+
+/// Serves the status page and canned `/status` and `/rooms` answers, on a
+/// thread of its own, for as long as the test runs; returns the address.
+fn serve_canned(status: serde_json::Value, rooms: serde_json::Value) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let (kind, body) = match path {
+                "/status" => ("application/json", status.to_string()),
+                "/rooms" => ("application/json", rooms.to_string()),
+                _ => (
+                    "text/html; charset=utf-8",
+                    include_str!("../src/admin/status.html").to_string(),
+                ),
+            };
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
+    let Some(browser) = ensure_program(
+        &["chromium", "chromium-browser", "google-chrome"],
+        "chromium",
+    ) else {
+        eprintln!(
+            "SKIPPED status page test: chromium is not installed and apt-get could not install it"
+        );
+        return;
+    };
+    // A real /status, then what an incident would change in it.
+    let fleet = Fleet::start(2);
+    let port = free_port();
+    let _proxy = Proxy::start(&status_page_config(port, &fleet.addrs, ""));
+    let mut status = admin(port, "GET", "/status").json();
+    let (steady, ejected) = (fleet.addrs[0].to_string(), fleet.addrs[1].to_string());
+    {
+        let pool = &mut status["pools"][0];
+        pool["queue"]["waiting"]["high"] = 3.into();
+        pool["queue"]["waiting"]["low"] = 40.into();
+        let backends = pool["backends"].as_array_mut().expect("backends");
+        for backend in backends.iter_mut() {
+            if backend["addr"] == ejected {
+                backend["state"] = "ejected".into();
+                backend["ejected"] = true.into();
+                backend["ejected_for_s"] = 12.0.into();
+            } else {
+                backend["weight"] = 5.into();
+                backend["weight_override"] = 5.into();
+            }
+        }
+    }
+    status["reload"]["last_ok"] = false.into();
+    status["reload"]["last_trigger"] = "sighup".into();
+    status["reload"]["last_errors"] = serde_json::json!([
+        "routes[0] \"checkout\": pool \"payment\" is not defined (pools: orders)"
+    ]);
+    status["maintenance"] = serde_json::json!([
+        { "route": "checkout", "source": "admin", "until": "2026-11-29T14:00:00Z", "message": "stock count" }
+    ]);
+    let rooms = serde_json::json!({ "rooms": [{
+        "name": "sale", "routes": ["checkout", "catalog"], "mode": "always", "control": "paused",
+        "before_open": false, "length": 1234, "active": 500, "max_active": 500,
+        "admitted_per_minute": 120.0, "estimated_wait_s": 610.0
+    }]});
+    let addr = serve_canned(status, rooms);
+    let dom = chromium(
+        &browser,
+        &format!("http://{addr}/"),
+        &["--virtual-time-budget=5000", "--dump-dom"],
+    )
+    .stdout;
+    let target = repo().join("target").join("sre");
+    std::fs::create_dir_all(&target).expect("target/sre");
+    std::fs::write(target.join("status-page-incident.html"), &dom).expect("save the DOM");
+
+    assert_eq!(
+        row_state(&dom, fleet.addrs[1]).as_deref(),
+        Some("ejected"),
+        "{dom}"
+    );
+    assert!(dom.contains("ejected, 12 s left"), "{dom}");
+    assert_eq!(row_state(&dom, fleet.addrs[0]).as_deref(), Some("up"));
+    assert!(dom.contains("(override; config 1)"), "{steady}: {dom}");
+    assert!(dom.contains("43 (high 3, low 40)"), "{dom}");
+    assert!(dom.contains("Last reload FAILED (sighup"), "{dom}");
+    assert!(dom.contains("pool \"payment\" is not defined"), "{dom}");
+    assert!(
+        dom.contains(
+            "Notice: maintenance of route checkout until 2026-11-29T14:00:00Z (admin): stock count"
+        ),
+        "{dom}"
+    );
+    // The waiting room, shown because /rooms answered.
+    assert!(!dom.contains("<section id=\"rooms\" hidden"), "{dom}");
+    assert!(dom.contains("data-room=\"sale\""), "{dom}");
+    assert!(
+        dom.contains(">1234<") && dom.contains("500 / 500") && dom.contains("10 min"),
+        "{dom}"
+    );
+    assert!(dom.contains("paused, mode always"), "{dom}");
 }
 
 #[test]
