@@ -553,4 +553,42 @@ mod tests {
         assert!(!backend.probe_due(now, &config));
         assert!(backend.probe_due(now + Duration::from_secs(1), &config));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_probe_report_keeps_the_last_result_and_the_last_change() {
+        let backend = Backend::new("p", addr(1));
+        let config = health_config(false);
+        assert_eq!(backend.probe_report().last, None);
+        let start = Instant::now();
+        backend.record_probe_result(&Ok(()), &config);
+        assert_eq!(
+            backend.probe_report().changed,
+            Some(start),
+            "unproven to healthy"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let refused = Err("connect: refused".to_string());
+        backend.record_probe_result(&refused, &config);
+        let report = backend.probe_report();
+        assert_eq!(
+            report.last,
+            Some((Instant::now(), Some("connect: refused".to_string())))
+        );
+        assert_eq!(
+            report.changed,
+            Some(start),
+            "one failure is below the threshold"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        backend.record_probe_result(&refused, &config);
+        assert_eq!(
+            backend.probe_report().changed,
+            Some(Instant::now()),
+            "down now"
+        );
+        backend.record_probe_result(&Ok(()), &config);
+        assert_eq!(backend.probe_report().last, Some((Instant::now(), None)));
+        assert!(backend.ejected_until().is_none());
+        assert_eq!(backend.ewma_latency(), EWMA_START);
+    }
 }
