@@ -8,6 +8,7 @@
 //! request_filter           forward    request id
 //!                          route      Route by host, path prefix, method    (none → 404 page)
 //!                          route      rate limit per client key             (over → 429 page)
+//!                          room       waiting room: pass, ticket or bypass  (in line → 503 waiting page)
 //!                          admission  a slot in the Pool, by priority       (full, timeout, shed → 503 page)
 //! upstream_peer            upstream   Pool → Backend by the pool's algorithm, counted in flight
 //!                                     (none can take it → 503 page)
@@ -16,7 +17,7 @@
 //! upstream_request_filter  forward    X-Forwarded-For / -Proto, X-Request-Id
 //! upstream_response_filter upstream   latency, passive health; retry a retryable status;
 //!                          respond    swap a 5xx body for the page
-//! response_filter          forward    X-Request-Id back to the client
+//! response_filter          forward    X-Request-Id back to the client; a new room pass
 //! fail_to_proxy            respond    the one place a failure becomes a page (502/503/504/...)
 //! logging                  telemetry  metrics, access log; the slot and the in-flight count end
 //! ```

@@ -630,6 +630,22 @@ impl Config {
                 Balance::ConsistentHash(key) => format!("consistent_hash on {key}"),
                 other => other.name().to_string(),
             };
+        for room in &self.rooms {
+            let _ = writeln!(
+                out,
+                "room {} on {}: {}max_active {}, admit_per_minute {}, session {:?}",
+                room.name,
+                room.routes.join(", "),
+                match room.mode {
+                    RoomMode::OnOverload => "",
+                    RoomMode::Always => "always, ",
+                    RoomMode::Off => "OFF, ",
+                },
+                room.max_active.map_or("-".to_string(), |n| n.to_string()),
+                room.admit_per_minute.map_or("-".to_string(), |n| n.to_string()),
+                room.session
+            );
+        }
             let backends: Vec<String> = pool
                 .backends
                 .iter()

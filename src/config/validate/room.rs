@@ -245,3 +245,57 @@ fn bypass(at: &str, file: &FileBypass, problems: &mut Problems) -> Bypass {
         header,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, RoomMode};
+    use std::time::Duration;
+
+    const BASE: &str = "[[pools]]\nname = \"orders\"\nbackends = [ { addr = \"127.0.0.1:9\" } ]\n[[routes]]\nname = \"sale\"\npool = \"orders\"\n[[routes]]\nname = \"checkout\"\npath_prefix = \"/checkout\"\npool = \"orders\"\n";
+
+    #[test]
+    fn a_room_with_defaults_and_a_toml_date_time() {
+        let text = format!(
+            "{BASE}[[rooms]]\nname = \"sale\"\nroutes = [\"sale\", \"checkout\"]\nadmit_per_minute = 3000\nsecret = \"{}\"\nopens_at = 2026-12-01T10:00:00+08:00\n[rooms.bypass]\npaths = [\"/api/payments/callback\"]\nmethods = [\"OPTIONS\"]\nheader = \"x-staff\"\nheader_value = \"s3cret\"\n",
+            "k".repeat(32)
+        );
+        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e:?}"));
+        let room = &config.rooms[0];
+        assert_eq!(room.routes, ["sale", "checkout"]);
+        assert_eq!(room.mode, RoomMode::OnOverload);
+        assert_eq!(room.session, Duration::from_secs(300));
+        assert_eq!(room.refresh, Duration::from_secs(10));
+        assert_eq!(room.ticket_timeout, Duration::from_secs(60));
+        assert_eq!(room.max_active, None);
+        assert_eq!(room.admit_per_minute, Some(3000));
+        assert_eq!(room.opens_at, crate::config::parse_time("2026-12-01T02:00:00Z").ok());
+        assert_eq!(room.bypass.methods, [http::Method::OPTIONS]);
+        assert_eq!(format!("{:?}", room.secret), "Secret(32 bytes)");
+    }
+
+    #[test]
+    fn every_problem_of_a_room_is_reported() {
+        let text = format!(
+            "{BASE}[[rooms]]\nname = \"bad room\"\nroutes = []\nmax_active = 0\nsecret = \"x\"\nsecret_env = \"Y\"\nmode = \"sometimes\"\nrefresh = \"40s\"\nopens_at = \"tomorrow\"\n[rooms.bypass]\npaths = [\"api\"]\nheader_value = \"v\"\n"
+        );
+        let problems: Vec<String> = Config::from_toml(&text)
+            .expect_err("invalid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let all = problems.join("\n");
+        for expected in [
+            "rooms[0] \"bad room\".name: \"bad room\" is not a valid name",
+            "rooms[0] \"bad room\".routes: is required",
+            "rooms[0] \"bad room\".max_active: 0 is out of range",
+            "rooms[0] \"bad room\": set secret or secret_env, not both",
+            "rooms[0] \"bad room\".mode: \"sometimes\" is not a mode",
+            "rooms[0] \"bad room\".ticket_timeout: 60s is shorter than twice refresh (40s)",
+            "rooms[0] \"bad room\".opens_at: \"tomorrow\" is not an RFC 3339 time",
+            "rooms[0] \"bad room\".bypass.paths[0]: \"api\" must start with '/'",
+            "rooms[0] \"bad room\".bypass.header_value: needs header",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in\n{all}");
+        }
+    }
+}
