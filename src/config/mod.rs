@@ -624,12 +624,6 @@ impl Config {
                 self.pools[route.pool].name
             );
         }
-        let _ = writeln!(out, "pools ({}):", self.pools.len());
-        for pool in &self.pools {
-            let balance = match &pool.balance {
-                Balance::ConsistentHash(key) => format!("consistent_hash on {key}"),
-                other => other.name().to_string(),
-            };
         for room in &self.rooms {
             let _ = writeln!(
                 out,
@@ -646,6 +640,12 @@ impl Config {
                 room.session
             );
         }
+        let _ = writeln!(out, "pools ({}):", self.pools.len());
+        for pool in &self.pools {
+            let balance = match &pool.balance {
+                Balance::ConsistentHash(key) => format!("consistent_hash on {key}"),
+                other => other.name().to_string(),
+            };
             let backends: Vec<String> = pool
                 .backends
                 .iter()
