@@ -448,6 +448,7 @@ fn status(state: &State) -> Value {
     let snapshot = state.snapshot();
     let now = Instant::now();
     let attempts = state.metrics.attempt_totals();
+    let route_names: Vec<&str> = snapshot.routes.iter().map(|r| r.name.as_str()).collect();
     let pools: Vec<Value> = snapshot
         .pools
         .iter()
@@ -498,12 +499,13 @@ fn status(state: &State) -> Value {
         "route_stats": snapshot
             .routes
             .iter()
-            .map(|route| {
+            .zip(state.metrics.route_totals(&route_names))
+            .map(|(route, totals)| {
                 json!({
                     "name": route.name,
                     "pool": snapshot.pools.get(route.pool).map(|p| p.name.as_str()),
                     "priority": route.priority.as_str(),
-                    "totals": state.metrics.route_totals(&route.name),
+                    "totals": totals,
                 })
             })
             .collect::<Vec<_>>(),

@@ -547,39 +547,48 @@ impl Metrics {
             .sum()
     }
 
-    /// A route's counters since the start (see [`RouteTotals`]).
-    pub fn route_totals(&self, route: &str) -> RouteTotals {
-        let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"]
-            .into_iter()
-            .map(|class| {
-                let counter = self.requests.with_label_values(&[route, class]);
-                (class, counter.get())
-            })
-            .collect();
-        let histogram = self.duration.with_label_values(&[route]).metric();
-        let histogram = histogram.get_histogram();
-        let (le, counts) = histogram
-            .get_bucket()
-            .iter()
-            .map(|b| (b.upper_bound(), b.cumulative_count()))
-            .unzip();
-        let retries = counts_by(&self.retries, route, "reason").values().sum();
+    /// The counters of each of `routes` since the start (see [`RouteTotals`]),
+    /// in the same order. Each labelled family is read once, whatever the
+    /// number of routes.
+    pub fn route_totals(&self, routes: &[&str]) -> Vec<RouteTotals> {
+        let mut retries = counts_by_route(&self.retries, "reason");
+        let mut rejections = counts_by_route(&self.rejections, "reason");
+        let mut denied = counts_by_route(&self.retries_denied, "reason");
         let nonzero = |mut counts: BTreeMap<String, u64>| {
             counts.retain(|_, n| *n > 0);
             counts
         };
-        RouteTotals {
-            requests,
-            rejections: nonzero(counts_by(&self.rejections, route, "reason")),
-            retries,
-            retries_denied: nonzero(counts_by(&self.retries_denied, route, "reason")),
-            latency: LatencyTotals {
-                le,
-                counts,
-                count: histogram.get_sample_count(),
-                sum: histogram.get_sample_sum(),
-            },
-        }
+        routes
+            .iter()
+            .map(|route| {
+                let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                    .into_iter()
+                    .map(|class| {
+                        let counter = self.requests.with_label_values(&[route, class]);
+                        (class, counter.get())
+                    })
+                    .collect();
+                let histogram = self.duration.with_label_values(&[route]).metric();
+                let histogram = histogram.get_histogram();
+                let (le, counts) = histogram
+                    .get_bucket()
+                    .iter()
+                    .map(|b| (b.upper_bound(), b.cumulative_count()))
+                    .unzip();
+                RouteTotals {
+                    requests,
+                    rejections: nonzero(rejections.remove(*route).unwrap_or_default()),
+                    retries: retries.remove(*route).unwrap_or_default().values().sum(),
+                    retries_denied: nonzero(denied.remove(*route).unwrap_or_default()),
+                    latency: LatencyTotals {
+                        le,
+                        counts,
+                        count: histogram.get_sample_count(),
+                        sum: histogram.get_sample_sum(),
+                    },
+                }
+            })
+            .collect()
     }
 
     /// Upstream attempts since the start, by pool, backend and result.
@@ -691,23 +700,23 @@ impl Metrics {
     }
 }
 
-/// The counters of a `{route, <key>}` vector for one route, by `key`.
-fn counts_by(vec: &IntCounterVec, route: &str, key: &str) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
+/// The counters of a `{route, <key>}` vector, by route and `key`.
+fn counts_by_route(vec: &IntCounterVec, key: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for family in vec.collect() {
         for metric in family.get_metric() {
-            let labels = metric.get_label();
-            if !labels
-                .iter()
-                .any(|l| l.name() == "route" && l.value() == route)
-            {
-                continue;
-            }
-            if let Some(value) = labels.iter().find(|l| l.name() == key) {
-                counts.insert(
-                    value.value().to_string(),
-                    metric.get_counter().value() as u64,
-                );
+            let label = |name: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+            };
+            if let (Some(route), Some(value)) = (label("route"), label(key)) {
+                counts
+                    .entry(route)
+                    .or_default()
+                    .insert(value, metric.get_counter().value() as u64);
             }
         }
     }
@@ -748,7 +757,7 @@ mod tests {
         metrics.rejection("catalog", "no_route");
         metrics.retry("checkout", "reset");
         metrics.retry_denied("checkout", "budget");
-        let totals = metrics.route_totals("checkout");
+        let totals = metrics.route_totals(&["checkout", "catalog"]).remove(0);
         assert_eq!(totals.requests["2xx"], 1);
         assert_eq!(totals.requests["5xx"], 1);
         assert_eq!(totals.rejections.len(), 1);
