@@ -504,6 +504,7 @@ fn status(state: &State) -> Value {
                 json!({
                     "name": route.name,
                     "pool": snapshot.pools.get(route.pool).map(|p| p.name.as_str()),
+                    "serving_pool": snapshot.pools.get(serving_pool(&snapshot.pools, route.pool)).map(|p| p.name.as_str()),
                     "priority": route.priority.as_str(),
                     "totals": totals,
                 })
@@ -513,10 +514,38 @@ fn status(state: &State) -> Value {
     })
 }
 
+/// The pool that serves a pool's traffic now: the pool itself, or the backup
+/// (down the chain) its traffic moved to.
+fn serving_pool(pools: &[Pool], first: usize) -> usize {
+    let mut index = first;
+    for _ in 0..pools.len() {
+        match pools.get(index) {
+            Some(pool) if pool.state.failover.on_backup() => match pool.backup() {
+                Some(backup) => index = backup,
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    index
+}
+
 fn update_scrape_gauges(state: &State) {
     let snapshot = state.snapshot();
     let metrics = &state.metrics;
     let now = Instant::now();
+    metrics.pool_active.reset();
+    for (index, pool) in snapshot.pools.iter().enumerate() {
+        if pool.backup().is_some() {
+            let serving = serving_pool(&snapshot.pools, index);
+            if let Some(serving) = snapshot.pools.get(serving) {
+                metrics
+                    .pool_active
+                    .with_label_values(&[pool.name.as_str(), serving.name.as_str()])
+                    .set(1);
+            }
+        }
+    }
     metrics.maintenance_open.reset();
     for window in maintenance::windows(state) {
         let route = window["route"].as_str().unwrap_or("*");

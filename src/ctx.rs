@@ -26,6 +26,9 @@ pub struct RequestCtx {
     pub client_ip: Option<IpAddr>,
     /// The matched route, as an index into `snapshot.routes`.
     pub route: Option<usize>,
+    /// The pool serving the request, as an index into `snapshot.pools`: the
+    /// route's pool, or a backup of it ([`RequestCtx::choose_pool`]).
+    pub pool: Option<usize>,
     /// When the route's overall deadline passes.
     pub deadline: Option<Instant>,
     /// The pool slot this request holds, released when the context drops.
@@ -76,6 +79,7 @@ impl RequestCtx {
             request_id: String::new(),
             client_ip: None,
             route: None,
+            pool: None,
             deadline: None,
             permit: None,
             queue_wait: Duration::ZERO,
@@ -96,11 +100,56 @@ impl RequestCtx {
         }
     }
 
-    /// The matched route and its pool, once the request was classified.
+    /// The matched route and the pool serving it, once the request was classified.
     pub fn route_and_pool(&self) -> Option<(&Route, &Pool)> {
-        let route = self.snapshot.routes.get(self.route?)?;
-        let pool = self.snapshot.pools.get(route.pool)?;
+        self.route_and_pool_in(&self.snapshot)
+    }
+
+    /// [`RequestCtx::route_and_pool`] in `snapshot` (the request's own, held
+    /// apart so that the context can change meanwhile).
+    pub fn route_and_pool_in<'s>(&self, snapshot: &'s Snapshot) -> Option<(&'s Route, &'s Pool)> {
+        let route = snapshot.routes.get(self.route?)?;
+        let pool = snapshot.pools.get(self.pool.unwrap_or(route.pool))?;
         Some((route, pool))
+    }
+
+    /// Chooses the pool that serves the request: the route's pool, or, while
+    /// no backend of it can take traffic, its backup (and so on down the chain).
+    pub fn choose_pool(&mut self, now: Instant) {
+        let Some(route) = self.route.and_then(|index| self.snapshot.routes.get(index)) else {
+            return;
+        };
+        let mut index = route.pool;
+        // Backups are checked for cycles, so the chain is at most this long.
+        for _ in 0..self.snapshot.pools.len() {
+            match self.snapshot.pools.get(index) {
+                Some(pool) if pool.serves_backup(now) => match pool.backup() {
+                    Some(backup) => index = backup,
+                    None => break,
+                },
+                _ => break,
+            }
+        }
+        self.pool = Some(index);
+    }
+
+    /// Moves the request to the serving pool's backup when the pool has no
+    /// more tries for it: allowed when nothing reached a backend (safe for
+    /// orders too) or when the request may be sent again anyway
+    /// (`replay_safe`); whether it moved.
+    pub fn move_to_backup(&mut self, replay_safe: bool) -> bool {
+        if self.reached_backend.is_some() && !replay_safe {
+            return false;
+        }
+        let Some((_, pool)) = self.route_and_pool() else {
+            return false;
+        };
+        let Some(backup) = pool.backup() else {
+            return false;
+        };
+        pool.fail_over();
+        self.pool = Some(backup);
+        true
     }
 
     /// The pages for this request: the route's own, or the server's.

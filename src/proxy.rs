@@ -13,7 +13,7 @@ use pingora::proxy::{FailToProxy, ProxyWarnLogContext};
 use pingora::ErrorSource;
 use tokio::time::Instant;
 
-use crate::admission::Reject;
+use crate::admission::{Priority, Reject};
 use crate::connection;
 use crate::ctx::RequestCtx;
 use crate::forward;
@@ -77,7 +77,11 @@ impl Proxy {
 
     /// Maintenance, in `request_filter`: `Some(true)` when the shopper got the
     /// maintenance page, `None` to go on.
-    async fn maintenance(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<bool>> {
+    async fn maintenance(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<bool>> {
         let snapshot = Arc::clone(&ctx.snapshot);
         let Some(route) = ctx.route.and_then(|index| snapshot.routes.get(index)) else {
             return Ok(None);
@@ -89,12 +93,19 @@ impl Proxy {
         };
         let now = SystemTime::now();
         let request = session.req_header();
-        match rules.decide(&self.state.maintenance, &request.headers, ctx.client_ip, now) {
+        match rules.decide(
+            &self.state.maintenance,
+            &request.headers,
+            ctx.client_ip,
+            now,
+        ) {
             maintenance::Decision::Pass => Ok(None),
             maintenance::Decision::Closed(window) => {
                 ctx.retry_after = Some(window.retry_after(now));
                 ctx.notice = window.message;
-                self.reject(session, ctx, Outcome::Maintenance).await.map(Some)
+                self.reject(session, ctx, Outcome::Maintenance)
+                    .await
+                    .map(Some)
             }
         }
     }
@@ -207,6 +218,83 @@ impl Proxy {
                 Ok(Some(true))
             }
             Verdict::Refuse(outcome) => self.reject(session, ctx, outcome).await.map(Some),
+        }
+    }
+
+    /// Admission, the last step of `request_filter`: a slot in the serving
+    /// pool (waiting in its queue by priority), or its page. A pool whose queue
+    /// is full hands the request to its backup pool, if it has one.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        priority: Priority,
+        deadline: Instant,
+        arrived: Instant,
+    ) -> Result<bool> {
+        loop {
+            let Some((_, pool)) = ctx.route_and_pool() else {
+                return self.reject(session, ctx, Outcome::Internal).await;
+            };
+            let capacity = pool.capacity();
+            let backup = pool.backup();
+            let admission = Arc::clone(&pool.state.admission);
+            if capacity == 0 {
+                // Nothing can take the request: say so now rather than queue it.
+                return self.reject(session, ctx, Outcome::NoHealthyBackend).await;
+            }
+            admission.set_capacity(capacity);
+
+            // Biased: a free slot is taken without ever starting the client watch
+            // (which would cost a read and an epoll registration per request).
+            let admitted = tokio::select! {
+                biased;
+                admitted = admission.admit(priority, deadline) => Some(admitted),
+                () = client_closed(session) => None,
+            };
+            // Only a request that waited (or was turned away) has a queue wait; a
+            // free slot is not a wait of a few nanoseconds.
+            let waited = !matches!(&admitted, Some(Ok(permit)) if !permit.queued());
+            if waited {
+                ctx.queue_wait = arrived.elapsed();
+            }
+            return match admitted {
+                Some(Ok(permit)) => {
+                    ctx.permit = Some(permit);
+                    if waited {
+                        let pool = ctx
+                            .route_and_pool()
+                            .map_or("", |(_, pool)| pool.name.as_str());
+                        self.state.metrics.queue_wait(
+                            pool,
+                            priority.as_str(),
+                            ctx.queue_wait.as_secs_f64(),
+                        );
+                    }
+                    Ok(false)
+                }
+                Some(Err(Reject::QueueFull { .. })) if backup.is_some() => {
+                    ctx.pool = backup;
+                    continue;
+                }
+                Some(Err(reject)) => {
+                    let outcome = match reject {
+                        Reject::QueueFull { .. } => Outcome::QueueFull,
+                        Reject::QueueTimeout { .. } => Outcome::QueueTimeout,
+                        Reject::Shed { .. } => Outcome::Shed,
+                    };
+                    ctx.retry_after = Some(whole_seconds(reject.retry_after()));
+                    self.reject(session, ctx, outcome).await
+                }
+                None => {
+                    ctx.outcome = Some(Outcome::ClientGone);
+                    Err(Error::explain(
+                        ConnectionClosed,
+                        "the client left while waiting in the queue",
+                    )
+                    .into_down())
+                }
+            };
         }
     }
 
@@ -327,19 +415,13 @@ fn after_failure(
     retry_after: Option<Duration>,
 ) -> bool {
     record_failure(ctx, failure);
-    let Some((route, pool)) = ctx.route_and_pool() else {
+    // The snapshot outlives the borrows of ctx below (which may move the
+    // request to a backup pool).
+    let snapshot = Arc::clone(&ctx.snapshot);
+    let Some((route, pool)) = ctx.route_and_pool_in(&snapshot) else {
         return false;
     };
-    let request = session.req_header();
-    // A body larger than pingora's retry buffer cannot be sent again.
-    // A keyed order on a route whose backends ignore keys is replayed only
-    // when it never reached a backend, as an unkeyed one.
-    let replay_safe = retry::replay_safe(&request.method, &request.headers, &route.retry)
-        && !session.as_ref().retry_buffer_truncated()
-        && route
-            .idempotency
-            .as_ref()
-            .is_none_or(|i| i.settings.allows_replay(&request.method));
+    let replay_safe = replay_safe(session, route);
     let attempt = Attempt {
         failure,
         tries: ctx.tries(),
@@ -364,6 +446,19 @@ fn after_failure(
             ctx.backoff = Some(backoff);
             true
         }
+        Err(stop @ (retry::Stop::Attempts | retry::Stop::Budget))
+            if ctx.move_to_backup(replay_safe) =>
+        {
+            // Out of tries on this pool: its backup pool takes the request
+            // (only where the request may be sent again at all).
+            state.metrics.retry(&route.name, failure.as_str());
+            log::debug!(
+                "request {}: {} on its pool, moved to the backup pool",
+                ctx.request_id,
+                stop.as_str()
+            );
+            true
+        }
         Err(stop) => {
             state.metrics.retry_denied(&route.name, stop.as_str());
             if let Some(wait) = retry_after {
@@ -372,6 +467,20 @@ fn after_failure(
             false
         }
     }
+}
+
+/// Whether this request may be sent again after it reached a backend.
+fn replay_safe(session: &Session, route: &crate::route::Route) -> bool {
+    let request = session.req_header();
+    // A body larger than pingora's retry buffer cannot be sent again.
+    // A keyed order on a route whose backends ignore keys is replayed only
+    // when it never reached a backend, as an unkeyed one.
+    retry::replay_safe(&request.method, &request.headers, &route.retry)
+        && !session.as_ref().retry_buffer_truncated()
+        && route
+            .idempotency
+            .as_ref()
+            .is_none_or(|i| i.settings.allows_replay(&request.method))
 }
 
 #[async_trait]
@@ -407,6 +516,7 @@ impl ProxyHttp for Proxy {
         if connection::head_too_large(request, &ctx.snapshot.limits) {
             return self.reject(session, ctx, Outcome::HeaderTooLarge).await;
         }
+        ctx.choose_pool(Instant::now());
         let Some((route, pool)) = ctx.route_and_pool() else {
             return self.reject(session, ctx, Outcome::NoRoute).await;
         };
@@ -416,7 +526,6 @@ impl ProxyHttp for Proxy {
         let now = Instant::now();
         let deadline = now + route.timeout;
         let priority = route.priority;
-        let admission = Arc::clone(&pool.state.admission);
         pool.state.retry_budget.record_request(now);
         if route.over_rate_limit(&session.req_header().headers, ctx.client_ip) {
             ctx.retry_after = Some(1);
@@ -434,59 +543,7 @@ impl ProxyHttp for Proxy {
         if let Some(answered) = self.idempotency(session, ctx).await? {
             return Ok(answered);
         }
-        let capacity = ctx.route_and_pool().map_or(0, |(_, pool)| pool.capacity());
-        if capacity == 0 {
-            // Nothing can take the request: say so now rather than queue it.
-            return self.reject(session, ctx, Outcome::NoHealthyBackend).await;
-        }
-        admission.set_capacity(capacity);
-
-        // Biased: a free slot is taken without ever starting the client watch
-        // (which would cost a read and an epoll registration per request).
-        let admitted = tokio::select! {
-            biased;
-            admitted = admission.admit(priority, deadline) => Some(admitted),
-            () = client_closed(session) => None,
-        };
-        // Only a request that waited (or was turned away) has a queue wait; a
-        // free slot is not a wait of a few nanoseconds.
-        let waited = !matches!(&admitted, Some(Ok(permit)) if !permit.queued());
-        if waited {
-            ctx.queue_wait = now.elapsed();
-        }
-        match admitted {
-            Some(Ok(permit)) => {
-                ctx.permit = Some(permit);
-                if waited {
-                    let pool = ctx
-                        .route_and_pool()
-                        .map_or("", |(_, pool)| pool.name.as_str());
-                    self.state.metrics.queue_wait(
-                        pool,
-                        priority.as_str(),
-                        ctx.queue_wait.as_secs_f64(),
-                    );
-                }
-                Ok(false)
-            }
-            Some(Err(reject)) => {
-                let outcome = match reject {
-                    Reject::QueueFull { .. } => Outcome::QueueFull,
-                    Reject::QueueTimeout { .. } => Outcome::QueueTimeout,
-                    Reject::Shed { .. } => Outcome::Shed,
-                };
-                ctx.retry_after = Some(whole_seconds(reject.retry_after()));
-                self.reject(session, ctx, outcome).await
-            }
-            None => {
-                ctx.outcome = Some(Outcome::ClientGone);
-                Err(Error::explain(
-                    ConnectionClosed,
-                    "the client left while waiting in the queue",
-                )
-                .into_down())
-            }
-        }
+        self.admit(session, ctx, priority, deadline, now).await
     }
 
     async fn upstream_peer(
@@ -516,24 +573,40 @@ impl ProxyHttp for Proxy {
                 Error::explain(ReadTimedout, "the route's deadline passed before a try").into_up(),
             );
         }
-        match pool.pick(
+        let mut picked = pool.pick(
             &session.req_header().headers,
             ctx.client_ip,
             &ctx.tried,
             timeout,
-        ) {
+        );
+        // No backend of the pool can take it and nothing reached one yet: its
+        // backup pools, in turn.
+        let may_replay = ctx
+            .route_and_pool()
+            .is_some_and(|(route, _)| replay_safe(session, route));
+        while picked.is_none() && ctx.move_to_backup(may_replay) {
+            if let Some((_, backup)) = ctx.route_and_pool() {
+                picked = backup.pick(
+                    &session.req_header().headers,
+                    ctx.client_ip,
+                    &ctx.tried,
+                    timeout.min(backup.request_timeout()),
+                );
+            }
+        }
+        match picked {
             Some(pick) => {
                 ctx.tried.push(pick.in_flight.backend().addr);
                 ctx.in_flight = Some(pick.in_flight);
                 Ok(Box::new(pick.peer))
             }
             None => {
+                let pool = ctx
+                    .route_and_pool()
+                    .map_or("", |(_, pool)| pool.name.as_str());
                 let error = Error::explain(
                     ConnectNoRoute,
-                    format!(
-                        "pool {} has no backend that can take the request",
-                        pool.name
-                    ),
+                    format!("pool {pool} has no backend that can take the request"),
                 );
                 ctx.fail_before_backend(Outcome::NoHealthyBackend);
                 Err(error)

@@ -21,8 +21,14 @@ fn config(fleet: &Fleet, admin_port: u16, route_extra: &str) -> String {
 
 fn admin(port: u16, method: &str, path: &str, body: &str) -> Response {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    request(addr, method, path, &[("content-type", "application/json")], body.as_bytes())
-        .expect("admin request")
+    request(
+        addr,
+        method,
+        path,
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .expect("admin request")
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -59,7 +65,11 @@ fn maintenance_from_the_admin_api_closes_the_shop_but_not_for_staff() {
     let admin_port = support::free_port();
     let proxy = Proxy::start(&config(&fleet, admin_port, ""));
     let json = [("accept", "application/json")];
-    assert_eq!(get(&proxy, "/api/orders/1", &json).status, 404, "the sim answers");
+    assert_eq!(
+        get(&proxy, "/api/orders/1", &json).status,
+        404,
+        "the sim answers"
+    );
 
     // Everything, for ten minutes, with a message.
     let until = SystemTime::now() + Duration::from_secs(600);
@@ -67,7 +77,10 @@ fn maintenance_from_the_admin_api_closes_the_shop_but_not_for_staff() {
         admin_port,
         "POST",
         "/maintenance",
-        &format!(r#"{{"until": "{}", "message": "Back at 02:00 UTC"}}"#, rfc3339(until)),
+        &format!(
+            r#"{{"until": "{}", "message": "Back at 02:00 UTC"}}"#,
+            rfc3339(until)
+        ),
     );
     assert_eq!(opened.status, 200, "{}", opened.text());
     let page = get(&proxy, "/api/products/1", &json);
@@ -77,16 +90,27 @@ fn maintenance_from_the_admin_api_closes_the_shop_but_not_for_staff() {
         .header("retry-after")
         .and_then(|v| v.parse().ok())
         .expect("Retry-After");
-    assert!((590..=600).contains(&retry_after), "up to the end: {retry_after}");
+    assert!(
+        (590..=600).contains(&retry_after),
+        "up to the end: {retry_after}"
+    );
     assert_eq!(page.json()["notice"], "Back at 02:00 UTC");
-    let html = get(&proxy, "/api/products/1", &[("accept", "text/html"), ("accept-language", "zh-CN")]);
+    let html = get(
+        &proxy,
+        "/api/products/1",
+        &[("accept", "text/html"), ("accept-language", "zh-CN")],
+    );
     assert!(html.text().contains("Back at 02:00 UTC"));
     assert!(html.text().contains("维护"));
 
     // Staff with the token pass; a wrong token does not.
     let staff = get(&proxy, "/api/products/1", &[("x-staff", STAFF_TOKEN)]);
     assert_eq!(staff.status, 200);
-    let guess = get(&proxy, "/api/products/1", &[("x-staff", "wrong-secret-012345678")]);
+    let guess = get(
+        &proxy,
+        "/api/products/1",
+        &[("x-staff", "wrong-secret-012345678")],
+    );
     assert_eq!(guess.status, 503);
 
     // The window survives a reload of the config.
@@ -96,7 +120,10 @@ fn maintenance_from_the_admin_api_closes_the_shop_but_not_for_staff() {
     let status = admin(admin_port, "GET", "/status", "").json();
     assert_eq!(status["maintenance"][0]["source"], "admin");
     let metrics = admin(admin_port, "GET", "/metrics", "").text();
-    assert!(metrics.contains("ordergate_maintenance_open{route=\"*\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("ordergate_maintenance_open{route=\"*\"} 1"),
+        "{metrics}"
+    );
 
     // Off again.
     let closed = admin(admin_port, "DELETE", "/maintenance", "");
@@ -110,17 +137,40 @@ fn one_route_in_maintenance_leaves_the_others_open() {
     let fleet = Fleet::start(1);
     let admin_port = support::free_port();
     let proxy = Proxy::start(&config(&fleet, admin_port, ""));
-    let opened = admin(admin_port, "POST", "/maintenance", r#"{"route": "checkout"}"#);
+    let opened = admin(
+        admin_port,
+        "POST",
+        "/maintenance",
+        r#"{"route": "checkout"}"#,
+    );
     assert_eq!(opened.status, 200, "{}", opened.text());
     let checkout = get(&proxy, "/api/orders/1", &[]);
     assert_eq!(checkout.header("x-ordergate-page"), Some("maintenance"));
-    assert_eq!(checkout.header("retry-after"), Some("300"), "open-ended: 5 minutes");
-    assert_eq!(get(&proxy, "/api/products/1", &[]).status, 200, "the catalog stays open");
+    assert_eq!(
+        checkout.header("retry-after"),
+        Some("300"),
+        "open-ended: 5 minutes"
+    );
+    assert_eq!(
+        get(&proxy, "/api/products/1", &[]).status,
+        200,
+        "the catalog stays open"
+    );
     let unknown = admin(admin_port, "POST", "/maintenance", r#"{"route": "nope"}"#);
     assert_eq!(unknown.status, 404);
-    let past = admin(admin_port, "POST", "/maintenance", r#"{"until": "2001-01-01T00:00:00Z"}"#);
+    let past = admin(
+        admin_port,
+        "POST",
+        "/maintenance",
+        r#"{"until": "2001-01-01T00:00:00Z"}"#,
+    );
     assert_eq!(past.status, 400);
-    let junk = admin(admin_port, "POST", "/maintenance", r#"{"until": "tomorrow"}"#);
+    let junk = admin(
+        admin_port,
+        "POST",
+        "/maintenance",
+        r#"{"until": "tomorrow"}"#,
+    );
     assert_eq!(junk.status, 400);
 }
 
@@ -132,13 +182,18 @@ fn a_configured_window_ends_by_itself() {
     let proxy = Proxy::start(&config(
         &fleet,
         admin_port,
-        &format!("[routes.maintenance]\nuntil = \"{}\"\nmessage = \"Deploying\"\n", rfc3339(until)),
+        &format!(
+            "[routes.maintenance]\nuntil = \"{}\"\nmessage = \"Deploying\"\n",
+            rfc3339(until)
+        ),
     ));
     let page = get(&proxy, "/api/orders/1", &[("accept", "application/json")]);
     assert_eq!(page.header("x-ordergate-page"), Some("maintenance"));
     assert_eq!(page.json()["notice"], "Deploying");
     let reopened = support::wait_until(Duration::from_secs(8), || {
-        get(&proxy, "/api/orders/1", &[]).header("x-ordergate-page").is_none()
+        get(&proxy, "/api/orders/1", &[])
+            .header("x-ordergate-page")
+            .is_none()
     });
     assert!(reopened, "the route reopens at until");
 }

@@ -37,9 +37,11 @@ pub(super) fn list(state: &State) -> Response<Full<Bytes>> {
 pub(super) fn windows(state: &State) -> Vec<Value> {
     let now = SystemTime::now();
     let snapshot = state.snapshot();
-    let live = state.maintenance.list(now).into_iter().map(|(route, window)| {
-        describe(route.as_deref(), "admin", &window)
-    });
+    let live = state
+        .maintenance
+        .list(now)
+        .into_iter()
+        .map(|(route, window)| describe(route.as_deref(), "admin", &window));
     let configured = snapshot
         .routes
         .iter()
@@ -68,7 +70,12 @@ fn describe(route: Option<&str>, source: &str, window: &Window) -> Value {
 pub(super) async fn open(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        }
     };
     let open: OpenRequest = match serde_json::from_slice(&body) {
         Ok(open) => open,
@@ -119,7 +126,7 @@ pub(super) fn close(state: &State, query: &str) -> Response<Full<Bytes>> {
             "maintenance ended from the admin API for {}",
             route.as_deref().unwrap_or("every route")
         );
-            reply(StatusCode::OK, json!({ "route": route, "ended": true }))
+        reply(StatusCode::OK, json!({ "route": route, "ended": true }))
     } else {
         error(
             StatusCode::NOT_FOUND,

@@ -176,6 +176,10 @@ pub struct FilePool {
     pub max_in_flight: Option<i64>,
     /// `[pools.queue]`.
     pub queue: Option<FileQueue>,
+    /// The pool that takes this pool's traffic when none of its backends can.
+    pub backup: Option<String>,
+    /// How long the pool must be able to serve before traffic comes back from its backup.
+    pub failback_after: Option<String>,
 }
 
 /// `[pools.health]`.

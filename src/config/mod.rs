@@ -25,8 +25,8 @@ use http::header::HeaderName;
 use http::Method;
 
 pub use crate::admission::{AdmissionConfig, LimitConfig, Priority};
-pub use crate::room::{Bypass, RoomConfig, RoomMode, Secret};
 pub use crate::respond::Pages;
+pub use crate::room::{Bypass, RoomConfig, RoomMode, Secret};
 
 pub use duration::{parse_duration, parse_time};
 pub use file::FileConfig;
@@ -235,6 +235,12 @@ pub struct PoolConfig {
     pub retry_budget: RetryBudgetConfig,
     /// The queue, priority shares and concurrency limit.
     pub admission: AdmissionConfig,
+    /// The pool that takes this pool's traffic when none of its backends can
+    /// (index into [`Config::pools`]). Default: none.
+    pub backup: Option<usize>,
+    /// How long this pool must be able to serve, unbroken, before its traffic
+    /// comes back from the backup. Default: 10s.
+    pub failback_after: Duration,
 }
 
 /// `[pools.health]`: active probes of every backend of a pool.
@@ -636,7 +642,8 @@ impl Config {
                     RoomMode::Off => "OFF, ",
                 },
                 room.max_active.map_or("-".to_string(), |n| n.to_string()),
-                room.admit_per_minute.map_or("-".to_string(), |n| n.to_string()),
+                room.admit_per_minute
+                    .map_or("-".to_string(), |n| n.to_string()),
                 room.session
             );
         }

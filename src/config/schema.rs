@@ -174,6 +174,8 @@ const POOL: &[Field] = &[
     ),
     f("max_in_flight", Kind::Int),
     f("queue", Kind::Table("pools.queue", QUEUE)),
+    f("backup", Kind::Str),
+    f("failback_after", Kind::Duration),
 ];
 
 const RETRY: &[Field] = &[
@@ -229,7 +231,10 @@ const ROUTE: &[Field] = &[
         "idempotency",
         Kind::Table("routes.idempotency", IDEMPOTENCY),
     ),
-    f("maintenance", Kind::Table("routes.maintenance", MAINTENANCE)),
+    f(
+        "maintenance",
+        Kind::Table("routes.maintenance", MAINTENANCE),
+    ),
 ];
 
 const ADMIN: &[Field] = &[

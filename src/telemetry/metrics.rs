@@ -109,6 +109,9 @@ pub struct Metrics {
     /// 1 while a maintenance window is open for a route (`*`: every route),
     /// set at scrape time.
     pub maintenance_open: IntGaugeVec,
+    /// For each pool with a backup: 1 for the pool serving its traffic now,
+    /// set at scrape time.
+    pub pool_active: IntGaugeVec,
     /// Bytes the idempotency records of a route take, set at scrape time.
     pub idempotency_store_bytes: IntGaugeVec,
     /// Idempotency records evicted to stay within a route's `max_bytes`, set
@@ -449,6 +452,12 @@ impl Metrics {
                 "ordergate_idempotency_total",
                 "Keyed requests on routes with idempotency, by route and what they met.",
                 &["route", "result"],
+            ),
+            pool_active: gauge_vec(
+                &r,
+                "ordergate_pool_active",
+                "For a pool with a backup: 1 for the pool serving its traffic now (itself or its backup).",
+                &["pool", "serving"],
             ),
             maintenance_open: gauge_vec(
                 &r,

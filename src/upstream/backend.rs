@@ -339,6 +339,8 @@ pub struct PoolState {
     pub panicking: AtomicBool,
     /// The pool's queue and concurrency limit.
     pub admission: Arc<Admission>,
+    /// Whether the pool's traffic goes to its backup pool.
+    pub failover: super::failover::Failover,
 }
 
 /// Live state of every backend, keyed by (pool name, address), of every pool
@@ -378,6 +380,7 @@ impl Registry {
             retry_budget: RetryBudget::default(),
             panicking: AtomicBool::new(false),
             admission: Arc::new(Admission::new(admission.clone())),
+            failover: super::failover::Failover::default(),
         });
         entries.insert(name.to_string(), Arc::downgrade(&pool));
         pool

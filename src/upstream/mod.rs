@@ -10,6 +10,7 @@ mod backend;
 mod balance;
 mod budget;
 pub mod checker;
+pub mod failover;
 pub mod health;
 pub mod outlier;
 mod pool;

@@ -44,6 +44,8 @@ pub struct Pool {
     panic_threshold: u8,
     slow_start: Duration,
     retry_budget: crate::config::RetryBudgetConfig,
+    backup: Option<usize>,
+    failback_after: Duration,
 }
 
 /// A backend picked for one attempt.
@@ -98,6 +100,51 @@ impl Pool {
             panic_threshold: config.panic_threshold,
             slow_start: config.slow_start,
             retry_budget: config.retry_budget.clone(),
+            backup: config.backup,
+            failback_after: config.failback_after,
+        }
+    }
+
+    /// The pool that takes this pool's traffic when none of its backends can,
+    /// as an index into the snapshot's pools.
+    pub fn backup(&self) -> Option<usize> {
+        self.backup
+    }
+
+    /// Whether this pool's traffic goes to its backup now: at once when no
+    /// backend can take traffic, back only after the pool could serve for
+    /// `failback_after`. Each switch is logged once.
+    pub fn serves_backup(&self, now: Instant) -> bool {
+        let Some(_) = self.backup else {
+            return false;
+        };
+        let (on_backup, switch) =
+            self.state
+                .failover
+                .serve_backup(self.can_serve(), now, self.failback_after);
+        self.log_switch(switch, "no backend can take traffic");
+        on_backup
+    }
+
+    /// Moves this pool's traffic to its backup at once: a request found no
+    /// backend it could connect to.
+    pub fn fail_over(&self) {
+        let switch = self.state.failover.fail_over();
+        self.log_switch(switch, "every connection of a request failed");
+    }
+
+    fn log_switch(&self, switch: Option<super::failover::Switch>, why: &str) {
+        match switch {
+            Some(super::failover::Switch::ToBackup) => log::warn!(
+                "pool {}: traffic moves to its backup pool ({why})",
+                self.name
+            ),
+            Some(super::failover::Switch::ToPrimary) => log::warn!(
+                "pool {}: traffic is back from its backup pool (it could serve for {:?})",
+                self.name,
+                self.failback_after
+            ),
+            None => {}
         }
     }
 
@@ -139,6 +186,20 @@ impl Pool {
         } else {
             serving_cap
         }
+    }
+
+    /// Whether some backend can take traffic (healthy, not ejected, not
+    /// drained, with room): panic mode does not count, since a pool whose
+    /// backends are all down is not able to serve.
+    pub fn can_serve(&self) -> bool {
+        let now = Instant::now();
+        self.backends.iter().zip(&self.caps).any(|(backend, cap)| {
+            *cap > 0
+                && matches!(
+                    backend.availability(now, self.health.as_ref()),
+                    Availability::Serving(_)
+                )
+        })
     }
 
     /// Whether so few backends can take traffic that the pool spreads over all.

@@ -89,10 +89,18 @@ impl Fleet {
 
     /// Starts `n` simulated backends with extra `ordergate sim` flags.
     pub fn start_with(n: usize, flags: &[&str]) -> Fleet {
+        let any = vec![SocketAddr::from(([127, 0, 0, 1], 0)); n];
+        Fleet::start_on(&any, flags)
+    }
+
+    /// Starts simulated backends on these addresses (port 0: a free one), e.g.
+    /// to bring a killed fleet back where it was.
+    pub fn start_on(addrs: &[SocketAddr], flags: &[&str]) -> Fleet {
+        let n = addrs.len();
         let mut command = Command::new(bin());
         command.arg("sim");
-        for _ in 0..n {
-            command.args(["--listen", "127.0.0.1:0"]);
+        for addr in addrs {
+            command.args(["--listen", &addr.to_string()]);
         }
         command.args(flags);
         let mut child = command

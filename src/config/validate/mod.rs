@@ -40,13 +40,14 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
     let admin = file.admin.as_ref().map(|a| admin(a, &mut problems));
     check_listeners_apart(&server, admin.as_ref(), &mut problems);
     let access_log = access_log(file.log.as_ref(), base, &mut problems);
-    let pools: Vec<PoolConfig> = file
+    let mut pools: Vec<PoolConfig> = file
         .pools
         .iter()
         .enumerate()
         .map(|(i, pool)| self::pool(i, pool, &mut problems))
         .collect();
     check_unique_pool_names(&file.pools, &mut problems);
+    pool::backups(&file.pools, &mut pools, &mut problems);
     let routes = routes(&file.routes, &file.pools, base, &mut problems);
     let rooms = room::rooms(&file.rooms, &file.routes, &mut problems);
     let pages_dirs = file

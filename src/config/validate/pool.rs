@@ -118,6 +118,66 @@ pub(super) fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> Po
             problems,
         ),
         admission: admission(&format!("{at}.queue"), file.queue.as_ref(), problems),
+        // Resolved by `backups` once every pool is known.
+        backup: None,
+        failback_after: duration_or(
+            &format!("{at}.failback_after"),
+            file.failback_after.as_deref(),
+            Duration::from_secs(10),
+            true,
+            problems,
+        ),
+    }
+}
+
+/// Resolves `pools[].backup` to pool indexes; an unknown pool, a pool that is
+/// its own backup, or a cycle of backups is a problem.
+pub(super) fn backups(files: &[FilePool], pools: &mut [PoolConfig], problems: &mut Problems) {
+    for (i, file) in files.iter().enumerate() {
+        let Some(name) = &file.backup else { continue };
+        let at = format!("{}.backup", entry_path("pools", i, &file.name));
+        match files.iter().position(|p| &p.name == name) {
+            Some(j) if j == i => problems.add(at, "a pool cannot be its own backup"),
+            Some(j) => {
+                if let Some(pool) = pools.get_mut(i) {
+                    pool.backup = Some(j);
+                }
+            }
+            None => {
+                let defined: Vec<&str> = files.iter().map(|p| p.name.as_str()).collect();
+                problems.add(
+                    at,
+                    format!(
+                        "pool {name:?} is not defined (defined: {})",
+                        defined.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    for (start, file) in files.iter().enumerate() {
+        let mut seen = vec![start];
+        let mut next = pools.get(start).and_then(|p| p.backup);
+        while let Some(pool) = next {
+            if pool != start && seen.contains(&pool) {
+                // A cycle further along: reported from its own pools.
+                break;
+            }
+            if pool == start {
+                let chain: Vec<&str> = seen
+                    .iter()
+                    .chain(std::iter::once(&pool))
+                    .filter_map(|&k| files.get(k).map(|p| p.name.as_str()))
+                    .collect();
+                problems.add(
+                    format!("{}.backup", entry_path("pools", start, &file.name)),
+                    format!("backups form a cycle: {}", chain.join(" -> ")),
+                );
+                break;
+            }
+            seen.push(pool);
+            next = pools.get(pool).and_then(|p| p.backup);
+        }
     }
 }
 

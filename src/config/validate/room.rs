@@ -18,7 +18,11 @@ const DEFAULT_TICKET_TIMEOUT: Duration = Duration::from_secs(60);
 /// Shortest HMAC key: 256 bits, the output size of SHA-256.
 const MIN_SECRET_BYTES: usize = 32;
 
-pub(super) fn rooms(files: &[FileRoom], routes: &[FileRoute], problems: &mut Problems) -> Vec<RoomConfig> {
+pub(super) fn rooms(
+    files: &[FileRoom],
+    routes: &[FileRoute],
+    problems: &mut Problems,
+) -> Vec<RoomConfig> {
     let mut names = HashSet::new();
     let mut covered: Vec<(&str, &str)> = Vec::new();
     let mut rooms = Vec::new();
@@ -268,7 +272,10 @@ mod tests {
         assert_eq!(room.ticket_timeout, Duration::from_secs(60));
         assert_eq!(room.max_active, None);
         assert_eq!(room.admit_per_minute, Some(3000));
-        assert_eq!(room.opens_at, crate::config::parse_time("2026-12-01T02:00:00Z").ok());
+        assert_eq!(
+            room.opens_at,
+            crate::config::parse_time("2026-12-01T02:00:00Z").ok()
+        );
         assert_eq!(room.bypass.methods, [http::Method::OPTIONS]);
         assert_eq!(format!("{:?}", room.secret), "Secret(32 bytes)");
     }

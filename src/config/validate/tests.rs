@@ -155,3 +155,31 @@ fn rejects_duplicates_and_shadowed_routes() {
         .any(|e| e.contains("pool name is already used")));
     assert!(errors.iter().any(|e| e.contains("never be used")));
 }
+
+#[test]
+fn backups_must_exist_and_not_form_a_cycle() {
+    let pools = |a: &str, b: &str, c: &str| {
+        format!(
+            "[[pools]]\nname = \"a\"\n{a}\nbackends = [{{ addr = \"127.0.0.1:9001\" }}]\n\
+             [[pools]]\nname = \"b\"\n{b}\nbackends = [{{ addr = \"127.0.0.1:9002\" }}]\n\
+             [[pools]]\nname = \"c\"\n{c}\nbackends = [{{ addr = \"127.0.0.1:9003\" }}]\n\
+             [[routes]]\nname = \"r\"\npool = \"a\"\n"
+        )
+    };
+    let chain = Config::from_toml(&pools("backup = \"b\"", "backup = \"c\"", "")).expect("a chain");
+    assert_eq!(chain.pools[0].backup, Some(1));
+    assert_eq!(chain.pools[1].backup, Some(2));
+    assert_eq!(chain.pools[0].failback_after, Duration::from_secs(10));
+    assert_eq!(
+        errors(&pools("backup = \"b\"", "backup = \"c\"", "backup = \"a\"")).len(),
+        3,
+        "each pool of the cycle"
+    );
+    assert!(
+        errors(&pools("backup = \"b\"", "backup = \"c\"", "backup = \"b\""))
+            .iter()
+            .any(|e| e.contains("b -> c -> b"))
+    );
+    assert!(errors(&pools("backup = \"a\"", "", ""))[0].contains("its own backup"));
+    assert!(errors(&pools("backup = \"dr\"", "", ""))[0].contains("\"dr\" is not defined"));
+}
