@@ -60,7 +60,11 @@ pub(super) async fn list(state: &State) -> Response<Full<Bytes>> {
 pub(super) async fn action(state: &State, name: &str, action: &str) -> Response<Full<Bytes>> {
     let snapshot = state.snapshot();
     let Some(room) = snapshot.rooms.get(name) else {
-        let names: Vec<&str> = snapshot.rooms.iter().map(|r| r.settings.name.as_str()).collect();
+        let names: Vec<&str> = snapshot
+            .rooms
+            .iter()
+            .map(|r| r.settings.name.as_str())
+            .collect();
         return error(
             StatusCode::NOT_FOUND,
             format!("no room {name:?} (rooms: {})", names.join(", ")),

@@ -384,7 +384,8 @@ pub fn render_room(
         wait_seconds: room.view.estimated_wait,
         ..PageContext::new(room.request_id)
     };
-    let (mut header, body) = render_with(pages, Outcome::WaitingRoom, request, &context, Some(room))?;
+    let (mut header, body) =
+        render_with(pages, Outcome::WaitingRoom, request, &context, Some(room))?;
     if let Some(cookie) = room.set_cookie {
         header.append_header(http::header::SET_COOKIE, cookie)?;
     }

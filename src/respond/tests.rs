@@ -640,10 +640,17 @@ fn the_waiting_room_page_shows_the_place_and_the_estimate() {
     assert!(html.contains("about 30 s"), "{html}");
     assert!(html.contains(r#"<meta http-equiv="refresh" content="10">"#), "{html}");
     assert!(!html.contains("<script"), "works without JavaScript");
-    assert_eq!(header(&head, "set-cookie"), Some("ordergate_room_sale=t.x; Path=/"));
+    assert_eq!(
+        header(&head, "set-cookie"),
+        Some("ordergate_room_sale=t.x; Path=/")
+    );
 
-    let (head, body) =
-        render_room(&pages, &request(Some("application/json"), Some("zh-CN")), &room).expect("page");
+    let (head, body) = render_room(
+        &pages,
+        &request(Some("application/json"), Some("zh-CN")),
+        &room,
+    )
+    .expect("page");
     check_common(
         Outcome::WaitingRoom,
         503,
@@ -675,7 +682,8 @@ fn the_waiting_room_page_shows_the_place_and_the_estimate() {
         set_cookie: None,
         ..room
     };
-    let (head, body) = render_room(&pages, &request(Some(BROWSER), Some("zh-CN")), &before).expect("page");
+    let (head, body) =
+        render_room(&pages, &request(Some(BROWSER), Some("zh-CN")), &before).expect("page");
     let html = String::from_utf8(body.to_vec()).expect("utf-8");
     assert!(html.contains("活动将在 120 秒后开始"), "{html}");
     assert!(!html.contains("排第"), "{html}");

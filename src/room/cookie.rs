@@ -173,13 +173,19 @@ mod tests {
             number: 9,
             issued: 1,
         };
-        assert_eq!(decode(&k, "sale", 7, &encode(&k, "sale", 7, pass)), Ok(pass));
+        assert_eq!(
+            decode(&k, "sale", 7, &encode(&k, "sale", 7, pass)),
+            Ok(pass)
+        );
         let none = Token::Ticket {
             seq: 1,
             issued: 2,
             eta: None,
         };
-        assert_eq!(decode(&k, "sale", 7, &encode(&k, "sale", 7, none)), Ok(none));
+        assert_eq!(
+            decode(&k, "sale", 7, &encode(&k, "sale", 7, none)),
+            Ok(none)
+        );
     }
 
     #[test]
@@ -201,13 +207,27 @@ mod tests {
         assert_eq!(decode(&k, "sale", 7, &tampered), Err(Invalid::BadSignature));
         // Forged with another key.
         let other_key = key(b"another secret of at least 32 bytes!");
-        assert_eq!(decode(&other_key, "sale", 7, &value), Err(Invalid::BadSignature));
+        assert_eq!(
+            decode(&other_key, "sale", 7, &value),
+            Err(Invalid::BadSignature)
+        );
         // Another room with the same secret.
         assert_eq!(decode(&k, "other", 7, &value), Err(Invalid::OtherRoom));
         // Another epoch (a restart).
         assert_eq!(decode(&k, "sale", 8, &value), Err(Invalid::Expired));
-        for junk in ["", "x", "t.sale.7.2a.1.1.zz", "a.b.c.d.e.f.g.h", "é", &"a".repeat(500)] {
-            assert_eq!(decode(&k, "sale", 7, junk), Err(Invalid::Malformed), "{junk}");
+        for junk in [
+            "",
+            "x",
+            "t.sale.7.2a.1.1.zz",
+            "a.b.c.d.e.f.g.h",
+            "é",
+            &"a".repeat(500),
+        ] {
+            assert_eq!(
+                decode(&k, "sale", 7, junk),
+                Err(Invalid::Malformed),
+                "{junk}"
+            );
         }
     }
 

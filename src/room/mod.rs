@@ -35,7 +35,7 @@ use http::{HeaderMap, Method};
 use ring::hmac;
 use tokio::time::Instant;
 
-use crate::store::room::{Arrival, CheckIn, Control, LineStats, Limits, RoomLine};
+use crate::store::room::{Arrival, CheckIn, Control, Limits, LineStats, RoomLine};
 use crate::store::Stores;
 use crate::telemetry::{Metrics, RoomMetrics};
 use cookie::{Invalid, Token};
@@ -274,10 +274,7 @@ impl Room {
             may_call: !before_open && control != Control::Paused && pressure.headroom,
             open: !before_open,
             max_active: self.settings.max_active.map(u64::from),
-            per_second: self
-                .settings
-                .admit_per_minute
-                .map(|n| f64::from(n) / 60.0),
+            per_second: self.settings.admit_per_minute.map(|n| f64::from(n) / 60.0),
             session: self.settings.session,
             ticket_timeout: self.settings.ticket_timeout,
         }
@@ -320,9 +317,9 @@ impl Room {
                 Some(Duration::from_secs_f64(((live + 1.0) / rate).min(1e6)))
             }
             // Before the opening: the wait until it, then half of the draws.
-            (None, Some(until)) if rate > 0.0 => Some(
-                until + Duration::from_secs_f64((stats.drawn as f64 / 2.0 + 1.0) / rate),
-            ),
+            (None, Some(until)) if rate > 0.0 => {
+                Some(until + Duration::from_secs_f64((stats.drawn as f64 / 2.0 + 1.0) / rate))
+            }
             _ => None,
         };
         let refresh = match (opens_in, estimate) {
@@ -340,7 +337,12 @@ impl Room {
     }
 
     /// Decides for one request on a route this room covers.
-    pub async fn decide(&self, request: &Request<'_>, pressure: Pressure, now: Instant) -> Decision {
+    pub async fn decide(
+        &self,
+        request: &Request<'_>,
+        pressure: Pressure,
+        now: Instant,
+    ) -> Decision {
         let control = self.line.control();
         if self.settings.mode == RoomMode::Off
             || control == Control::Closed
@@ -353,40 +355,49 @@ impl Room {
         }
         let limits = self.limits(control, pressure, now);
         let epoch = self.line.epoch();
-        let mut rejected = None;
+        // The first of the room's cookies that is valid (a browser may hold an
+        // old one beside it); otherwise why the first was not.
+        let mut token = Err(None);
         for value in cookie::values(request.headers, &self.cookie_name) {
             match cookie::decode(&self.key, &self.settings.name, epoch, value) {
-                Ok(Token::Pass { id, .. }) => {
-                    if self.line.touch(id, now, self.settings.session).await {
-                        return Decision::Pass(None);
-                    }
-                    rejected = Some(Invalid::Expired);
+                Ok(found) => {
+                    token = Ok(found);
+                    break;
                 }
-                Ok(Token::Ticket { seq, eta, .. }) => {
-                    let (found, outcome) = self.line.check_in(seq, now, &limits).await;
-                    self.metrics.abandoned(outcome.abandoned);
-                    match found {
-                        CheckIn::Admitted(admission) => {
-                            if admission.first {
-                                self.metrics.admitted(admission.waited, eta);
-                            }
-                            return Decision::Pass(Some(self.pass_cookie(admission, request.tls)));
-                        }
-                        CheckIn::Waiting { ahead } => {
-                            let stats = self.line.stats(now, &limits).await;
-                            return Decision::Wait(self.view(Some(ahead), &stats, &limits, now), None);
-                        }
-                        CheckIn::Drawn { .. } => {
-                            let stats = self.line.stats(now, &limits).await;
-                            return Decision::Wait(self.view(None, &stats, &limits, now), None);
-                        }
-                        CheckIn::Unknown => rejected = Some(Invalid::Expired),
-                    }
-                }
-                Err(reason) => rejected = rejected.or(Some(reason)),
+                Err(reason) => token = token.or(Err(Some(reason))),
             }
-            break;
         }
+        let rejected = match token {
+            Ok(Token::Pass { id, .. }) => {
+                if self.line.touch(id, now, self.settings.session).await {
+                    return Decision::Pass(None);
+                }
+                Some(Invalid::Expired)
+            }
+            Ok(Token::Ticket { seq, eta, .. }) => {
+                let (found, outcome) = self.line.check_in(seq, now, &limits).await;
+                self.metrics.abandoned(outcome.abandoned);
+                match found {
+                    CheckIn::Admitted(admission) => {
+                        if admission.first {
+                            self.metrics.admitted(admission.waited, eta);
+                        }
+                        return Decision::Pass(Some(self.pass_cookie(admission, request.tls)));
+                    }
+                    CheckIn::Waiting { ahead } => {
+                        let stats = self.line.stats(now, &limits).await;
+                        let view = self.view(Some(ahead), &stats, &limits, now);
+                        return Decision::Wait(view, None);
+                    }
+                    CheckIn::Drawn { .. } => {
+                        let stats = self.line.stats(now, &limits).await;
+                        return Decision::Wait(self.view(None, &stats, &limits, now), None);
+                    }
+                    CheckIn::Unknown => Some(Invalid::Expired),
+                }
+            }
+            Err(reason) => reason,
+        };
         if let Some(reason) = rejected {
             self.metrics.rejected(reason);
         }
@@ -406,7 +417,8 @@ impl Room {
             Arrival::Drawn { seq, .. } => (seq, None),
         };
         let stats = self.line.stats(now, &limits).await;
-        self.metrics.observe_line(&stats, self.rate(&stats, &limits));
+        self.metrics
+            .observe_line(&stats, self.rate(&stats, &limits));
         let view = self.view(ahead, &stats, &limits, now);
         self.metrics.estimated_wait(view.estimated_wait);
         let ticket = Token::Ticket {

@@ -687,7 +687,10 @@ mod tests {
         assert!(matches!(b, Arrival::Admitted(Admission { number: 2, .. })));
         let c = seq(line.arrive(now, &l, false).await.0);
         let d = seq(line.arrive(now, &l, false).await.0);
-        assert_eq!(line.check_in(d, now, &l).await.0, CheckIn::Waiting { ahead: 1 });
+        assert_eq!(
+            line.check_in(d, now, &l).await.0,
+            CheckIn::Waiting { ahead: 1 }
+        );
         // Both passes expire (session 5 s): two slots free; d checks in first
         // but c is called first (and stays called until it comes).
         let later = now + Duration::from_secs(6);
@@ -736,7 +739,10 @@ mod tests {
             ..l
         };
         let (result, _) = line.check_in(stayer, t, &open).await;
-        assert!(matches!(result, CheckIn::Admitted(Admission { number: 1, .. })));
+        assert!(matches!(
+            result,
+            CheckIn::Admitted(Admission { number: 1, .. })
+        ));
         assert_eq!(line.check_in(quitter, t, &open).await.0, CheckIn::Unknown);
         assert_eq!(line.stats(t, &open).await.abandoned, 1);
     }
@@ -796,7 +802,9 @@ mod tests {
             assert!(s & DRAW_BIT != 0);
             assert_eq!(
                 line.check_in(s, now, &closed).await.0,
-                CheckIn::Drawn { drawn: 50.min(draws.len() as u64 + 1) }
+                CheckIn::Drawn {
+                    drawn: 50.min(draws.len() as u64 + 1)
+                }
             );
             draws.push(s);
         }
@@ -831,13 +839,14 @@ mod tests {
         };
         let session = Duration::from_secs(300);
         assert!(line.touch(admission.pass, now + session, session).await);
-        assert!(
-            line.touch(admission.pass, now + session * 2, session)
-                .await
-        );
+        assert!(line.touch(admission.pass, now + session * 2, session).await);
         assert!(
             !line
-                .touch(admission.pass, now + session * 3 + Duration::from_secs(1), session)
+                .touch(
+                    admission.pass,
+                    now + session * 3 + Duration::from_secs(1),
+                    session
+                )
                 .await
         );
         assert!(!line.touch(12345, now, session).await);

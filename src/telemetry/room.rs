@@ -47,13 +47,22 @@ impl RoomVecs {
     pub(super) fn new(r: &Registry) -> RoomVecs {
         let room = &["room"];
         let int_gauge = |name: &str, help: &str| {
-            register(r, IntGaugeVec::new(Opts::new(name, help), room).expect("static metric"))
+            register(
+                r,
+                IntGaugeVec::new(Opts::new(name, help), room).expect("static metric"),
+            )
         };
         let gauge = |name: &str, help: &str| {
-            register(r, GaugeVec::new(Opts::new(name, help), room).expect("static metric"))
+            register(
+                r,
+                GaugeVec::new(Opts::new(name, help), room).expect("static metric"),
+            )
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            register(r, IntCounterVec::new(Opts::new(name, help), labels).expect("static metric"))
+            register(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("static metric"),
+            )
         };
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
             let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
@@ -174,7 +183,6 @@ impl RoomMetrics {
 
     /// The estimated wait of a newcomer, seconds.
     pub fn estimated_wait(&self, seconds: Option<u32>) {
-        self.estimated_wait
-            .set(seconds.map_or(f64::NAN, f64::from));
+        self.estimated_wait.set(seconds.map_or(f64::NAN, f64::from));
     }
 }
