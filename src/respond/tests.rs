@@ -636,9 +636,15 @@ fn the_waiting_room_page_shows_the_place_and_the_estimate() {
         "text/html; charset=utf-8",
         "en",
     );
-    assert!(html.contains("You are number 12 in line (11 ahead of you)."), "{html}");
+    assert!(
+        html.contains("You are number 12 in line (11 ahead of you)."),
+        "{html}"
+    );
     assert!(html.contains("about 30 s"), "{html}");
-    assert!(html.contains(r#"<meta http-equiv="refresh" content="10">"#), "{html}");
+    assert!(
+        html.contains(r#"<meta http-equiv="refresh" content="10">"#),
+        "{html}"
+    );
     assert!(!html.contains("<script"), "works without JavaScript");
     assert_eq!(
         header(&head, "set-cookie"),
