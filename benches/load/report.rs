@@ -72,14 +72,18 @@ pub(crate) fn markdown(result: &ScenarioResult, machine: &str) -> String {
     let _ = writeln!(out, "\n## {}\n", result.name);
     let _ = writeln!(out, "{}\n", result.description);
     let _ = writeln!(out, "Machine: {machine}\n");
-    let _ = writeln!(
-        out,
-        "| target | phase | offered/s | req/s | 2xx/s | p50 ms | p99 ms | p99.9 ms | max ms | success | page | 5xx | reset | timeout | proxy CPU µs/req | proxy CPU (cores) |"
-    );
-    let _ = writeln!(
-        out,
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
-    );
+    // Scenarios with their own tables (tls) have no per-phase runs.
+    let has_runs = !result.runs.is_empty();
+    if has_runs {
+        let _ = writeln!(
+            out,
+            "| target | phase | offered/s | req/s | 2xx/s | p50 ms | p99 ms | p99.9 ms | max ms | success | page | 5xx | reset | timeout | proxy CPU µs/req | proxy CPU (cores) |"
+        );
+        let _ = writeln!(
+            out,
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        );
+    }
     for run in &result.runs {
         if let Some(why) = &run.error {
             let first = why.lines().next().unwrap_or_default();

@@ -227,6 +227,7 @@ fn drive(
     tls: Option<&Arc<ClientConfig>>,
     keepalive: bool,
     seconds: f64,
+    rate: Option<f64>,
     pid: Option<u32>,
 ) -> Measured {
     let ok = AtomicU64::new(0);
@@ -244,13 +245,31 @@ fn drive(
     let began = Instant::now();
     let stop = began + Duration::from_secs_f64(seconds);
     std::thread::scope(|scope| {
-        for _ in 0..THREADS {
-            scope.spawn(|| {
+        for thread in 0..THREADS {
+            let (ok, errors, latency, request) = (&ok, &errors, &latency, &request);
+            scope.spawn(move || {
                 let mut own = stats::histogram(3);
                 let mut stream: Option<Stream> = None;
                 let mut buf = Vec::with_capacity(4096);
+                // Paced: each thread sends its share of `rate`, latency from
+                // the scheduled time; otherwise back to back.
+                let every = rate.map(|r| Duration::from_secs_f64(THREADS as f64 / r.max(1.0)));
+                let mut next = began
+                    + every.map_or(Duration::ZERO, |e| {
+                        e.mul_f64(thread as f64 / THREADS as f64)
+                    });
                 while Instant::now() < stop {
-                    let t0 = Instant::now();
+                    if let Some(every) = every {
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        }
+                        next += every;
+                    }
+                    let t0 = match every {
+                        Some(every) => next - every,
+                        None => Instant::now(),
+                    };
                     if stream.is_none() {
                         buf.clear();
                         match open(addr, tls) {
@@ -293,27 +312,21 @@ fn drive(
     }
 }
 
-/// Runs the scenario.
-pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
-    let d = ctx.main_duration(10.0, 3.0, 1.0);
-    let dir = TempDir::new("tls")?;
-    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-        .map_err(|e| format!("rcgen: {e}"))?;
-    let cert_path = dir.write("cert.pem", &key.cert.pem())?;
-    let key_path = dir.write("key.pem", &key.signing_key.serialize_pem())?;
-    let config = client_config()?;
-    let kinds: Vec<Kind> = ctx
-        .targets
-        .iter()
-        .copied()
-        .filter(|k| matches!(k, Kind::Ordergate | Kind::Nginx))
-        .collect();
-    if kinds.is_empty() {
-        return Err("tls compares ordergate and nginx: neither is a target".to_owned());
-    }
-    let mut rows: Vec<(Kind, Vec<(Mode, Measured)>)> = Vec::new();
-    let mut failures = Vec::new();
-    for kind in kinds {
+/// One pass over every target: start it with a TLS listener, run the four
+/// loads (closed loop, or paced at `rates`, one per load in [`MODES`] order).
+fn pass(
+    kinds: &[Kind],
+    rates: Option<&[f64]>,
+    d: f64,
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+    config: &Arc<ClientConfig>,
+    failures: &mut Vec<String>,
+) -> Result<Rows, String> {
+    // Every target is started first, then each load runs on one target after
+    // the other: the ratios of one load are measured seconds, not minutes, apart.
+    let mut started = Vec::new();
+    for &kind in kinds {
         let backends = procs::Backend::start_many(2, &[])?;
         let spec = ProxySpec::new(backends.iter().map(|b| b.addr).collect());
         let tls_addr = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
@@ -351,20 +364,26 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
             }
         };
         let plain = *target.addrs.first().ok_or("no address")?;
-        let mut measured = Vec::new();
-        for mode in MODES {
+        started.push((kind, target, backends, plain, tls_addr));
+    }
+    let mut rows: Rows = started.iter().map(|s| (s.0, Vec::new())).collect();
+    for (i, mode) in MODES.into_iter().enumerate() {
+        for (row, (kind, target, _, plain, tls_addr)) in rows.iter_mut().zip(&started) {
+            let (kind, plain, tls_addr) = (*kind, *plain, *tls_addr);
             let (addr, tls) = if mode.tls {
-                (tls_addr, Some(&config))
+                (tls_addr, Some(config))
             } else {
                 (plain, None)
             };
+            let rate = rates.and_then(|r| r.get(i).copied());
             // A short warm-up, then the measured run.
-            let _ = drive(addr, tls, mode.keepalive, 0.3, None);
-            let m = drive(addr, tls, mode.keepalive, d, target.pid());
+            let _ = drive(addr, tls, mode.keepalive, 0.3, rate, None);
+            let m = drive(addr, tls, mode.keepalive, d, rate, target.pid());
             eprintln!(
-                "tls: {} {}: {:.0} req/s, {:.1} µs CPU/req, {:.2} cores, {} errors",
+                "tls: {} {} ({}): {:.0} req/s, {:.1} µs CPU/req, {:.2} cores, {} errors",
                 kind.name(),
                 mode.name,
+                rate.map_or("closed loop".to_owned(), |r| format!("paced {r:.0}/s")),
                 m.rate(),
                 m.cpu_per_request(),
                 m.cores(),
@@ -373,23 +392,23 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
             if kind == Kind::Ordergate && m.errors > 0 {
                 failures.push(format!("ordergate {}: {} errors", mode.name, m.errors));
             }
-            measured.push((mode, m));
+            row.1.push((mode, m));
         }
-        rows.push((kind, measured));
     }
+    Ok(rows)
+}
 
-    let mut summary = format!(
-        "Closed loop, {THREADS} client threads, {d:.0} s per load; proxy CPU = utime+stime from /proc (nginx: \
-         master + worker) ÷ answers. TLS: TLS 1.3, ECDSA P-256 certificate, resumption off (every new \
-         connection is a full handshake).\n\n\
-         | target | load | req/s | proxy CPU µs/req | proxy cores | p50 ms | p99 ms | errors |\n|---|---|--:|--:|--:|--:|--:|--:|\n"
+type Rows = Vec<(Kind, Vec<(Mode, Measured)>)>;
+
+fn table(title: &str, rows: &Rows) -> String {
+    let mut out = format!(
+        "{title}:\n\n| target | load | req/s | proxy CPU µs/req | proxy cores | p50 ms | p99 ms | errors |\n|---|---|--:|--:|--:|--:|--:|--:|\n"
     );
-    let mut json_rows = Vec::new();
-    for (kind, measured) in &rows {
+    for (kind, measured) in rows {
         for (mode, m) in measured {
             let p = Percentiles::of(&m.latency);
             let _ = writeln!(
-                summary,
+                out,
                 "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {} |",
                 kind.name(),
                 mode.name,
@@ -400,30 +419,99 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
                 p.p99,
                 m.errors
             );
-            json_rows.push(json!({
-                "target": kind.name(), "load": mode.name, "tls": mode.tls, "keepalive": mode.keepalive,
-                "req_per_s": m.rate(), "proxy_cpu_us_per_request": m.cpu_per_request(),
-                "proxy_cores": m.cores(), "p50_ms": p.p50, "p99_ms": p.p99, "errors": m.errors,
-            }));
         }
     }
-    let cost = |measured: &[(Mode, Measured)], tls: bool, keepalive: bool| -> Option<f64> {
-        measured
-            .iter()
-            .find(|(m, _)| m.tls == tls && m.keepalive == keepalive)
-            .map(|(_, m)| m.cpu_per_request())
-    };
+    out.push('\n');
+    out
+}
+
+fn cost(measured: &[(Mode, Measured)], tls: bool, keepalive: bool) -> Option<f64> {
+    measured
+        .iter()
+        .find(|(m, _)| m.tls == tls && m.keepalive == keepalive)
+        .map(|(_, m)| m.cpu_per_request())
+}
+
+/// Runs the scenario.
+pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
+    let d = ctx.main_duration(10.0, 3.0, 1.0);
+    let dir = TempDir::new("tls")?;
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .map_err(|e| format!("rcgen: {e}"))?;
+    let cert_path = dir.write("cert.pem", &key.cert.pem())?;
+    let key_path = dir.write("key.pem", &key.signing_key.serialize_pem())?;
+    let config = client_config()?;
+    let kinds: Vec<Kind> = ctx
+        .targets
+        .iter()
+        .copied()
+        .filter(|k| matches!(k, Kind::Ordergate | Kind::Nginx))
+        .collect();
+    if kinds.is_empty() {
+        return Err("tls compares ordergate and nginx: neither is a target".to_owned());
+    }
+    let mut failures = Vec::new();
+    let closed = pass(
+        &kinds,
+        None,
+        d,
+        &cert_path,
+        &key_path,
+        &config,
+        &mut failures,
+    )?;
+    // Then every target at the same rates: 70% of the slowest maximum per load.
+    let rates: Vec<f64> = MODES
+        .iter()
+        .map(|mode| {
+            closed
+                .iter()
+                .filter_map(|(_, ms)| {
+                    ms.iter()
+                        .find(|(m, _)| m.name == mode.name)
+                        .map(|(_, x)| x.rate())
+                })
+                .fold(f64::MAX, f64::min)
+                .max(10.0)
+                * 0.7
+        })
+        .collect();
+    let paced = pass(
+        &kinds,
+        Some(&rates),
+        d,
+        &cert_path,
+        &key_path,
+        &config,
+        &mut failures,
+    )?;
+
+    let mut summary = format!(
+        "{THREADS} client threads, {d:.0} s per load; proxy CPU = utime+stime from /proc (nginx: master + worker) \
+         ÷ answers. TLS 1.3, ECDSA P-256 certificate, resumption off (every new connection is a full handshake).\n\n"
+    );
+    summary.push_str(&table(
+        "Closed loop (each target's maximum with this client)",
+        &closed,
+    ));
+    summary.push_str(&table(
+        "Paced at the same rate for every target (70% of the slowest maximum of each load; latency from the \
+         scheduled time)",
+        &paced,
+    ));
     let _ = writeln!(
         summary,
-        "\nWhat TLS adds (TLS − plaintext, proxy CPU µs per request, same run):\n\n\
+        "What TLS adds at the same rate (TLS − plaintext, proxy CPU µs per request, paced pass):\n\n\
          | target | per full handshake (new connection) | per keep-alive request |\n|---|--:|--:|"
     );
     let mut added = Vec::new();
-    for (kind, measured) in &rows {
-        let hs = cost(measured, true, false).zip(cost(measured, false, false));
-        let ka = cost(measured, true, true).zip(cost(measured, false, true));
-        let hs = hs.map(|(a, b)| a - b);
-        let ka = ka.map(|(a, b)| a - b);
+    for (kind, measured) in &paced {
+        let hs = cost(measured, true, false)
+            .zip(cost(measured, false, false))
+            .map(|(a, b)| a - b);
+        let ka = cost(measured, true, true)
+            .zip(cost(measured, false, true))
+            .map(|(a, b)| a - b);
         let _ = writeln!(
             summary,
             "| {} | {} | {} |",
@@ -434,12 +522,12 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
         added.push((*kind, hs, ka));
     }
     if let (Some(og), Some(ng)) = (
-        rows.iter().find(|r| r.0 == Kind::Ordergate),
-        rows.iter().find(|r| r.0 == Kind::Nginx),
+        paced.iter().find(|r| r.0 == Kind::Ordergate),
+        paced.iter().find(|r| r.0 == Kind::Nginx),
     ) {
         let _ = writeln!(
             summary,
-            "\nordergate ÷ nginx, proxy CPU per request: {}.",
+            "\nordergate ÷ nginx, proxy CPU per request at the same rate: {}.",
             MODES
                 .iter()
                 .filter_map(|mode| {
@@ -451,19 +539,33 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
                 .join("; ")
         );
     }
-    let client_bound = rows
+    let mut json_rows = Vec::new();
+    for (pass_name, rows) in [("closed", &closed), ("paced", &paced)] {
+        for (kind, measured) in rows {
+            for (mode, m) in measured {
+                let p = Percentiles::of(&m.latency);
+                json_rows.push(json!({
+                    "pass": pass_name, "target": kind.name(), "load": mode.name, "tls": mode.tls,
+                    "keepalive": mode.keepalive, "req_per_s": m.rate(),
+                    "proxy_cpu_us_per_request": m.cpu_per_request(), "proxy_cores": m.cores(),
+                    "p50_ms": p.p50, "p99_ms": p.p99, "errors": m.errors,
+                }));
+            }
+        }
+    }
+    let client_bound = closed
         .iter()
         .flat_map(|(_, m)| m.iter())
-        .any(|(mode, m)| mode.tls && !mode.keepalive && m.cores() < 0.9);
+        .any(|(_, m)| m.cores() < 0.9);
     let mut notes = vec![
-        "The client runs its own handshakes (key exchange, signature check) on the CPU it shares with the \
-         backends: when a proxy uses less than a whole core in the handshake load, the handshake rate is the \
-         client's limit, and the proxy CPU per handshake is the figure to compare."
+        "The client (blocking threads with rustls) runs its own handshakes on the CPU it shares with the \
+         backends; when a proxy uses less than a whole core in the closed loop, the rate is the client's limit. \
+         The paced pass compares the proxies at the same rate, where CPU per request is comparable."
             .to_owned(),
     ];
     if client_bound {
         notes.push(
-            "In this run the handshake load was bound by the client (proxy below 0.9 cores)."
+            "In this run the closed loop was bound by the client for at least one load (proxy below 0.9 cores)."
                 .to_owned(),
         );
     }
@@ -472,7 +574,7 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
         description: format!(
             "GET /api/products/7 over HTTPS and plaintext to 2 simulated backends, ordergate (rustls, \
              `[[server.tls]]`, http2 off) against nginx (OpenSSL, `ssl_session_cache off; ssl_session_tickets \
-             off`); {THREADS} client threads in closed loop."
+             off`); {THREADS} client threads, first in closed loop, then paced at the same rate for both."
         ),
         runs: Vec::new(),
         notes,
@@ -480,8 +582,9 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
         summary_json: json!({
             "threads": THREADS,
             "seconds": d,
+            "paced_rates_per_s": MODES.iter().zip(&rates).map(|(m, r)| json!({"load": m.name, "rate": r})).collect::<Vec<_>>(),
             "rows": json_rows,
-            "tls_added_us": added.iter().map(|(k, hs, ka)| json!({"target": k.name(), "per_handshake": hs, "per_keepalive_request": ka})).collect::<Vec<Value>>(),
+            "tls_added_us_paced": added.iter().map(|(k, hs, ka)| json!({"target": k.name(), "per_handshake": hs, "per_keepalive_request": ka})).collect::<Vec<Value>>(),
         }),
         failures,
     })
