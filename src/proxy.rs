@@ -125,7 +125,7 @@ impl Proxy {
         let Some(room) = snapshot.rooms.for_route(&route.name) else {
             return Ok(None);
         };
-        let pressure = room_pressure(pool);
+        let pressure = crate::room::Pressure::of_pool(pool);
         let tls = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
@@ -307,18 +307,6 @@ impl Proxy {
     ) -> Result<bool> {
         self.answer(session, ctx, outcome).await.map(|_| true)
     }
-}
-
-/// How loaded a room's pool is: its slots, queue, limit and capacity now.
-fn room_pressure(pool: &crate::upstream::Pool) -> crate::room::Pressure {
-    let capacity = pool.capacity();
-    let admission = pool.state.admission.snapshot();
-    crate::room::Pressure::of(
-        admission.in_use,
-        admission.waiting.iter().sum(),
-        admission.limit,
-        capacity,
-    )
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {

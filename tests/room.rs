@@ -865,3 +865,82 @@ fn the_waiting_page_renders_in_headless_chromium() {
     assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
     eprintln!("room: screenshot in {}", path.display());
 }
+
+#[test]
+fn on_overload_the_room_forms_when_the_pool_queues_and_admits_when_it_recovers() {
+    let fleet = Fleet::start_with(1, &["--latency-ms", "100"]);
+    let port = free_port();
+    let text = format!(
+        "{}[[pools]]\nname = \"orders\"\nbackends = {}\nmax_in_flight = 4\n[pools.queue]\nmax_waiting = 200\ntimeout = \"10s\"\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"sale\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\nadmit_per_minute = 600\nrefresh = \"1s\"\n[rooms.bypass]\nheader = \"x-load\"\n",
+        admin_section(port),
+        fleet.backends_toml(&[])
+    );
+    let proxy = Proxy::start(&text);
+    let addr = proxy.addr;
+    // Calm: a shopper goes straight in, with a pass.
+    let mut calm = Shopper::default();
+    assert!(matches!(
+        calm.visit(addr, "sale", "GET", "/api/products/1"),
+        Visit::Passed { status: 200 }
+    ));
+    assert!(
+        calm.admission_number().is_some(),
+        "a pass: {:?}",
+        calm.cookie
+    );
+
+    // Load that does not wait in the room (bypassed) fills the pool: 4 slots
+    // of 100 ms, 16 clients in a closed loop, so requests queue.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..16)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = request(addr, "GET", "/api/products/2", &[("x-load", "1")], b"");
+                }
+            })
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let status = admin(port, "GET", "/status").json();
+            status["pools"][0]["queue"]["waiting"]
+                .as_object()
+                .is_some_and(|w| w.values().filter_map(|v| v.as_u64()).sum::<u64>() >= 4)
+        }),
+        "the pool queues"
+    );
+    // The room forms: a newcomer waits, and no estimate is promised while the
+    // pool has no headroom; the shopper with a pass goes on.
+    let mut newcomer = Shopper::default();
+    let page = waiting(&newcomer.visit(addr, "sale", "GET", "/api/products/1")).clone();
+    assert_eq!(page["position"], 1, "{page}");
+    assert!(page["estimated_wait_s"].is_null(), "{page}");
+    for _ in 0..3 {
+        let page = waiting(&newcomer.visit(addr, "sale", "GET", "/api/products/1")).clone();
+        assert_eq!(
+            page["position"], 1,
+            "nobody is called while the pool queues: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(matches!(
+        calm.visit(addr, "sale", "GET", "/api/products/1"),
+        Visit::Passed { .. }
+    ));
+
+    // The load stops: the pool recovers and the line moves.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in load {
+        let _ = thread.join();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || matches!(
+            newcomer.visit(addr, "sale", "GET", "/api/products/1"),
+            Visit::Passed { .. }
+        )),
+        "admitted once the pool recovers"
+    );
+    assert!(newcomer.admission_number().is_some());
+}
