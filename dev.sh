@@ -5,7 +5,8 @@
 #   ./dev.sh peers  install nginx and HAProxy, for the side-by-side load benches
 # Both first install what a fresh Debian machine with only Rust lacks: cmake
 # (pingora's zlib-ng is built with it), a C compiler, kill(1) (procps) and
-# prlimit(1) (util-linux); `test` also chromium (the status page test).
+# prlimit(1) (util-linux); `test` also chromium (the status page and waiting
+# room page tests).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -46,7 +47,8 @@ case "${1:-}" in
     ;;
   test)
     need_packages
-    # tests/sre.rs drives the admin status page in headless Chromium.
+    # tests/sre.rs drives the admin status page in headless Chromium, and
+    # tests/room.rs renders the waiting room's page in it (with a screenshot).
     command -v chromium >/dev/null 2>&1 || install_packages chromium
     cargo test --lib --bins --tests
     ;;
