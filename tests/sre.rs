@@ -493,6 +493,51 @@ fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
 }
 
 #[test]
+fn the_page_shows_a_real_waiting_room_line() {
+    let Some(browser) = ensure_program(
+        &["chromium", "chromium-browser", "google-chrome"],
+        "chromium",
+    ) else {
+        eprintln!(
+            "SKIPPED status page test: chromium is not installed and apt-get could not install it"
+        );
+        return;
+    };
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let mut config = status_page_config(port, &fleet.addrs, "");
+    config.push_str(
+        "\n[[rooms]]\nname = \"sale\"\nroutes = [\"checkout\"]\nsecret = \"a-test-secret-that-is-long-enough-0123456789\"\nmode = \"always\"\nmax_active = 1\n",
+    );
+    let proxy = Proxy::start(&config);
+    // One shopper gets in; the next three wait in line.
+    for _ in 0..4 {
+        proxy.get("/api/orders/1");
+    }
+    assert!(wait_until(Duration::from_secs(5), || {
+        admin(port, "GET", "/rooms").json()["rooms"][0]["length"].as_u64() >= Some(3)
+    }));
+    let dom = chromium(
+        &browser,
+        &format!("http://127.0.0.1:{port}/"),
+        &["--virtual-time-budget=3000", "--dump-dom"],
+    )
+    .stdout;
+    assert!(!dom.contains("<section id=\"rooms\" hidden"), "{dom}");
+    let row = dom
+        .split("<tr data-room=\"sale\">")
+        .nth(1)
+        .and_then(|row| row.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for the room: {dom}"));
+    assert!(row.contains("checkout"), "{row}");
+    assert!(
+        row.contains("data-label=\"waiting\" class=\"num warn\">3<"),
+        "{row}"
+    );
+    assert!(row.contains("1 / 1"), "{row}");
+}
+
+#[test]
 fn the_page_needs_no_token_but_the_data_does() {
     let fleet = Fleet::start(1);
     let port = free_port();
