@@ -552,6 +552,12 @@ fn update_scrape_gauges(state: &State) {
         metrics.maintenance_open.with_label_values(&[route]).set(1);
     }
     for route in snapshot.routes.iter() {
+        if let Some((_, cache)) = &route.stale {
+            metrics
+                .stale_bytes
+                .with_label_values(&[route.name.as_str()])
+                .set(i64::try_from(cache.size_bytes()).unwrap_or(i64::MAX));
+        }
         if let Some(idempotency) = &route.idempotency {
             let labels = [route.name.as_str()];
             metrics

@@ -68,6 +68,10 @@ pub struct RequestCtx {
     pub room_cookie: Option<String>,
     /// The operator's words for the page (a maintenance window's message).
     pub notice: Option<String>,
+    /// A backend's answer to a read, being collected as the route's stale copy.
+    pub stale_recording: Option<crate::stale::Recording>,
+    /// Whether a stale copy was served instead of a page.
+    pub served_stale: bool,
 }
 
 impl RequestCtx {
@@ -97,6 +101,8 @@ impl RequestCtx {
             keyed: None,
             room_cookie: None,
             notice: None,
+            stale_recording: None,
+            served_stale: false,
         }
     }
 

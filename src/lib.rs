@@ -47,6 +47,7 @@ pub mod room;
 pub mod route;
 pub mod server;
 pub mod sim;
+pub mod stale;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -19,6 +19,7 @@ use crate::ctx::RequestCtx;
 use crate::forward;
 use crate::idempotency::{self, KeyCheck, KeyedRequest, Verdict};
 use crate::maintenance;
+use crate::stale;
 use crate::respond::{self, Outcome, PageContext, Sent, BODY_TOO_LARGE};
 use crate::retry::{self, Attempt, Failure};
 use crate::state::State;
@@ -50,6 +51,11 @@ impl Proxy {
         ctx: &mut RequestCtx,
         outcome: Outcome,
     ) -> Result<Sent> {
+        if outcome.backends_failed() {
+            if let Some(sent) = self.serve_stale(session, ctx, false).await? {
+                return Ok(sent);
+            }
+        }
         ctx.outcome = Some(outcome);
         self.state
             .metrics
@@ -213,7 +219,13 @@ impl Proxy {
             Verdict::Replay(answer) => {
                 let forced_close = self.state.is_shutting_down();
                 let sent =
-                    respond::send_stored(session, &answer, &ctx.request_id, forced_close).await?;
+                    respond::send_kept(
+                    session,
+                    &answer,
+                    respond::Kept::Replay,
+                    &ctx.request_id,
+                    forced_close,
+                ).await?;
                 ctx.bytes_sent += sent.bytes;
                 Ok(Some(true))
             }
@@ -244,6 +256,19 @@ impl Proxy {
                 return self.reject(session, ctx, Outcome::NoHealthyBackend).await;
             }
             admission.set_capacity(capacity);
+            let stale_on_overload = ctx
+                .route_and_pool()
+                .and_then(|(route, _)| route.stale.as_ref())
+                .is_some_and(|(config, _)| config.on_overload);
+            if stale_on_overload {
+                let status = admission.snapshot();
+                if status.in_use >= status.limit
+                    && self.serve_stale(session, ctx, true).await?.is_some()
+                {
+                    // A kept copy now rather than a wait in the queue.
+                    return Ok(true);
+                }
+            }
 
             // Biased: a free slot is taken without ever starting the client watch
             // (which would cost a read and an epoll registration per request).
@@ -295,6 +320,66 @@ impl Proxy {
                     .into_down())
                 }
             };
+        }
+    }
+
+    /// Serves the route's kept copy of this read instead of a page, when the
+    /// route keeps copies for this case (`overload`: instead of queueing) and
+    /// one matches; `None` otherwise.
+    async fn serve_stale(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        overload: bool,
+    ) -> Result<Option<Sent>> {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let Some((route, _)) = ctx.route_and_pool_in(&snapshot) else {
+            return Ok(None);
+        };
+        let Some((config, cache)) = &route.stale else {
+            return Ok(None);
+        };
+        if !(if overload {
+            config.on_overload
+        } else {
+            config.on_error
+        }) || answer_started(session)
+        {
+            return Ok(None);
+        }
+        let request = session.req_header();
+        let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+        let host = request_host(request).unwrap_or_default();
+        let Some(copy) = stale::key_for(config, &request.method, host, target, &request.headers)
+            .and_then(|key| cache.find(&key, &request.headers))
+        else {
+            return Ok(None);
+        };
+        let kept = respond::Kept::Stale {
+            age: copy.age(std::time::Instant::now()),
+        };
+        let forced_close = self.state.is_shutting_down() || ctx.proxying;
+        let sent =
+            respond::send_kept(session, &copy.answer, kept, &ctx.request_id, forced_close).await?;
+        ctx.bytes_sent += sent.bytes;
+        ctx.outcome = None;
+        ctx.served_stale = true;
+        self.state.metrics.stale_served(&route.name);
+        Ok(Some(sent))
+    }
+
+    /// Keeps the read's whole answer as the route's stale copy.
+    fn keep_stale_copy(&self, ctx: &mut RequestCtx) {
+        let Some(recording) = ctx.stale_recording.take() else {
+            return;
+        };
+        let Some((route, _)) = ctx.route_and_pool() else {
+            return;
+        };
+        if let (Some((_, cache)), Some((key, copy))) =
+            (&route.stale, recording.finish(&ctx.request_id))
+        {
+            cache.keep(key, copy);
         }
     }
 
@@ -729,6 +814,29 @@ impl ProxyHttp for Proxy {
         if let Some(keyed) = ctx.keyed.as_mut() {
             keyed.answer_head(status, &upstream_response.headers);
         }
+        ctx.stale_recording = ctx.route_and_pool().and_then(|(route, _)| {
+            let (config, _) = route.stale.as_ref()?;
+            if !stale::storable(config, status, &upstream_response.headers) {
+                return None;
+            }
+            let request = session.req_header();
+            let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+            let key = stale::key_for(
+                config,
+                &request.method,
+                request_host(request).unwrap_or_default(),
+                target,
+                &request.headers,
+            )?;
+            let limit = usize::try_from(config.max_bytes / 16).unwrap_or(usize::MAX);
+            Some(stale::Recording::new(
+                key,
+                status,
+                &upstream_response.headers,
+                &request.headers,
+                limit,
+            ))
+        });
         let Some((retryable, intercept)) = ctx.route_and_pool().map(|(route, _)| {
             (
                 route.retry.on.statuses.contains(&status),
@@ -862,6 +970,14 @@ impl ProxyHttp for Proxy {
                 .and_then(|route| route.idempotency.as_ref())
                 .map_or(0, |i| i.settings.max_response_bytes);
             keyed.answer_body(body.as_ref(), end_of_stream, max);
+        }
+        if let Some(recording) = ctx.stale_recording.as_mut() {
+            if let Some(chunk) = body.as_ref() {
+                recording.push(chunk);
+            }
+            if end_of_stream {
+                self.keep_stale_copy(ctx);
+            }
         }
         if end_of_stream {
             // The backend is done: its slot and in-flight count are free even if

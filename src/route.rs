@@ -17,9 +17,10 @@ use http::{HeaderMap, Method};
 use pingora_limits::rate::Rate;
 
 use crate::config::{
-    MaintenanceConfig, Pages, Priority, RateKey, RateLimitConfig, RetryConfig, RouteConfig,
+    MaintenanceConfig, Pages, StaleConfig, Priority, RateKey, RateLimitConfig, RetryConfig, RouteConfig,
 };
 use crate::idempotency::RouteIdempotency;
+use crate::stale::StaleCache;
 use crate::store::Stores;
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::Registry;
@@ -48,6 +49,8 @@ pub struct Route {
     pub idempotency: Option<RouteIdempotency>,
     /// The route's configured maintenance window.
     pub maintenance: Option<MaintenanceConfig>,
+    /// Stale answers for reads: settings and the route's kept copies.
+    pub stale: Option<(StaleConfig, Arc<StaleCache>)>,
     /// Metric handles.
     pub metrics: RouteMetrics,
     host: Option<String>,
@@ -118,6 +121,11 @@ impl RouteTable {
                     settings,
                 }),
                 maintenance: c.maintenance.clone(),
+                stale: c.stale.clone().map(|config| {
+                    metrics.prime_stale(&c.name);
+                    let cache = stores.stale(&c.name, &config);
+                    (config, cache)
+                }),
                 metrics: metrics.route(&c.name),
                 host: c.host.clone(),
                 path_prefix: c.path_prefix.clone(),

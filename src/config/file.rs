@@ -283,6 +283,24 @@ pub struct FileRoute {
     pub idempotency: Option<FileIdempotency>,
     /// `[routes.maintenance]`.
     pub maintenance: Option<FileMaintenance>,
+    /// `[routes.stale]`.
+    pub stale: Option<FileStale>,
+}
+
+/// `[routes.stale]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStale {
+    /// How long a good answer is kept.
+    pub max_age: Option<String>,
+    /// Memory for the route's copies.
+    pub max_bytes: Option<toml::Value>,
+    /// Statuses worth keeping.
+    pub statuses: Option<Vec<i64>>,
+    /// `"error"` and/or `"overload"`.
+    pub when: Option<Vec<String>>,
+    /// Keep and serve answers to requests with cookies or Authorization.
+    pub private_ok: Option<bool>,
 }
 
 /// `[routes.idempotency]`.

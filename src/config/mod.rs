@@ -403,6 +403,28 @@ pub struct RouteConfig {
     pub idempotency: Option<IdempotencyConfig>,
     /// A maintenance window for this route. Default: none.
     pub maintenance: Option<MaintenanceConfig>,
+    /// Stale answers for reads when the backends fail. Default: off.
+    pub stale: Option<StaleConfig>,
+}
+
+/// `[routes.stale]`: the last good answer to each read, served (marked stale)
+/// when the backends fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleConfig {
+    /// How long a good answer is kept for this purpose. Default: 10m.
+    pub max_age: Duration,
+    /// Memory for the route's copies. Default: 64 MiB.
+    pub max_bytes: u64,
+    /// Statuses worth keeping. Default: [200].
+    pub statuses: Vec<u16>,
+    /// Serve a copy instead of an error page (backend failure, 5xx, timeout,
+    /// no healthy backend, shed). Default: true.
+    pub on_error: bool,
+    /// Serve a copy instead of waiting in the pool's queue. Default: false.
+    pub on_overload: bool,
+    /// Keep and serve answers to requests with cookies or `Authorization`.
+    /// Default: false.
+    pub private_ok: bool,
 }
 
 /// `[routes.idempotency]`: ordergate itself makes a keyed order happen at

@@ -214,6 +214,14 @@ const MAINTENANCE: &[Field] = &[
     f("allow_token_env", Kind::Str),
 ];
 
+const STALE: &[Field] = &[
+    f("max_age", Kind::Duration),
+    f("max_bytes", Kind::Size),
+    f("statuses", Kind::Ints),
+    f("when", Kind::Strs),
+    f("private_ok", Kind::Bool),
+];
+
 const ROUTE: &[Field] = &[
     f("name", Kind::Str),
     f("host", Kind::Str),
@@ -235,6 +243,7 @@ const ROUTE: &[Field] = &[
         "maintenance",
         Kind::Table("routes.maintenance", MAINTENANCE),
     ),
+    f("stale", Kind::Table("routes.stale", STALE)),
 ];
 
 const ADMIN: &[Field] = &[

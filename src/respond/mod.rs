@@ -200,6 +200,24 @@ impl Outcome {
         }
     }
 
+    /// Whether a kept copy of a read may stand in for this outcome's page
+    /// (`stale-if-error`): the backends failed, were unreachable, or the
+    /// request was shed.
+    pub fn backends_failed(self) -> bool {
+        matches!(
+            self,
+            Outcome::NoHealthyBackend
+                | Outcome::ConnectFailed
+                | Outcome::UpstreamTimeout
+                | Outcome::UpstreamReset
+                | Outcome::UpstreamError
+                | Outcome::UpstreamStatus(_)
+                | Outcome::QueueFull
+                | Outcome::QueueTimeout
+                | Outcome::Shed
+        )
+    }
+
     /// Whether the shopper's connection must close after this answer, whatever
     /// else holds: the request's framing or size is not to be trusted, so the
     /// rest of what the client sent cannot be read as a next request.
@@ -538,29 +556,54 @@ async fn send_rendered(
     Ok(Sent { bytes, keep_alive })
 }
 
-/// Replays a stored answer byte for byte (status, headers, body), marked
-/// `idempotency-replayed: true`, with this request's own `X-Request-Id` and the
-/// first request's in `X-Original-Request-Id`. The connection follows the
-/// same rule as a page.
-pub async fn send_stored(
+/// How a kept answer is sent again: an idempotency replay, or a stale copy.
+#[derive(Debug, Clone, Copy)]
+pub enum Kept {
+    /// The first request's answer to a repeated idempotency key: marked
+    /// `idempotency-replayed: true`, with the first request's id in
+    /// `X-Original-Request-Id`.
+    Replay,
+    /// The last good answer to a read, served because the backends failed:
+    /// `Age` (seconds since it was kept), `x-ordergate-stale: true` and
+    /// `Warning: 110 - "Response is Stale"`.
+    Stale {
+        /// Seconds since the copy was kept.
+        age: u64,
+    },
+}
+
+/// Sends a kept answer byte for byte (status, headers, body), marked as
+/// [`Kept`] says, with this request's own `X-Request-Id`. The connection
+/// follows the same rule as a page.
+pub async fn send_kept(
     session: &mut Session,
     answer: &StoredAnswer,
+    kept: Kept,
     request_id: &str,
     forced_close: bool,
 ) -> Result<Sent> {
-    let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 4))?;
+    let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 5))?;
     for (name, value) in &answer.headers {
         let value = http::HeaderValue::from_maybe_shared(value.clone())
-            .or_err(ErrorType::InternalError, "a stored header value")?;
+            .or_err(ErrorType::InternalError, "a kept header value")?;
         header.append_header(name.clone(), value)?;
     }
     header.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
-    header.insert_header("idempotency-replayed", "true")?;
+    match kept {
+        Kept::Replay => {
+            header.insert_header("idempotency-replayed", "true")?;
+            if let Ok(id) = http::HeaderValue::from_str(&answer.request_id) {
+                header.insert_header("x-original-request-id", id)?;
+            }
+        }
+        Kept::Stale { age } => {
+            header.insert_header(http::header::AGE, age)?;
+            header.insert_header("x-ordergate-stale", "true")?;
+            header.insert_header(http::header::WARNING, "110 - \"Response is Stale\"")?;
+        }
+    }
     if let Ok(id) = http::HeaderValue::from_str(request_id) {
         header.insert_header("x-request-id", id)?;
-    }
-    if let Ok(id) = http::HeaderValue::from_str(&answer.request_id) {
-        header.insert_header("x-original-request-id", id)?;
     }
     let body_read = session.as_mut().is_body_done();
     if !body_read || forced_close {

@@ -26,10 +26,24 @@ use tokio::sync::watch;
 #[derive(Debug, Default)]
 pub struct Stores {
     idempotency: Mutex<HashMap<String, Weak<memory::MemoryIdempotency>>>,
+    stale: Mutex<HashMap<String, Weak<crate::stale::StaleCache>>>,
     rooms: Mutex<HashMap<String, Weak<room::MemoryLine>>>,
 }
 
 impl Stores {
+    /// The stale copies of a route, created if new; a changed budget or
+    /// `max_age` starts an empty cache (copies are only a fallback).
+    pub fn stale(&self, route: &str, config: &crate::config::StaleConfig) -> Arc<crate::stale::StaleCache> {
+        let mut caches = self.stale.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        caches.retain(|_, weak| weak.strong_count() > 0);
+        let cache = match caches.get(route).and_then(Weak::upgrade) {
+            Some(cache) if cache.max_bytes() == config.max_bytes && cache.max_age() == config.max_age => cache,
+            _ => Arc::new(crate::stale::StaleCache::new(config.max_bytes, config.max_age)),
+        };
+        caches.insert(route.to_owned(), Arc::downgrade(&cache));
+        cache
+    }
+
     /// The idempotency store of a route, created if new; a changed
     /// `max_bytes` gives a store of the new size holding the same records.
     pub fn idempotency(&self, route: &str, max_bytes: u64) -> Arc<dyn IdempotencyStore> {

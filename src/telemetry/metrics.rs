@@ -106,6 +106,9 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     panics: IntCounterVec,
     idempotency: IntCounterVec,
+    stale_served: IntCounterVec,
+    /// Bytes a route's stale copies take, set at scrape time.
+    pub stale_bytes: IntGaugeVec,
     /// 1 while a maintenance window is open for a route (`*`: every route),
     /// set at scrape time.
     pub maintenance_open: IntGaugeVec,
@@ -465,6 +468,18 @@ impl Metrics {
                 "1 while a maintenance window is open for the route (\"*\": every route).",
                 &["route"],
             ),
+            stale_served: counter_vec(
+                &r,
+                "ordergate_stale_served_total",
+                "Reads answered with a kept copy (marked stale) because the backends failed, by route.",
+                &["route"],
+            ),
+            stale_bytes: gauge_vec(
+                &r,
+                "ordergate_stale_bytes",
+                "Bytes a route's kept copies for stale answers take.",
+                &["route"],
+            ),
             idempotency_store_bytes: gauge_vec(
                 &r,
                 "ordergate_idempotency_store_bytes",
@@ -677,6 +692,16 @@ impl Metrics {
             .inc();
         self.config_last_reload_success.set(i64::from(ok));
         self.config_generation.set(generation as i64);
+    }
+
+    /// Exports a route's stale counter at zero.
+    pub fn prime_stale(&self, route: &str) {
+        self.stale_served.with_label_values(&[route]);
+    }
+
+    /// Counts a read answered with a stale copy.
+    pub fn stale_served(&self, route: &str) {
+        self.stale_served.with_label_values(&[route]).inc();
     }
 
     /// `ordergate_idempotency_total` of a route, every result at zero from the start.

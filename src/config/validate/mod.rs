@@ -9,6 +9,7 @@ mod pool;
 mod room;
 mod route;
 mod server;
+mod stale;
 #[cfg(test)]
 mod tests;
 mod values;

@@ -192,6 +192,10 @@ pub(super) fn route(
             .maintenance
             .as_ref()
             .map(|m| super::maintenance::maintenance(&format!("{at}.maintenance"), m, problems)),
+        stale: file
+            .stale
+            .as_ref()
+            .map(|table| super::stale::stale(&format!("{at}.stale"), table, problems)),
     }
 }
 
