@@ -441,6 +441,11 @@ fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
             }
         }
     }
+    for route in status["route_stats"].as_array_mut().expect("route_stats") {
+        if route["name"] == "checkout" {
+            route["serving_pool"] = "orders-dr".into();
+        }
+    }
     status["reload"]["last_ok"] = false.into();
     status["reload"]["last_trigger"] = "sighup".into();
     status["reload"]["last_errors"] = serde_json::json!([
@@ -490,6 +495,7 @@ fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
         "{dom}"
     );
     assert!(dom.contains("paused, mode always"), "{dom}");
+    assert!(dom.contains("→ served by backup orders-dr"), "{dom}");
 }
 
 #[test]
