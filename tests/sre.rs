@@ -579,6 +579,27 @@ fn the_page_needs_no_token_but_the_data_does() {
         .expect("status")
         .json();
     assert!(status["uptime_seconds"].as_f64().is_some(), "{status}");
+
+    // In a browser: the page asks for the token and shows no data.
+    let Some(browser) = find_program(&["chromium", "chromium-browser", "google-chrome"]) else {
+        eprintln!("SKIPPED the browser half: chromium is not installed");
+        return;
+    };
+    let dom = chromium(
+        &browser,
+        &format!("http://127.0.0.1:{port}/"),
+        &["--virtual-time-budget=3000", "--dump-dom"],
+    )
+    .stdout;
+    assert!(
+        dom.contains("<form class=\"token\" id=\"token-form\">"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("NOT UPDATED: the admin API needs its token"),
+        "{dom}"
+    );
+    assert!(!dom.contains("data-backend="), "{dom}");
     drop(proxy);
 }
 
