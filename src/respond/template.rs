@@ -6,7 +6,7 @@
 //! per response are left open; rendering is then a walk that appends strings.
 
 /// The strings of the `[ui]` table of a language file, shared by all kinds.
-pub(super) const UI_FIELDS: [(&str, &str); 9] = [
+pub(super) const UI_FIELDS: [(&str, &str); 10] = [
     ("request_id_label", "the label shown before the request id"),
     (
         "request_id_hint",
@@ -30,6 +30,10 @@ pub(super) const UI_FIELDS: [(&str, &str); 9] = [
         "the text of the link to the shopper's orders (a route's idempotency.orders_url)",
     ),
     (
+        "wait_long_hint",
+        "an estimated wait of two minutes or more, with {{wait_minutes}} for the minutes",
+    ),
+    (
         "position_hint",
         "the shopper's place in the waiting room's line, with {{position}} and {{ahead}}",
     ),
@@ -46,6 +50,10 @@ pub(super) const KIND_FIELDS: [(&str, &str); 3] = [
     ("advice", "what the shopper should do now"),
 ];
 
+/// From this many seconds on, an estimated wait is said in minutes
+/// (`{{#wait_long}}`) rather than seconds (`{{#wait}}`).
+pub(super) const LONG_WAIT: u32 = 120;
+
 /// A value that is only known when a response is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dynamic {
@@ -57,6 +65,8 @@ pub(super) enum Dynamic {
     RetryAfter,
     /// Seconds of estimated wait; empty when unknown.
     WaitSeconds,
+    /// Minutes of estimated wait (rounded); empty when unknown.
+    WaitMinutes,
     /// Where the shopper sees their orders (a route's setting); empty when unset.
     Link,
     /// The operator's own words (a maintenance message); empty when unset.
@@ -74,8 +84,11 @@ pub(super) enum Dynamic {
 pub(super) enum Block {
     /// Shown when the response has a Retry-After.
     Retry,
-    /// Shown when an estimated wait is known.
+    /// Shown when an estimated wait is known and shorter than [`LONG_WAIT`]
+    /// (said in seconds).
     Wait,
+    /// Shown when an estimated wait is [`LONG_WAIT`] or longer (said in minutes).
+    WaitLong,
     /// Shown when the page links to the shopper's orders.
     Link,
     /// Shown when the operator wrote a notice.
@@ -91,6 +104,7 @@ impl Block {
         match self {
             Block::Retry => "retry",
             Block::Wait => "wait",
+            Block::WaitLong => "wait_long",
             Block::Link => "link",
             Block::Notice => "notice",
             Block::Position => "position",
@@ -102,6 +116,7 @@ impl Block {
         match name {
             "retry" => Some(Block::Retry),
             "wait" => Some(Block::Wait),
+            "wait_long" => Some(Block::WaitLong),
             "link" => Some(Block::Link),
             "notice" => Some(Block::Notice),
             "position" => Some(Block::Position),
@@ -126,11 +141,12 @@ pub(super) enum Field {
     Dyn(Dynamic),
 }
 
-const DYNAMIC: [(&str, Dynamic); 9] = [
+const DYNAMIC: [(&str, Dynamic); 10] = [
     ("status", Dynamic::Status),
     ("request_id", Dynamic::RequestId),
     ("retry_after", Dynamic::RetryAfter),
     ("wait_seconds", Dynamic::WaitSeconds),
+    ("wait_minutes", Dynamic::WaitMinutes),
     ("link", Dynamic::Link),
     ("notice", Dynamic::Notice),
     ("position", Dynamic::Position),
@@ -233,7 +249,7 @@ pub(super) fn parse(source: &str, scope: Scope) -> Result<Vec<Token>, Vec<String
                     "line {line}: blocks such as {{{{#{name}}}}} belong in the HTML templates, not in language texts"
                 )),
                 None => problems.push(format!(
-                    "line {line}: unknown block {{{{#{name}}}}}; the blocks are {{{{#retry}}}}…{{{{/retry}}}}, {{{{#wait}}}}…{{{{/wait}}}}, {{{{#link}}}}…{{{{/link}}}}, {{{{#notice}}}}…{{{{/notice}}}}, {{{{#position}}}}…{{{{/position}}}} and {{{{#opens}}}}…{{{{/opens}}}}"
+                    "line {line}: unknown block {{{{#{name}}}}}; the blocks are {{{{#retry}}}}…{{{{/retry}}}}, {{{{#wait}}}}…{{{{/wait}}}}, {{{{#wait_long}}}}…{{{{/wait_long}}}}, {{{{#link}}}}…{{{{/link}}}}, {{{{#notice}}}}…{{{{/notice}}}}, {{{{#position}}}}…{{{{/position}}}} and {{{{#opens}}}}…{{{{/opens}}}}"
                 )),
             }
         } else if let Some(name) = inner.strip_prefix('/') {
@@ -388,6 +404,12 @@ pub(super) fn render(segs: &[Seg], values: &Values<'_>, out: &mut String) {
                     out.push_str(&s.to_string());
                 }
             }
+            Seg::Dyn(Dynamic::WaitMinutes) => push_number(
+                out,
+                values
+                    .wait_seconds
+                    .map(|s| u64::from(s.saturating_add(30) / 60)),
+            ),
             Seg::Dyn(Dynamic::WaitSeconds) => {
                 if let Some(s) = values.wait_seconds {
                     out.push_str(&s.to_string());
@@ -409,7 +431,8 @@ pub(super) fn render(segs: &[Seg], values: &Values<'_>, out: &mut String) {
             Seg::Block(block, content) => {
                 let shown = match block {
                     Block::Retry => values.retry_after.is_some(),
-                    Block::Wait => values.wait_seconds.is_some(),
+                    Block::Wait => values.wait_seconds.is_some_and(|s| s < LONG_WAIT),
+                    Block::WaitLong => values.wait_seconds.is_some_and(|s| s >= LONG_WAIT),
                     Block::Link => values.link.is_some(),
                     Block::Notice => values.notice.is_some(),
                     Block::Position => values.position.is_some(),

@@ -676,6 +676,23 @@ fn the_waiting_room_page_shows_the_place_and_the_estimate() {
     assert_eq!(json["request_id"], "req-42");
     assert!(json.get("opens_in_s").is_none());
 
+    // A long wait is said in minutes.
+    let long = RoomPage {
+        view: crate::room::View {
+            estimated_wait: Some(1500),
+            ..view
+        },
+        ..room
+    };
+    let (_, body) = render_room(&pages, &request(Some(BROWSER), None), &long).expect("page");
+    let html = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(html.contains("Estimated wait: about 25 min"), "{html}");
+    assert!(!html.contains("1500 s"), "{html}");
+    let (_, body) =
+        render_room(&pages, &request(Some(BROWSER), Some("zh-CN")), &long).expect("page");
+    let html = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(html.contains("预计等待约 25 分钟"), "{html}");
+
     // Before the opening: no place yet, the time to the opening.
     let before = RoomPage {
         view: crate::room::View {
