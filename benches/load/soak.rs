@@ -531,7 +531,7 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
         let _ = writeln!(
             summary,
             "
-Low point of each full fault cycle ({:.0} s; the quiet moment between the bursts a fault causes,              where a leak would show as a rising floor): {}.",
+Low point of each full fault cycle ({:.0} s; the quiet moment between the bursts a fault causes, where a leak would show as a rising floor): {}.",
             fault_every * FAULTS.len() as f64,
             cells.join("; ")
         );
