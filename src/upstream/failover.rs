@@ -119,6 +119,10 @@ mod tests {
         assert_eq!(failover.serve_backup(true, t1, FAILBACK), (true, None));
         assert_eq!(
             failover.serve_backup(true, t1 + Duration::from_secs(9), FAILBACK),
+            (true, None)
+        );
+        assert_eq!(
+            failover.serve_backup(true, t1 + Duration::from_secs(10), FAILBACK),
             (false, Some(Switch::ToPrimary))
         );
         assert!(!failover.on_backup());
