@@ -1,5 +1,6 @@
 //! The pingora `ProxyHttp` implementation. Each phase only wires: the decisions
-//! live in `route`, `admission`, `upstream`, `retry`, `forward` and `respond`.
+//! live in `connection`, `route`, `maintenance`, `room`, `idempotency`,
+//! `admission`, `upstream`, `retry`, `stale`, `forward` and `respond`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,9 +20,9 @@ use crate::ctx::RequestCtx;
 use crate::forward;
 use crate::idempotency::{self, KeyCheck, KeyedRequest, Verdict};
 use crate::maintenance;
-use crate::stale;
 use crate::respond::{self, Outcome, PageContext, Sent, BODY_TOO_LARGE};
 use crate::retry::{self, Attempt, Failure};
+use crate::stale;
 use crate::state::State;
 use crate::telemetry::{AccessLogger, AccessRecord, IdempotencyResult, UpstreamResult};
 use crate::upstream::outlier::Signal;
@@ -218,14 +219,14 @@ impl Proxy {
             }
             Verdict::Replay(answer) => {
                 let forced_close = self.state.is_shutting_down();
-                let sent =
-                    respond::send_kept(
+                let sent = respond::send_kept(
                     session,
                     &answer,
                     respond::Kept::Replay,
                     &ctx.request_id,
                     forced_close,
-                ).await?;
+                )
+                .await?;
                 ctx.bytes_sent += sent.bytes;
                 Ok(Some(true))
             }
@@ -1079,7 +1080,11 @@ impl ProxyHttp for Proxy {
                 upstream_time: ctx.upstream_time.map(|t| t.as_secs_f64()),
                 total_time: total.as_secs_f64(),
                 bytes: ctx.bytes_sent,
-                outcome: ctx.outcome.map(Outcome::reason),
+                outcome: if ctx.served_stale {
+                    Some("stale")
+                } else {
+                    ctx.outcome.map(Outcome::reason)
+                },
             });
         }
         if log::log_enabled!(target: "access", log::Level::Info) {
