@@ -6,19 +6,29 @@
 //! (each connection)        connection header and keep-alive timeouts around pingora's HTTP/1 reads
 //! new_ctx                  state      hold the current config Snapshot for the whole request
 //! request_filter           forward    request id
+//!                          connection request head size                     (over → 431 page)
 //!                          route      Route by host, path prefix, method    (none → 404 page)
+//!                          ctx        the serving Pool: the route's, or its backup while it is down
+//!                          connection declared body size                    (over → 413 page)
 //!                          route      rate limit per client key             (over → 429 page)
+//!                          maintenance an open window                       (→ 503 maintenance page)
 //!                          room       waiting room: pass, ticket or bypass  (in line → 503 waiting page)
-//!                          admission  a slot in the Pool, by priority       (full, timeout, shed → 503 page)
+//!                          idempotency a keyed repeat                       (→ replay, 409, 422, 400)
+//!                          admission  a slot in the Pool, by priority       (full → backup pool;
+//!                                     timeout, shed → 503 page or a stale copy)
+//! request_body_filter      connection a body growing past the limit         (→ cut, 413 page)
 //! upstream_peer            upstream   Pool → Backend by the pool's algorithm, counted in flight
-//!                                     (none can take it → 503 page)
+//!                                     (none can take it → the backup pool, else 503 page)
 //! fail_to_connect,         upstream   passive health (outlier ejection)
 //! error_while_proxy        retry      order safety, conditions, budget, deadline → another Backend
 //! upstream_request_filter  forward    X-Forwarded-For / -Proto, X-Request-Id
 //! upstream_response_filter upstream   latency, passive health; retry a retryable status;
 //!                          respond    swap a 5xx body for the page
+//!                          idempotency, stale: start recording the answer (kept at its end)
 //! response_filter          forward    X-Request-Id back to the client; a new room pass
-//! fail_to_proxy            respond    the one place a failure becomes a page (502/503/504/...)
+//! fail_to_proxy            respond    the one place a failure becomes a page (502/503/504/...),
+//!                          stale      or a kept copy of the read; the page decides the connection
+//! logging                  idempotency settle the keyed request's record
 //! logging                  telemetry  metrics, access log; the slot and the in-flight count end
 //! ```
 //!
@@ -26,7 +36,8 @@
 //! changes), `admin` (status, metrics, reload, drain).
 //!
 //! Config flows `file.toml -> config::FileConfig -> validate -> config::Config ->
-//! state::Snapshot`; live backend state sits in `upstream::Registry` and outlives
+//! state::Snapshot`; live backend state sits in `upstream::Registry`, records
+//! (idempotency, stale copies, waiting rooms) in `store`, both outliving
 //! snapshots.
 
 pub mod admin;
