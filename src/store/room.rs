@@ -10,6 +10,11 @@
 //! `ticket_timeout` frees its slot. Before a room opens (`opens_at`), arrivals
 //! draw a random number instead; at the opening instant the draws are sorted
 //! into the line ahead of everyone who comes later.
+//!
+//! Memory: a place in line takes about 40 bytes, a pass or a call about 48
+//! (hash map entries); abandoned places leave from the head once they are a
+//! `ticket_timeout` old, so the line holds at most the arrivals of that long
+//! beyond the shoppers really waiting.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Debug;
@@ -30,6 +35,10 @@ const DIRECT_BIT: u64 = 1 << 62;
 const RATE_TAU: f64 = 5.0;
 /// Weight of one popped ticket in the share of skipped (abandoned) tickets.
 const SKIP_WEIGHT: f64 = 0.02;
+/// Most passes a line tracks: about 40 bytes each, so 48 MiB. Beyond it, a
+/// room that has not formed lets shoppers in without tracking them (clients
+/// that keep no cookie make a new shopper per request).
+const MAX_PASSES: usize = 1_200_000;
 /// Expired passes and uncollected calls are swept at most this often.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
@@ -503,13 +512,15 @@ impl RoomLine for MemoryLine {
             line.next_direct += 1;
             let number = line.next_number;
             line.next_number += 1;
-            line.active.insert(
-                pass,
-                Active {
-                    last_seen: now,
-                    number,
-                },
-            );
+            if line.active.len() < MAX_PASSES {
+                line.active.insert(
+                    pass,
+                    Active {
+                        last_seen: now,
+                        number,
+                    },
+                );
+            }
             line.admitted_direct += 1;
             let admission = Admission {
                 pass,
