@@ -603,6 +603,323 @@ fn the_page_needs_no_token_but_the_data_does() {
     drop(proxy);
 }
 
+/// A minimal WebSocket client (RFC 6455, text frames) for the DevTools
+/// protocol: enough to drive the status page's buttons.
+struct WebSocket {
+    stream: std::net::TcpStream,
+}
+
+impl WebSocket {
+    fn connect(url: &str) -> WebSocket {
+        let rest = url.strip_prefix("ws://").expect("a ws:// URL");
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let mut stream = std::net::TcpStream::connect(host).expect("connect to DevTools");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let handshake = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        std::io::Write::write_all(&mut stream, handshake.as_bytes()).expect("handshake");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("handshake answer");
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        WebSocket { stream }
+    }
+
+    fn send(&mut self, text: &str) {
+        let payload = text.as_bytes();
+        let mut frame = vec![0x81u8];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n < 65_536 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        std::io::Write::write_all(&mut self.stream, &frame).expect("send a frame");
+    }
+
+    /// The next text message (fragments joined, control frames skipped).
+    fn recv(&mut self) -> String {
+        let mut message = Vec::new();
+        loop {
+            let mut head = [0u8; 2];
+            self.stream.read_exact(&mut head).expect("a frame");
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut n = [0u8; 2];
+                    self.stream.read_exact(&mut n).expect("length");
+                    u64::from(u16::from_be_bytes(n))
+                }
+                127 => {
+                    let mut n = [0u8; 8];
+                    self.stream.read_exact(&mut n).expect("length");
+                    u64::from_be_bytes(n)
+                }
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; usize::try_from(len).expect("frame size")];
+            self.stream.read_exact(&mut payload).expect("payload");
+            let opcode = head[0] & 0x0f;
+            if opcode >= 0x8 {
+                continue;
+            }
+            message.extend_from_slice(&payload);
+            if head[0] & 0x80 != 0 {
+                return String::from_utf8_lossy(&message).into_owned();
+            }
+        }
+    }
+}
+
+/// One page of a headless Chromium, driven through the DevTools protocol.
+struct DevTools {
+    socket: WebSocket,
+    next_id: u64,
+    /// What to type into the next `prompt()`.
+    prompt_answer: String,
+    _browser: ChildGuard,
+}
+
+/// Kills the browser when the test ends, whatever happens.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl DevTools {
+    fn open(browser: &Path, url: &str, profile: &Path) -> DevTools {
+        let port = free_port();
+        let child = Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+            ])
+            .arg(format!("--remote-debugging-port={port}"))
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        let guard = ChildGuard(child);
+        let devtools = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut ws_url = None;
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                let Some(list) = devtools_list(devtools) else {
+                    return false;
+                };
+                let targets: serde_json::Value = serde_json::from_str(&list).unwrap_or_default();
+                ws_url = targets
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+                    .map(str::to_string);
+                ws_url.is_some()
+            }),
+            "chromium's DevTools did not list the page"
+        );
+        let socket = WebSocket::connect(&ws_url.unwrap_or_default());
+        let mut tools = DevTools {
+            socket,
+            next_id: 0,
+            prompt_answer: String::new(),
+            _browser: guard,
+        };
+        tools.call("Page.enable", serde_json::json!({}));
+        tools
+    }
+
+    /// Sends a command and returns its result; answers dialogs on the way.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.socket
+            .send(&serde_json::json!({ "id": id, "method": method, "params": params }).to_string());
+        loop {
+            let message: serde_json::Value =
+                serde_json::from_str(&self.socket.recv()).unwrap_or_default();
+            if message["method"] == "Page.javascriptDialogOpening" {
+                self.next_id += 1;
+                let answer = serde_json::json!({
+                    "id": self.next_id,
+                    "method": "Page.handleJavaScriptDialog",
+                    "params": { "accept": true, "promptText": self.prompt_answer },
+                });
+                self.socket.send(&answer.to_string());
+            } else if message["id"] == id {
+                return message["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates JavaScript in the page; its value.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+        );
+        result["result"]["value"].clone()
+    }
+}
+
+/// DevTools' list of targets. Its HTTP server keeps the connection open
+/// whatever the request says, so the body is read by its Content-Length.
+fn devtools_list(devtools: SocketAddr) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(devtools).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // It answers only requests that name it by address.
+    let get = format!("GET /json/list HTTP/1.1\r\nHost: {devtools}\r\n\r\n");
+    std::io::Write::write_all(&mut stream, get.as_bytes()).ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).ok()?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    String::from_utf8(body).ok()
+}
+
+#[test]
+fn the_page_buttons_drain_undrain_and_weigh_with_the_token_from_the_tab() {
+    let Some(browser) = ensure_program(
+        &["chromium", "chromium-browser", "google-chrome"],
+        "chromium",
+    ) else {
+        eprintln!("SKIPPED status page buttons test: chromium is not installed and apt-get could not install it");
+        return;
+    };
+    let fleet = Fleet::start(2);
+    let port = free_port();
+    let token = "another-secret-token-for-buttons";
+    let _proxy = Proxy::start(&status_page_config(
+        port,
+        &fleet.addrs,
+        &format!("token = \"{token}\"\n"),
+    ));
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let auth = format!("Bearer {token}");
+    let backend = |addr: SocketAddr| {
+        let status = request(
+            admin_addr,
+            "GET",
+            "/status",
+            &[("authorization", &auth)],
+            b"",
+        )
+        .expect("status")
+        .json();
+        status["pools"][0]["backends"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["addr"] == addr.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let profile = TempFile::new("profile", "");
+    let mut page = DevTools::open(
+        &browser,
+        &format!("http://127.0.0.1:{port}/"),
+        &profile.path.with_file_name("chromium"),
+    );
+    assert!(wait_until(Duration::from_secs(10), || page
+        .eval("!document.getElementById('token-form').hidden")
+        == true));
+    page.eval(&format!(
+        "document.getElementById('token').value = '{token}'; document.getElementById('token-form').requestSubmit(); true"
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || page
+            .eval("document.querySelectorAll('tr[data-backend]').length")
+            == 2),
+        "the page shows the backends once it has the token"
+    );
+    assert_eq!(
+        page.eval(&format!(
+            "sessionStorage.getItem('ordergate-admin-token') === '{token}' && localStorage.length === 0"
+        )),
+        true,
+        "the token is kept in the tab only"
+    );
+    let target = fleet.addrs[1];
+    let row = format!("tr[data-backend=\"{target}\"]");
+    let click = |page: &mut DevTools, label: &str| {
+        page.eval(&format!(
+            "[...document.querySelectorAll('{row} button')].find(b => b.textContent.startsWith('{label}')).click(); true"
+        ))
+    };
+
+    click(&mut page, "Drain");
+    assert!(wait_until(Duration::from_secs(5), || backend(target)
+        ["drained"]
+        == true));
+    assert!(
+        wait_until(Duration::from_secs(5), || page
+            .eval(&format!("document.querySelector('{row}').dataset.state"))
+            == "drained"),
+        "the page shows the drain at once"
+    );
+    assert!(page
+        .eval("document.getElementById('message').textContent")
+        .as_str()
+        .is_some_and(|m| m.contains("drain done")));
+
+    click(&mut page, "Undrain");
+    assert!(wait_until(Duration::from_secs(5), || backend(target)
+        ["drained"]
+        == false));
+
+    page.prompt_answer = "7".to_string();
+    click(&mut page, "Weight");
+    assert!(wait_until(Duration::from_secs(5), || backend(target)
+        ["weight_override"]
+        == 7));
+    assert_eq!(
+        backend(fleet.addrs[0])["weight_override"],
+        serde_json::Value::Null
+    );
+    page.prompt_answer = "0".to_string();
+    click(&mut page, "Weight");
+    assert!(wait_until(Duration::from_secs(5), || backend(target)
+        ["weight_override"]
+        .is_null()));
+}
+
 /// Metric names a PromQL expression reads. Functions, keywords, label
 /// matchers, ranges and grouping labels are skipped; an unknown function
 /// is returned as `fn:NAME` so a typo cannot hide.
