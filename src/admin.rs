@@ -496,6 +496,7 @@ fn status(state: &State) -> Value {
         "uptime_seconds": seconds_since(now, *STARTED),
         "routes": snapshot.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
         "maintenance": maintenance::windows(state),
+        "store": state.store_status(),
         "route_stats": snapshot
             .routes
             .iter()

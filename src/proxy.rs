@@ -601,7 +601,15 @@ impl ProxyHttp for Proxy {
         let deadline = now + route.timeout;
         let priority = route.priority;
         pool.state.retry_budget.record_request(now);
-        if route.over_rate_limit(&session.req_header().headers, ctx.client_ip) {
+        // Counted in Redis for every instance with `[store] kind = "redis"`.
+        let over_rate_limit = if route.shares_rate_limit() {
+            route
+                .over_shared_rate_limit(&session.req_header().headers, ctx.client_ip)
+                .await
+        } else {
+            route.over_rate_limit(&session.req_header().headers, ctx.client_ip)
+        };
+        if over_rate_limit {
             ctx.retry_after = Some(1);
             return self.reject(session, ctx, Outcome::RateLimited).await;
         }

@@ -17,13 +17,18 @@ use http::{HeaderMap, Method};
 use pingora_limits::rate::Rate;
 
 use crate::config::{
-    MaintenanceConfig, Pages, StaleConfig, Priority, RateKey, RateLimitConfig, RetryConfig, RouteConfig,
+    MaintenanceConfig, Pages, Priority, RateKey, RateLimitConfig, RetryConfig, RouteConfig,
+    StaleConfig,
 };
 use crate::idempotency::RouteIdempotency;
 use crate::stale::StaleCache;
 use crate::store::Stores;
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::Registry;
+
+/// How much longer than a route's timeout a shared idempotency record may
+/// stay in flight (the answer is still being written when the deadline passes).
+const IDEMPOTENCY_LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 /// A compiled route: what it matches and where it sends.
 pub struct Route {
@@ -43,6 +48,9 @@ pub struct Route {
     pub pages: Option<Pages>,
     /// The rate limit and its live counters (shared across snapshots).
     pub rate_limit: Option<(RateLimitConfig, Arc<Rate>)>,
+    /// The Redis that counts the rate limit for every instance (`[store]
+    /// kind = "redis"`); `None`: counted in `rate_limit`'s memory only.
+    pub shared_rate_limit: Option<Arc<crate::store::redis::Redis>>,
     /// Largest request body, in bytes.
     pub max_body_bytes: u64,
     /// Idempotency at the edge: settings, records and metrics.
@@ -70,6 +78,40 @@ impl Route {
             RateKey::Header(name) => rate.observe(&headers.get(name).map(|v| v.as_bytes()), 1),
         };
         seen > limit.requests_per_second as isize
+    }
+
+    /// Whether the rate limit is counted in Redis, for every instance
+    /// ([`Route::over_shared_rate_limit`]).
+    pub fn shares_rate_limit(&self) -> bool {
+        self.rate_limit.is_some() && self.shared_rate_limit.is_some()
+    }
+
+    /// [`Route::over_rate_limit`] counted in Redis, so every instance's
+    /// requests of one client add up; when Redis does not answer within the
+    /// store's timeout, counted in this instance's memory.
+    pub async fn over_shared_rate_limit(
+        &self,
+        headers: &HeaderMap,
+        client_ip: Option<IpAddr>,
+    ) -> bool {
+        let (Some((limit, _)), Some(redis)) = (&self.rate_limit, &self.shared_rate_limit) else {
+            return self.over_rate_limit(headers, client_ip);
+        };
+        let ip;
+        let client: &[u8] = match &limit.key {
+            RateKey::ClientIp => {
+                ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+                ip.as_bytes()
+            }
+            RateKey::Header(name) => headers.get(name).map_or(&[], |v| v.as_bytes()),
+        };
+        match redis
+            .over_rate_limit(&self.name, client, limit.requests_per_second)
+            .await
+        {
+            Some(over) => over,
+            None => self.over_rate_limit(headers, client_ip),
+        }
     }
 }
 
@@ -114,9 +156,16 @@ impl RouteTable {
                     .rate_limit
                     .clone()
                     .map(|limit| (limit, registry.rate_limiter(&c.name))),
+                shared_rate_limit: stores.shared(),
                 max_body_bytes: c.max_body_bytes,
                 idempotency: c.idempotency.clone().map(|settings| RouteIdempotency {
-                    store: stores.idempotency(&c.name, settings.max_bytes),
+                    // A record in flight longer than the request can live
+                    // belongs to an instance that died.
+                    store: stores.idempotency(
+                        &c.name,
+                        settings.max_bytes,
+                        c.timeout + IDEMPOTENCY_LEASE_MARGIN,
+                    ),
                     metrics: metrics.idempotency(&c.name),
                     settings,
                 }),

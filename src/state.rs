@@ -198,6 +198,11 @@ impl State {
         self.source.as_ref()
     }
 
+    /// Where shared records live and whether it answers (for `/status`).
+    pub fn store_status(&self) -> crate::store::redis::StoreStatus {
+        self.stores.status()
+    }
+
     /// The live registry (for the admin API).
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -454,6 +459,8 @@ impl Snapshot {
             metrics.prime_route(&route.name, &retried, &denied, &PAGE_KINDS);
         }
         metrics.prime_route(Metrics::UNROUTED, &[], &[], &PAGE_KINDS);
+        // Before the routes: they take their records' store from it.
+        stores.configure(&config.store, metrics);
         Snapshot {
             generation,
             routes: RouteTable::new(&config.routes, metrics, registry, stores),

@@ -27,6 +27,26 @@ pub struct FileConfig {
     pub log: Option<FileLog>,
     /// `[maintenance]`: for every route.
     pub maintenance: Option<FileMaintenance>,
+    /// `[store]`: where shared records live.
+    pub store: Option<FileStore>,
+}
+
+/// `[store]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStore {
+    /// `memory` or `redis`.
+    pub kind: Option<String>,
+    /// `redis://host:port/db` or `rediss://...`.
+    pub url: Option<String>,
+    /// Environment variable holding the Redis password.
+    pub password_env: Option<String>,
+    /// Prefix of every Redis key.
+    pub key_prefix: Option<String>,
+    /// Longest wait for one Redis operation.
+    pub timeout: Option<String>,
+    /// Connections to Redis.
+    pub pool_size: Option<i64>,
 }
 
 /// `[maintenance]` and `[routes.maintenance]`.

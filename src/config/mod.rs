@@ -27,6 +27,7 @@ use http::Method;
 pub use crate::admission::{AdmissionConfig, LimitConfig, Priority};
 pub use crate::respond::Pages;
 pub use crate::room::{Bypass, RoomConfig, RoomMode, Secret};
+pub use crate::store::{RedisConfig, StoreConfig};
 
 pub use duration::{parse_duration, parse_time};
 pub use file::FileConfig;
@@ -50,6 +51,8 @@ pub struct Config {
     pub pages_dirs: Vec<std::path::PathBuf>,
     /// `[maintenance]`: a window for every route. Default: none.
     pub maintenance: Option<MaintenanceConfig>,
+    /// `[store]`: where records shared by instances live. Default: memory.
+    pub store: StoreConfig,
 }
 
 /// `[maintenance]` / `[routes.maintenance]`: a planned maintenance window.
@@ -667,6 +670,17 @@ impl Config {
                 room.admit_per_minute
                     .map_or("-".to_string(), |n| n.to_string()),
                 room.session
+            );
+        }
+        if let StoreConfig::Redis(redis) = &self.store {
+            let _ = writeln!(
+                out,
+                "store: redis {} (key prefix {:?}, timeout {:?}, {} connections{}); idempotency records and rate limits shared, waiting-room lines per instance",
+                redis.url,
+                redis.key_prefix,
+                redis.timeout,
+                redis.pool_size,
+                if redis.password.is_some() { ", password set" } else { "" }
             );
         }
         let _ = writeln!(out, "pools ({}):", self.pools.len());

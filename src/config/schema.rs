@@ -276,6 +276,15 @@ const ROOM: &[Field] = &[
     f("opens_at", Kind::Time),
 ];
 
+const STORE: &[Field] = &[
+    f("kind", Kind::Str),
+    f("url", Kind::Str),
+    f("password_env", Kind::Str),
+    f("key_prefix", Kind::Str),
+    f("timeout", Kind::Duration),
+    f("pool_size", Kind::Int),
+];
+
 const ROOT: &[Field] = &[
     f("server", Kind::Table("server", SERVER)),
     f("pools", Kind::Tables("pools", POOL)),
@@ -284,6 +293,7 @@ const ROOT: &[Field] = &[
     f("admin", Kind::Table("admin", ADMIN)),
     f("log", Kind::Table("log", LOG)),
     f("maintenance", Kind::Table("maintenance", MAINTENANCE)),
+    f("store", Kind::Table("store", STORE)),
 ];
 
 /// The key path of an entry of `pools` or `routes`: `pools[0] "orders"`, or

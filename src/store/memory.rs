@@ -128,6 +128,21 @@ impl MemoryIdempotency {
         store
     }
 
+    /// What a request with `key` would find, without creating a record:
+    /// `None` when there is none.
+    pub fn peek(&self, key: &RecordKey, fingerprint: &Fingerprint) -> Option<Begin> {
+        let record = self.records.get(key)?;
+        if record.fingerprint != *fingerprint {
+            return Some(Begin::Mismatch);
+        }
+        Some(match record.state() {
+            State::InFlight => Begin::InFlight(Waiter::new(record.settled.subscribe())),
+            State::Done(answer) => Begin::Done(answer),
+            State::DoneNotStored => Begin::DoneNotStored,
+            State::Unknown => Begin::Unknown,
+        })
+    }
+
     fn settle(&self, key: &RecordKey, state: State) {
         if let Some(record) = self.records.get(key) {
             record.settle(state);

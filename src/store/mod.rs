@@ -8,9 +8,52 @@
 //! request reached a backend), or is released (the key behaves as new).
 //!
 //! Waiting-room lines ([`room`]): tickets in arrival order, calls, passes.
+//!
+//! `[store] kind = "redis"` ([`redis`]) shares idempotency records and rate
+//! limits with every instance pointing at one Redis, each operation falling
+//! back to this process's memory when Redis does not answer within `timeout`.
 
 pub mod memory;
+pub mod redis;
 pub mod room;
+
+/// `[store]`: where records shared by several instances live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// This process's memory only (default).
+    #[default]
+    Memory,
+    /// One Redis for every instance.
+    Redis(RedisConfig),
+}
+
+/// `[store]` with `kind = "redis"`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL, without a password.
+    pub url: String,
+    /// The password, read from `password_env`.
+    pub password: Option<String>,
+    /// Prefix of every key ordergate writes. Default: `"ordergate:"`.
+    pub key_prefix: String,
+    /// Longest wait for one operation before falling back to memory. Default: 20 ms.
+    pub timeout: Duration,
+    /// Connections (each multiplexed). Default: 4.
+    pub pool_size: usize,
+}
+
+impl Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -28,25 +71,95 @@ pub struct Stores {
     idempotency: Mutex<HashMap<String, Weak<memory::MemoryIdempotency>>>,
     stale: Mutex<HashMap<String, Weak<crate::stale::StaleCache>>>,
     rooms: Mutex<HashMap<String, Weak<room::MemoryLine>>>,
+    /// The Redis of `[store]`, when configured; kept across reloads while its
+    /// settings stay the same.
+    shared: Mutex<Option<Arc<redis::Redis>>>,
 }
 
 impl Stores {
     /// The stale copies of a route, created if new; a changed budget or
     /// `max_age` starts an empty cache (copies are only a fallback).
-    pub fn stale(&self, route: &str, config: &crate::config::StaleConfig) -> Arc<crate::stale::StaleCache> {
-        let mut caches = self.stale.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pub fn stale(
+        &self,
+        route: &str,
+        config: &crate::config::StaleConfig,
+    ) -> Arc<crate::stale::StaleCache> {
+        let mut caches = self
+            .stale
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         caches.retain(|_, weak| weak.strong_count() > 0);
         let cache = match caches.get(route).and_then(Weak::upgrade) {
-            Some(cache) if cache.max_bytes() == config.max_bytes && cache.max_age() == config.max_age => cache,
-            _ => Arc::new(crate::stale::StaleCache::new(config.max_bytes, config.max_age)),
+            Some(cache)
+                if cache.max_bytes() == config.max_bytes && cache.max_age() == config.max_age =>
+            {
+                cache
+            }
+            _ => Arc::new(crate::stale::StaleCache::new(
+                config.max_bytes,
+                config.max_age,
+            )),
         };
         caches.insert(route.to_owned(), Arc::downgrade(&cache));
         cache
     }
 
+    /// Applies `[store]` (at start and on every reload, before the routes are
+    /// built): the same Redis settings keep their connections; other settings
+    /// or `memory` make new records go to the new store.
+    pub fn configure(&self, config: &StoreConfig, metrics: &crate::telemetry::Metrics) {
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *shared = match config {
+            StoreConfig::Memory => {
+                metrics.store.up.set(1);
+                None
+            }
+            StoreConfig::Redis(settings) => match shared.take() {
+                Some(redis) if redis.settings() == settings => Some(redis),
+                _ => redis::Redis::new(settings.clone(), metrics.store.clone()).map(Arc::new),
+            },
+        };
+    }
+
+    /// The Redis of `[store]`, when configured.
+    pub fn shared(&self) -> Option<Arc<redis::Redis>> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// What `/status` says of the store.
+    pub fn status(&self) -> redis::StoreStatus {
+        match self.shared() {
+            Some(redis) => redis.status(),
+            None => redis::StoreStatus::memory(),
+        }
+    }
+
     /// The idempotency store of a route, created if new; a changed
     /// `max_bytes` gives a store of the new size holding the same records.
-    pub fn idempotency(&self, route: &str, max_bytes: u64) -> Arc<dyn IdempotencyStore> {
+    /// With Redis configured, records go there (the memory store beside it
+    /// takes them while Redis does not answer); `lease` is how long a record
+    /// may stay in flight before it counts as "outcome unknown" (an instance
+    /// died holding it).
+    pub fn idempotency(
+        &self,
+        route: &str,
+        max_bytes: u64,
+        lease: Duration,
+    ) -> Arc<dyn IdempotencyStore> {
+        let local = self.memory_idempotency(route, max_bytes);
+        match self.shared() {
+            Some(redis) => Arc::new(redis::RedisIdempotency::new(redis, route, local, lease)),
+            None => local,
+        }
+    }
+
+    fn memory_idempotency(&self, route: &str, max_bytes: u64) -> Arc<memory::MemoryIdempotency> {
         let mut stores = self
             .idempotency
             .lock()

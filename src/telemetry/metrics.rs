@@ -124,6 +124,8 @@ pub struct Metrics {
     /// by reason (`header_timeout`, `keepalive_timeout`); exported at zero.
     pub connections_closed: ConnectionsClosed,
     rooms: super::room::RoomVecs,
+    /// `ordergate_store_*`: the shared store's health and fallbacks.
+    pub store: super::store::StoreMetrics,
 }
 
 /// What a keyed request met: the `result` label of `ordergate_idempotency_total`.
@@ -505,6 +507,7 @@ impl Metrics {
                 }
             },
             rooms: super::room::RoomVecs::new(&r),
+            store: super::store::StoreMetrics::new(&r),
             registry: r,
         };
         metrics.prime_static();

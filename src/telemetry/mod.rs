@@ -4,6 +4,7 @@
 mod access;
 mod metrics;
 mod room;
+mod store;
 
 pub(crate) use access::now_rfc3339;
 pub use access::{AccessLogReopen, AccessLogger, AccessRecord};
@@ -12,3 +13,4 @@ pub use metrics::{
     LatencyTotals, Metrics, RouteMetrics, RouteTotals, UpstreamResult, REVISION,
 };
 pub use room::RoomMetrics;
+pub use store::{StoreFeature, StoreMetrics};

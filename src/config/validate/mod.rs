@@ -10,6 +10,7 @@ mod room;
 mod route;
 mod server;
 mod stale;
+mod store;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -62,6 +63,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
         .maintenance
         .as_ref()
         .map(|m| maintenance::maintenance("maintenance", m, &mut problems));
+    let store = store::store(file.store.as_ref(), &mut problems);
     if problems.0.is_empty() {
         Ok(Config {
             server,
@@ -72,6 +74,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
             access_log,
             pages_dirs,
             maintenance,
+            store,
         })
     } else {
         Err(problems.0)
