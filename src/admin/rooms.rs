@@ -81,7 +81,7 @@ pub(super) async fn action(state: &State, name: &str, action: &str) -> Response<
             )
         }
     };
-    room.line().set_control(control);
+    room.line().set_control(control).await;
     log::warn!("room {name}: {} through the admin API", control.as_str());
     reply(StatusCode::OK, describe(&snapshot, room).await)
 }

@@ -343,7 +343,7 @@ impl Room {
         pressure: Pressure,
         now: Instant,
     ) -> Decision {
-        let control = self.line.control();
+        let control = self.line.control().await;
         if self.settings.mode == RoomMode::Off
             || control == Control::Closed
             || self
@@ -452,7 +452,7 @@ impl Room {
 
     /// Updates the room's gauges from its line (at scrape time and on the admin API).
     pub async fn status(&self, pressure: Pressure, now: Instant) -> RoomStatus {
-        let control = self.line.control();
+        let control = self.line.control().await;
         let limits = self.limits(control, pressure, now);
         let stats = self.line.stats(now, &limits).await;
         let rate = self.rate(&stats, &limits);

@@ -274,13 +274,13 @@ async fn the_estimate_uses_the_configured_rate_then_the_measured_one() {
     let v = view(&b.visit(&room, Pressure::IDLE, t).await);
     assert!(v.refresh <= 10 && v.refresh >= 1, "{v:?}");
     // Paused: no estimate; the place is kept.
-    room.line().set_control(Control::Paused);
+    room.line().set_control(Control::Paused).await;
     let paused = view(&b.visit(&room, Pressure::IDLE, t).await);
     assert_eq!(paused.estimated_wait, None);
     assert_eq!(paused.position, v.position);
     assert_eq!(paused.refresh, 10);
     // Closed: the room steps aside.
-    room.line().set_control(Control::Closed);
+    room.line().set_control(Control::Closed).await;
     assert_eq!(
         Browser::default().visit(&room, Pressure::IDLE, t).await,
         Decision::Pass(None)
@@ -308,7 +308,7 @@ async fn before_opens_at_nobody_passes_and_the_page_counts_down() {
     );
     assert!(close.refresh <= 3, "checks again at the opening: {close:?}");
     // The operator opens early.
-    room.line().set_control(Control::Open);
+    room.line().set_control(Control::Open).await;
     assert!(passes(
         &browser
             .visit(&room, Pressure::IDLE, now + Duration::from_secs(118))

@@ -171,6 +171,12 @@ impl Control {
 }
 
 /// Operations on one room's line, each atomic.
+///
+/// `now` is this process's clock (a paused one in tests): the memory line
+/// keeps its times on it. A line shared by several instances keeps its own
+/// (the store server's) time instead and takes `now` only as "the same
+/// instant" within one operation. The epoch and the operator's setting are
+/// then the shared ones, so every instance takes every other's tickets.
 #[async_trait]
 pub trait RoomLine: Send + Sync + Debug {
     /// A number that changes when the line's state is lost (a restart): tickets
@@ -194,10 +200,10 @@ pub trait RoomLine: Send + Sync + Debug {
     async fn stats(&self, now: Instant, limits: &Limits) -> LineStats;
 
     /// The operator's setting.
-    fn control(&self) -> Control;
+    async fn control(&self) -> Control;
 
     /// Sets the operator's setting.
-    fn set_control(&self, control: Control);
+    async fn set_control(&self, control: Control);
 }
 
 /// What else an operation did, for metrics.
@@ -656,11 +662,11 @@ impl RoomLine for MemoryLine {
         line.stats()
     }
 
-    fn control(&self) -> Control {
+    async fn control(&self) -> Control {
         *self.control.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn set_control(&self, control: Control) {
+    async fn set_control(&self, control: Control) {
         *self.control.lock().unwrap_or_else(PoisonError::into_inner) = control;
     }
 }
