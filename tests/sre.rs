@@ -943,6 +943,7 @@ fn promql_metrics(expr: &str) -> BTreeSet<String> {
         "clamp_max",
         "abs",
         "label_values",
+        "label_replace",
         "avg_over_time",
         "max_over_time",
         "min_over_time",
@@ -1034,12 +1035,17 @@ fn promql_metrics_finds_only_metric_names() {
 }
 
 /// Every metric family name in a live `/metrics` of the real binary, with a
-/// config that has every kind of series (health checks, idempotency).
+/// config that has every kind of series: health checks, idempotency, a backup
+/// pool, a maintenance window, stale answers, a waiting room.
 fn live_metric_names() -> BTreeSet<String> {
     let fleet = Fleet::start(2);
     let port = free_port();
-    let mut config = status_page_config(port, &fleet.addrs, "");
-    config.push_str("[routes.idempotency]\nheader = \"idempotency-key\"\n");
+    let config = format!(
+        "{}[[pools]]\nname = \"orders\"\nbackup = \"orders-dr\"\nbackends = [ {{ addr = \"{}\" }} ]\n[pools.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\n[[pools]]\nname = \"orders-dr\"\nbackends = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"checkout\"\npath_prefix = \"/api/orders\"\npool = \"orders\"\n[routes.idempotency]\nheader = \"idempotency-key\"\n[routes.maintenance]\nmessage = \"stock count\"\n\n[[routes]]\nname = \"catalog\"\npool = \"orders\"\n[routes.stale]\nmax_age = \"10m\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"catalog\"]\nsecret = \"a-test-secret-that-is-long-enough-0123456789\"\nmode = \"on_overload\"\nmax_active = 100\n",
+        admin_section(port),
+        fleet.addrs[0],
+        fleet.addrs[1]
+    );
     let proxy = Proxy::start(&config);
     assert_eq!(proxy.get("/api/products/1").status, 200);
     let text = admin(port, "GET", "/metrics").text();
@@ -1164,6 +1170,11 @@ fn dashboard_and_alerts_query_only_exported_metrics() {
         "ordergate_config_reloads_total",
         "ordergate_connections_closed_total",
         "ordergate_idempotency_total",
+        "ordergate_room_waiting",
+        "ordergate_pool_active",
+        "ordergate_stale_served_total",
+        "ordergate_maintenance_open",
+        "ordergate_store_up",
     ] {
         assert!(used.contains(needed), "the dashboard shows no {needed}");
     }
