@@ -446,6 +446,10 @@ fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
             route["serving_pool"] = "orders-dr".into();
         }
     }
+    status["store"] = serde_json::json!({
+        "kind": "redis", "up": false, "down_since": "2026-11-29T12:00:00Z",
+        "last_error": "connection refused", "fallbacks": 12
+    });
     status["reload"]["last_ok"] = false.into();
     status["reload"]["last_trigger"] = "sighup".into();
     status["reload"]["last_errors"] = serde_json::json!([
@@ -496,6 +500,11 @@ fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
     );
     assert!(dom.contains("paused, mode always"), "{dom}");
     assert!(dom.contains("→ served by backup orders-dr"), "{dom}");
+    assert!(dom.contains(">store redis DOWN<"), "{dom}");
+    assert!(
+        dom.contains("Problem: the shared store (redis) does not answer since 2026-11-29T12:00:00Z: connection refused"),
+        "{dom}"
+    );
 }
 
 #[test]
