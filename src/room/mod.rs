@@ -272,6 +272,7 @@ impl Room {
         let before_open = self.before_open(control, now);
         Limits {
             may_call: !before_open && control != Control::Paused && pressure.headroom,
+            paused: control == Control::Paused,
             open: !before_open,
             max_active: self.settings.max_active.map(u64::from),
             per_second: self.settings.admit_per_minute.map(|n| f64::from(n) / 60.0),
@@ -282,9 +283,11 @@ impl Room {
 
     /// The admission rate the line is expected to move at, per second: what
     /// was measured while shoppers waited, blended with the configured rate
-    /// until measurements accumulate; 0 while nobody may be called.
+    /// until measurements accumulate; 0 while the operator paused the room.
+    /// A pool without headroom stops calls but not the estimate: the measured
+    /// rate already counts such stalls.
     pub fn rate(&self, stats: &LineStats, limits: &Limits) -> f64 {
-        if !limits.may_call && limits.open {
+        if limits.paused {
             return 0.0;
         }
         let configured = limits.per_second;
@@ -322,9 +325,11 @@ impl Room {
             }
             _ => None,
         };
+        // Near the front, check again at half the estimate: a called shopper
+        // holds a slot until they come, so they should not come late.
         let refresh = match (opens_in, estimate) {
             (Some(until), _) => refresh.min(whole_seconds(until).max(1)),
-            (None, Some(wait)) => refresh.min(whole_seconds(wait)),
+            (None, Some(wait)) => refresh.min(whole_seconds(wait / 2)),
             (None, None) => refresh,
         };
         View {

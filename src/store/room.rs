@@ -35,6 +35,8 @@ const DIRECT_BIT: u64 = 1 << 62;
 const RATE_TAU: f64 = 5.0;
 /// Weight of one popped ticket in the share of skipped (abandoned) tickets.
 const SKIP_WEIGHT: f64 = 0.02;
+/// The token bucket of `per_second` holds this many seconds' worth of calls.
+const BURST_SECONDS: f64 = 0.25;
 /// Most passes a line tracks: about 40 bytes each, so 48 MiB. Beyond it, a
 /// room that has not formed lets shoppers in without tracking them (clients
 /// that keep no cookie make a new shopper per request).
@@ -48,12 +50,16 @@ pub struct Limits {
     /// Whether anyone may be called now (false: paused, before opening, or the
     /// pool has no headroom).
     pub may_call: bool,
+    /// Whether the operator paused the room: nobody is called and no
+    /// estimate is promised.
+    pub paused: bool,
     /// Whether the room is open (at or after `opens_at`): the draws join the line.
     pub open: bool,
     /// Most shoppers on the site at once (passes in use plus calls not yet
     /// picked up); `None`: no bound.
     pub max_active: Option<u64>,
-    /// Calls per second (a token bucket holding one second's worth); `None`: no bound.
+    /// Calls per second (a token bucket holding a quarter second's worth);
+    /// `None`: no bound.
     pub per_second: Option<f64>,
     /// How long a pass stays valid after its holder's last request.
     pub session: Duration,
@@ -323,7 +329,7 @@ impl Line {
             active: HashMap::new(),
             next_number: 1,
             next_direct: 0,
-            // A new room lets its first second's worth in at once.
+            // A new room lets its first burst in at once.
             tokens: f64::INFINITY,
             tokens_at: now,
             rate: BusyRate::new(now),
@@ -379,7 +385,9 @@ impl Line {
         }
         if let Some(rate) = limits.per_second {
             let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
-            self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
+            // A quarter second's worth at most: calls come in small steps
+            // (each called shopper brings their requests), not in bursts.
+            self.tokens = (self.tokens + elapsed * rate).min((rate * BURST_SECONDS).max(1.0));
         }
         self.tokens_at = now;
         while let Some(slot) = self.line.front().copied() {
@@ -678,6 +686,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             may_call: true,
+            paused: false,
             open: true,
             max_active: Some(2),
             per_second: None,
