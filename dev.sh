@@ -6,7 +6,7 @@
 # Both first install what a fresh Debian machine with only Rust lacks: cmake
 # (pingora's zlib-ng is built with it), a C compiler, kill(1) (procps) and
 # prlimit(1) (util-linux); `test` also chromium (the status page and waiting
-# room page tests).
+# room page tests) and redis-server (the shared store tests).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -50,6 +50,8 @@ case "${1:-}" in
     # tests/sre.rs drives the admin status page in headless Chromium, and
     # tests/room.rs renders the waiting room's page in it (with a screenshot).
     command -v chromium >/dev/null 2>&1 || install_packages chromium
+    # tests/redis.rs runs several instances against a real redis-server.
+    command -v redis-server >/dev/null 2>&1 || install_packages redis-server
     cargo test --lib --bins --tests
     ;;
   peers)

@@ -5,7 +5,7 @@
 //! Redis must never fail an order. Every operation waits at most `timeout`;
 //! a failure or a timeout marks Redis down (logged once, `ordergate_store_up`
 //! 0) and from then on operations go straight to this instance's memory
-//! store, without waiting, while a background probe pings every connection
+//! store, without waiting, while a background task pings every connection
 //! every [`PROBE_EVERY`]; when all answer, Redis is up again (logged once) and
 //! new records go there. What is weaker meanwhile is in the README ("Running
 //! several instances").
@@ -13,7 +13,7 @@
 mod idempotency;
 mod rate;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -43,9 +43,6 @@ pub struct Redis {
     connections: OnceLock<Vec<ConnectionManager>>,
     next: AtomicUsize,
     up: AtomicBool,
-    /// Milliseconds since `epoch` when the next probe may start.
-    probe_at: AtomicU64,
-    epoch: std::time::Instant,
     health: Mutex<Health>,
     metrics: StoreMetrics,
 }
@@ -145,8 +142,6 @@ impl Redis {
             connections: OnceLock::new(),
             next: AtomicUsize::new(0),
             up: AtomicBool::new(true),
-            probe_at: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
             health: Mutex::new(Health::default()),
             metrics,
         })
@@ -194,9 +189,11 @@ impl Redis {
 
     fn connection(&self) -> Option<ConnectionManager> {
         let connections = self.connections.get_or_init(|| {
+            // The client's own response timeout is a backstop: `invoke`'s
+            // fires first and names the store's timeout in the log.
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(self.settings.timeout))
+                .set_response_timeout(Some(self.settings.timeout * 2))
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_millis(500));
             (0..self.settings.pool_size)
@@ -212,10 +209,6 @@ impl Redis {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % connections.len();
         connections.get(i).cloned()
-    }
-
-    fn millis(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Runs a script within `timeout`. `None`: Redis is down or did not answer
@@ -235,7 +228,6 @@ impl Redis {
             None
         };
         if !self.is_up() {
-            self.maybe_probe();
             return fallback(self);
         }
         let Some(mut connection) = self.connection() else {
@@ -271,10 +263,6 @@ impl Redis {
 
     fn went_down(self: &Arc<Self>, why: String) {
         self.metrics.errors.inc();
-        self.probe_at.store(
-            self.millis() + PROBE_EVERY.as_millis() as u64,
-            Ordering::Relaxed,
-        );
         if self.up.swap(false, Ordering::Relaxed) {
             log::warn!(
                 "store: Redis at {} failed ({why}); idempotency records and rate limits fall back to this instance's memory until it answers again",
@@ -284,29 +272,18 @@ impl Redis {
             let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
             health.down_since = Some(crate::telemetry::now_rfc3339());
             health.last_error = Some(why);
+            tokio::spawn(Arc::clone(self).probe_until_up());
         }
     }
 
-    /// While down: at most one probe every [`PROBE_EVERY`], in the background,
-    /// so no shopper's request waits for it.
-    fn maybe_probe(self: &Arc<Self>) {
-        let now = self.millis();
-        let at = self.probe_at.load(Ordering::Relaxed);
-        if now < at
-            || self
-                .probe_at
-                .compare_exchange(
-                    at,
-                    now + PROBE_EVERY.as_millis() as u64,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
-            return;
+    /// While down: a probe every [`PROBE_EVERY`], in the background (no
+    /// shopper's request waits for it, and recovery is seen without traffic),
+    /// until Redis answers or no snapshot uses this store any more.
+    async fn probe_until_up(self: Arc<Self>) {
+        while !self.is_up() && Arc::strong_count(&self) > 1 {
+            tokio::time::sleep(PROBE_EVERY).await;
+            Arc::clone(&self).probe().await;
         }
-        let redis = Arc::clone(self);
-        tokio::spawn(async move { redis.probe().await });
     }
 
     /// Pings every connection (each reconnects on its own after a restart);

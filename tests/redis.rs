@@ -1,0 +1,510 @@
+//! Several ordergate instances sharing one real Redis (`[store] kind =
+//! "redis"`): keyed orders sent to different instances make one order per
+//! key, a rate limit holds across instances, and Redis killed, restarted or
+//! frozen never fails an order. Each test starts its own `redis-server` (from
+//! Debian's package; `./dev.sh test` installs it) on a free loopback port with
+//! a temporary directory, and stops it. No mock Redis.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use support::{
+    admin_section, free_port, get, request, wait_until, Fleet, HttpError, Proxy, Response, TempFile,
+};
+
+/// A `redis-server` of this test: no persistence, so a restart starts empty
+/// (the worst case for ordergate).
+struct RedisServer {
+    port: u16,
+    dir: TempFile,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let dir = TempFile::new("redis.conf", "");
+        let mut redis = RedisServer {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Starts (again) on the same port and directory; waits until it answers.
+    fn restart(&mut self) {
+        let dir = self.dir.path.parent().expect("temp dir").to_path_buf();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}); install it: apt-get install redis-server (./dev.sh test does)")
+            });
+        self.child = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.ping()),
+            "redis-server did not answer on port {} within 10s",
+            self.port
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut reply = [0; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} redis-server");
+    }
+
+    /// SIGKILL, as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A frozen server still dies of SIGKILL.
+            self.kill();
+        }
+    }
+}
+
+/// Pools and routes of one instance: route "orders" keyed, route "limited"
+/// with a rate limit of `rate` per second per `x-user`.
+fn config(fleet: &Fleet, redis: &RedisServer, admin_port: u16, rate: u32, timeout: &str) -> String {
+    format!(
+        "{admin}[store]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\n\n\n[[pools]]\nname = \"orders\"\nbackends = {backends}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\npath_prefix = \"/api/orders\"\n[routes.idempotency]\n\n[[routes]]\nname = \"limited\"\npool = \"orders\"\npath_prefix = \"/api/limited\"\n[routes.rate_limit]\nrequests_per_second = {rate}\nkey = \"header:x-user\"\n",
+        admin = admin_section(admin_port),
+        url = redis.url(),
+        backends = fleet.backends_toml(&[]),
+    )
+}
+
+/// An instance and its admin port.
+struct Instance {
+    proxy: Proxy,
+    admin: SocketAddr,
+}
+
+impl Instance {
+    /// `timeout`: the store's; the tests of correctness give a loaded CI
+    /// machine room (a timeout is a fallback, and a fallback may split a key).
+    fn start(fleet: &Fleet, redis: &RedisServer, rate: u32, timeout: &str) -> Instance {
+        let port = free_port();
+        let proxy = Proxy::start(&config(fleet, redis, port, rate, timeout));
+        Instance {
+            proxy,
+            admin: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = get(self.admin, "/metrics").expect("GET /metrics").text();
+        text.lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn log_count(&self, needle: &str) -> usize {
+        self.proxy
+            .logs()
+            .iter()
+            .filter(|(_, line)| line.contains(needle))
+            .count()
+    }
+}
+
+fn three_instances(fleet: &Fleet, redis: &RedisServer, rate: u32) -> Vec<Instance> {
+    (0..3)
+        .map(|_| Instance::start(fleet, redis, rate, "250ms"))
+        .collect()
+}
+
+/// One test at a time: each runs three instances, a fleet and a Redis, and
+/// measures time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn order(addr: SocketAddr, key: &str) -> Result<Response, HttpError> {
+    request(
+        addr,
+        "POST",
+        "/api/orders",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("idempotency-key", key),
+        ],
+        br#"{"sku":"tea"}"#,
+    )
+}
+
+fn orders_created(fleet: &Fleet) -> u64 {
+    fleet.stats()["orders_created"].as_u64().unwrap_or(0)
+}
+
+/// What a client got: status and body.
+type Answer = (u16, Vec<u8>);
+
+const FALLBACK_LOG: &str = "fall back to this instance's memory";
+const RECOVERY_LOG: &str = "answers again; new";
+
+#[test]
+fn keyed_orders_sent_to_several_instances_make_one_order_per_key() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let fleet = Fleet::start_with(4, &["--ignore-idempotency", "--latency-ms", "30"]);
+    let instances = three_instances(&fleet, &redis, 1000);
+    let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.proxy.addr).collect();
+    const KEYS: usize = 2000;
+    let next = AtomicU64::new(0);
+    let answers: Mutex<HashMap<usize, Vec<Answer>>> = Mutex::new(HashMap::new());
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= KEYS {
+                    return;
+                }
+                let key = format!("multi-{i}");
+                // Two or three instances, at once or one after the other.
+                let targets: Vec<SocketAddr> = match i % 4 {
+                    0 => addrs.clone(),
+                    1 => vec![addrs[i % 3], addrs[(i + 1) % 3]],
+                    2 => vec![addrs[i % 3], addrs[(i + 2) % 3], addrs[(i + 1) % 3]],
+                    _ => vec![addrs[(i + 1) % 3], addrs[i % 3]],
+                };
+                let concurrent = i % 4 < 2;
+                let results: Vec<Result<Response, HttpError>> = if concurrent {
+                    std::thread::scope(|inner| {
+                        let handles: Vec<_> = targets
+                            .iter()
+                            .map(|addr| {
+                                let key = key.clone();
+                                inner.spawn(move || order(*addr, &key))
+                            })
+                            .collect();
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().expect("client"))
+                            .collect()
+                    })
+                } else {
+                    targets.iter().map(|addr| order(*addr, &key)).collect()
+                };
+                let mut got = Vec::new();
+                for result in results {
+                    match result {
+                        Ok(response) => got.push((response.status, response.body.to_vec())),
+                        Err(e) => failures
+                            .lock()
+                            .expect("failures")
+                            .push(format!("{key}: {e:?}")),
+                    }
+                }
+                answers.lock().expect("answers").insert(i, got);
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("failures");
+    assert!(failures.is_empty(), "raw errors: {failures:?}");
+    let answers = answers.into_inner().expect("answers");
+    for instance in &instances {
+        for (_, line) in instance.proxy.logs() {
+            if line.contains("store:") {
+                println!("{line}");
+            }
+        }
+    }
+    let mut sent = 0;
+    for (i, got) in &answers {
+        sent += got.len();
+        let (status, body) = &got[0];
+        assert_eq!(*status, 201, "key {i}: {}", String::from_utf8_lossy(body));
+        for (other_status, other_body) in got {
+            assert_eq!(
+                (other_status, other_body),
+                (status, body),
+                "key {i}: every client gets the first answer"
+            );
+        }
+    }
+    assert_eq!(answers.len(), KEYS);
+    assert_eq!(
+        orders_created(&fleet),
+        KEYS as u64,
+        "exactly one order per key"
+    );
+    println!(
+        "{KEYS} keys, {sent} keyed requests over 3 instances in {:?}: {} orders",
+        started.elapsed(),
+        orders_created(&fleet)
+    );
+    for instance in &instances {
+        assert_eq!(instance.metric("ordergate_store_up"), 1.0);
+        assert_eq!(instance.log_count(FALLBACK_LOG), 0);
+    }
+    let status = get(instances[0].admin, "/status").expect("status").json();
+    assert_eq!(status["store"]["kind"], "redis");
+    assert_eq!(status["store"]["up"], true);
+}
+
+#[test]
+fn a_rate_limit_holds_across_three_instances() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(2);
+    let instances = three_instances(&fleet, &redis, 50);
+    let stop = AtomicBool::new(false);
+    let ok = AtomicU64::new(0);
+    let limited = AtomicU64::new(0);
+    let other = AtomicU64::new(0);
+    const RUN: Duration = Duration::from_secs(10);
+    std::thread::scope(|scope| {
+        // Four clients per instance, all as one user: about 3 x 4 x 40/s
+        // offered, ten times the limit.
+        for instance in &instances {
+            for _ in 0..4 {
+                let addr = instance.proxy.addr;
+                let (stop, ok, limited, other) = (&stop, &ok, &limited, &other);
+                scope.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match request(addr, "GET", "/api/limited", &[("x-user", "alice")], b"") {
+                            Ok(r) if r.status == 429 => limited.fetch_add(1, Ordering::Relaxed),
+                            // The fleet's own answer (a 404 for this path).
+                            Ok(r) if r.header("x-ordergate-page").is_none() => {
+                                ok.fetch_add(1, Ordering::Relaxed)
+                            }
+                            _ => other.fetch_add(1, Ordering::Relaxed),
+                        };
+                        std::thread::sleep(Duration::from_millis(25));
+                    }
+                });
+            }
+        }
+        std::thread::sleep(RUN);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let ok = ok.into_inner();
+    let per_second = ok as f64 / RUN.as_secs_f64();
+    println!(
+        "rate limit 50/s over 3 instances: {ok} admitted ({per_second:.1}/s), {} limited, {} other",
+        limited.into_inner(),
+        other.load(Ordering::Relaxed)
+    );
+    assert_eq!(other.into_inner(), 0);
+    assert!(
+        (45.0..=55.0).contains(&per_second),
+        "50/s ±10% across instances, got {per_second:.1}/s"
+    );
+    // Another user has a count of its own.
+    let bob = request(
+        instances[0].proxy.addr,
+        "GET",
+        "/api/limited",
+        &[("x-user", "bob")],
+        b"",
+    )
+    .expect("bob");
+    assert_ne!(bob.status, 429);
+}
+
+#[test]
+fn redis_killed_and_restarted_mid_load_fails_no_order() {
+    let _serial = serial();
+    let mut redis = RedisServer::start();
+    let fleet = Fleet::start_with(4, &["--ignore-idempotency", "--latency-ms", "10"]);
+    let instances = three_instances(&fleet, &redis, 1000);
+    let stop = AtomicBool::new(false);
+    let keys = AtomicU64::new(0);
+    let sent = AtomicU64::new(0);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut down_seen = [false; 3];
+    std::thread::scope(|scope| {
+        for t in 0..12 {
+            let addr = instances[t % 3].proxy.addr;
+            let (stop, keys, sent, failures) = (&stop, &keys, &sent, &failures);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("outage-{}", keys.fetch_add(1, Ordering::Relaxed));
+                    // A double click on one instance: deduplicated even while
+                    // Redis is down.
+                    let mut first_body = None;
+                    for _ in 0..2 {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        match order(addr, &key) {
+                            Ok(r) if r.status == 201 => {
+                                if let Some(body) = &first_body {
+                                    if *body != r.body {
+                                        failures
+                                            .lock()
+                                            .expect("f")
+                                            .push(format!("{key}: two answers"));
+                                    }
+                                }
+                                first_body = Some(r.body);
+                            }
+                            Ok(r) => failures.lock().expect("f").push(format!(
+                                "{key}: {} {}",
+                                r.status,
+                                r.text()
+                            )),
+                            Err(e) => failures.lock().expect("f").push(format!("{key}: {e:?}")),
+                        }
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        redis.kill();
+        let killed = Instant::now();
+        // Every instance notices, logs it once and says so in its metrics.
+        assert!(
+            wait_until(Duration::from_secs(4), || {
+                for (i, instance) in instances.iter().enumerate() {
+                    down_seen[i] |= instance.metric("ordergate_store_up") == 0.0;
+                }
+                down_seen.iter().all(|d| *d)
+            }),
+            "store_up 0 on every instance during the outage: {down_seen:?}"
+        );
+        let ready = get(instances[0].admin, "/readyz").expect("readyz");
+        assert_eq!(ready.status, 200, "still ready without Redis");
+        std::thread::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed()));
+        redis.restart();
+        assert!(
+            wait_until(Duration::from_secs(10), || instances
+                .iter()
+                .all(|i| i.log_count(RECOVERY_LOG) == 1)),
+            "recovery logged on every instance"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let failures = failures.into_inner().expect("failures");
+    let keys = keys.into_inner();
+    println!(
+        "outage: {} keyed requests, {keys} keys, {} orders, {} failed; fallbacks {:?}",
+        sent.into_inner(),
+        orders_created(&fleet),
+        failures.len(),
+        instances
+            .iter()
+            .map(|i| i.metric("ordergate_store_fallbacks_total"))
+            .collect::<Vec<_>>()
+    );
+    assert!(failures.is_empty(), "failed orders: {failures:?}");
+    assert_eq!(orders_created(&fleet), keys, "one order per key");
+    for instance in &instances {
+        assert_eq!(instance.log_count(FALLBACK_LOG), 1, "fallback logged once");
+        assert_eq!(instance.log_count(RECOVERY_LOG), 1, "recovery logged once");
+        assert!(instance.metric("ordergate_store_fallbacks_total") > 0.0);
+        assert_eq!(instance.metric("ordergate_store_up"), 1.0);
+    }
+    // New records go to Redis again: a key sent to two instances is one order.
+    let before = orders_created(&fleet);
+    let a = order(instances[0].proxy.addr, "after-recovery").expect("a");
+    let b = order(instances[1].proxy.addr, "after-recovery").expect("b");
+    assert_eq!((a.status, b.status), (201, 201));
+    assert_eq!(a.body, b.body);
+    assert_eq!(b.header("idempotency-replayed"), Some("true"));
+    assert_eq!(orders_created(&fleet), before + 1);
+}
+
+fn p99(mut latencies: Vec<Duration>) -> Duration {
+    latencies.sort_unstable();
+    latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]
+}
+
+fn timed_orders(instance: &Instance, prefix: &str, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|i| {
+            let started = Instant::now();
+            let response = order(instance.proxy.addr, &format!("{prefix}-{i}")).expect("an answer");
+            assert_eq!(response.status, 201, "{}", response.text());
+            started.elapsed()
+        })
+        .collect()
+}
+
+#[test]
+fn a_frozen_redis_costs_a_request_at_most_the_timeout() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let fleet = Fleet::start_with(2, &["--ignore-idempotency", "--latency-ms", "5"]);
+    let instance = Instance::start(&fleet, &redis, 1000, "20ms");
+    let before = p99(timed_orders(&instance, "warm", 200));
+    redis.signal("STOP");
+    let frozen = Instant::now();
+    let during = timed_orders(&instance, "frozen", 200);
+    let first = during[0];
+    let during = p99(during);
+    redis.signal("CONT");
+    println!(
+        "SIGSTOP: first request {first:?}, p99 {before:?} before, {during:?} while frozen ({:?})",
+        frozen.elapsed()
+    );
+    assert!(
+        instance
+            .proxy
+            .logs()
+            .iter()
+            .any(|(_, line)| line.contains("no answer within 20ms")),
+        "the operation timed out at the store's timeout"
+    );
+    assert!(
+        first < Duration::from_millis(20) + before + Duration::from_millis(50),
+        "the first request waits the timeout, then falls back: {first:?}"
+    );
+    assert!(
+        during <= before + Duration::from_millis(25),
+        "p99 rises by no more than the timeout plus 5 ms: {before:?} -> {during:?}"
+    );
+    assert_eq!(instance.log_count(FALLBACK_LOG), 1);
+    assert!(wait_until(Duration::from_secs(5), || instance
+        .log_count(RECOVERY_LOG)
+        == 1));
+    assert_eq!(orders_created(&fleet), 400);
+}
