@@ -12,6 +12,8 @@
 //! head itself and does not say when its first byte arrived).
 
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,14 +128,23 @@ impl<A> HttpServerApp for Connections<A>
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    // Written out rather than `async fn`: pingora's own future (which holds
+    // the session) is created here, and the future returned holds only it and
+    // the timer. An `async fn` would also keep room for the session in its
+    // own state, on every idle keep-alive connection.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         if session.is_http2() {
             // h2 streams arrive with whole heads; the h2 layer has its own limits.
-            return self.app.process_new_http(session, shutdown).await;
+            return self.app.process_new_http(session, shutdown);
         }
         let limits = (self.limits)();
         // pingora hands the previous request's context to the next one on a
@@ -157,33 +168,31 @@ where
             Duration::ZERO
         };
         let started = Instant::now();
-        HEAD_RECEIVED
-            .scope(Cell::new(false), async {
-                let serve = self.app.process_new_http(session, shutdown);
-                tokio::pin!(serve);
-                tokio::select! {
-                    biased;
-                    reusable = &mut serve => {
-                        if reusable.is_none()
-                            && reused
-                            && !head_was_received()
-                            && started.elapsed() >= limits.keepalive_timeout
-                        {
-                            self.closed.keepalive_timeout.inc();
-                        }
-                        reusable
+        let mut serve = self.app.process_new_http(session, shutdown);
+        let closed = &self.closed;
+        Box::pin(HEAD_RECEIVED.scope(Cell::new(false), async move {
+            tokio::select! {
+                biased;
+                reusable = &mut serve => {
+                    if reusable.is_none()
+                        && reused
+                        && !head_was_received()
+                        && started.elapsed() >= limits.keepalive_timeout
+                    {
+                        closed.keepalive_timeout.inc();
                     }
-                    () = tokio::time::sleep(idle + limits.header_timeout) => {
-                        if head_was_received() {
-                            serve.await
-                        } else {
-                            self.closed.header_timeout.inc();
-                            None
-                        }
+                    reusable
+                }
+                () = tokio::time::sleep(idle + limits.header_timeout) => {
+                    if head_was_received() {
+                        serve.await
+                    } else {
+                        closed.header_timeout.inc();
+                        None
                     }
                 }
-            })
-            .await
+            }
+        }))
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
