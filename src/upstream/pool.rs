@@ -168,7 +168,7 @@ impl Pool {
     /// backends that can take traffic (of all but drained ones in panic mode).
     pub fn capacity(&self) -> usize {
         let now = Instant::now();
-        let (mut serving, mut serving_cap, mut panic_cap) = (0, 0, 0);
+        let (mut serving, mut drained, mut serving_cap, mut panic_cap) = (0, 0, 0, 0);
         for (backend, cap) in self.backends.iter().zip(&self.caps) {
             let cap = *cap as usize;
             match backend.availability(now, self.health.as_ref()) {
@@ -177,11 +177,11 @@ impl Pool {
                     serving_cap += cap;
                     panic_cap += cap;
                 }
-                Availability::Drained => {}
+                Availability::Drained => drained += 1,
                 _ => panic_cap += cap,
             }
         }
-        if self.in_panic(serving) {
+        if self.in_panic(serving, drained) {
             panic_cap
         } else {
             serving_cap
@@ -203,8 +203,11 @@ impl Pool {
     }
 
     /// Whether so few backends can take traffic that the pool spreads over all.
-    fn in_panic(&self, serving: usize) -> bool {
-        serving * 100 < usize::from(self.panic_threshold) * self.backends.len()
+    /// Drained backends do not count: an operator's drain is no sign that the
+    /// health checks are wrong, and must not push traffic onto down backends.
+    fn in_panic(&self, serving: usize, drained: usize) -> bool {
+        let counted = self.backends.len().saturating_sub(drained);
+        serving * 100 < usize::from(self.panic_threshold) * counted
     }
 
     /// How long a backend that comes back ramps up to its full share
@@ -270,7 +273,8 @@ impl Pool {
             })
             .collect();
         let up = serving.iter().filter(|s| s.is_some()).count();
-        let panic = self.in_panic(up);
+        let drained = self.backends.iter().filter(|b| b.is_drained()).count();
+        let panic = self.in_panic(up, drained);
         self.note_panic(panic, up);
 
         // Never a drained backend or one at its in-flight cap, even in panic mode.
@@ -465,13 +469,30 @@ mod tests {
         for _ in 0..20 {
             let (port, panic) = pick_port(&pool, &[]).expect("a pick");
             assert_eq!(port, 9002);
-            assert!(panic, "a drained backend counts as down");
+            assert!(!panic, "a drained backend is left out of the panic count");
         }
         let _full: Vec<_> = (0..2).map(|_| pool.backends()[2].start_request()).collect();
         assert!(
             pick_port(&pool, &[]).is_none(),
             "every open backend is at its cap"
         );
+    }
+
+    #[test]
+    fn draining_while_another_is_down_does_not_spread_onto_the_down_one() {
+        // 1 down, 1 drained, 1 up: half of the counted backends serve, which
+        // is not below the 50% threshold.
+        let pool = pool("[pools.outlier]\nconsecutive_gateway_failures = 1", 3);
+        pool.record_result(
+            &pool.backends()[0],
+            UpstreamResult::Reset,
+            Signal::GatewayFailure,
+            Duration::from_millis(1),
+        );
+        pool.backends()[1].set_drained(true);
+        for _ in 0..20 {
+            assert_eq!(pick_port(&pool, &[]), Some((9002, false)));
+        }
     }
 
     #[test]
