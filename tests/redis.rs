@@ -508,3 +508,88 @@ fn a_frozen_redis_costs_a_request_at_most_the_timeout() {
         == 1));
     assert_eq!(orders_created(&fleet), 400);
 }
+
+#[test]
+fn an_instance_that_dies_mid_order_leaves_outcome_unknown_after_its_lease() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let fleet = Fleet::start_with(1, &["--ignore-idempotency", "--latency-ms", "1500"]);
+    // Lease: the route's timeout (2 s) plus 10 s.
+    let body = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"250ms\"\n\n[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\ntimeout = \"2s\"\n[routes.idempotency]\nwait_for_first = \"1s\"\n",
+        redis.url(),
+        fleet.backends_toml(&[])
+    );
+    let mut dying = Proxy::start(&body);
+    let survivor = Proxy::start(&body);
+    let began = Instant::now();
+    let addr = dying.addr;
+    let in_flight = std::thread::spawn(move || order(addr, "dies-1"));
+    assert!(wait_until(Duration::from_secs(5), || fleet.in_flight() == 1));
+    dying.signal("KILL");
+    let _ = dying.wait_exit(Duration::from_secs(5));
+    assert!(
+        in_flight.join().expect("client").is_err(),
+        "its shopper lost the answer"
+    );
+    // Within the lease: the first may still be running somewhere.
+    let waiting = order(survivor.addr, "dies-1").expect("an answer");
+    assert_eq!(waiting.status, 409);
+    assert_eq!(
+        waiting.header("x-ordergate-page"),
+        Some("idempotency_in_progress")
+    );
+    // After it: never "new", but "check your orders".
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(began.elapsed()));
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let answer = order(survivor.addr, "dies-1").expect("an answer");
+            answer.header("x-ordergate-page") == Some("order_outcome_unknown")
+        }),
+        "the lease ran out into outcome unknown"
+    );
+    assert!(orders_created(&fleet) <= 1, "never forwarded again");
+}
+
+#[test]
+fn a_reload_switches_stores_for_new_records() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let fleet = Fleet::start_with(1, &["--ignore-idempotency"]);
+    let port = free_port();
+    let admin = SocketAddr::from(([127, 0, 0, 1], port));
+    let routes = format!(
+        "[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\n[routes.idempotency]\n",
+        fleet.backends_toml(&[])
+    );
+    let memory = format!("{}{routes}", admin_section(port));
+    let shared = |port: u16| {
+        format!(
+            "{}[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"250ms\"\n\n{routes}",
+            admin_section(port),
+            redis.url()
+        )
+    };
+    let a = Proxy::start(&memory);
+    let b = Proxy::start(&shared(free_port()));
+    let store = || get(admin, "/status").expect("status").json()["store"].clone();
+    assert_eq!(store()["kind"], "memory");
+    // In memory: each instance has its own record.
+    assert_eq!(order(a.addr, "before").expect("a").status, 201);
+    assert_eq!(order(b.addr, "before").expect("b").status, 201);
+    assert_eq!(orders_created(&fleet), 2);
+    a.rewrite_config(&shared(port));
+    a.signal("HUP");
+    assert!(wait_until(Duration::from_secs(5), || store()["kind"] == "redis"));
+    assert_eq!(store()["up"], true);
+    // New records are shared.
+    let first = order(a.addr, "after").expect("a");
+    let repeat = order(b.addr, "after").expect("b");
+    assert_eq!((first.status, repeat.status), (201, 201));
+    assert_eq!(repeat.header("idempotency-replayed"), Some("true"));
+    assert_eq!(orders_created(&fleet), 3);
+    // The record made in memory before the reload is still known to its instance.
+    let old = order(a.addr, "before").expect("a");
+    assert_eq!(old.header("idempotency-replayed"), Some("true"));
+    assert_eq!(orders_created(&fleet), 3);
+}
