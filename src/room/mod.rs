@@ -208,6 +208,11 @@ pub struct Request<'a> {
     pub tls: bool,
 }
 
+/// The longest estimate said, in seconds (11 days): beyond it a number means nothing.
+const MAX_ESTIMATE: f64 = 1e6;
+/// `opens_at` further ahead than this (10 years) counts as this far.
+const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// Weight, in seconds of measurement, of the configured rate before the line
 /// has been measured: the first estimates use the configuration, later ones
 /// what the line does.
@@ -239,7 +244,8 @@ impl Room {
         let opens_at = settings.opens_at.map(|at| {
             let now = Instant::now();
             match at.duration_since(SystemTime::now()) {
-                Ok(ahead) => now + ahead,
+                // An instant centuries away (a typo) must not overflow.
+                Ok(ahead) => now.checked_add(ahead.min(FAR_FUTURE)).unwrap_or(now),
                 Err(past) => now.checked_sub(past.duration()).unwrap_or(now),
             }
         });
@@ -317,11 +323,15 @@ impl Room {
         let estimate = match (ahead, opens_in) {
             (Some(ahead), _) if rate > 0.0 => {
                 let live = ahead as f64 * (1.0 - stats.skipped_share.clamp(0.0, 1.0));
-                Some(Duration::from_secs_f64(((live + 1.0) / rate).min(1e6)))
+                Some(Duration::from_secs_f64(
+                    ((live + 1.0) / rate).min(MAX_ESTIMATE),
+                ))
             }
             // Before the opening: the wait until it, then half of the draws.
             (None, Some(until)) if rate > 0.0 => {
-                Some(until + Duration::from_secs_f64((stats.drawn as f64 / 2.0 + 1.0) / rate))
+                Some(until.saturating_add(Duration::from_secs_f64(
+                    ((stats.drawn as f64 / 2.0 + 1.0) / rate).min(MAX_ESTIMATE),
+                )))
             }
             _ => None,
         };

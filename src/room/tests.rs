@@ -345,3 +345,26 @@ fn rates_and_estimates() {
     let plain = room.view(Some(999), &measured, &limits, Instant::now());
     assert!(v.estimated_wait < plain.estimated_wait, "{v:?} {plain:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn extreme_settings_do_not_panic() {
+    let mut config = settings(RoomMode::Always);
+    config.opens_at = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(253_402_300_799));
+    config.session = Duration::from_secs(u64::MAX / 1000);
+    config.max_active = Some(1);
+    let far = room(config);
+    let now = Instant::now();
+    let mut browser = Browser::default();
+    let v = view(&browser.visit(&far, Pressure::IDLE, now).await);
+    assert_eq!(v.position, None);
+    assert!(v.opens_in.is_some());
+    let mut config = settings(RoomMode::Always);
+    config.opens_at = Some(SystemTime::UNIX_EPOCH);
+    config.session = Duration::from_secs(u64::MAX / 1000);
+    let room = room(config);
+    let mut a = (Browser::default(), Browser::default(), Browser::default());
+    a.0.visit(&room, Pressure::IDLE, now).await;
+    a.1.visit(&room, Pressure::IDLE, now).await;
+    let v = view(&a.2.visit(&room, Pressure::IDLE, now).await);
+    assert!(v.estimated_wait.is_some_and(|s| s <= 1_000_000), "{v:?}");
+}
