@@ -239,4 +239,21 @@ mod tests {
         assert_eq!(values(&headers, "room").collect::<Vec<_>>(), ["x", "y"]);
         assert_eq!(values(&headers, "b").count(), 0);
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends as its cookie, reading it never panics and
+        /// never yields a token it was not given.
+        #[test]
+        fn any_cookie_value_is_read_without_panic(value in ".{0,500}", seq in 0u64..1000) {
+            let k = key(b"0123456789abcdef0123456789abcdef");
+            proptest::prop_assert!(decode(&k, "sale", 7, &value).is_err());
+            // A real value with any one character changed is refused.
+            let real = encode(&k, "sale", 7, Token::Ticket { seq, issued: 1, eta: Some(3) });
+            let at = value.len() % real.len();
+            let mut bytes = real.clone().into_bytes();
+            bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+            let changed = String::from_utf8(bytes).unwrap_or_default();
+            proptest::prop_assert!(decode(&k, "sale", 7, &changed).is_err());
+        }
+    }
 }
