@@ -151,7 +151,7 @@ impl Instance {
 
 fn three_instances(fleet: &Fleet, redis: &RedisServer, rate: u32) -> Vec<Instance> {
     (0..3)
-        .map(|_| Instance::start(fleet, redis, rate, "250ms"))
+        .map(|_| Instance::start(fleet, redis, rate, "1s"))
         .collect()
 }
 
@@ -257,6 +257,13 @@ fn keyed_orders_sent_to_several_instances_make_one_order_per_key() {
                 println!("{line}");
             }
         }
+    }
+    for instance in &instances {
+        assert_eq!(
+            instance.log_count(FALLBACK_LOG),
+            0,
+            "Redis did not answer within the timeout on a loaded machine: a fallback may split a key"
+        );
     }
     let mut sent = 0;
     for (i, got) in &answers {
@@ -592,4 +599,37 @@ fn a_reload_switches_stores_for_new_records() {
     let old = order(a.addr, "before").expect("a");
     assert_eq!(old.header("idempotency-replayed"), Some("true"));
     assert_eq!(orders_created(&fleet), 3);
+}
+
+#[test]
+fn an_answer_settled_while_redis_was_frozen_reaches_it_afterwards() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let fleet = Fleet::start_with(1, &["--ignore-idempotency", "--latency-ms", "1000"]);
+    let a = Instance::start(&fleet, &redis, 1000, "100ms");
+    let b = Instance::start(&fleet, &redis, 1000, "100ms");
+    let addr = a.proxy.addr;
+    let first = std::thread::spawn(move || order(addr, "frozen-settle"));
+    assert!(wait_until(Duration::from_secs(5), || fleet.in_flight() == 1));
+    // Frozen while the order is at the backend: A settles into its memory.
+    redis.signal("STOP");
+    let first = first.join().expect("client").expect("an answer");
+    assert_eq!(first.status, 201);
+    redis.signal("CONT");
+    assert!(wait_until(Duration::from_secs(5), || a
+        .log_count(RECOVERY_LOG)
+        == 1));
+    // A's next keyed request sends what Redis missed.
+    assert_eq!(
+        order(a.proxy.addr, "frozen-next").expect("next").status,
+        201
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let repeat = order(b.proxy.addr, "frozen-settle").expect("repeat");
+            repeat.header("idempotency-replayed") == Some("true") && repeat.body == first.body
+        }),
+        "the other instance replays the answer settled during the freeze"
+    );
+    assert_eq!(orders_created(&fleet), 2);
 }

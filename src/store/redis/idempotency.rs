@@ -9,7 +9,7 @@
 //! when the instance holding it dies, the lease runs out and the record turns
 //! into "outcome unknown", never into "new".
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -94,7 +94,17 @@ pub struct RedisIdempotency {
     route: String,
     local: Arc<MemoryIdempotency>,
     lease: Duration,
+    /// Settles Redis did not take (it was down): sent once it answers again,
+    /// so other instances see the answer instead of waiting out the lease.
+    pending: Arc<Mutex<Vec<Settle>>>,
 }
+
+/// A settle to send: the record, what (`d`, `n`, `u`, `release`), the answer.
+type Settle = (Vec<u8>, &'static [u8], Vec<u8>);
+
+/// Most settles kept while Redis is down (about 1 KB each with a typical
+/// answer); past it, those records wait out their lease on other instances.
+const MAX_PENDING: usize = 10_000;
 
 impl RedisIdempotency {
     /// Records of `route`; `local` is the route's memory store, `lease` how
@@ -110,6 +120,7 @@ impl RedisIdempotency {
             route: route.to_owned(),
             local,
             lease,
+            pending: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -126,17 +137,42 @@ impl RedisIdempotency {
         ])
     }
 
-    async fn settle(&self, key: &RecordKey, what: &[u8], answer: &[u8]) {
+    async fn settle(&self, key: &RecordKey, what: &'static [u8], answer: Vec<u8>) {
         let record = self.redis_key(key);
-        let _: Option<i64> = self
-            .redis
-            .invoke(
-                Some(StoreFeature::Idempotency),
-                &SETTLE,
-                &[&record],
-                &[what, INSTANCE.as_bytes(), answer],
-            )
-            .await;
+        if send_settle(&self.redis, &record, what, &answer)
+            .await
+            .is_none()
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() < MAX_PENDING {
+                pending.push((record, what, answer));
+            }
+        }
+    }
+
+    /// Sends the settles Redis missed, in the background, once it answers.
+    fn flush_pending(&self) {
+        if !self.redis.is_up() {
+            return;
+        }
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        let redis = Arc::clone(&self.redis);
+        let pending = Arc::clone(&self.pending);
+        tokio::spawn(async move {
+            let mut batch = batch.into_iter();
+            while let Some((record, what, answer)) = batch.next() {
+                if send_settle(&redis, &record, what, &answer).await.is_none() {
+                    let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+                    pending.push((record, what, answer));
+                    pending.extend(batch);
+                    pending.truncate(MAX_PENDING);
+                    return;
+                }
+            }
+        });
     }
 
     /// Resolves when another instance's record leaves "in flight" (or is
@@ -174,6 +210,7 @@ impl IdempotencyStore for RedisIdempotency {
         if let Some(found) = self.local.peek(key, fingerprint) {
             return found;
         }
+        self.flush_pending();
         let record = self.redis_key(key);
         let ttl_ms = ttl.as_millis().max(1).to_string();
         let lease_ms = self.lease.as_millis().max(1).to_string();
@@ -202,7 +239,7 @@ impl IdempotencyStore for RedisIdempotency {
                     // Another request of this instance began it in memory a
                     // moment ago (Redis was down): that one goes first.
                     other => {
-                        self.settle(key, b"release", b"").await;
+                        self.settle(key, b"release", Vec::new()).await;
                         other
                     }
                 }
@@ -221,19 +258,19 @@ impl IdempotencyStore for RedisIdempotency {
 
     async fn complete(&self, key: &RecordKey, answer: Option<StoredAnswer>) {
         match &answer {
-            Some(answer) => self.settle(key, b"d", &encode(answer)).await,
-            None => self.settle(key, b"n", b"").await,
+            Some(answer) => self.settle(key, b"d", encode(answer)).await,
+            None => self.settle(key, b"n", Vec::new()).await,
         }
         self.local.complete(key, answer).await;
     }
 
     async fn release(&self, key: &RecordKey) {
-        self.settle(key, b"release", b"").await;
+        self.settle(key, b"release", Vec::new()).await;
         self.local.release(key).await;
     }
 
     async fn mark_unknown(&self, key: &RecordKey) {
-        self.settle(key, b"u", b"").await;
+        self.settle(key, b"u", Vec::new()).await;
         self.local.mark_unknown(key).await;
     }
 
@@ -244,6 +281,18 @@ impl IdempotencyStore for RedisIdempotency {
     fn evictions(&self) -> u64 {
         self.local.evictions()
     }
+}
+
+/// Runs [`SETTLE`]; `None` when Redis did not take it.
+async fn send_settle(redis: &Arc<Redis>, record: &[u8], what: &[u8], answer: &[u8]) -> Option<i64> {
+    redis
+        .invoke(
+            Some(StoreFeature::Idempotency),
+            &SETTLE,
+            &[record],
+            &[what, INSTANCE.as_bytes(), answer],
+        )
+        .await
 }
 
 /// `status (2) | request id | header count (4) | (name | value)* | body`,
