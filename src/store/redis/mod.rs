@@ -332,3 +332,74 @@ impl Redis {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoreConfig, Stores};
+    use crate::telemetry::Metrics;
+
+    fn redis(url: &str) -> StoreConfig {
+        StoreConfig::Redis(RedisConfig {
+            url: url.to_owned(),
+            password: Some("secret".to_owned()),
+            key_prefix: "ordergate:".to_owned(),
+            timeout: Duration::from_millis(20),
+            pool_size: 2,
+        })
+    }
+
+    #[test]
+    fn a_reload_keeps_the_same_redis_and_switches_on_new_settings() {
+        let stores = Stores::default();
+        let metrics = Metrics::new();
+        stores.configure(&StoreConfig::Memory, &metrics);
+        assert!(stores.shared().is_none());
+        assert_eq!(stores.status().kind, "memory");
+        stores.configure(&redis("redis://127.0.0.1:1/0"), &metrics);
+        let first = stores.shared().expect("redis");
+        stores.configure(&redis("redis://127.0.0.1:1/0"), &metrics);
+        let same = stores.shared().expect("redis");
+        assert!(
+            Arc::ptr_eq(&first, &same),
+            "same settings, same connections"
+        );
+        stores.configure(&redis("redis://127.0.0.1:1/1"), &metrics);
+        let other = stores.shared().expect("redis");
+        assert!(!Arc::ptr_eq(&first, &other), "new settings, a new store");
+        let status = stores.status();
+        assert_eq!(status.kind, "redis");
+        assert_eq!(status.url.as_deref(), Some("redis://127.0.0.1:1/1"));
+        assert!(
+            !format!("{:?} {}", other.settings(), serde_json::json!(status)).contains("secret")
+        );
+        stores.configure(&StoreConfig::Memory, &metrics);
+        assert!(stores.shared().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_falls_back_at_once_and_says_so() {
+        let metrics = Metrics::new();
+        let Some(redis) = Redis::new(
+            match redis("redis://127.0.0.1:1/0") {
+                StoreConfig::Redis(settings) => settings,
+                StoreConfig::Memory => unreachable!(),
+            },
+            metrics.store.clone(),
+        ) else {
+            panic!("valid settings");
+        };
+        let redis = Arc::new(redis);
+        let started = std::time::Instant::now();
+        assert_eq!(redis.over_rate_limit("r", b"alice", 5).await, None);
+        assert!(!redis.is_up());
+        assert_eq!(metrics.store.up.get(), 0);
+        // Down: the next ones do not even try.
+        for _ in 0..100 {
+            assert_eq!(redis.over_rate_limit("r", b"alice", 5).await, None);
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(metrics.store.fallbacks(), 101);
+        assert!(redis.status().last_error.is_some());
+    }
+}
