@@ -256,22 +256,25 @@ impl IdempotencyStore for RedisIdempotency {
         }
     }
 
+    // This instance's copy first: its own repeats (waiting on it) are
+    // answered without waiting for the Redis round trip.
     async fn complete(&self, key: &RecordKey, answer: Option<StoredAnswer>) {
-        match &answer {
-            Some(answer) => self.settle(key, b"d", encode(answer)).await,
-            None => self.settle(key, b"n", Vec::new()).await,
-        }
+        let (what, encoded) = match &answer {
+            Some(answer) => (b"d".as_slice(), encode(answer)),
+            None => (b"n".as_slice(), Vec::new()),
+        };
         self.local.complete(key, answer).await;
+        self.settle(key, what, encoded).await;
     }
 
     async fn release(&self, key: &RecordKey) {
-        self.settle(key, b"release", Vec::new()).await;
         self.local.release(key).await;
+        self.settle(key, b"release", Vec::new()).await;
     }
 
     async fn mark_unknown(&self, key: &RecordKey) {
-        self.settle(key, b"u", Vec::new()).await;
         self.local.mark_unknown(key).await;
+        self.settle(key, b"u", Vec::new()).await;
     }
 
     fn size_bytes(&self) -> u64 {
