@@ -248,23 +248,56 @@ mod tests {
         let c = config();
         assert!(key_for(&c, &Method::GET, "Shop", "/p/1", &headers(&[])).is_some());
         assert!(key_for(&c, &Method::POST, "shop", "/p/1", &headers(&[])).is_none());
-        assert!(key_for(&c, &Method::GET, "shop", "/p/1", &headers(&[("cookie", "s=1")])).is_none());
-        assert!(key_for(&c, &Method::GET, "shop", "/", &headers(&[("authorization", "x")])).is_none());
+        assert!(key_for(
+            &c,
+            &Method::GET,
+            "shop",
+            "/p/1",
+            &headers(&[("cookie", "s=1")])
+        )
+        .is_none());
+        assert!(key_for(
+            &c,
+            &Method::GET,
+            "shop",
+            "/",
+            &headers(&[("authorization", "x")])
+        )
+        .is_none());
         let private_ok = StaleConfig {
             private_ok: true,
             ..config()
         };
-        assert!(key_for(&private_ok, &Method::GET, "shop", "/", &headers(&[("cookie", "s")])).is_some());
+        assert!(key_for(
+            &private_ok,
+            &Method::GET,
+            "shop",
+            "/",
+            &headers(&[("cookie", "s")])
+        )
+        .is_some());
     }
 
     #[test]
     fn answers_that_are_private_or_personal_are_never_kept() {
         let c = config();
-        assert!(storable(&c, 200, &headers(&[("cache-control", "max-age=60")])));
+        assert!(storable(
+            &c,
+            200,
+            &headers(&[("cache-control", "max-age=60")])
+        ));
         assert!(!storable(&c, 404, &headers(&[])));
         assert!(!storable(&c, 200, &headers(&[("set-cookie", "a=b")])));
-        assert!(!storable(&c, 200, &headers(&[("cache-control", "public, no-store")])));
-        assert!(!storable(&c, 200, &headers(&[("cache-control", "Private")])));
+        assert!(!storable(
+            &c,
+            200,
+            &headers(&[("cache-control", "public, no-store")])
+        ));
+        assert!(!storable(
+            &c,
+            200,
+            &headers(&[("cache-control", "Private")])
+        ));
         assert!(!storable(&c, 200, &headers(&[("vary", "Accept, *")])));
     }
 
@@ -286,7 +319,9 @@ mod tests {
         cache.keep(key.clone(), copy);
         let found = cache.find(&key, &request).expect("found");
         assert_eq!(found.answer.body, Bytes::from_static(b"<h1>tea</h1>"));
-        assert!(cache.find(&key, &headers(&[("accept-language", "en")])).is_none());
+        assert!(cache
+            .find(&key, &headers(&[("accept-language", "en")]))
+            .is_none());
         assert!(cache.size_bytes() > 0);
     }
 

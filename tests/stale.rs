@@ -41,15 +41,27 @@ fn a_kept_copy_stands_in_when_the_backends_fail() {
         assert_eq!(stale.status, 200, "{fault}: {:?}", stale.headers);
         assert_eq!(stale.header("x-ordergate-stale"), Some("true"), "{fault}");
         assert_eq!(stale.header("warning"), Some("110 - \"Response is Stale\""));
-        assert!(stale.header("age").and_then(|a| a.parse::<u64>().ok()).is_some());
-        assert_eq!(stale.body, fresh.body, "{fault}: the kept answer, byte for byte");
+        assert!(stale
+            .header("age")
+            .and_then(|a| a.parse::<u64>().ok())
+            .is_some());
+        assert_eq!(
+            stale.body, fresh.body,
+            "{fault}: the kept answer, byte for byte"
+        );
         // A read never kept gets the page.
         let other = get(&proxy, "/api/products/8", &[]);
-        assert!(other.header("x-ordergate-page").is_some(), "{fault}: {other:?}");
+        assert!(
+            other.header("x-ordergate-page").is_some(),
+            "{fault}: {other:?}"
+        );
         // Private requests never get a shared copy.
         for private in [("cookie", "session=abc"), ("authorization", "Bearer x")] {
             let page = get(&proxy, "/api/products/7", &[private]);
-            assert!(page.header("x-ordergate-page").is_some(), "{fault} {private:?}");
+            assert!(
+                page.header("x-ordergate-page").is_some(),
+                "{fault} {private:?}"
+            );
         }
     }
 }
@@ -101,5 +113,8 @@ fn copies_stay_within_the_memory_budget() {
                 == Some("true")
         })
         .count();
-    assert!(served > 0 && served < 600, "some copies fit, not all: {served}");
+    assert!(
+        served > 0 && served < 600,
+        "some copies fit, not all: {served}"
+    );
 }
