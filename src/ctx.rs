@@ -63,13 +63,13 @@ pub struct RequestCtx {
     /// from then on the request may have reached it.
     pub connected: bool,
     /// The first request with an idempotency key: what its record will say.
-    pub keyed: Option<KeyedRequest>,
+    pub keyed: Option<Box<KeyedRequest>>,
     /// A waiting room's new pass, set on the answer (`Set-Cookie` value).
     pub room_cookie: Option<String>,
     /// The operator's words for the page (a maintenance window's message).
     pub notice: Option<String>,
     /// A backend's answer to a read, being collected as the route's stale copy.
-    pub stale_recording: Option<crate::stale::Recording>,
+    pub stale_recording: Option<Box<crate::stale::Recording>>,
     /// Whether a stale copy was served instead of a page.
     pub served_stale: bool,
 }

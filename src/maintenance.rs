@@ -146,6 +146,15 @@ pub struct Rules<'a> {
 }
 
 impl Rules<'_> {
+    /// Whether any window could apply (configured or opened live); when not,
+    /// the request needs no clock read or lock.
+    pub fn may_apply(&self, live: &LiveWindows) -> bool {
+        let configured = |config: Option<&MaintenanceConfig>| config.is_some_and(|c| c.active);
+        configured(self.route_config)
+            || configured(self.global_config)
+            || live.any.load(Ordering::Acquire)
+    }
+
     /// Whether the request passes: the first open window among the route's
     /// live one, the route's configured one, everything's live one and
     /// everything's configured one closes it, unless the client is allowed
@@ -157,11 +166,7 @@ impl Rules<'_> {
         client_ip: Option<IpAddr>,
         now: SystemTime,
     ) -> Decision {
-        let configured = |config: Option<&MaintenanceConfig>| config.is_some_and(|c| c.active);
-        if !configured(self.route_config)
-            && !configured(self.global_config)
-            && !live.any.load(Ordering::Acquire)
-        {
+        if !self.may_apply(live) {
             return Decision::Pass;
         }
         let open = [

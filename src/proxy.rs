@@ -98,6 +98,9 @@ impl Proxy {
             route_config: route.maintenance.as_ref(),
             global_config: snapshot.maintenance.as_ref(),
         };
+        if !rules.may_apply(&self.state.maintenance) {
+            return Ok(None);
+        }
         let now = SystemTime::now();
         let request = session.req_header();
         match rules.decide(
@@ -214,7 +217,7 @@ impl Proxy {
         let fingerprint = idempotency::fingerprint(&request.method, target, &body);
         match idempotency.begin(&key, &fingerprint).await {
             Verdict::Forward => {
-                ctx.keyed = Some(KeyedRequest::new(key));
+                ctx.keyed = Some(Box::new(KeyedRequest::new(key)));
                 Ok(None)
             }
             Verdict::Replay(answer) => {
@@ -838,13 +841,13 @@ impl ProxyHttp for Proxy {
                 &request.headers,
             )?;
             let limit = usize::try_from(config.max_bytes / 16).unwrap_or(usize::MAX);
-            Some(stale::Recording::new(
+            Some(Box::new(stale::Recording::new(
                 key,
                 status,
                 &upstream_response.headers,
                 &request.headers,
                 limit,
-            ))
+            )))
         });
         let Some((retryable, intercept)) = ctx.route_and_pool().map(|(route, _)| {
             (
@@ -1053,7 +1056,7 @@ impl ProxyHttp for Proxy {
             {
                 let may_have_reached = ctx.connected || ctx.reached_backend.is_some();
                 idempotency
-                    .settle(keyed, may_have_reached, &ctx.request_id)
+                    .settle(*keyed, may_have_reached, &ctx.request_id)
                     .await;
             }
         }

@@ -16,6 +16,9 @@ use super::{Availability, Backend, InFlight, PoolState, Registry};
 use crate::config::{Balance, HashKey, HealthConfig, OutlierConfig, PoolConfig};
 use crate::telemetry::{BackendMetrics, Metrics, UpstreamResult};
 
+/// Pools up to this many backends keep a pick's working state on the stack.
+const SMALL_POOL: usize = 32;
+
 /// Share of traffic a backend gets at the very start of its slow start.
 const SLOW_START_FLOOR: f64 = 0.1;
 
@@ -264,14 +267,22 @@ impl Pool {
         timeout: Duration,
     ) -> Option<Pick> {
         let now = Instant::now();
-        let serving: Vec<Option<Duration>> = self
-            .backends
-            .iter()
-            .map(|b| match b.availability(now, self.health.as_ref()) {
-                Availability::Serving(since) => Some(since),
-                _ => None,
-            })
-            .collect();
+        let availability = |b: &Arc<Backend>| match b.availability(now, self.health.as_ref()) {
+            Availability::Serving(since) => Some(since),
+            _ => None,
+        };
+        // On the stack for the usual pool sizes: a pick runs on every request.
+        let mut small = [None; SMALL_POOL];
+        let large: Vec<Option<Duration>>;
+        let serving: &[Option<Duration>] = if self.backends.len() <= SMALL_POOL {
+            for (slot, backend) in small.iter_mut().zip(&self.backends) {
+                *slot = availability(backend);
+            }
+            &small[..self.backends.len()]
+        } else {
+            large = self.backends.iter().map(availability).collect();
+            &large
+        };
         let up = serving.iter().filter(|s| s.is_some()).count();
         let drained = self.backends.iter().filter(|b| b.is_drained()).count();
         let panic = self.in_panic(up, drained);
