@@ -8,10 +8,11 @@
 //! backend), the proxies under test (ordergate from a temporary config; nginx
 //! and HAProxy from `benches/peers/*.tmpl` when installed), drives load with a
 //! built-in HTTP/1.1 load generator, prints a progress line per second on
-//! stderr, a markdown table on stdout, and writes
-//! `target/bench-report/<scenario>.json` (raw results, per-second series) and
-//! `.svg` (goodput and p99 over time); smoke runs write to
-//! `target/bench-report/smoke/`.
+//! stderr (phase, elapsed, rates; only on a terminal and not in CI), a
+//! markdown table on stdout, and writes `target/bench-report/<scenario>.json`
+//! (raw results, time series in 100 ms to 1 s buckets) and `.svg`
+//! (throughput, latency, errors and pages over time, one line per target);
+//! smoke runs write to `target/bench-report/smoke/`.
 //!
 //! ```text
 //! cargo bench --bench load -- smoke --quick          # every scenario ~1 s, ordergate only; exit 1 on raw errors
@@ -20,6 +21,8 @@
 //! cargo bench --bench load -- flash-sale | backend-kill | slow-backend | reload | new-connections
 //! cargo bench --bench load -- soak                   # 10 min of mixed traffic, faults, reloads, restarts
 //! cargo bench --bench load -- connections | tls      # memory per idle shopper; TLS handshakes
+//! cargo bench --bench load -- idempotency [--store redis]   # CPU and memory of edge idempotency records
+//! cargo bench --bench load -- flash-sale-room        # 10x capacity through a waiting room, 60 s
 //! cargo bench --bench load -- --help
 //! ```
 //!
@@ -32,12 +35,16 @@
 mod client;
 #[path = "load/connections.rs"]
 mod connections;
+#[path = "load/idempotency.rs"]
+mod idempotency;
 #[path = "load/procs.rs"]
 mod procs;
 #[path = "load/profile.rs"]
 mod profile;
 #[path = "load/report.rs"]
 mod report;
+#[path = "load/room.rs"]
+mod room;
 #[path = "load/scenarios.rs"]
 mod scenarios;
 #[path = "load/soak.rs"]
@@ -51,6 +58,7 @@ mod svg;
 #[path = "load/tls.rs"]
 mod tls;
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use procs::Kind;
@@ -75,6 +83,13 @@ scenarios:
                    at its descriptor limit; --read-buffer sweeps ordergate's server.read_buffer
   tls              full TLS handshakes per second and CPU per keep-alive HTTPS request,
                    ordergate (rustls) against nginx (OpenSSL)
+  idempotency      ordergate only: CPU per keyed POST with and without [routes.idempotency]
+                   (alternating rounds), memory per stored record; --store redis adds the
+                   records in a local redis-server
+  flash-sale-room  ordergate only: shoppers who keep their cookies arrive at 10x one backend's
+                   capacity for 60 s (--quick: 10 s) through a [[rooms]] waiting room: backend
+                   utilisation, raw errors, admitted shoppers' p99, queue length, admission rate
+                   and ETA error over time (flash-sale-room-line.svg)
   smoke            every scenario but connections and tls for about 1 s (soak 20 s), ordergate
                    only unless --targets; exit 1 on raw errors
 
@@ -88,12 +103,13 @@ options:
   --connections N    closed-loop connections (default 50)
   --pool N           open-loop connection pool (default 128 steady, 512 overload, 256 others)
   --rate R           requests/s of backend-kill, slow-backend and reload
+  --store KIND       idempotency: memory (default) or redis (also the records in redis-server)
   --timeout-ms MS    client timeout from the scheduled send time (default 5000)
   --balance ALG      ordergate algorithm of slow-backend: least_request (default) or peak_ewma
   --parallel | --sequential   run the targets at the same time or one after the other
                      (default: sequential for steady and new-connections, parallel otherwise)
   --no-pin           do not pin processes to CPUs
-  --quiet            no progress lines
+  --quiet            no progress lines (none either in CI or when stderr is not a terminal)
   --read-buffer LIST connections: ordergate's server.read_buffer values in bytes, e.g.
                      1024,4096,16384,65536 (each measured idle and under steady load)
   --profile          steady, new-connections: sample each proxy with `perf record` during the
@@ -129,6 +145,8 @@ pub(crate) struct Options {
     pub(crate) profile: bool,
     /// `--read-buffer`, in bytes.
     pub(crate) read_buffer: Vec<u64>,
+    /// `--store`: `memory` (default) or `redis`.
+    pub(crate) store: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -147,6 +165,7 @@ fn parse_args() -> Result<Options, String> {
         quiet: false,
         profile: false,
         read_buffer: Vec::new(),
+        store: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -191,6 +210,13 @@ fn parse_args() -> Result<Options, String> {
                     opts.read_buffer.push(bytes as u64);
                 }
             }
+            "--store" => {
+                let kind = value("--store")?;
+                if kind != "memory" && kind != "redis" {
+                    return Err(format!("--store {kind}: use memory or redis"));
+                }
+                opts.store = Some(kind);
+            }
             "--timeout-ms" => {
                 opts.timeout =
                     Duration::from_millis(number(&value("--timeout-ms")?, "--timeout-ms")? as u64)
@@ -217,6 +243,13 @@ fn number(text: &str, name: &str) -> Result<f64, String> {
     }
 }
 
+/// Whether a person is watching: stderr is a terminal and `CI` is not set
+/// (GitHub Actions, GitLab and most others set `CI=true`).
+fn progress_wanted() -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    !ci && std::io::stderr().is_terminal()
+}
+
 fn main() {
     std::process::exit(run());
 }
@@ -224,7 +257,7 @@ fn main() {
 fn run() -> i32 {
     // Hundreds of client connections per target, several targets at once.
     ordergate::server::raise_open_files_limit();
-    let opts = match parse_args() {
+    let mut opts = match parse_args() {
         Ok(opts) => opts,
         Err(why) if why.is_empty() => {
             print!("{USAGE}");
@@ -235,6 +268,10 @@ fn run() -> i32 {
             return 2;
         }
     };
+    // Progress lines are for a person watching; CI logs get the report only.
+    if !progress_wanted() {
+        opts.quiet = true;
+    }
     let Some(scenario) = opts.scenario.clone() else {
         // `cargo bench` without a filter runs every bench: do nothing long here.
         print!("{USAGE}");
@@ -329,9 +366,10 @@ fn run() -> i32 {
             "machine": machine,
         });
         match report::write_files(&result, settings, smoke) {
-            Ok((json_path, svg_path)) => {
+            Ok((json_path, Some(svg_path))) => {
                 eprintln!("wrote {} and {}", json_path.display(), svg_path.display())
             }
+            Ok((json_path, None)) => eprintln!("wrote {}", json_path.display()),
             Err(why) => eprintln!("cannot write the report files: {why}"),
         }
         failures.extend(

@@ -131,7 +131,8 @@ pub(crate) struct Plan {
     pub(crate) timeout: Duration,
     /// Things to do during the run.
     pub(crate) events: Vec<Event>,
-    /// Print one progress line per second to stderr.
+    /// Print one progress line per second to stderr (the harness turns it
+    /// off in CI and when stderr is not a terminal).
     pub(crate) progress: bool,
     /// Where to note how each order-creating request ended (soak).
     pub(crate) ledger: Option<Ledger>,
@@ -278,7 +279,7 @@ pub(crate) async fn run(plan: Plan, cpu: Arc<dyn Fn() -> Option<u64> + Send + Sy
             loop {
                 tokio::time::sleep_until(start + Duration::from_millis(second * 1000 + 20)).await;
                 if let Ok(r) = recorder.lock() {
-                    eprintln!("{}", r.progress_line(second as usize - 1));
+                    eprintln!("{}", r.progress_line(Duration::from_secs(second)));
                 }
                 second += 1;
             }

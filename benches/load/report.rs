@@ -1,6 +1,7 @@
 //! Reports: markdown tables on stdout (per target and phase, ratios against
 //! direct and the peers, scenario summaries) and `target/bench-report/` files
-//! (`<scenario>.json` with the raw results and time series, `<scenario>.svg`).
+//! (`<scenario>.json` with the raw results and time series, `<scenario>.svg`
+//! with throughput, latency and errors over time).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -485,12 +486,13 @@ pub(crate) fn report_dir(smoke: bool) -> PathBuf {
     }
 }
 
-/// Writes `<scenario>.json` and `<scenario>.svg`; returns their paths.
+/// Writes `<scenario>.json` and, for a scenario with a time axis,
+/// `<scenario>.svg`; returns their paths.
 pub(crate) fn write_files(
     result: &ScenarioResult,
     settings: Value,
     smoke: bool,
-) -> Result<(PathBuf, PathBuf), String> {
+) -> Result<(PathBuf, Option<PathBuf>), String> {
     let dir = report_dir(smoke);
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let targets: Vec<Value> = result
@@ -519,7 +521,12 @@ pub(crate) fn write_files(
     let text = serde_json::to_string_pretty(&doc).map_err(|e| format!("encode JSON: {e}"))?;
     std::fs::write(&json_path, text).map_err(|e| format!("write {}: {e}", json_path.display()))?;
     let svg_path = dir.join(format!("{}.svg", result.name));
+    if !crate::svg::has_time_axis(result) {
+        // A chart of an earlier version would be taken for this run's.
+        let _ = std::fs::remove_file(&svg_path);
+        return Ok((json_path, None));
+    }
     std::fs::write(&svg_path, crate::svg::render(result))
         .map_err(|e| format!("write {}: {e}", svg_path.display()))?;
-    Ok((json_path, svg_path))
+    Ok((json_path, Some(svg_path)))
 }

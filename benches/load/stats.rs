@@ -1,6 +1,7 @@
 //! What a run measured: per phase and request kind, counts by class and
-//! HdrHistogram latencies (from the scheduled send time); per second of the
-//! run, a time series; the events that happened; the proxy's CPU time per phase.
+//! HdrHistogram latencies (from the scheduled send time); per bucket of the
+//! run (100 ms in short runs, up to 1 s in long ones), a time series; the
+//! events that happened; the proxy's CPU time per phase.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -299,12 +300,12 @@ impl PhaseStats {
     }
 }
 
-/// One second of the run (answers by the second they arrived in).
+/// One bucket of the run (answers by the bucket they arrived in).
 #[derive(Clone, Debug)]
-pub(crate) struct Second {
-    /// Requests scheduled in this second.
+pub(crate) struct Bucket {
+    /// Requests scheduled in this bucket.
     pub(crate) offered: u64,
-    /// How the requests that ended in this second ended.
+    /// How the requests that ended in this bucket ended.
     pub(crate) counts: Counts,
     /// 2xx answers by request kind.
     pub(crate) ok_by_kind: Vec<u64>,
@@ -314,9 +315,9 @@ pub(crate) struct Second {
     pub(crate) success: Histogram<u64>,
 }
 
-impl Second {
-    fn new(kinds: usize) -> Second {
-        Second {
+impl Bucket {
+    fn new(kinds: usize) -> Bucket {
+        Bucket {
             offered: 0,
             counts: Counts::default(),
             ok_by_kind: vec![0; kinds],
@@ -324,6 +325,18 @@ impl Second {
             success: histogram(2),
         }
     }
+}
+
+/// The bucket of a run's time series: the smallest of 100, 200, 500 ms and
+/// 1 s that keeps a run of `planned` length within 300 buckets. Fine enough
+/// that a kill or a reload shows in a short run's curves, coarse enough that
+/// a 10-minute soak keeps its memory (two histograms of ~21 KB per bucket).
+pub(crate) fn bucket_for(planned: Duration) -> Duration {
+    [100, 200, 500]
+        .into_iter()
+        .map(Duration::from_millis)
+        .find(|b| planned.as_secs_f64() / b.as_secs_f64() <= 300.0)
+        .unwrap_or(Duration::from_secs(1))
 }
 
 /// Everything measured in one run against one target.
@@ -336,8 +349,10 @@ pub(crate) struct Recorder {
     pub(crate) kinds: Vec<Kind>,
     /// The phases.
     pub(crate) phases: Vec<PhaseStats>,
+    /// Length of a bucket of the time series: see [`bucket_for`].
+    pub(crate) bucket: Duration,
     /// The time series.
-    pub(crate) seconds: Vec<Second>,
+    pub(crate) buckets: Vec<Bucket>,
     /// (when, what, error if it failed).
     pub(crate) events: Vec<(Duration, String, Option<String>)>,
     /// Keep-alive connections found closed by the server before a request
@@ -383,8 +398,9 @@ impl Recorder {
                 })
                 .collect(),
             phase_completed_at_start: vec![0; phases.len()],
+            bucket: bucket_for(phases.iter().map(|p| p.1).sum()),
             kinds,
-            seconds: Vec::new(),
+            buckets: Vec::new(),
             events: Vec::new(),
             stale_retries: 0,
             elapsed: Duration::ZERO,
@@ -394,18 +410,19 @@ impl Recorder {
         }
     }
 
-    fn second(&mut self, at: Instant) -> &mut Second {
-        let index = at.saturating_duration_since(self.start).as_secs() as usize;
+    fn bucket_at(&mut self, at: Instant) -> &mut Bucket {
+        let index = (at.saturating_duration_since(self.start).as_nanos()
+            / self.bucket.as_nanos().max(1)) as usize;
         let kinds = self.kinds.len();
-        while self.seconds.len() <= index {
-            self.seconds.push(Second::new(kinds));
+        while self.buckets.len() <= index {
+            self.buckets.push(Bucket::new(kinds));
         }
-        &mut self.seconds[index]
+        &mut self.buckets[index]
     }
 
     /// A request was scheduled at `at`.
     pub(crate) fn offered(&mut self, at: Instant) {
-        self.second(at).offered += 1;
+        self.bucket_at(at).offered += 1;
     }
 
     /// A request ended.
@@ -429,16 +446,16 @@ impl Recorder {
                 w.add(&class);
             }
         }
-        let second = self.second(done);
-        second.counts.add(&class);
+        let bucket = self.bucket_at(done);
+        bucket.counts.add(&class);
         if let Class::Success { status } = &class {
             if (200..300).contains(status) {
-                second.ok_by_kind[kind_index] += 1;
+                bucket.ok_by_kind[kind_index] += 1;
             }
-            second.success.saturating_record(micros.max(1));
+            bucket.success.saturating_record(micros.max(1));
         }
         if !matches!(class, Class::Timeout) {
-            second.all.saturating_record(micros.max(1));
+            bucket.all.saturating_record(micros.max(1));
         }
         if let Some(stats) = self
             .phases
@@ -505,32 +522,44 @@ impl Recorder {
             .find(|p| p.began <= offset)
     }
 
-    /// One line about second `index`, for the progress display.
-    pub(crate) fn progress_line(&self, index: usize) -> String {
-        let phase = self
-            .phase_at(Duration::from_secs(index as u64))
-            .map_or("", |p| p.name.as_str());
-        let Some(s) = self.seconds.get(index) else {
-            return format!(
-                "[{:<9}] {:>3}s {:<10} no answers yet",
-                self.label,
-                index + 1,
-                phase
-            );
-        };
-        let c = &s.counts;
-        format!(
-            "[{:<9}] {:>3}s {:<10} offered {:>6}/s achieved {:>6}/s 2xx {:>6}/s p99 {:>8.1} ms | pages {:>5} (retry-after {:>5}) | raw errors {:>4} (5xx {}, reset {}, timeout {})",
+    /// One line for the progress display at `elapsed` from the start: the
+    /// phase, the time, and the rates of the last second.
+    pub(crate) fn progress_line(&self, elapsed: Duration) -> String {
+        let phase = self.phase_at(elapsed).map_or("", |p| p.name.as_str());
+        let planned: Duration = self.phases.iter().map(|p| p.planned).sum();
+        let head = format!(
+            "[{:<9}] {:>5.1}/{:.0} s {:<12}",
             self.label,
-            index + 1,
-            phase,
-            s.offered,
-            c.total(),
-            c.ok_2xx,
-            Percentiles::of(&s.all).p99,
-            c.page,
-            c.page_retry_after,
-            c.raw_errors(),
+            elapsed.as_secs_f64(),
+            planned.as_secs_f64(),
+            phase
+        );
+        // The buckets of the last whole second.
+        let per_second =
+            (Duration::from_secs(1).as_nanos() / self.bucket.as_nanos().max(1)).max(1) as usize;
+        let end = (elapsed.as_nanos() / self.bucket.as_nanos().max(1)) as usize;
+        let last = &self.buckets
+            [end.saturating_sub(per_second).min(self.buckets.len())..end.min(self.buckets.len())];
+        if last.is_empty() {
+            return format!("{head} no answers yet");
+        }
+        let mut c = Counts::default();
+        let mut all = histogram(2);
+        let mut offered = 0;
+        for b in last {
+            c.merge(&b.counts);
+            let _ = all.add(&b.all);
+            offered += b.offered;
+        }
+        let secs = (last.len() as f64 * self.bucket.as_secs_f64()).max(0.001);
+        let rate = |n: u64| n as f64 / secs;
+        format!(
+            "{head} offered {:>6.0}/s 2xx {:>6.0}/s p99 {:>7.1} ms | pages {:>5.0}/s | raw errors {:>4.0}/s (5xx {}, reset {}, timeout {})",
+            rate(offered),
+            rate(c.ok_2xx),
+            Percentiles::of(&all).p99,
+            rate(c.page),
+            rate(c.raw_errors()),
             c.other_error,
             c.reset,
             c.timeout
@@ -582,7 +611,7 @@ impl Recorder {
             })
             .collect();
         let series: Vec<Value> = self
-            .seconds
+            .buckets
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -595,7 +624,7 @@ impl Recorder {
                 let all = Percentiles::of(&s.all);
                 let admitted = Percentiles::of(&s.success);
                 json!({
-                    "t_s": i,
+                    "t_s": i as f64 * self.bucket.as_secs_f64(),
                     "offered": s.offered,
                     "completed": s.counts.total(),
                     "ok_2xx": s.counts.ok_2xx,
@@ -621,6 +650,7 @@ impl Recorder {
             "target": self.label,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "stale_keepalive_retries": self.stale_retries,
+            "series_bucket_s": self.bucket.as_secs_f64(),
             "totals": self.all_counts().to_json(),
             "phases": phases,
             "series": series,
