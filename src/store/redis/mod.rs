@@ -28,8 +28,9 @@ use crate::telemetry::{StoreFeature, StoreMetrics};
 /// While Redis is down, how often a background probe checks it.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
-/// Connecting (TCP and TLS) may take longer than one operation's `timeout`:
-/// nobody waits for it, operations fall back meanwhile.
+/// How long one connection attempt (TCP and TLS) may go on. An operation
+/// waits for it at most `timeout`, then falls back; the attempt goes on as
+/// later operations and probes poll it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// This process, in record owner fields: only the instance that began a
