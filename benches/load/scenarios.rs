@@ -27,7 +27,7 @@ pub(crate) const ALL: [&str; 8] = [
 ];
 
 /// Scenarios only run when named (too long or too heavy for `smoke`).
-pub(crate) const NAMED_ONLY: [&str; 2] = ["connections", "tls"];
+pub(crate) const NAMED_ONLY: [&str; 4] = ["connections", "tls", "idempotency", "flash-sale-room"];
 
 /// The scenarios that measure the cost of a request or a connection (where
 /// the pingora floor runs by default).
@@ -316,6 +316,8 @@ pub(crate) fn run(ctx: &Ctx<'_>, name: &str) -> Result<ScenarioResult, String> {
         "soak" => crate::soak::run(ctx),
         "connections" => crate::connections::run(ctx),
         "tls" => crate::tls::run(ctx),
+        "idempotency" => crate::idempotency::run(ctx),
+        "flash-sale-room" => crate::room::run(ctx),
         other => Err(format!(
             "unknown scenario {other:?}; use one of: {}, {}, smoke",
             ALL.join(", "),
