@@ -163,17 +163,6 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
     reply(status, json!({ "error": message.into() }))
 }
 
-/// Compares without an early exit, so the time taken does not tell how much of
-/// a guess was right.
-fn same_token(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 async fn handle(
     state: &State,
     token: Option<&str>,
@@ -189,7 +178,7 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !same_token(given.as_bytes(), token.as_bytes()) {
+        if !crate::secret::same(given.as_bytes(), token.as_bytes()) {
             let mut response = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

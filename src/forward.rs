@@ -44,6 +44,19 @@ pub fn forwarded_for(request: &HeaderMap, client: Option<IpAddr>) -> Option<Stri
     }
 }
 
+/// The values of the cookie `name` in a request's `Cookie` headers, in order
+/// (surrounding quotes removed).
+pub fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(move |(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +86,14 @@ mod tests {
         let mut blank = HeaderMap::new();
         blank.append("x-forwarded-for", "  ".parse().expect("value"));
         assert_eq!(forwarded_for(&blank, None), None);
+    }
+
+    #[test]
+    fn cookie_values_are_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.append("cookie", http::HeaderValue::from_static("a=1; room=x"));
+        headers.append("cookie", http::HeaderValue::from_static("room=\"y\""));
+        assert_eq!(cookies(&headers, "room").collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(cookies(&headers, "b").count(), 0);
     }
 }

@@ -86,7 +86,10 @@ impl Settings {
                 .get(name)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .unwrap_or_default(),
-            Scope::Cookie(name) => cookie(headers, name).unwrap_or_default().to_owned(),
+            Scope::Cookie(name) => crate::forward::cookies(headers, name)
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
         }
     }
 }
@@ -97,17 +100,6 @@ pub fn valid_key(bytes: &[u8]) -> Option<&str> {
     let printable =
         (1..=255).contains(&bytes.len()) && bytes.iter().all(|b| (0x20..=0x7e).contains(b));
     printable.then(|| std::str::from_utf8(bytes).ok()).flatten()
-}
-
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
 }
 
 /// What makes two requests with one key the same request: method, path and

@@ -56,6 +56,7 @@ pub mod respond;
 pub mod retry;
 pub mod room;
 pub mod route;
+pub mod secret;
 pub mod server;
 pub mod sim;
 pub mod stale;

@@ -60,21 +60,11 @@ impl MaintenanceConfig {
         let by_header = match (&self.allow_header, &self.allow_token) {
             (Some(name), Some(token)) => headers
                 .get(name)
-                .is_some_and(|value| same_secret(value.as_bytes(), token.as_bytes())),
+                .is_some_and(|value| crate::secret::same(value.as_bytes(), token.as_bytes())),
             _ => false,
         };
         by_address || by_header
     }
-}
-
-/// Compares a secret without stopping at the first difference.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
 }
 
 /// What maintenance says about one request.

@@ -138,18 +138,6 @@ fn hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The values of the cookie `name` in a request's `Cookie` headers, in order.
-pub fn values<'h>(headers: &'h http::HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(move |(key, _)| *key == name)
-        .map(|(_, value)| value.trim_matches('"'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,15 +217,6 @@ mod tests {
                 "{junk}"
             );
         }
-    }
-
-    #[test]
-    fn cookie_values_are_found_among_others() {
-        let mut headers = http::HeaderMap::new();
-        headers.append("cookie", http::HeaderValue::from_static("a=1; room=x"));
-        headers.append("cookie", http::HeaderValue::from_static("room=\"y\""));
-        assert_eq!(values(&headers, "room").collect::<Vec<_>>(), ["x", "y"]);
-        assert_eq!(values(&headers, "b").count(), 0);
     }
 
     proptest::proptest! {

@@ -80,7 +80,7 @@ impl Bypass {
             || self.header.as_ref().is_some_and(|(name, want)| {
                 headers.get_all(name).iter().any(|value| {
                     want.as_ref()
-                        .is_none_or(|want| same(value.as_bytes(), want.as_bytes()))
+                        .is_none_or(|want| crate::secret::same(value.as_bytes(), want.as_bytes()))
                 })
             })
     }
@@ -373,7 +373,7 @@ impl Room {
         // The first of the room's cookies that is valid (a browser may hold an
         // old one beside it); otherwise why the first was not.
         let mut token = Err(None);
-        for value in cookie::values(request.headers, &self.cookie_name) {
+        for value in crate::forward::cookies(request.headers, &self.cookie_name) {
             match cookie::decode(&self.key, &self.settings.name, epoch, value) {
                 Ok(found) => {
                     token = Ok(found);
@@ -559,16 +559,6 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,
     }
-}
-
-/// Compares without an early exit (a staff header's value is a secret).
-fn same(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 #[cfg(test)]

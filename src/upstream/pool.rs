@@ -240,14 +240,9 @@ impl Pool {
     pub fn request_hash(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> Option<u64> {
         match self.hash_key.as_ref()? {
             HashKey::Header(name) => headers.get(name).map(|v| key_hash(v.as_bytes())),
-            HashKey::Cookie(name) => headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| key_hash(value.as_bytes())),
+            HashKey::Cookie(name) => crate::forward::cookies(headers, name)
+                .next()
+                .map(|value| key_hash(value.as_bytes())),
             HashKey::ClientIp => client_ip.map(|ip| key_hash(ip.to_string().as_bytes())),
         }
     }
