@@ -528,7 +528,7 @@ impl Recorder {
         let phase = self.phase_at(elapsed).map_or("", |p| p.name.as_str());
         let planned: Duration = self.phases.iter().map(|p| p.planned).sum();
         let head = format!(
-            "[{:<9}] {:>5.1}/{:.0} s {:<12}",
+            "[{:<9}] {:>5.1}/{:.1} s {:<12}",
             self.label,
             elapsed.as_secs_f64(),
             planned.as_secs_f64(),

@@ -358,35 +358,39 @@ impl Canvas {
     }
 
     /// Phase and event lines across the panels, labels in rows above them
-    /// where they fit (every label is also the line's tooltip).
+    /// where they fit (every label is also the line's tooltip); events are
+    /// drawn over the phase they start.
     fn marks(&mut self, marks: &[Mark], bottom: f64) {
         let mut row_ends = [f64::MIN; MARK_ROWS];
+        let (mut phases, mut events) = (String::new(), String::new());
         for m in marks {
             let x = self.x(m.t);
             let label = escape(&m.label);
             let width = m.label.chars().count() as f64 * MARK_CHAR_W + 8.0;
             let row = row_ends.iter().position(|end| *end <= x);
-            let (color, dash) = if m.event {
-                (EVENT, "6,3")
+            let (out, color, dash) = if m.event {
+                (&mut events, EVENT, "6,3")
             } else {
-                (PHASE, "2,3")
+                (&mut phases, PHASE, "2,3")
             };
             let line_top = row.map_or(TOP, |r| MARKS_TOP + r as f64 * MARK_ROW_H - 9.0);
             let _ = writeln!(
-                self.out,
+                out,
                 r#"<line x1="{x:.1}" y1="{line_top}" x2="{x:.1}" y2="{bottom}" stroke="{color}" stroke-dasharray="{dash}"><title>{label} at {:.2} s</title></line>"#,
                 m.t
             );
             if let Some(r) = row {
                 row_ends[r] = x + width;
                 let _ = writeln!(
-                    self.out,
+                    out,
                     r#"<text x="{:.1}" y="{}" fill="{color}" font-size="10">{label}</text>"#,
                     x + 3.0,
                     MARKS_TOP + r as f64 * MARK_ROW_H
                 );
             }
         }
+        self.out.push_str(&phases);
+        self.out.push_str(&events);
     }
 }
 
