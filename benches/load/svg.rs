@@ -374,11 +374,18 @@ impl Canvas {
                 (&mut phases, PHASE, "2,3")
             };
             let line_top = row.map_or(TOP, |r| MARKS_TOP + r as f64 * MARK_ROW_H - 9.0);
-            let _ = writeln!(
-                out,
-                r#"<line x1="{x:.1}" y1="{line_top}" x2="{x:.1}" y2="{bottom}" stroke="{color}" stroke-dasharray="{dash}"><title>{label} at {:.2} s</title></line>"#,
-                m.t
-            );
+            // A phase an event starts keeps its label but not a second line.
+            let covered = !m.event
+                && marks
+                    .iter()
+                    .any(|e| e.event && (self.x(e.t) - x).abs() < 3.0);
+            if !covered {
+                let _ = writeln!(
+                    out,
+                    r#"<line x1="{x:.1}" y1="{line_top}" x2="{x:.1}" y2="{bottom}" stroke="{color}" stroke-dasharray="{dash}"><title>{label} at {:.2} s</title></line>"#,
+                    m.t
+                );
+            }
             if let Some(r) = row {
                 row_ends[r] = x + width;
                 let _ = writeln!(
