@@ -15,7 +15,7 @@ use crate::{profile, report};
 use crate::{support, Options};
 
 /// Every scenario `smoke` runs, in its order.
-pub(crate) const ALL: [&str; 8] = [
+pub(crate) const ALL: [&str; 10] = [
     "steady",
     "overload",
     "flash-sale",
@@ -24,10 +24,12 @@ pub(crate) const ALL: [&str; 8] = [
     "reload",
     "new-connections",
     "soak",
+    "idempotency",
+    "flash-sale-room",
 ];
 
 /// Scenarios only run when named (too long or too heavy for `smoke`).
-pub(crate) const NAMED_ONLY: [&str; 4] = ["connections", "tls", "idempotency", "flash-sale-room"];
+pub(crate) const NAMED_ONLY: [&str; 2] = ["connections", "tls"];
 
 /// The scenarios that measure the cost of a request or a connection (where
 /// the pingora floor runs by default).
