@@ -368,7 +368,7 @@ impl Canvas {
             let label = escape(&m.label);
             let width = m.label.chars().count() as f64 * MARK_CHAR_W + 8.0;
             let row = row_ends.iter().position(|end| *end <= x);
-            let (out, color, dash, width) = if m.event {
+            let (out, color, dash, stroke) = if m.event {
                 (&mut events, EVENT, "6,3", 1.4)
             } else {
                 (&mut phases, PHASE, "2,3", 1.0)
@@ -382,7 +382,7 @@ impl Canvas {
             if !covered {
                 let _ = writeln!(
                     out,
-                    r#"<line x1="{x:.1}" y1="{line_top}" x2="{x:.1}" y2="{bottom}" stroke="{color}" stroke-width="{width}" stroke-dasharray="{dash}"><title>{label} at {:.2} s</title></line>"#,
+                    r#"<line x1="{x:.1}" y1="{line_top}" x2="{x:.1}" y2="{bottom}" stroke="{color}" stroke-width="{stroke}" stroke-dasharray="{dash}"><title>{label} at {:.2} s</title></line>"#,
                     m.t
                 );
             }
