@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -751,48 +751,6 @@ fn check_rejects_a_missing_or_short_secret_an_unknown_route_and_zero_capacity() 
     }
 }
 
-/// A program, installed from Debian's `package` with apt-get when missing.
-fn ensure_program(names: &[&str], package: &str) -> Option<PathBuf> {
-    let find = || {
-        names
-            .iter()
-            .flat_map(|name| {
-                ["/usr/bin", "/usr/local/bin", "/snap/bin"].map(|d| Path::new(d).join(name))
-            })
-            .find(|p| p.is_file())
-    };
-    if let Some(found) = find() {
-        return Some(found);
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let apt = |args: &[&str]| {
-        let mut command = if root {
-            Command::new("apt-get")
-        } else {
-            let mut sudo = Command::new("sudo");
-            sudo.args(["-n", "apt-get"]);
-            sudo
-        };
-        command
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    eprintln!(
-        "room: {} missing; installing {package} with apt-get",
-        names[0]
-    );
-    let _ = apt(&["update", "-qq"]);
-    let _ = apt(&["install", "-y", "-qq", package]);
-    find()
-}
-
 fn chromium(browser: &Path, url: &str, args: &[&str]) -> String {
     let profile = TempFile::new("profile", "");
     let output = Command::new(browser)
@@ -824,7 +782,7 @@ fn chromium(browser: &Path, url: &str, args: &[&str]) -> String {
 
 #[test]
 fn the_waiting_page_renders_in_headless_chromium() {
-    let Some(browser) = ensure_program(
+    let Some(browser) = support::programs::ensure(
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     ) else {

@@ -12,72 +12,16 @@ mod support;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::{admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile};
 
-/// One apt-get at a time: two tests installing at once would fight over its lock.
-static APT: Mutex<()> = Mutex::new(());
-
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The first of `names` found on the PATH (or in /usr/sbin, /sbin).
-fn find_program(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .collect();
-    names
-        .iter()
-        .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A program, installed from Debian's `package` with apt-get when missing
-/// (as root, or with `sudo -n`). `None` when it cannot be had.
-fn ensure_program(names: &[&str], package: &str) -> Option<PathBuf> {
-    let _apt = APT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(found) = find_program(names) {
-        return Some(found);
-    }
-    find_program(&["apt-get"])?;
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let apt = |args: &[&str]| {
-        let mut command = if root {
-            Command::new("apt-get")
-        } else {
-            let mut sudo = Command::new("sudo");
-            sudo.args(["-n", "apt-get"]);
-            sudo
-        };
-        command
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    eprintln!(
-        "sre: {} missing; installing {package} with apt-get",
-        names[0]
-    );
-    if !apt(&["update", "-qq"]) {
-        eprintln!("sre: apt-get update failed");
-    }
-    if !apt(&["install", "-y", "-qq", package]) {
-        eprintln!("sre: apt-get install {package} failed");
-    }
-    find_program(names)
 }
 
 /// What a finished program said.
@@ -206,7 +150,7 @@ fn status_page_config(port: u16, addrs: &[SocketAddr], admin_extra: &str) -> Str
 
 #[test]
 fn status_page_shows_every_backend_and_the_killed_one_as_down() {
-    let Some(browser) = ensure_program(
+    let Some(browser) = support::programs::ensure(
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     ) else {
@@ -410,7 +354,7 @@ fn serve_canned(status: serde_json::Value, rooms: serde_json::Value) -> SocketAd
 
 #[test]
 fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
-    let Some(browser) = ensure_program(
+    let Some(browser) = support::programs::ensure(
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     ) else {
@@ -509,7 +453,7 @@ fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
 
 #[test]
 fn the_page_shows_a_real_waiting_room_line() {
-    let Some(browser) = ensure_program(
+    let Some(browser) = support::programs::ensure(
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     ) else {
@@ -590,7 +534,8 @@ fn the_page_needs_no_token_but_the_data_does() {
     assert!(status["uptime_seconds"].as_f64().is_some(), "{status}");
 
     // In a browser: the page asks for the token and shows no data.
-    let Some(browser) = find_program(&["chromium", "chromium-browser", "google-chrome"]) else {
+    let Some(browser) = support::programs::find(&["chromium", "chromium-browser", "google-chrome"])
+    else {
         eprintln!("SKIPPED the browser half: chromium is not installed");
         return;
     };
@@ -827,7 +772,7 @@ fn devtools_list(devtools: SocketAddr) -> Option<String> {
 
 #[test]
 fn the_page_buttons_drain_undrain_and_weigh_with_the_token_from_the_tab() {
-    let Some(browser) = ensure_program(
+    let Some(browser) = support::programs::ensure(
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     ) else {
@@ -1121,7 +1066,7 @@ fn rule_exprs(yaml: &str) -> Vec<String> {
 
 /// Checks rules with promtool when it can be had; says so when not.
 fn promtool_check(rules: &Path) {
-    let Some(promtool) = ensure_program(&["promtool"], "prometheus") else {
+    let Some(promtool) = support::programs::ensure(&["promtool"], "prometheus") else {
         eprintln!(
             "SKIPPED promtool check of {}: promtool is not installed and apt-get could not install Debian's prometheus",
             rules.display()
@@ -1288,7 +1233,7 @@ fn the_systemd_unit_runs_check_first_stops_gracefully_and_verifies() {
         "TimeoutStopSec {timeout}s must exceed shutdown_delay + grace_period ({needed:?})"
     );
 
-    let Some(analyze) = ensure_program(&["systemd-analyze"], "systemd") else {
+    let Some(analyze) = support::programs::ensure(&["systemd-analyze"], "systemd") else {
         eprintln!("SKIPPED systemd-analyze verify: systemd-analyze is not installed and apt-get could not install it");
         return;
     };
@@ -1371,7 +1316,7 @@ fn sigusr1_reopens_the_access_log_after_it_is_moved() {
 
 #[test]
 fn the_logrotate_example_rotates_and_ordergate_follows() {
-    let Some(logrotate) = ensure_program(&["logrotate"], "logrotate") else {
+    let Some(logrotate) = support::programs::ensure(&["logrotate"], "logrotate") else {
         eprintln!(
             "SKIPPED logrotate test: logrotate is not installed and apt-get could not install it"
         );
