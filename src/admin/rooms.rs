@@ -39,6 +39,8 @@ async fn describe(snapshot: &Snapshot, room: &Room) -> Value {
         "max_active": settings.max_active,
         "admit_per_minute": settings.admit_per_minute,
         "admitted_per_minute": (status.admitted_per_minute * 10.0).round() / 10.0,
+        "pace": (status.pace * 1000.0).round() / 1000.0,
+        "pool_queue_wait_ms": status.queue_wait.as_millis() as u64,
         "estimated_wait_s": status.estimated_wait,
         "admitted_from_line": status.stats.admitted_from_line,
         "admitted_direct": status.stats.admitted_direct,

@@ -58,6 +58,7 @@ mod tests;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -222,12 +223,18 @@ pub struct AdmissionStatus {
     pub limit: usize,
     /// Slots freed per second, as estimated for shedding; 0 when unknown.
     pub drain_per_second: f64,
+    /// The longest a request waits in the queue (`queue.timeout`).
+    pub queue_timeout: Duration,
+    /// Requests turned away (shed, queue full, queue timeout) since start.
+    pub rejected: u64,
 }
 
 /// Admission state of one pool. Lives outside config snapshots (a reload calls
 /// `set_config`); shared via Arc.
 pub struct Admission {
     state: Mutex<State>,
+    /// Requests turned away (shed, queue full, queue timeout) since start.
+    rejected: AtomicU64,
 }
 
 impl fmt::Debug for Admission {
@@ -243,6 +250,7 @@ impl Admission {
     pub fn new(config: AdmissionConfig) -> Admission {
         Admission {
             state: Mutex::new(State::new(config, Instant::now())),
+            rejected: AtomicU64::new(0),
         }
     }
 
@@ -279,6 +287,18 @@ impl Admission {
     /// queue is full, or queued by priority (FIFO within a class). Dropping the
     /// returned future gives up the place in the queue at once.
     pub async fn admit(
+        self: &Arc<Self>,
+        priority: Priority,
+        deadline: Instant,
+    ) -> Result<Permit, Reject> {
+        let admitted = self.admit_or_reject(priority, deadline).await;
+        if admitted.is_err() {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    async fn admit_or_reject(
         self: &Arc<Self>,
         priority: Priority,
         deadline: Instant,
@@ -365,6 +385,8 @@ impl Admission {
             waiting: state.waiting(),
             limit: state.limit(),
             drain_per_second: state.drain_per_second(now).unwrap_or(0.0),
+            queue_timeout: state.config.queue_timeout,
+            rejected: self.rejected.load(Ordering::Relaxed),
         }
     }
 }

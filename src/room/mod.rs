@@ -17,8 +17,8 @@
 //!
 //! Capacity: at most `max_active` shoppers on the site (passes in use plus
 //! calls not picked up) and/or `admit_per_minute` new ones, and only while the
-//! pool has headroom (some backend takes traffic and its queue holds less than
-//! half of its limit — the adaptive limit when on). In `on_overload` mode the
+//! pool has headroom (some backend takes traffic and its queue's expected wait
+//! is under a quarter of the queue timeout — see [`Pressure::of`]). In `on_overload` mode the
 //! room forms only when the pool would queue; until then newcomers pass (with a
 //! pass, so they are not sent back once it forms). The estimate is the tickets
 //! ahead (less the measured share of abandoned ones) divided by the admission
@@ -35,6 +35,7 @@ use http::{HeaderMap, Method};
 use ring::hmac;
 use tokio::time::Instant;
 
+use crate::admission::AdmissionStatus;
 use crate::store::room::{Arrival, CheckIn, Control, Limits, LineStats, RoomLine};
 use crate::store::Stores;
 use crate::telemetry::{Metrics, RoomMetrics};
@@ -135,38 +136,143 @@ pub struct Pressure {
     /// The pool would queue a request now (or no backend can take traffic):
     /// an `on_overload` room forms.
     pub would_queue: bool,
-    /// The pool can take more shoppers: some backend takes traffic and its
-    /// queue holds less than half of its limit.
+    /// The pool can take more shoppers: some backend takes traffic and the
+    /// pool is not overloaded (see [`Pressure::of`]).
     pub headroom: bool,
+    /// The wait the pool's queue promises now (its length over the drain rate).
+    pub queue_wait: Duration,
+    /// Requests the pool turned away (shed, queue full, queue timeout) since
+    /// it started: what steers the room's [`Pace`].
+    pub rejected: u64,
+}
+
+/// The room stops calling shoppers while the pool's queue promises a wait of
+/// this share of the queue timeout: well before the pool sheds (at the
+/// timeout, half of it for a queue standing longer than the timeout). It is
+/// the brake for a sudden drop of capacity; the [`Pace`] keeps the queue far
+/// below it otherwise. A standing queue is no signal here: a pool the room
+/// keeps busy always has a few requests waiting, and a gate on it (or on the
+/// queue of this instant) would stop the calls, then leave the backends idle
+/// a second later, when the shoppers not called would have come.
+const OVERLOAD_SHARE_OF_TIMEOUT: u32 = 2;
+
+/// How often the pace moves, at most.
+const PACE_TICK: Duration = Duration::from_millis(100);
+/// The share of the pace taken off when the pool turned requests away...
+const PACE_CUT: f64 = 0.05;
+/// ...at most once in this long: what a cut changes shows only once the
+/// shoppers called before it have come and made their requests.
+const PACE_HOLD: Duration = Duration::from_secs(1);
+/// Share of the configured rate the pace gains back per second while the
+/// pool turns nobody away.
+const PACE_RECOVERY: f64 = 0.02;
+/// The pace never goes below this share of the configured rate: the line
+/// always moves a little, so the estimate keeps being measured.
+const PACE_FLOOR: f64 = 0.05;
+
+/// The share of `admit_per_minute` a room calls at. A called shopper comes
+/// at their next check-in, a second or more later, and then makes requests
+/// for a while; a room calling at the configured rate while the pool has
+/// headroom overfills the pool whenever that rate is more than the backends
+/// take, and a gate on the pool's queue opens and closes on noise and leaves
+/// the backends idle between waves. The pace follows the pool's one sure
+/// signal of too many shoppers instead, as TCP's congestion window follows
+/// losses: a small cut when the pool turned requests away (shed, queue full,
+/// queue timeout), at most once per second, and a slow climb back while it
+/// turns nobody away. The backends stay just below the point where the pool
+/// sheds. It is this instance's view of its pool; a reload starts it again
+/// at the configured rate.
+#[derive(Debug)]
+pub struct Pace {
+    share: f64,
+    rejected: Option<u64>,
+    last_cut: Option<Instant>,
+    at: Option<Instant>,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            share: 1.0,
+            rejected: None,
+            last_cut: None,
+            at: None,
+        }
+    }
+}
+
+impl Pace {
+    /// Moves the pace by what the pool shows at `now`; the share it calls at.
+    pub fn steer(&mut self, pressure: &Pressure, now: Instant) -> f64 {
+        let (Some(at), Some(seen)) = (self.at, self.rejected) else {
+            self.at = Some(now);
+            self.rejected = Some(pressure.rejected);
+            return self.share;
+        };
+        let elapsed = now.saturating_duration_since(at);
+        if elapsed < PACE_TICK {
+            return self.share;
+        }
+        self.at = Some(now);
+        self.rejected = Some(pressure.rejected);
+        // (A pool rebuilt by a reload counts from zero again: no rejection.)
+        let turned_away = pressure.rejected > seen;
+        let held = self
+            .last_cut
+            .is_some_and(|cut| now.saturating_duration_since(cut) < PACE_HOLD);
+        if !held {
+            if turned_away {
+                self.share *= 1.0 - PACE_CUT;
+                self.last_cut = Some(now);
+            } else {
+                self.share += PACE_RECOVERY * elapsed.as_secs_f64().min(1.0);
+            }
+        }
+        self.share = self.share.clamp(PACE_FLOOR, 1.0);
+        self.share
+    }
 }
 
 impl Pressure {
-    /// From the pool's slots in use, requests waiting, slot limit and capacity
-    /// (sum of in-flight caps of the backends that can take traffic).
-    pub fn of(in_use: usize, waiting: usize, limit: usize, capacity: usize) -> Pressure {
-        let limit = limit.min(capacity);
+    /// From the pool's admission state and capacity (sum of in-flight caps of
+    /// the backends that can take traffic). Headroom: some backend takes
+    /// traffic and the queue's wait (its length over the measured drain rate;
+    /// before any drain is measured, a queue of the limit counts as long) is
+    /// under half the queue timeout.
+    pub fn of(status: &AdmissionStatus, capacity: usize) -> Pressure {
+        let limit = status.limit.min(capacity);
+        let waiting: usize = status.waiting.iter().sum();
+        let overload = status.queue_timeout / OVERLOAD_SHARE_OF_TIMEOUT;
+        let queue_wait = if waiting == 0 {
+            Duration::ZERO
+        } else if status.drain_per_second > 0.0 {
+            Duration::try_from_secs_f64(waiting as f64 / status.drain_per_second)
+                .unwrap_or(Duration::MAX)
+        } else if waiting >= limit.max(1) {
+            // Nothing drained yet: a queue of the limit counts as long.
+            overload
+        } else {
+            Duration::ZERO
+        };
         Pressure {
-            would_queue: capacity == 0 || waiting > 0 || in_use >= limit,
-            headroom: capacity > 0 && waiting < (limit / 2).max(1),
+            would_queue: capacity == 0 || waiting > 0 || status.in_use >= limit,
+            headroom: capacity > 0 && queue_wait < overload,
+            queue_wait,
+            rejected: status.rejected,
         }
     }
 
-    /// The pressure of a pool now: its slots, queue, limit and capacity.
+    /// The pressure of a pool now.
     pub fn of_pool(pool: &crate::upstream::Pool) -> Pressure {
-        let capacity = pool.capacity();
-        let admission = pool.state.admission.snapshot();
-        Pressure::of(
-            admission.in_use,
-            admission.waiting.iter().sum(),
-            admission.limit,
-            capacity,
-        )
+        Pressure::of(&pool.state.admission.snapshot(), pool.capacity())
     }
 
     /// A pool with room to spare (for tests and rooms without a pool view).
     pub const IDLE: Pressure = Pressure {
         would_queue: false,
         headroom: true,
+        queue_wait: Duration::ZERO,
+        rejected: 0,
     };
 }
 
@@ -227,6 +333,7 @@ pub struct Room {
     line: Arc<dyn RoomLine>,
     metrics: RoomMetrics,
     opens_at: Option<Instant>,
+    pace: std::sync::Mutex<Pace>,
 }
 
 impl std::fmt::Debug for Room {
@@ -255,6 +362,7 @@ impl Room {
             line,
             metrics,
             opens_at,
+            pace: std::sync::Mutex::new(Pace::default()),
             settings,
         }
     }
@@ -273,15 +381,32 @@ impl Room {
         control != Control::Open && self.opens_at.is_some_and(|at| now < at)
     }
 
-    /// What the line may do now, given the operator's control and the pool.
+    /// The share of `admit_per_minute` the room calls at now.
+    pub fn pace_share(&self) -> f64 {
+        self.pace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .share
+    }
+
+    /// What the line may do now, given the operator's control and the pool
+    /// (which also steers the pace).
     pub fn limits(&self, control: Control, pressure: Pressure, now: Instant) -> Limits {
         let before_open = self.before_open(control, now);
+        let share = self
+            .pace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .steer(&pressure, now);
         Limits {
             may_call: !before_open && control != Control::Paused && pressure.headroom,
             paused: control == Control::Paused,
             open: !before_open,
             max_active: self.settings.max_active.map(u64::from),
-            per_second: self.settings.admit_per_minute.map(|n| f64::from(n) / 60.0),
+            per_second: self
+                .settings
+                .admit_per_minute
+                .map(|n| f64::from(n) / 60.0 * share),
             session: self.settings.session,
             ticket_timeout: self.settings.ticket_timeout,
         }
@@ -476,6 +601,8 @@ impl Room {
         self.metrics.estimated_wait(view.estimated_wait);
         RoomStatus {
             control,
+            pace: self.pace_share(),
+            queue_wait: pressure.queue_wait,
             stats,
             admitted_per_minute: rate * 60.0,
             estimated_wait: view.estimated_wait,
@@ -489,6 +616,10 @@ impl Room {
 pub struct RoomStatus {
     /// The operator's setting.
     pub control: Control,
+    /// The share of `admit_per_minute` the room calls at now (see [`Pace`]).
+    pub pace: f64,
+    /// The wait the pool's queue promises now.
+    pub queue_wait: Duration,
     /// The line.
     pub stats: LineStats,
     /// The admission rate estimates use, per minute.

@@ -30,6 +30,69 @@ fn room(settings: RoomConfig) -> Room {
     Room::new(settings, Arc::new(MemoryLine::new()), metrics.room("sale"))
 }
 
+/// The pressure of a pool with no drain measured yet (queue timeout 1 s).
+fn pressure(in_use: usize, waiting: usize, limit: usize, capacity: usize) -> Pressure {
+    Pressure::of(&status(in_use, waiting, limit, 0.0), capacity)
+}
+
+fn status(in_use: usize, waiting: usize, limit: usize, drain: f64) -> AdmissionStatus {
+    AdmissionStatus {
+        in_use,
+        waiting: [waiting, 0, 0, 0],
+        limit,
+        drain_per_second: drain,
+        queue_timeout: Duration::from_secs(1),
+        rejected: 0,
+    }
+}
+
+#[test]
+fn headroom_lasts_until_the_queue_promises_a_long_wait() {
+    // 160 requests/s drain, 1 s queue timeout: a queue deeper than the limit
+    // but under half a second (80 requests) keeps the line moving.
+    assert!(Pressure::of(&status(8, 20, 8, 160.0), 8).headroom);
+    assert!(Pressure::of(&status(8, 79, 8, 160.0), 8).headroom);
+    assert!(!Pressure::of(&status(8, 80, 8, 160.0), 8).headroom);
+    // A slower pool: the same queue is a longer wait.
+    assert!(!Pressure::of(&status(8, 20, 8, 40.0), 8).headroom);
+    // Nothing measured yet: a queue of the limit.
+    assert!(pressure(8, 7, 8, 8).headroom);
+    assert!(!pressure(8, 8, 8, 8).headroom);
+    // No backend takes traffic.
+    assert!(!Pressure::of(&status(0, 0, 8, 160.0), 0).headroom);
+    assert!(Pressure::of(&status(8, 1, 8, 160.0), 8).would_queue);
+    assert!(!Pressure::of(&status(7, 0, 8, 160.0), 8).would_queue);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pace_is_cut_when_the_pool_turns_requests_away_and_climbs_back_slowly() {
+    let mut pace = Pace::default();
+    let start = Instant::now();
+    let at = |rejected: u64| Pressure {
+        rejected,
+        ..Pressure::IDLE
+    };
+    let tick = |n: u64| start + Duration::from_millis(100 * n);
+    assert_eq!(pace.steer(&at(0), tick(0)), 1.0);
+    // Rejections every tick for 3 s: one cut per second, not one per tick.
+    let mut share = 1.0;
+    for n in 1..=30 {
+        share = pace.steer(&at(n), tick(n));
+    }
+    assert!((share - 0.95f64.powi(3)).abs() < 1e-9, "{share}");
+    // Nobody turned away: 2% of the configured rate back per second.
+    for n in 31..=80 {
+        share = pace.steer(&at(30), tick(n));
+    }
+    let expected = 0.95f64.powi(3) + 0.02 * 5.0;
+    assert!((share - expected).abs() < 1e-9, "{share} vs {expected}");
+    // Never above the configured rate.
+    for n in 81..=400 {
+        share = pace.steer(&at(30), tick(n));
+    }
+    assert_eq!(share, 1.0);
+}
+
 /// A browser that keeps the room's cookie.
 #[derive(Default)]
 struct Browser {
@@ -205,15 +268,15 @@ async fn on_overload_the_room_forms_only_when_the_pool_would_queue() {
         assert!(browser.cookie.as_deref().is_some_and(|c| c.contains("=p.")));
     }
     // The pool saturates: newcomers wait, those with a pass go on.
-    let busy = Pressure::of(64, 10, 64, 64);
+    let busy = pressure(64, 10, 64, 64);
     assert!(busy.would_queue && busy.headroom);
     let mut late = Browser::default();
     assert_eq!(view(&late.visit(&room, busy, now).await).position, Some(1));
     for browser in &mut early {
         assert!(passes(&browser.visit(&room, busy, now).await));
     }
-    // No headroom (the queue holds half the limit): nobody is called.
-    let stalled = Pressure::of(64, 40, 64, 64);
+    // No headroom (the queue holds the limit): nobody is called.
+    let stalled = pressure(64, 64, 64, 64);
     assert!(!stalled.headroom);
     // The estimate still says something, and grows as the stall is measured.
     let mut last = 0;
@@ -230,13 +293,8 @@ async fn on_overload_the_room_forms_only_when_the_pool_would_queue() {
     }
     let t = now + Duration::from_secs(301);
     // No backend at all.
-    assert_eq!(
-        Pressure::of(0, 0, 64, 0),
-        Pressure {
-            would_queue: true,
-            headroom: false
-        }
-    );
+    let none = pressure(0, 0, 64, 0);
+    assert!(none.would_queue && !none.headroom);
     // Calm again: the early passes expired, the line moves.
     assert!(passes(&late.visit(&room, Pressure::IDLE, t).await));
 }
