@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ordergate::store::room::{Arrival, CheckIn, Control, Limits, MemoryLine, RoomLine};
+use ordergate::store::{RedisConfig, StoreConfig, Stores};
+use ordergate::telemetry::Metrics;
 use support::{
     admin_section, free_port, get, request, wait_until, Fleet, HttpError, Proxy, Response, TempFile,
 };
@@ -645,4 +648,218 @@ fn an_answer_settled_while_redis_was_frozen_reaches_it_afterwards() {
         "the other instance replays the answer settled during the freeze"
     );
     assert_eq!(orders_created(&fleet), 2);
+}
+
+/// A shared line on `redis`, as one instance's `Stores` makes it.
+fn shared_line(redis: &RedisServer, prefix: &str) -> std::sync::Arc<dyn RoomLine> {
+    let stores = Stores::default();
+    let settings = RedisConfig {
+        url: redis.url(),
+        password: None,
+        key_prefix: prefix.to_owned(),
+        timeout: Duration::from_secs(1),
+        pool_size: 1,
+    };
+    stores.configure(&StoreConfig::Redis(settings), &Metrics::new());
+    stores.room_line("sale")
+}
+
+fn line_limits(max_active: u64, open: bool) -> Limits {
+    Limits {
+        may_call: open,
+        paused: false,
+        open,
+        max_active: Some(max_active),
+        per_second: None,
+        session: Duration::from_secs(3600),
+        ticket_timeout: Duration::from_secs(3600),
+    }
+}
+
+/// What an arrival or check-in says, without the ids (each line has its own).
+fn shape_of_arrival(arrival: &Arrival) -> String {
+    match arrival {
+        Arrival::Admitted(a) => format!("admitted #{} waited {}", a.number, a.waited.is_some()),
+        Arrival::Waiting { ahead, .. } => format!("waiting, {ahead} ahead"),
+        Arrival::Drawn { drawn, .. } => format!("drawn, {drawn} drawn"),
+    }
+}
+
+fn shape_of_check_in(found: &CheckIn) -> String {
+    match found {
+        CheckIn::Admitted(a) => format!("admitted #{} first {}", a.number, a.first),
+        other => format!("{other:?}"),
+    }
+}
+
+fn arrival_id(arrival: &Arrival) -> u64 {
+    match arrival {
+        Arrival::Admitted(a) => a.pass,
+        Arrival::Waiting { seq, .. } | Arrival::Drawn { seq, .. } => *seq,
+    }
+}
+
+/// The Lua scripts do what the memory line does: the same operations on a
+/// `MemoryLine` and on a line in Redis used by two "instances" in turn give
+/// the same answers (ids aside), step by step.
+#[test]
+fn the_shared_line_answers_as_the_memory_line_does() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let memory = MemoryLine::new();
+        let a = shared_line(&redis, "same:");
+        let b = shared_line(&redis, "same:");
+        assert_eq!(a.epoch(), b.epoch(), "one epoch for every instance");
+        let mut rng = fastrand::Rng::with_seed(14);
+        // (memory id, shared id) of everyone who holds a ticket or pass.
+        let mut held: Vec<(u64, u64)> = Vec::new();
+        let mut capacity = 2;
+        // Before the opening: draws.
+        for i in 0..20 {
+            let closed = line_limits(capacity, false);
+            let (m, _) = memory.arrive(tokio::time::Instant::now(), &closed, false).await;
+            let line = if i % 2 == 0 { &a } else { &b };
+            let (s, _) = line.arrive(tokio::time::Instant::now(), &closed, false).await;
+            assert_eq!(shape_of_arrival(&m), shape_of_arrival(&s), "draw {i}");
+            held.push((arrival_id(&m), arrival_id(&s)));
+        }
+        // At the opening the draws take places 0..20 in some order.
+        let mut places: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+        for (m_id, s_id) in &held {
+            let opened = line_limits(0, true);
+            for (i, found) in [
+                memory.check_in(*m_id, tokio::time::Instant::now(), &opened).await.0,
+                b.check_in(*s_id, tokio::time::Instant::now(), &opened).await.0,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                match found {
+                    CheckIn::Waiting { ahead } => places[i].push(ahead),
+                    other => panic!("a draw after the opening: {other:?}"),
+                }
+            }
+        }
+        for mut found in places {
+            found.sort_unstable();
+            assert_eq!(found, (0..20).collect::<Vec<u64>>());
+        }
+        // Their holders leave (each line calls its draws in its own order;
+        // the places they hold are the same).
+        held.clear();
+        for step in 0..400 {
+            let limits = line_limits(capacity, true);
+            let line = if rng.bool() { &a } else { &b };
+            match rng.u32(0..10) {
+                0..=3 => {
+                    let direct = rng.u32(0..4) == 0;
+                    let (m, _) = memory.arrive(tokio::time::Instant::now(), &limits, direct).await;
+                    let (s, _) = line.arrive(tokio::time::Instant::now(), &limits, direct).await;
+                    assert_eq!(
+                        shape_of_arrival(&m),
+                        shape_of_arrival(&s),
+                        "step {step}: arrive"
+                    );
+                    held.push((arrival_id(&m), arrival_id(&s)));
+                }
+                4..=7 if !held.is_empty() => {
+                    let (m_id, s_id) = held[rng.usize(0..held.len())];
+                    let (m, _) = memory.check_in(m_id, tokio::time::Instant::now(), &limits).await;
+                    let (s, _) = line.check_in(s_id, tokio::time::Instant::now(), &limits).await;
+                    let (m_shape, s_shape) = (shape_of_check_in(&m), shape_of_check_in(&s));
+                    assert_eq!(m_shape, s_shape, "step {step}: check-in");
+                    if let (CheckIn::Admitted(m), CheckIn::Admitted(s)) = (m, s) {
+                        assert!(
+                            memory.touch(m.pass, tokio::time::Instant::now(), limits.session).await,
+                            "step {step}"
+                        );
+                        assert!(line.touch(s.pass, tokio::time::Instant::now(), limits.session).await, "step {step}");
+                    }
+                }
+                8 => capacity += 1,
+                _ => {
+                    let m = memory.stats(tokio::time::Instant::now(), &limits).await;
+                    let s = line.stats(tokio::time::Instant::now(), &limits).await;
+                    assert_eq!(
+                        (m.waiting, m.drawn, m.called, m.active),
+                        (s.waiting, s.drawn, s.called, s.active),
+                        "step {step}: stats {m:?} {s:?}"
+                    );
+                    assert_eq!(
+                        (m.admitted_from_line, m.admitted_direct),
+                        (s.admitted_from_line, s.admitted_direct),
+                        "step {step}"
+                    );
+                }
+            }
+        }
+        let limits = line_limits(capacity, true);
+        let (m, s) = (
+            memory.stats(tokio::time::Instant::now(), &limits).await,
+            a.stats(tokio::time::Instant::now(), &limits).await,
+        );
+        println!("memory {m:?}\nshared {s:?}");
+        assert!(s.active > 5 && s.waiting > 5, "{s:?}");
+        // Unknown and foreign ids.
+        assert_eq!(a.check_in(12345, tokio::time::Instant::now(), &limits).await.0, CheckIn::Unknown);
+        assert!(!a.touch(12345, tokio::time::Instant::now(), limits.session).await);
+        // The operator's setting is shared.
+        a.set_control(Control::Paused).await;
+        assert_eq!(b.control().await, Control::Paused);
+        b.set_control(Control::Auto).await;
+        assert_eq!(a.control().await, Control::Auto);
+
+        // Abandoned tickets: skipped at the head once a ticket_timeout late,
+        // or lost by a holder who comes back too late; on Redis's clock.
+        let a = shared_line(&redis, "abandon:");
+        let b = shared_line(&redis, "abandon:");
+        let short = Limits {
+            ticket_timeout: Duration::from_millis(300),
+            ..line_limits(0, true)
+        };
+        let now = tokio::time::Instant::now;
+        let seq = |arrival: Arrival| match arrival {
+            Arrival::Waiting { seq, .. } => seq,
+            other => panic!("{other:?}"),
+        };
+        let quitter = seq(a.arrive(now(), &short, false).await.0);
+        let stayer = seq(a.arrive(now(), &short, false).await.0);
+        let late = seq(b.arrive(now(), &short, false).await.0);
+        assert_eq!(
+            b.check_in(stayer, now(), &short).await.0,
+            CheckIn::Waiting { ahead: 1 }
+        );
+        let mut skipped = 0;
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            skipped += b.check_in(stayer, now(), &short).await.1.abandoned;
+        }
+        assert_eq!(skipped, 1, "the quitter, skipped at the head");
+        // The late one comes back after its timeout: lost, though not yet
+        // at the head.
+        let (found, outcome) = b.check_in(late, now(), &short).await;
+        assert_eq!((found, outcome.abandoned), (CheckIn::Unknown, 1));
+        assert_eq!(b.check_in(late, now(), &short).await.0, CheckIn::Unknown);
+        let (found, outcome) = a.check_in(stayer, now(), &short).await;
+        assert_eq!((found, outcome.abandoned), (CheckIn::Waiting { ahead: 0 }, 0));
+        assert_eq!(a.check_in(quitter, now(), &short).await.0, CheckIn::Unknown);
+        let stats = b.stats(now(), &short).await;
+        assert_eq!((stats.waiting, stats.abandoned), (1, 2), "{stats:?}");
+        assert!(stats.skipped_share > 0.0);
+        let open = Limits {
+            max_active: Some(1),
+            ..short
+        };
+        match b.check_in(stayer, now(), &open).await.0 {
+            CheckIn::Admitted(admission) => {
+                assert_eq!(admission.number, 1);
+                assert!(admission.waited >= Some(Duration::from_millis(400)));
+                assert!(admission.first);
+                assert!(a.touch(admission.pass, now(), open.session).await);
+            }
+            other => panic!("{other:?}"),
+        }
+    });
 }
