@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ordergate::store::room::{Arrival, CheckIn, Control, Limits, MemoryLine, RoomLine};
+use ordergate::store::{RedisConfig, StoreConfig, Stores};
+use ordergate::telemetry::Metrics;
 use support::{
     admin_section, free_port, get, request, wait_until, Fleet, HttpError, Proxy, Response, TempFile,
 };
@@ -645,4 +648,648 @@ fn an_answer_settled_while_redis_was_frozen_reaches_it_afterwards() {
         "the other instance replays the answer settled during the freeze"
     );
     assert_eq!(orders_created(&fleet), 2);
+}
+
+/// A shared line on `redis`, as one instance's `Stores` makes it.
+fn shared_line(redis: &RedisServer, prefix: &str) -> std::sync::Arc<dyn RoomLine> {
+    let stores = Stores::default();
+    let settings = RedisConfig {
+        url: redis.url(),
+        password: None,
+        key_prefix: prefix.to_owned(),
+        timeout: Duration::from_secs(1),
+        pool_size: 1,
+    };
+    stores.configure(&StoreConfig::Redis(settings), &Metrics::new());
+    stores.room_line("sale")
+}
+
+fn line_limits(max_active: u64, open: bool) -> Limits {
+    Limits {
+        may_call: open,
+        paused: false,
+        open,
+        max_active: Some(max_active),
+        per_second: None,
+        session: Duration::from_secs(3600),
+        ticket_timeout: Duration::from_secs(3600),
+    }
+}
+
+/// What an arrival or check-in says, without the ids (each line has its own).
+fn shape_of_arrival(arrival: &Arrival) -> String {
+    match arrival {
+        Arrival::Admitted(a) => format!("admitted #{} waited {}", a.number, a.waited.is_some()),
+        Arrival::Waiting { ahead, .. } => format!("waiting, {ahead} ahead"),
+        Arrival::Drawn { drawn, .. } => format!("drawn, {drawn} drawn"),
+    }
+}
+
+fn shape_of_check_in(found: &CheckIn) -> String {
+    match found {
+        CheckIn::Admitted(a) => format!("admitted #{} first {}", a.number, a.first),
+        other => format!("{other:?}"),
+    }
+}
+
+fn arrival_id(arrival: &Arrival) -> u64 {
+    match arrival {
+        Arrival::Admitted(a) => a.pass,
+        Arrival::Waiting { seq, .. } | Arrival::Drawn { seq, .. } => *seq,
+    }
+}
+
+/// The Lua scripts do what the memory line does: the same operations on a
+/// `MemoryLine` and on a line in Redis used by two "instances" in turn give
+/// the same answers (ids aside), step by step.
+#[test]
+fn the_shared_line_answers_as_the_memory_line_does() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let memory = MemoryLine::new();
+        let a = shared_line(&redis, "same:");
+        let b = shared_line(&redis, "same:");
+        assert_eq!(a.epoch(), b.epoch(), "one epoch for every instance");
+        let mut rng = fastrand::Rng::with_seed(14);
+        // (memory id, shared id) of everyone who holds a ticket or pass.
+        let mut held: Vec<(u64, u64)> = Vec::new();
+        let mut capacity = 2;
+        // Before the opening: draws.
+        for i in 0..20 {
+            let closed = line_limits(capacity, false);
+            let (m, _) = memory
+                .arrive(tokio::time::Instant::now(), &closed, false)
+                .await;
+            let line = if i % 2 == 0 { &a } else { &b };
+            let (s, _) = line
+                .arrive(tokio::time::Instant::now(), &closed, false)
+                .await;
+            assert_eq!(shape_of_arrival(&m), shape_of_arrival(&s), "draw {i}");
+            held.push((arrival_id(&m), arrival_id(&s)));
+        }
+        // At the opening the draws take places 0..20 in some order.
+        let mut places: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+        for (m_id, s_id) in &held {
+            let opened = line_limits(0, true);
+            for (i, found) in [
+                memory
+                    .check_in(*m_id, tokio::time::Instant::now(), &opened)
+                    .await
+                    .0,
+                b.check_in(*s_id, tokio::time::Instant::now(), &opened)
+                    .await
+                    .0,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                match found {
+                    CheckIn::Waiting { ahead } => places[i].push(ahead),
+                    other => panic!("a draw after the opening: {other:?}"),
+                }
+            }
+        }
+        for mut found in places {
+            found.sort_unstable();
+            assert_eq!(found, (0..20).collect::<Vec<u64>>());
+        }
+        // Their holders leave (each line calls its draws in its own order;
+        // the places they hold are the same).
+        held.clear();
+        for step in 0..400 {
+            let limits = line_limits(capacity, true);
+            let line = if rng.bool() { &a } else { &b };
+            match rng.u32(0..10) {
+                0..=3 => {
+                    let direct = rng.u32(0..4) == 0;
+                    let (m, _) = memory
+                        .arrive(tokio::time::Instant::now(), &limits, direct)
+                        .await;
+                    let (s, _) = line
+                        .arrive(tokio::time::Instant::now(), &limits, direct)
+                        .await;
+                    assert_eq!(
+                        shape_of_arrival(&m),
+                        shape_of_arrival(&s),
+                        "step {step}: arrive"
+                    );
+                    held.push((arrival_id(&m), arrival_id(&s)));
+                }
+                4..=7 if !held.is_empty() => {
+                    let (m_id, s_id) = held[rng.usize(0..held.len())];
+                    let (m, _) = memory
+                        .check_in(m_id, tokio::time::Instant::now(), &limits)
+                        .await;
+                    let (s, _) = line
+                        .check_in(s_id, tokio::time::Instant::now(), &limits)
+                        .await;
+                    let (m_shape, s_shape) = (shape_of_check_in(&m), shape_of_check_in(&s));
+                    assert_eq!(m_shape, s_shape, "step {step}: check-in");
+                    if let (CheckIn::Admitted(m), CheckIn::Admitted(s)) = (m, s) {
+                        assert!(
+                            memory
+                                .touch(m.pass, tokio::time::Instant::now(), limits.session)
+                                .await,
+                            "step {step}"
+                        );
+                        assert!(
+                            line.touch(s.pass, tokio::time::Instant::now(), limits.session)
+                                .await,
+                            "step {step}"
+                        );
+                    }
+                }
+                8 => capacity += 1,
+                _ => {
+                    let m = memory.stats(tokio::time::Instant::now(), &limits).await;
+                    let s = line.stats(tokio::time::Instant::now(), &limits).await;
+                    assert_eq!(
+                        (m.waiting, m.drawn, m.called, m.active),
+                        (s.waiting, s.drawn, s.called, s.active),
+                        "step {step}: stats {m:?} {s:?}"
+                    );
+                    assert_eq!(
+                        (m.admitted_from_line, m.admitted_direct),
+                        (s.admitted_from_line, s.admitted_direct),
+                        "step {step}"
+                    );
+                }
+            }
+        }
+        let limits = line_limits(capacity, true);
+        let (m, s) = (
+            memory.stats(tokio::time::Instant::now(), &limits).await,
+            a.stats(tokio::time::Instant::now(), &limits).await,
+        );
+        println!("memory {m:?}\nshared {s:?}");
+        assert!(s.active > 5 && s.waiting > 5, "{s:?}");
+        // Unknown and foreign ids.
+        assert_eq!(
+            a.check_in(12345, tokio::time::Instant::now(), &limits)
+                .await
+                .0,
+            CheckIn::Unknown
+        );
+        assert!(
+            !a.touch(12345, tokio::time::Instant::now(), limits.session)
+                .await
+        );
+        // The operator's setting is shared.
+        a.set_control(Control::Paused).await;
+        assert_eq!(b.control().await, Control::Paused);
+        b.set_control(Control::Auto).await;
+        assert_eq!(a.control().await, Control::Auto);
+
+        // Abandoned tickets: skipped at the head once a ticket_timeout late,
+        // or lost by a holder who comes back too late; on Redis's clock.
+        let a = shared_line(&redis, "abandon:");
+        let b = shared_line(&redis, "abandon:");
+        let short = Limits {
+            ticket_timeout: Duration::from_millis(300),
+            ..line_limits(0, true)
+        };
+        let now = tokio::time::Instant::now;
+        let seq = |arrival: Arrival| match arrival {
+            Arrival::Waiting { seq, .. } => seq,
+            other => panic!("{other:?}"),
+        };
+        let quitter = seq(a.arrive(now(), &short, false).await.0);
+        let stayer = seq(a.arrive(now(), &short, false).await.0);
+        let late = seq(b.arrive(now(), &short, false).await.0);
+        assert_eq!(
+            b.check_in(stayer, now(), &short).await.0,
+            CheckIn::Waiting { ahead: 1 }
+        );
+        let mut skipped = 0;
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            skipped += b.check_in(stayer, now(), &short).await.1.abandoned;
+        }
+        assert_eq!(skipped, 1, "the quitter, skipped at the head");
+        // The late one comes back after its timeout: lost, though not yet
+        // at the head.
+        let (found, outcome) = b.check_in(late, now(), &short).await;
+        assert_eq!((found, outcome.abandoned), (CheckIn::Unknown, 1));
+        assert_eq!(b.check_in(late, now(), &short).await.0, CheckIn::Unknown);
+        let (found, outcome) = a.check_in(stayer, now(), &short).await;
+        assert_eq!(
+            (found, outcome.abandoned),
+            (CheckIn::Waiting { ahead: 0 }, 0)
+        );
+        assert_eq!(a.check_in(quitter, now(), &short).await.0, CheckIn::Unknown);
+        let stats = b.stats(now(), &short).await;
+        assert_eq!((stats.waiting, stats.abandoned), (1, 2), "{stats:?}");
+        assert!(stats.skipped_share > 0.0);
+        let open = Limits {
+            max_active: Some(1),
+            ..short
+        };
+        match b.check_in(stayer, now(), &open).await.0 {
+            CheckIn::Admitted(admission) => {
+                assert_eq!(admission.number, 1);
+                assert!(admission.waited >= Some(Duration::from_millis(400)));
+                assert!(admission.first);
+                assert!(a.touch(admission.pass, now(), open.session).await);
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+const ROOM_SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+
+impl Instance {
+    /// An instance with the room "sale" (`mode = "always"`, `extra` settings)
+    /// on route "sale" (`/api`), its line in `redis`.
+    fn start_room(fleet: &Fleet, redis: &RedisServer, timeout: &str, extra: &str) -> Instance {
+        let port = free_port();
+        let body = format!(
+            "{admin}[store]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\n\n[[pools]]\nname = \"orders\"\nbackends = {backends}\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"sale\"]\nsecret = \"{ROOM_SECRET}\"\nmode = \"always\"\n{extra}\n",
+            admin = admin_section(port),
+            url = redis.url(),
+            backends = fleet.backends_toml(&[]),
+        );
+        Instance {
+            proxy: Proxy::start(&body),
+            admin: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn room_action(&self, action: &str) {
+        let answer = request(
+            self.admin,
+            "POST",
+            &format!("/rooms/sale/{action}"),
+            &[],
+            b"",
+        )
+        .expect("admin API");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+
+    fn room_status(&self) -> serde_json::Value {
+        get(self.admin, "/rooms").expect("GET /rooms").json()["rooms"][0].clone()
+    }
+}
+
+/// A shopper's browser: the room's cookie, sent back on every visit.
+#[derive(Debug, Clone, Default)]
+struct Shopper {
+    cookie: Option<String>,
+    /// The first ticket's number.
+    ticket: Option<u64>,
+    /// The pass's admission number, once in.
+    number: Option<u64>,
+}
+
+/// What a visit met: through to the fleet, or the waiting page's JSON.
+#[derive(Debug)]
+enum Visit {
+    Passed,
+    Waiting(serde_json::Value),
+}
+
+const ROOM_COOKIE: &str = "ordergate_room_sale";
+
+impl Shopper {
+    /// A visit; `Err` for anything a shopper must never see (a reset, a raw
+    /// error, an answer that is neither the site nor the waiting page).
+    fn visit(&mut self, addr: SocketAddr) -> Result<Visit, String> {
+        let cookie = self.cookie.as_ref().map(|v| format!("{ROOM_COOKIE}={v}"));
+        let mut headers = vec![("accept", "application/json")];
+        if let Some(cookie) = &cookie {
+            headers.push(("cookie", cookie.as_str()));
+        }
+        let response =
+            request(addr, "GET", "/api/products/1", &headers, b"").map_err(|e| format!("{e:?}"))?;
+        for (name, value) in &response.headers {
+            let set = value
+                .strip_prefix(&format!("{ROOM_COOKIE}="))
+                .and_then(|rest| rest.split(';').next());
+            if let (true, Some(value)) = (name == "set-cookie", set) {
+                self.cookie = Some(value.to_owned());
+            }
+        }
+        let fields = self.fields();
+        match fields.first().map(String::as_str) {
+            Some("t") => {
+                self.ticket = self.ticket.or(self.id());
+            }
+            Some("p") => {
+                self.number = u64::from_str_radix(&fields[4], 16).ok();
+            }
+            _ => {}
+        }
+        match (response.status, response.header("x-ordergate-page")) {
+            (503, Some("waiting_room")) => Ok(Visit::Waiting(response.json())),
+            (200, None) => Ok(Visit::Passed),
+            (status, page) => Err(format!("{status} {page:?}: {}", response.text())),
+        }
+    }
+
+    fn fields(&self) -> Vec<String> {
+        self.cookie
+            .as_deref()
+            .map(|c| c.split('.').map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// The ticket number or pass id the cookie carries.
+    fn id(&self) -> Option<u64> {
+        u64::from_str_radix(self.fields().get(3)?, 16).ok()
+    }
+
+    /// Whether the cookie names a place or pass of an instance's own
+    /// (fallback) line rather than the shared one.
+    fn local(&self) -> bool {
+        self.id().is_some_and(|id| {
+            if id >> 63 == 1 {
+                id & (1 << 62) != 0
+            } else {
+                id & (1 << 61) != 0
+            }
+        })
+    }
+}
+
+fn waiting_page(visit: Result<Visit, String>) -> serde_json::Value {
+    match visit {
+        Ok(Visit::Waiting(page)) => page,
+        other => panic!("expected the waiting page, got {other:?}"),
+    }
+}
+
+#[test]
+fn three_instances_share_one_waiting_line_admitted_in_ticket_order() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let fleet = Fleet::start(2);
+    let instances: Vec<Instance> = (0..3)
+        .map(|_| {
+            Instance::start_room(
+                &fleet,
+                &redis,
+                "1s",
+                "admit_per_minute = 1200\nrefresh = \"1s\"\nsession = \"5m\"\nticket_timeout = \"30s\"",
+            )
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.proxy.addr).collect();
+
+    // Paused through one instance: every instance's room is paused.
+    instances[0].room_action("pause");
+    for instance in &instances {
+        assert_eq!(instance.room_status()["control"], "paused");
+    }
+
+    // 300 shoppers arrive, each at an instance of its own luck.
+    const SHOPPERS: usize = 300;
+    let next = AtomicU64::new(0);
+    let shoppers: Mutex<Vec<Shopper>> = Mutex::new(vec![Shopper::default(); SHOPPERS]);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= SHOPPERS {
+                    return;
+                }
+                let mut shopper = Shopper::default();
+                match shopper.visit(addrs[fastrand::usize(..3)]) {
+                    Ok(Visit::Waiting(page)) => assert!(
+                        page["estimated_wait_s"].is_null(),
+                        "no estimate while paused: {page}"
+                    ),
+                    other => failures
+                        .lock()
+                        .expect("failures")
+                        .push(format!("shopper {i}: {other:?}")),
+                }
+                shoppers.lock().expect("shoppers")[i] = shopper;
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("failures");
+    assert!(failures.is_empty(), "{failures:?}");
+    let mut shoppers = shoppers.into_inner().expect("shoppers");
+    assert!(shoppers.iter().all(|s| s.ticket.is_some() && !s.local()));
+    assert_eq!(instances[2].room_status()["length"], SHOPPERS as u64);
+
+    // One line: each shopper has the same place whichever instance answers,
+    // and the place is the ticket's rank among all tickets.
+    let mut tickets: Vec<u64> = shoppers.iter().filter_map(|s| s.ticket).collect();
+    tickets.sort_unstable();
+    tickets.dedup();
+    assert_eq!(tickets.len(), SHOPPERS, "every ticket number once");
+    for (i, shopper) in shoppers.iter_mut().enumerate() {
+        let first = fastrand::usize(..3);
+        let second = (first + 1 + fastrand::usize(..2)) % 3;
+        let a = waiting_page(shopper.visit(addrs[first]));
+        let b = waiting_page(shopper.visit(addrs[second]));
+        assert_eq!(a["position"], b["position"], "shopper {i}: {a} {b}");
+        let rank = tickets
+            .binary_search(&shopper.ticket.unwrap_or(0))
+            .unwrap_or(usize::MAX);
+        assert_eq!(a["position"], rank as u64 + 1, "shopper {i}: {a}");
+        assert!(b["estimated_wait_s"].is_null(), "still paused: {b}");
+    }
+
+    // Opened through another instance: the line moves (20 a second),
+    // shoppers checking in wherever the balancer sends them.
+    instances[1].room_action("open");
+    let started = Instant::now();
+    let due: Mutex<Vec<(Instant, usize)>> =
+        Mutex::new((0..SHOPPERS).map(|i| (Instant::now(), i)).collect());
+    let shoppers = Mutex::new(shoppers);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| loop {
+                let next = {
+                    let mut due = due.lock().expect("due");
+                    if due.is_empty() || Instant::now() > deadline {
+                        return;
+                    }
+                    let now = Instant::now();
+                    due.iter()
+                        .position(|(at, _)| *at <= now)
+                        .map(|k| due.swap_remove(k))
+                };
+                let Some((_, i)) = next else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let mut shopper = shoppers.lock().expect("shoppers")[i].clone();
+                let visit = shopper.visit(addrs[fastrand::usize(..3)]);
+                shoppers.lock().expect("shoppers")[i] = shopper;
+                match visit {
+                    Ok(Visit::Passed) => {}
+                    Ok(Visit::Waiting(page)) => {
+                        let refresh = page["refresh_s"].as_u64().unwrap_or(1);
+                        due.lock()
+                            .expect("due")
+                            .push((Instant::now() + Duration::from_secs(refresh), i));
+                    }
+                    Err(e) => failures.lock().expect("failures").push(e),
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("failures");
+    assert!(failures.is_empty(), "{failures:?}");
+    let mut shoppers = shoppers.into_inner().expect("shoppers");
+    let admitted = shoppers.iter().filter(|s| s.number.is_some()).count();
+    println!(
+        "room over 3 instances: {admitted} of {SHOPPERS} admitted in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(admitted, SHOPPERS, "everyone got in");
+    // Admitted strictly in ticket order, across instances.
+    shoppers.sort_by_key(|s| s.ticket);
+    for pair in shoppers.windows(2) {
+        assert!(
+            pair[0].number < pair[1].number,
+            "ticket {:?} admitted as {:?}, after ticket {:?} admitted as {:?}",
+            pair[0].ticket,
+            pair[0].number,
+            pair[1].ticket,
+            pair[1].number
+        );
+    }
+    // Every instance sees the shared line's numbers.
+    for instance in &instances {
+        let status = instance.room_status();
+        assert_eq!(status["length"], 0, "{status}");
+        assert_eq!(status["admitted_from_line"], SHOPPERS as u64, "{status}");
+        assert_eq!(instance.metric("ordergate_store_up"), 1.0);
+        assert_eq!(instance.log_count(FALLBACK_LOG), 0);
+    }
+}
+
+#[test]
+fn redis_killed_while_shoppers_wait_the_room_serves_from_memory_then_shares_again() {
+    let _serial = serial();
+    let mut redis = RedisServer::start();
+    let fleet = Fleet::start(2);
+    let instances: Vec<Instance> = (0..3)
+        .map(|_| {
+            Instance::start_room(
+                &fleet,
+                &redis,
+                "250ms",
+                "max_active = 2\nrefresh = \"1s\"\nsession = \"5m\"",
+            )
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.proxy.addr).collect();
+    let mut inside: Vec<Shopper> = vec![Shopper::default(); 2];
+    for (i, shopper) in inside.iter_mut().enumerate() {
+        assert!(matches!(shopper.visit(addrs[i]), Ok(Visit::Passed)));
+    }
+    let mut line: Vec<Shopper> = vec![Shopper::default(); 6];
+    for (i, shopper) in line.iter_mut().enumerate() {
+        let page = waiting_page(shopper.visit(addrs[i % 3]));
+        assert_eq!(page["position"], i as u64 + 1, "{page}");
+    }
+
+    redis.kill();
+    // Shoppers inside keep shopping; waiting ones see the waiting page; no
+    // raw error, on any instance.
+    let mut failures = Vec::new();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(3) {
+        for shopper in inside.iter_mut() {
+            match shopper.visit(addrs[fastrand::usize(..3)]) {
+                Ok(Visit::Passed) => {}
+                other => failures.push(format!("inside: {other:?}")),
+            }
+        }
+        for shopper in line.iter_mut() {
+            if let Err(e) = shopper.visit(addrs[fastrand::usize(..3)]) {
+                failures.push(e);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    for instance in &instances {
+        assert!(
+            wait_until(Duration::from_secs(5), || instance
+                .metric("ordergate_store_up")
+                == 0.0),
+            "store_up 0 during the outage"
+        );
+        assert_eq!(get(instance.admin, "/readyz").expect("readyz").status, 200);
+    }
+    // New shoppers get this instance's own line: each instance admits up to
+    // its max_active, then gives tickets of its own.
+    let mut newcomers: Vec<Shopper> = vec![Shopper::default(); 4];
+    let mut local_pages = Vec::new();
+    for shopper in newcomers.iter_mut() {
+        match shopper.visit(addrs[0]) {
+            Ok(Visit::Waiting(page)) => local_pages.push(page),
+            Ok(Visit::Passed) => {}
+            Err(e) => panic!("a newcomer during the outage: {e}"),
+        }
+        assert!(
+            shopper.local(),
+            "a ticket or pass of the instance's own line"
+        );
+    }
+    assert!(!local_pages.is_empty());
+    // Their place is kept by that instance.
+    let mut again = newcomers[3].clone();
+    if let Ok(Visit::Waiting(page)) = again.visit(addrs[0]) {
+        assert_eq!(
+            Some(&page["position"]),
+            local_pages.last().map(|p| &p["position"])
+        );
+    }
+    let fallbacks: f64 = instances
+        .iter()
+        .map(|i| i.metric("ordergate_store_fallbacks_total{feature=\"room\"}"))
+        .sum();
+    assert!(fallbacks > 0.0);
+
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(10), || instances
+            .iter()
+            .all(|i| i.log_count(RECOVERY_LOG) == 1)),
+        "recovery logged on every instance"
+    );
+    // New shoppers are in the shared line again (Redis restarted empty: a
+    // new line), one line for every instance.
+    let mut after: Vec<Shopper> = vec![Shopper::default(); 4];
+    for (i, shopper) in after.iter_mut().enumerate() {
+        let visit = shopper.visit(addrs[i % 3]);
+        assert!(!shopper.local(), "shared again: {visit:?}");
+        match (i, visit) {
+            (0 | 1, Ok(Visit::Passed)) => {}
+            (2 | 3, Ok(Visit::Waiting(page))) => assert_eq!(page["position"], i as u64 - 1),
+            (_, other) => panic!("shopper {i} after the recovery: {other:?}"),
+        }
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        assert_eq!(
+            waiting_page(after[3].visit(*addr))["position"],
+            2,
+            "the same place on instance {i}"
+        );
+    }
+    // Redis restarted empty: the passes of the shoppers inside are gone with
+    // the line (README: with persistence they are kept); they are new shoppers
+    // of the shared line, never an error.
+    for shopper in inside.iter_mut() {
+        let visit = shopper.visit(addrs[2]);
+        assert!(visit.is_ok() && !shopper.local(), "{visit:?}");
+    }
+    for instance in &instances {
+        assert_eq!(instance.log_count(FALLBACK_LOG), 1, "fallback logged once");
+        assert_eq!(instance.log_count(RECOVERY_LOG), 1, "recovery logged once");
+        assert_eq!(instance.metric("ordergate_store_up"), 1.0);
+    }
 }

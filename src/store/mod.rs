@@ -9,8 +9,8 @@
 //!
 //! Waiting-room lines ([`room`]): tickets in arrival order, calls, passes.
 //!
-//! `[store] kind = "redis"` ([`redis`]) shares idempotency records and rate
-//! limits with every instance pointing at one Redis, each operation falling
+//! `[store] kind = "redis"` ([`redis`]) shares idempotency records, rate
+//! limits and waiting-room lines with every instance pointing at one Redis, each operation falling
 //! back to this process's memory when Redis does not answer within `timeout`.
 
 pub mod memory;
@@ -70,7 +70,7 @@ use tokio::sync::watch;
 pub struct Stores {
     idempotency: Mutex<HashMap<String, Weak<memory::MemoryIdempotency>>>,
     stale: Mutex<HashMap<String, Weak<crate::stale::StaleCache>>>,
-    rooms: Mutex<HashMap<String, Weak<room::MemoryLine>>>,
+    rooms: Mutex<HashMap<String, RoomLines>>,
     /// The Redis of `[store]`, when configured; kept across reloads while its
     /// settings stay the same.
     shared: Mutex<Option<Arc<redis::Redis>>>,
@@ -177,20 +177,43 @@ impl Stores {
 
 impl Stores {
     /// The line of a waiting room, created if new: a reload keeps every place,
-    /// call and pass (and the operator's open/close/pause).
+    /// call and pass (and the operator's open/close/pause). With Redis
+    /// configured, the line is shared there ([`redis::RedisLine`], kept while
+    /// the Redis settings stay the same), with the room's memory line beside
+    /// it for when Redis does not answer; a reload switching stores gives the
+    /// room a line of the new kind.
     pub fn room_line(&self, room: &str) -> Arc<dyn room::RoomLine> {
+        let shared = self.shared();
         let mut lines = self
             .rooms
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        lines.retain(|_, weak| weak.strong_count() > 0);
-        let line = match lines.get(room).and_then(Weak::upgrade) {
+        lines.retain(|_, entry| entry.local.strong_count() > 0);
+        let entry = lines.entry(room.to_owned()).or_default();
+        let local = match entry.local.upgrade() {
             Some(line) => line,
             None => Arc::new(room::MemoryLine::new()),
         };
-        lines.insert(room.to_owned(), Arc::downgrade(&line));
+        entry.local = Arc::downgrade(&local);
+        let Some(redis) = shared else {
+            entry.shared = Weak::new();
+            return local;
+        };
+        let line = match entry.shared.upgrade() {
+            Some(line) if Arc::ptr_eq(line.redis(), &redis) => line,
+            _ => Arc::new(redis::RedisLine::new(redis, room, local)),
+        };
+        entry.shared = Arc::downgrade(&line);
         line
     }
+}
+
+/// A room's live lines: its memory line (the line itself, or the fallback
+/// of the Redis one) and, with Redis, the shared line.
+#[derive(Debug, Default)]
+struct RoomLines {
+    local: Weak<room::MemoryLine>,
+    shared: Weak<redis::RedisLine>,
 }
 
 /// Identifies a record: the route, the scope value (e.g. the shopper's session

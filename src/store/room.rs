@@ -27,22 +27,22 @@ use tokio::time::Instant;
 /// Ticket numbers with this bit set are pre-opening draws, not places.
 pub const DRAW_BIT: u64 = 1 << 63;
 /// Pass ids with this bit set were admitted without a place in line.
-const DIRECT_BIT: u64 = 1 << 62;
+pub(crate) const DIRECT_BIT: u64 = 1 << 62;
 
 /// Time constant of the measured admission rate, in seconds: long enough that a
 /// few bursts of calls average out, short enough that a slowing pool shows in
 /// the estimates within seconds.
-const RATE_TAU: f64 = 5.0;
+pub(crate) const RATE_TAU: f64 = 5.0;
 /// Weight of one popped ticket in the share of skipped (abandoned) tickets.
-const SKIP_WEIGHT: f64 = 0.02;
+pub(crate) const SKIP_WEIGHT: f64 = 0.02;
 /// The token bucket of `per_second` holds this many seconds' worth of calls.
-const BURST_SECONDS: f64 = 0.25;
+pub(crate) const BURST_SECONDS: f64 = 0.25;
 /// Most passes a line tracks: about 40 bytes each, so 48 MiB. Beyond it, a
 /// room that has not formed lets shoppers in without tracking them (clients
 /// that keep no cookie make a new shopper per request).
-const MAX_PASSES: usize = 1_200_000;
+pub(crate) const MAX_PASSES: usize = 1_200_000;
 /// Expired passes and uncollected calls are swept at most this often.
-const SWEEP_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// What the policy allows the line to do in one operation.
 #[derive(Debug, Clone, Copy, PartialEq)]

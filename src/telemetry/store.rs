@@ -10,6 +10,8 @@ pub enum StoreFeature {
     Idempotency,
     /// Shared rate limits.
     RateLimit,
+    /// Waiting-room lines.
+    Room,
 }
 
 impl StoreFeature {
@@ -18,6 +20,7 @@ impl StoreFeature {
         match self {
             StoreFeature::Idempotency => "idempotency",
             StoreFeature::RateLimit => "rate_limit",
+            StoreFeature::Room => "room",
         }
     }
 }
@@ -28,7 +31,7 @@ pub struct StoreMetrics {
     /// 1 while the store answers (always 1 for memory), 0 while Redis is
     /// unreachable and operations fall back to memory.
     pub up: IntGauge,
-    fallbacks: [IntCounter; 2],
+    fallbacks: [IntCounter; 3],
     /// Redis operations that failed or took longer than `timeout`.
     pub errors: IntCounter,
 }
@@ -66,6 +69,7 @@ impl StoreMetrics {
             fallbacks: [
                 fallbacks.with_label_values(&[StoreFeature::Idempotency.as_str()]),
                 fallbacks.with_label_values(&[StoreFeature::RateLimit.as_str()]),
+                fallbacks.with_label_values(&[StoreFeature::Room.as_str()]),
             ],
             errors,
         }

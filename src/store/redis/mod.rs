@@ -12,6 +12,7 @@
 
 mod idempotency;
 mod rate;
+mod room;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
@@ -21,6 +22,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, FromRedisValue, IntoConnectionInfo, Script};
 
 pub use idempotency::RedisIdempotency;
+pub use room::RedisLine;
 
 use super::RedisConfig;
 use crate::telemetry::{StoreFeature, StoreMetrics};
@@ -266,7 +268,7 @@ impl Redis {
         self.metrics.errors.inc();
         if self.up.swap(false, Ordering::Relaxed) {
             log::warn!(
-                "store: Redis at {} failed ({why}); idempotency records and rate limits fall back to this instance's memory until it answers again",
+                "store: Redis at {} failed ({why}); idempotency records, rate limits and waiting-room lines fall back to this instance's memory until it answers again",
                 self.settings.url
             );
             self.metrics.up.set(0);
@@ -322,7 +324,7 @@ impl Redis {
     fn came_back(&self) {
         if !self.up.swap(true, Ordering::Relaxed) {
             log::warn!(
-                "store: Redis at {} answers again; new idempotency records and rate limits go to Redis",
+                "store: Redis at {} answers again; new idempotency records, rate limits and waiting-room tickets go to Redis",
                 self.settings.url
             );
             self.metrics.up.set(1);
