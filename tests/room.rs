@@ -844,7 +844,7 @@ fn on_overload_the_room_forms_when_the_pool_queues_and_admits_when_it_recovers()
     let fleet = Fleet::start_with(1, &["--latency-ms", "100"]);
     let port = free_port();
     let text = format!(
-        "{}[[pools]]\nname = \"orders\"\nbackends = {}\nmax_in_flight = 4\n[pools.queue]\nmax_waiting = 200\ntimeout = \"10s\"\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"sale\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\nadmit_per_minute = 600\nrefresh = \"1s\"\n[rooms.bypass]\nheader = \"x-load\"\n",
+        "{}[[pools]]\nname = \"orders\"\nbackends = {}\nmax_in_flight = 4\n[pools.queue]\nmax_waiting = 200\ntimeout = \"1s\"\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"sale\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\nadmit_per_minute = 600\nrefresh = \"1s\"\n[rooms.bypass]\nheader = \"x-load\"\n",
         admin_section(port),
         fleet.backends_toml(&[])
     );
@@ -862,10 +862,11 @@ fn on_overload_the_room_forms_when_the_pool_queues_and_admits_when_it_recovers()
         calm.cookie
     );
 
-    // Load that does not wait in the room (bypassed) fills the pool: 4 slots
-    // of 100 ms, 16 clients in a closed loop, so requests queue.
+    // Load that does not wait in the room (bypassed) overloads the pool: 4
+    // slots of 100 ms, 32 clients in a closed loop, so 28 wait: 700 ms, more
+    // than half the queue timeout.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = (0..16)
+    let load: Vec<_> = (0..32)
         .map(|_| {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
@@ -880,12 +881,12 @@ fn on_overload_the_room_forms_when_the_pool_queues_and_admits_when_it_recovers()
             let status = admin(port, "GET", "/status").json();
             status["pools"][0]["queue"]["waiting"]
                 .as_object()
-                .is_some_and(|w| w.values().filter_map(|v| v.as_u64()).sum::<u64>() >= 4)
+                .is_some_and(|w| w.values().filter_map(|v| v.as_u64()).sum::<u64>() >= 20)
         }),
         "the pool queues"
     );
-    // The room forms: a newcomer waits, nobody is called while the pool has
-    // no headroom; the shopper with a pass goes on.
+    // The room forms: a newcomer waits, nobody is called while the pool is
+    // overloaded; the shopper with a pass goes on.
     let mut newcomer = Shopper::default();
     let page = waiting(&newcomer.visit(addr, "sale", "GET", "/api/products/1")).clone();
     assert_eq!(page["position"], 1, "{page}");
@@ -894,7 +895,7 @@ fn on_overload_the_room_forms_when_the_pool_queues_and_admits_when_it_recovers()
         let page = waiting(&newcomer.visit(addr, "sale", "GET", "/api/products/1")).clone();
         assert_eq!(
             page["position"], 1,
-            "nobody is called while the pool queues: {page}"
+            "nobody is called while the pool is overloaded: {page}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }

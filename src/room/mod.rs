@@ -175,11 +175,13 @@ const PACE_FLOOR: f64 = 0.05;
 /// for a while; a room calling at the configured rate while the pool has
 /// headroom overfills the pool whenever that rate is more than the backends
 /// take, and a gate on the pool's queue opens and closes on noise and leaves
-/// the backends idle between waves. The pace follows the pool's one sure
-/// signal of too many shoppers instead, as TCP's congestion window follows
-/// losses: a small cut when the pool turned requests away (shed, queue full,
-/// queue timeout), at most once per second, and a slow climb back while it
-/// turns nobody away. The backends stay just below the point where the pool
+/// the backends idle between waves. The pace follows the pool's sure signal
+/// of too many shoppers instead, as TCP's congestion window follows losses: a
+/// small cut when the pool turned requests away (shed, queue full, queue
+/// timeout), at most once per second, and a slow climb back while it turns
+/// nobody away. (Cutting it while the brake holds too was measured: the
+/// backends then ran at 91% of what they can serve instead of 97%, for
+/// admitted requests' p50 140 ms instead of 216 ms and no shed request.) The backends stay just below the point where the pool
 /// sheds. It is this instance's view of its pool; a reload starts it again
 /// at the configured rate.
 #[derive(Debug)]
