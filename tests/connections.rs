@@ -491,6 +491,44 @@ fn slow_headers_and_idle_connections_are_closed_and_counted() {
 }
 
 #[test]
+fn on_a_keep_alive_connection_the_header_deadline_runs_from_the_first_byte() {
+    let fleet = Fleet::start(1);
+    let proxy = Proxy::try_start_with(
+        "grace_period = \"0s\"\nheader_timeout = \"1s\"\nkeepalive_timeout = \"4s\"",
+        &format!(
+            "[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"all\"\npool = \"orders\"\n",
+            fleet.backends_toml(&[1])
+        ),
+    )
+    .expect("start");
+    let mut conn = Conn::open(proxy.addr);
+    assert_eq!(conn.get("/api/products/1").expect("first").status, 200);
+    let idle_since = std::time::Instant::now();
+    // Idle for 3 s (under keepalive_timeout), then a head that never ends.
+    assert!(!conn.closed_within(Duration::from_secs(3)), "kept alive");
+    conn.send_raw(b"GET /api/products/1 HTTP/1.1\r\n")
+        .expect("send");
+    let first_byte = idle_since.elapsed();
+    let mut closed = false;
+    while idle_since.elapsed() < Duration::from_secs(8) {
+        if conn.send_raw(b"X").is_err() || conn.closed_within(Duration::from_millis(100)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow head is closed");
+    // header_timeout (1 s) after the first byte; the deadline of the whole
+    // wait (keepalive_timeout + header_timeout = 5 s) is not what closed it.
+    let after_first_byte = idle_since.elapsed() - first_byte;
+    assert!(
+        after_first_byte >= Duration::from_millis(900)
+            && idle_since.elapsed() < Duration::from_millis(4800),
+        "closed {after_first_byte:?} after the first byte, {:?} after the idle start",
+        idle_since.elapsed()
+    );
+}
+
+#[test]
 fn slow_header_clients_do_not_stop_a_normal_shopper() {
     let fleet = Fleet::start(1);
     let proxy = Proxy::start(&format!(
