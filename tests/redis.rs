@@ -934,6 +934,14 @@ impl Instance {
     }
 }
 
+/// Three instances with the waiting room `sale` (`mode = "always"`, plus
+/// `extra`) on one Redis.
+fn three_rooms(fleet: &Fleet, redis: &RedisServer, timeout: &str, extra: &str) -> Vec<Instance> {
+    (0..3)
+        .map(|_| Instance::start_room(fleet, redis, timeout, extra))
+        .collect()
+}
+
 /// A shopper's browser: the room's cookie, sent back on every visit.
 #[derive(Debug, Clone, Default)]
 struct Shopper {
@@ -1026,16 +1034,12 @@ fn three_instances_share_one_waiting_line_admitted_in_ticket_order() {
     let _serial = serial();
     let redis = RedisServer::start();
     let fleet = Fleet::start(2);
-    let instances: Vec<Instance> = (0..3)
-        .map(|_| {
-            Instance::start_room(
-                &fleet,
-                &redis,
-                "1s",
-                "admit_per_minute = 1200\nrefresh = \"1s\"\nsession = \"5m\"\nticket_timeout = \"30s\"",
-            )
-        })
-        .collect();
+    let instances = three_rooms(
+        &fleet,
+        &redis,
+        "1s",
+        "admit_per_minute = 1200\nrefresh = \"1s\"\nsession = \"5m\"\nticket_timeout = \"30s\"",
+    );
     let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.proxy.addr).collect();
 
     // Paused through one instance: every instance's room is paused.
@@ -1174,16 +1178,12 @@ fn redis_killed_while_shoppers_wait_the_room_serves_from_memory_then_shares_agai
     let _serial = serial();
     let mut redis = RedisServer::start();
     let fleet = Fleet::start(2);
-    let instances: Vec<Instance> = (0..3)
-        .map(|_| {
-            Instance::start_room(
-                &fleet,
-                &redis,
-                "250ms",
-                "max_active = 2\nrefresh = \"1s\"\nsession = \"5m\"",
-            )
-        })
-        .collect();
+    let instances = three_rooms(
+        &fleet,
+        &redis,
+        "250ms",
+        "max_active = 2\nrefresh = \"1s\"\nsession = \"5m\"",
+    );
     let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.proxy.addr).collect();
     let mut inside: Vec<Shopper> = vec![Shopper::default(); 2];
     for (i, shopper) in inside.iter_mut().enumerate() {
