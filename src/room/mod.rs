@@ -170,20 +170,25 @@ const PACE_RECOVERY: f64 = 0.02;
 /// always moves a little, so the estimate keeps being measured.
 const PACE_FLOOR: f64 = 0.05;
 
-/// The share of `admit_per_minute` a room calls at. A called shopper comes
-/// at their next check-in, a second or more later, and then makes requests
-/// for a while; a room calling at the configured rate while the pool has
-/// headroom overfills the pool whenever that rate is more than the backends
-/// take, and a gate on the pool's queue opens and closes on noise and leaves
-/// the backends idle between waves. The pace follows the pool's sure signal
-/// of too many shoppers instead, as TCP's congestion window follows losses: a
-/// small cut when the pool turned requests away (shed, queue full, queue
-/// timeout), at most once per second, and a slow climb back while it turns
-/// nobody away. (Cutting it while the brake holds too was measured: the
-/// backends then ran at 91% of what they can serve instead of 97%, for
-/// admitted requests' p50 140 ms instead of 216 ms and no shed request.) The backends stay just below the point where the pool
-/// sheds. It is this instance's view of its pool; a reload starts it again
-/// at the configured rate.
+/// The share of `admit_per_minute` a room calls at.
+///
+/// A called shopper comes at their next check-in, a second or more later, and
+/// then makes requests for a while. A room calling at the configured rate while
+/// the pool has headroom overfills the pool whenever that rate is more than the
+/// backends take; a gate on the pool's queue opens and closes on noise and
+/// leaves the backends idle between waves. The pace follows the pool's sure
+/// signal of too many shoppers instead, as TCP's congestion window follows
+/// losses: a small cut when the pool turned requests away (shed, queue full,
+/// queue timeout), at most once per second, and a slow climb back while it
+/// turns nobody away. The backends stay just below the point where the pool
+/// sheds.
+///
+/// Cutting it while the brake holds as well was measured: the backends then
+/// ran at 91% of what they can serve instead of 97%, for admitted requests'
+/// p50 of 140 ms instead of 216 ms and no shed request.
+///
+/// It is this instance's view of its pool; a reload starts it again at the
+/// configured rate.
 #[derive(Debug)]
 pub struct Pace {
     share: f64,
@@ -217,7 +222,7 @@ impl Pace {
         }
         self.at = Some(now);
         self.rejected = Some(pressure.rejected);
-        // (A pool rebuilt by a reload counts from zero again: no rejection.)
+        // (A pool removed and added again counts from zero: no rejection.)
         let turned_away = pressure.rejected > seen;
         let held = self
             .last_cut
