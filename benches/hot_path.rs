@@ -1,7 +1,8 @@
 //! How long do ordergate's own per-request steps take, without any network:
 //! classifying a request to a route (4 routes, and 64 routes), picking a
 //! backend with each balancing algorithm (in-flight counting included),
-//! rendering a degradation page (JSON and HTML), and making a request id?
+//! rendering a degradation page (JSON and HTML), making a request id, and
+//! adding the forwarding headers to the request pingora sends upstream?
 //! Criterion micro benchmarks; the load harness (`benches/load.rs`) measures the
 //! whole proxy.
 //!
@@ -183,12 +184,64 @@ fn request_ids(c: &mut Criterion) {
     group.finish();
 }
 
+/// A request head as pingora hands it to `upstream_request_filter`: built
+/// with the case-preserving name map, sized for the headers it was parsed with.
+fn parsed_request(headers: &[(&str, &str)]) -> pingora::http::RequestHeader {
+    let mut request =
+        pingora::http::RequestHeader::build("GET", b"/api/products/42", Some(headers.len()))
+            .expect("request");
+    for (name, value) in headers {
+        request
+            .append_header(name.to_string(), *value)
+            .expect("header");
+    }
+    request
+}
+
+fn forwarding_headers(c: &mut Criterion) {
+    let client = Some(std::net::IpAddr::from([203, 0, 113, 7]));
+    let load_generator = parsed_request(&[("Host", "shop.example")]);
+    let browser = parsed_request(&[
+        ("Host", "shop.example"),
+        ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0"),
+        ("Accept", "text/html,application/json;q=0.9,*/*;q=0.8"),
+        ("Accept-Language", "zh-CN,zh;q=0.9,en;q=0.8"),
+        ("Accept-Encoding", "gzip, deflate, br"),
+        ("Cookie", "session=4f2a9c; cart=7781"),
+        ("Referer", "https://shop.example/cart"),
+        ("Connection", "keep-alive"),
+    ]);
+    let mut group = c.benchmark_group("forwarding_headers");
+    for (name, request) in [
+        ("1 header (wrk)", &load_generator),
+        ("8 headers (browser)", &browser),
+    ] {
+        group.bench_function(format!("clone only, {name}"), |b| {
+            b.iter(|| black_box(request.clone()))
+        });
+        group.bench_function(format!("clone + add, {name}"), |b| {
+            b.iter(|| {
+                let mut upstream = request.clone();
+                ordergate::forward::add_headers(
+                    &mut upstream,
+                    client,
+                    false,
+                    "4f2a9c0d1e2f3a4b5c6d7e8f9a0b1c2d",
+                )
+                .expect("headers");
+                black_box(upstream)
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = hot_path;
     config = Criterion::default()
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500))
         .sample_size(50);
-    targets = route_classification, backend_selection, page_rendering, request_ids
+    targets = route_classification, backend_selection, page_rendering, request_ids, forwarding_headers
 }
 criterion_main!(hot_path);

@@ -6,28 +6,37 @@
 //! either. What a shopper may send (`server.max_request_header_bytes`) is
 //! checked by [`head_too_large`] once the head is parsed.
 //!
-//! Between two requests on a keep-alive connection it waits for the first byte
-//! of the next request itself ([`next_request`]), after pingora's request
-//! future, its session and its head buffer are freed: an idle shopper then
-//! costs the connection's socket buffers and a small task, not a whole request
-//! state machine (about 18 KiB less per idle connection). The header deadline
-//! then runs from that first byte. Where the wait cannot be done — a pipelined
-//! request already read (pingora holds it), or a TLS stream that cannot peek —
-//! pingora waits inside its request future as before, and the header deadline
-//! on a reused connection is `keepalive_timeout + header_timeout`.
+//! Between two requests on a keep-alive connection it waits for the next
+//! request itself ([`next_request`]), after pingora's request future, its
+//! session and its head buffer are freed: an idle shopper then costs the
+//! connection's socket buffers and a small task, not a whole request state
+//! machine (about 18 KiB less per idle connection). What arrived is handed to
+//! pingora as the start of the next request (the way pingora hands on a
+//! pipelined request), so pingora parses it without reading again, and the
+//! header deadline runs from that first byte. Where pingora already holds a
+//! pipelined request, it goes back to pingora at once, and the header
+//! deadline on that reused connection is `keepalive_timeout + header_timeout`.
+//!
+//! Both waits are on every request's path, so they cost little: the header
+//! deadline's timer starts only when a head is not already there, and the
+//! mark that the head arrived is a thread-local flag around each poll of
+//! pingora's future.
 
 use std::cell::Cell;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::{BufMut, BytesMut};
 use http::HeaderMap;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::config::ServerConfig;
@@ -89,31 +98,32 @@ pub fn declared_body_too_large(headers: &HeaderMap, max: u64) -> bool {
         .is_some_and(|len| len > max)
 }
 
-tokio::task_local! {
-    /// Set once this request's head arrived: the header deadline no longer applies.
-    static HEAD_RECEIVED: Cell<bool>;
+thread_local! {
+    /// Set by [`head_received`] while pingora's request future is polled.
+    static HEAD_RECEIVED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Marks that the current request's head arrived (called from the proxy's
-/// `new_ctx`, which pingora runs right after it parsed the head). Outside a
-/// [`Connections`] task (HTTP/2 streams) it does nothing.
+/// `new_ctx`, which pingora runs right after it parsed the head). A
+/// [`Connections`] task clears the mark before each poll of pingora's future
+/// and reads it after (polls do not nest on a thread, so the mark is its
+/// own); elsewhere (HTTP/2 streams) it is never read.
 pub fn head_received() {
-    let _ = HEAD_RECEIVED.try_with(|seen| seen.set(true));
-}
-
-fn head_was_received() -> bool {
-    HEAD_RECEIVED.try_with(Cell::get).unwrap_or(true)
+    HEAD_RECEIVED.set(true);
 }
 
 /// In the user context of a reused connection: [`next_request`] saw the first
 /// byte of its next request, so the header deadline runs from now.
 struct FirstByteSeen;
 
-/// Waits, on a connection pingora would reuse, for the first byte of the next
-/// request, up to `keepalive`: `None` (close) when it does not come, the
-/// client closes, or the server shuts down; otherwise the connection goes back
-/// to pingora with the byte put back. A pipelined request pingora already
-/// read, or a stream that cannot peek (TLS), goes back at once.
+/// The buffer pingora starts a request head in (its `INIT_HEADER_BUF_SIZE`).
+const HEAD_BUFFER: usize = 4096;
+
+/// Waits, on a connection pingora would reuse, for the next request, up to
+/// `keepalive`: `None` (close) when it does not come, the client closes, or
+/// the server shuts down. Otherwise the connection goes back to pingora with
+/// what arrived as the start of its next request. A pipelined request pingora
+/// already read goes back at once.
 async fn next_request(
     reusable: ReusedHttpStream,
     keepalive: Duration,
@@ -121,37 +131,44 @@ async fn next_request(
     closed: &ConnectionsClosed,
 ) -> Option<ReusedHttpStream> {
     let (mut stream, settings) = reusable.consume();
-    if settings.as_ref().is_some_and(has_pipelined_request) {
-        return Some(ReusedHttpStream::new(stream, settings));
-    }
+    let mut settings = match settings {
+        Some(settings) if !has_pipelined_request(&settings) => settings,
+        settings => return Some(ReusedHttpStream::new(stream, settings)),
+    };
     let mut shutdown = shutdown.clone();
     if *shutdown.borrow_and_update() {
         return None;
     }
+    // One byte on the stack: while idle, the connection holds no head buffer.
     let mut first = [0u8; 1];
-    let peeked = tokio::select! {
+    let read = tokio::select! {
         biased;
-        peeked = stream.try_peek(&mut first) => peeked,
+        read = stream.read(&mut first) => read,
         () = tokio::time::sleep(keepalive) => {
             closed.keepalive_timeout.inc();
             return None;
         }
         _ = shutdown.changed() => return None,
     };
-    match peeked {
-        // The byte is back in the stream, for pingora to read.
-        Ok(true) => {
-            let settings = settings.map(|mut settings| {
-                settings.take_user_context();
-                settings.set_user_context(Box::new(FirstByteSeen));
-                settings
-            });
-            Some(ReusedHttpStream::new(stream, settings))
-        }
-        Ok(false) => Some(ReusedHttpStream::new(stream, settings)),
+    if !matches!(read, Ok(1)) {
         // Closed by the client (or broken) while idle.
-        Err(_) => None,
+        return None;
     }
+    let mut head = BytesMut::with_capacity(HEAD_BUFFER);
+    head.put_u8(first[0]);
+    // The rest of what came with that byte is in the stream's read buffer;
+    // more is left for pingora to wait for.
+    let rest = stream.read_buf(&mut head);
+    tokio::pin!(rest);
+    poll_fn(|cx| {
+        let _ = rest.as_mut().poll(cx);
+        Poll::Ready(())
+    })
+    .await;
+    settings.take_user_context();
+    settings.set_user_context(Box::new(FirstByteSeen));
+    settings.set_pipelined_prefix(head);
+    Some(ReusedHttpStream::new(stream, Some(settings)))
 }
 
 /// Whether pingora already read (part of) a pipelined request for the
@@ -258,36 +275,48 @@ where
         } else {
             Duration::ZERO
         };
-        let started = Instant::now();
         let mut serve = self.app.process_new_http(session, shutdown);
         let closed = &self.closed;
-        Box::pin(HEAD_RECEIVED.scope(Cell::new(false), async move {
-            let reusable = tokio::select! {
-                biased;
-                reusable = &mut serve => {
-                    if reusable.is_none()
-                        && reused
-                        && !head_was_received()
-                        && started.elapsed() >= limits.keepalive_timeout
-                    {
-                        closed.keepalive_timeout.inc();
-                    }
-                    reusable
+        Box::pin(async move {
+            // The deadline's timer starts (with its clock read) only if the
+            // first poll finds no head yet; a reused connection's head is
+            // usually here already.
+            let mut started = None;
+            let mut deadline = None;
+            let mut head_seen = false;
+            let served = poll_fn(|cx| {
+                HEAD_RECEIVED.set(false);
+                let polled = serve.as_mut().poll(cx);
+                head_seen |= HEAD_RECEIVED.get();
+                if let Poll::Ready(reusable) = polled {
+                    return Poll::Ready(Some(reusable));
                 }
-                () = tokio::time::sleep(idle + limits.header_timeout) => {
-                    if head_was_received() {
-                        (&mut serve).await
-                    } else {
-                        closed.header_timeout.inc();
-                        None
-                    }
+                if head_seen {
+                    return Poll::Pending;
                 }
+                let timer = deadline.get_or_insert_with(|| {
+                    let now = *started.insert(Instant::now());
+                    Box::pin(tokio::time::sleep_until(now + idle + limits.header_timeout))
+                });
+                timer.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            let Some(reusable) = served else {
+                closed.header_timeout.inc();
+                return None;
             };
+            if reusable.is_none()
+                && reused
+                && !head_seen
+                && started.is_some_and(|s: Instant| s.elapsed() >= limits.keepalive_timeout)
+            {
+                closed.keepalive_timeout.inc();
+            }
             // pingora's request future (with its session and head buffer)
             // goes before the idle wait.
             drop(serve);
             next_request(reusable?, limits.keepalive_timeout, shutdown, closed).await
-        }))
+        })
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
@@ -363,11 +392,5 @@ mod tests {
         assert!(!declared_body_too_large(&headers, 11));
         headers.insert(http::header::CONTENT_LENGTH, "-1".parse().expect("value"));
         assert!(!declared_body_too_large(&headers, 10), "pingora rejects it");
-    }
-
-    #[test]
-    fn outside_a_connection_the_head_counts_as_received() {
-        head_received();
-        assert!(head_was_received());
     }
 }

@@ -4,7 +4,8 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
+use pingora::http::RequestHeader;
 
 /// Longest client-supplied request id that is kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -14,8 +15,37 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 pub fn request_id(from_client: Option<&[u8]>) -> String {
     match from_client {
         Some(id) if is_sane_request_id(id) => String::from_utf8_lossy(id).into_owned(),
-        _ => format!("{:032x}", fastrand::u128(..)),
+        _ => new_request_id(),
     }
+}
+
+/// 32 random hex digits, written without the formatting machinery (this runs
+/// on every request).
+fn new_request_id() -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for digit in id.iter_mut().rev() {
+        *digit = DIGITS[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    id.iter().map(|&digit| char::from(digit)).collect()
+}
+
+/// Adds what the backend is told about the request (`X-Forwarded-For`,
+/// `X-Forwarded-Proto`, `X-Request-Id`) to the request sent upstream.
+pub fn add_headers(
+    upstream: &mut RequestHeader,
+    client: Option<IpAddr>,
+    tls: bool,
+    request_id: &str,
+) -> pingora::Result<()> {
+    if let Some(chain) = forwarded_for(&upstream.headers, client) {
+        upstream.insert_header("x-forwarded-for", chain)?;
+    }
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    upstream.insert_header("x-forwarded-proto", proto)?;
+    upstream.insert_header("x-request-id", request_id)
 }
 
 fn is_sane_request_id(id: &[u8]) -> bool {
@@ -70,6 +100,11 @@ mod tests {
             assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
         }
         assert_ne!(request_id(None), request_id(None));
+        let new = request_id(None);
+        assert_eq!(new.len(), 32);
+        assert!(new
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     }
 
     #[test]
@@ -86,6 +121,25 @@ mod tests {
         let mut blank = HeaderMap::new();
         blank.append("x-forwarded-for", "  ".parse().expect("value"));
         assert_eq!(forwarded_for(&blank, None), None);
+    }
+
+    #[test]
+    fn adds_the_forwarding_headers() {
+        let mut request = RequestHeader::build("GET", b"/", None).expect("request");
+        request
+            .insert_header("X-Forwarded-For", "203.0.113.7")
+            .expect("header");
+        add_headers(
+            &mut request,
+            Some(IpAddr::from([127, 0, 0, 9])),
+            true,
+            "r-1",
+        )
+        .expect("headers");
+        let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.9"));
+        assert_eq!(header("x-forwarded-proto"), Some("https"));
+        assert_eq!(header("x-request-id"), Some("r-1"));
     }
 
     #[test]

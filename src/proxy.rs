@@ -793,23 +793,11 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(chain) = forward::forwarded_for(&upstream_request.headers, ctx.client_ip) {
-            upstream_request.insert_header("x-forwarded-for", chain)?;
-        }
-        upstream_request.insert_header(
-            "x-forwarded-proto",
-            if session
-                .digest()
-                .and_then(|d| d.ssl_digest.as_ref())
-                .is_some()
-            {
-                "https"
-            } else {
-                "http"
-            },
-        )?;
-        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
-        Ok(())
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
+        forward::add_headers(upstream_request, ctx.client_ip, tls, &ctx.request_id)
     }
 
     async fn upstream_response_filter(
