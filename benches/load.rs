@@ -94,8 +94,9 @@ scenarios:
                    only unless --targets; exit 1 on raw errors
 
 options:
-  --targets LIST     direct,ordergate,pingora-floor,nginx,haproxy (default: all available,
-                     pingora-floor only in steady and new-connections; smoke: ordergate)
+  --targets LIST     direct,ordergate,pingora-floor,pingora-floor-timeouts,nginx,haproxy
+                     (default: all available, the floors only in steady, new-connections
+                     and connections; smoke: ordergate)
   --duration SECS    main phase length: steady/new-connections each phase (default 10),
                      overload/flash-sale the 3x and 5x phases (20), backend-kill and
                      slow-backend the whole run (20), reload each half (10)
@@ -301,7 +302,7 @@ fn run() -> i32 {
             // The floor only tells something where cost per request is measured.
             Kind::ALL
                 .into_iter()
-                .filter(|k| *k != Kind::PingoraFloor)
+                .filter(|k| !matches!(k, Kind::PingoraFloor | Kind::PingoraFloorTimeouts))
                 .collect()
         }
     });

@@ -4,13 +4,19 @@
 //! what a request costs in the framework itself, so the part ordergate adds is
 //! measured, not guessed.
 //!
+//! With `--timeouts MS` its backend connections get the timeouts ordergate
+//! always sets (connect 1 s, read and write MS, 60 s idle in the pool), so the
+//! cost of those timers in pingora shows apart from ordergate's own work
+//! (target `pingora-floor-timeouts`).
+//!
 //! ```sh
-//! cargo run --release --example pingora_floor -- LISTEN BACKEND [BACKEND ...]
+//! cargo run --release --example pingora_floor -- [--timeouts MS] LISTEN BACKEND [BACKEND ...]
 //! ```
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -23,6 +29,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Floor {
     backends: Vec<SocketAddr>,
     next: AtomicUsize,
+    /// Read and write timeout of backend connections, if any (`--timeouts`).
+    timeouts: Option<Duration>,
 }
 
 #[async_trait]
@@ -33,20 +41,33 @@ impl ProxyHttp for Floor {
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
-        Ok(Box::new(HttpPeer::new(
-            self.backends[turn],
-            false,
-            String::new(),
-        )))
+        let mut peer = HttpPeer::new(self.backends[turn], false, String::new());
+        if let Some(timeout) = self.timeouts {
+            peer.options.connection_timeout = Some(Duration::from_secs(1));
+            peer.options.read_timeout = Some(timeout);
+            peer.options.write_timeout = Some(timeout);
+            peer.options.idle_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
     }
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || {
-        eprintln!("usage: pingora_floor LISTEN BACKEND [BACKEND ...] (addresses as IP:PORT)");
+        eprintln!(
+            "usage: pingora_floor [--timeouts MS] LISTEN BACKEND [BACKEND ...] (addresses as IP:PORT)"
+        );
         ExitCode::from(2)
     };
+    let mut timeouts = None;
+    if args.first().is_some_and(|a| a == "--timeouts") {
+        let Some(ms) = args.get(1).and_then(|ms| ms.parse::<u64>().ok()) else {
+            return usage();
+        };
+        timeouts = Some(Duration::from_millis(ms));
+        args.drain(..2);
+    }
     let Some((listen, backends)) = args.split_first().filter(|(_, b)| !b.is_empty()) else {
         return usage();
     };
@@ -76,6 +97,7 @@ fn main() -> ExitCode {
         Floor {
             backends,
             next: AtomicUsize::new(0),
+            timeouts,
         },
     );
     proxy.add_tcp(listen);

@@ -453,14 +453,16 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
         .any(|(_, l)| l.contains("4 requests finished, 0 cut"))));
 }
 
-/// One HTTPS request with a client that trusts only `cert`; returns the response
-/// and the ALPN protocol the server chose when `alpn` was offered.
+/// HTTPS requests for `paths`, one after the other on one keep-alive
+/// connection (the last says `Connection: close`), with a client that trusts
+/// only `cert`; returns the responses and the ALPN protocol the server chose
+/// when `alpn` was offered (then no request is sent).
 fn https(
     addr: SocketAddr,
     cert: &rcgen::Certificate,
-    path: &str,
+    paths: &[&str],
     alpn: &[&[u8]],
-) -> (Option<Response>, Option<Vec<u8>>) {
+) -> (Vec<Response>, Option<Vec<u8>>) {
     use std::io::{Read, Write};
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -485,24 +487,41 @@ fn https(
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
         }
-        return (None, tls.conn.alpn_protocol().map(<[u8]>::to_vec));
+        return (Vec::new(), tls.conn.alpn_protocol().map(<[u8]>::to_vec));
     }
-    let request = format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).expect("send over TLS");
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    // The server may close without close_notify once the answer is complete.
-    while let Ok(n) = tls.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
+    let mut responses = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let last = i + 1 == paths.len();
+        let connection = if last { "close" } else { "keep-alive" };
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: {connection}\r\n\r\n");
+        tls.write_all(request.as_bytes()).expect("send over TLS");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Until the answer is whole (the server may close without
+        // close_notify once the last answer is complete).
+        let response = loop {
+            if let Ok(response) = support::parse_response(&raw) {
+                if !last {
+                    break Some(response);
+                }
+            }
+            match tls.read(&mut buf) {
+                Ok(n) if n > 0 => raw.extend_from_slice(&buf[..n]),
+                _ => break support::parse_response(&raw).ok(),
+            }
+        };
+        responses.push(response.unwrap_or_else(|| {
+            panic!(
+                "request {} of {} got no whole answer over TLS: {:?}",
+                i + 1,
+                paths.len(),
+                String::from_utf8_lossy(&raw)
+            )
+        }));
     }
     let alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
-    (
-        Some(support::parse_response(&raw).expect("an HTTP answer over TLS")),
-        alpn,
-    )
+    (responses, alpn)
 }
 
 #[test]
@@ -527,11 +546,20 @@ fn tls_listener_serves_https_with_a_certificate_made_at_test_time() {
         std::net::TcpStream::connect(tls_addr).is_ok()
     }));
 
-    let (response, _) = https(tls_addr, &certified.cert, "/__sim/echo", &[]);
-    let response = response.expect("response");
-    assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(response.json()["headers"]["x-forwarded-proto"], "https");
-    let (_, alpn) = https(tls_addr, &certified.cert, "/", &[b"h2", b"http/1.1"]);
+    // Three requests on one keep-alive connection: the connection waits for
+    // the second and third outside pingora's request (`connection.rs`).
+    let (responses, _) = https(
+        tls_addr,
+        &certified.cert,
+        &["/__sim/echo", "/__sim/echo", "/__sim/echo"],
+        &[],
+    );
+    assert_eq!(responses.len(), 3);
+    for response in &responses {
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["headers"]["x-forwarded-proto"], "https");
+    }
+    let (_, alpn) = https(tls_addr, &certified.cert, &["/"], &[b"h2", b"http/1.1"]);
     assert_eq!(
         alpn.as_deref(),
         Some(&b"h2"[..]),

@@ -413,14 +413,18 @@ pub(crate) enum Kind {
     /// `examples/pingora_floor.rs`: pingora with nothing of ordergate's on
     /// top, to tell the framework's cost per request from ordergate's.
     PingoraFloor,
+    /// The same floor with the backend timeouts ordergate always sets (read,
+    /// write, connect, pool idle): what those timers alone cost in pingora.
+    PingoraFloorTimeouts,
 }
 
 impl Kind {
     /// Every kind, in report order.
-    pub(crate) const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 6] = [
         Kind::Direct,
         Kind::Ordergate,
         Kind::PingoraFloor,
+        Kind::PingoraFloorTimeouts,
         Kind::Nginx,
         Kind::Haproxy,
     ];
@@ -433,6 +437,7 @@ impl Kind {
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
             Kind::PingoraFloor => "pingora-floor",
+            Kind::PingoraFloorTimeouts => "pingora-floor-timeouts",
         }
     }
 
@@ -445,7 +450,9 @@ impl Kind {
     pub(crate) fn available(self) -> bool {
         let program = match self {
             Kind::Direct | Kind::Ordergate => return true,
-            Kind::PingoraFloor => return build_pingora_floor().is_some(),
+            Kind::PingoraFloor | Kind::PingoraFloorTimeouts => {
+                return build_pingora_floor().is_some()
+            }
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         };
@@ -514,7 +521,8 @@ impl Target {
             Kind::Ordergate => start_ordergate(spec, tweaks),
             Kind::Nginx => start_nginx(spec, tweaks),
             Kind::Haproxy => start_haproxy(spec, tweaks),
-            Kind::PingoraFloor => start_pingora_floor(spec, tweaks),
+            Kind::PingoraFloor => start_pingora_floor(spec, tweaks, false),
+            Kind::PingoraFloorTimeouts => start_pingora_floor(spec, tweaks, true),
         }
     }
 
@@ -786,13 +794,25 @@ fn build_pingora_floor_now() -> Option<PathBuf> {
     }
 }
 
-fn start_pingora_floor(spec: &ProxySpec, tweaks: &Tweaks) -> Result<Target, String> {
+fn start_pingora_floor(
+    spec: &ProxySpec,
+    tweaks: &Tweaks,
+    timeouts: bool,
+) -> Result<Target, String> {
     let program = build_pingora_floor().ok_or("pingora-floor: no build")?;
     let dir = TempDir::new("pingora-floor")?;
     let listen = free_addr();
     let log = std::fs::File::create(dir.path.join("stderr.log"))
         .map_err(|e| format!("create log: {e}"))?;
     let mut command = proxy_command(&program, &tweaks.wrapper);
+    if timeouts {
+        // ordergate's defaults: connect 1 s, the pool's request timeout for
+        // reads and writes, 60 s idle in the pool.
+        command.args([
+            "--timeouts".to_string(),
+            format!("{}", spec.read_timeout.as_millis()),
+        ]);
+    }
     command
         .arg(listen.to_string())
         .args(spec.backends.iter().map(SocketAddr::to_string))

@@ -38,6 +38,7 @@ fn color(kind: Kind) -> &'static str {
         Kind::Nginx => "#2ca02c",
         Kind::Haproxy => "#1f77b4",
         Kind::PingoraFloor => "#9467bd",
+        Kind::PingoraFloorTimeouts => "#c5b0d5",
     }
 }
 
