@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser};
 use ordergate::cli::{Cli, Command};
 use ordergate::config::Config;
 use ordergate::server::RunOptions;
-use ordergate::telemetry::FrameworkEvent;
+use ordergate::telemetry::{self, FrameworkEvent};
 
 /// mimalloc: about 10% less CPU per proxied request than glibc's allocator here.
 #[global_allocator]
@@ -93,6 +93,11 @@ impl log::Log for Logger {
     fn log(&self, record: &log::Record<'_>) {
         if record.level() == log::Level::Error && record.target().starts_with("pingora") {
             let message = record.args().to_string();
+            if telemetry::is_accept_out_of_descriptors(record.target(), &message) {
+                // Once per episode, with what to do, instead of every second.
+                telemetry::out_of_descriptors("accepting shoppers' connections");
+                return;
+            }
             if let Some(event) = routine(record.target(), &message) {
                 event.count();
                 let lowered = log::Record::builder()

@@ -461,6 +461,15 @@ async fn client_closed(session: &mut Session) {
     std::future::pending::<()>().await
 }
 
+/// Whether a connect failed because the process could not open a socket (out
+/// of file descriptors), as opposed to the backend refusing or not answering.
+fn out_of_descriptors(error: &Error) -> bool {
+    error
+        .root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(crate::telemetry::is_out_of_descriptors)
+}
+
 /// Whether a final (non-1xx) response header already went to the client: then
 /// nothing else can be sent, neither a page nor another backend's answer.
 fn answer_started(session: &Session) -> bool {
@@ -733,6 +742,13 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.fail_before_backend(Outcome::ConnectFailed);
+        if out_of_descriptors(&e) {
+            // ordergate's own limit, not the backend's fault: no health
+            // signal, and another try would fail the same way.
+            crate::telemetry::out_of_descriptors("connecting to backends");
+            e.set_retry(false);
+            return e;
+        }
         let retry = after_failure(&self.state, session, ctx, Failure::ConnectFailed, None);
         e.set_retry(retry);
         e
@@ -993,7 +1009,9 @@ impl ProxyHttp for Proxy {
     // would double every backend error in the log. A shopper who closed the
     // connection is no error of the proxy's either (the access log has it).
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        // Running out of descriptors is logged once per episode (telemetry).
         error.etype() == &INTERCEPTED_STATUS
+            || out_of_descriptors(error)
             || (error.esource() == &ErrorSource::Downstream && error.etype() == &ConnectionClosed)
     }
 

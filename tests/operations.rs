@@ -674,6 +674,97 @@ fn a_graceful_upgrade_hands_the_listener_over_without_failing_requests() {
     );
 }
 
+#[test]
+fn at_the_descriptor_limit_open_connections_are_served_and_the_log_says_it_once() {
+    let fleet = Fleet::start(1);
+    let port = support::free_port();
+    let config = support::TempFile::new(
+        "ordergate.toml",
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\ngrace_period = \"0s\"\n\n[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"shop\"\npool = \"p\"\n",
+            backends(&fleet.addrs, &[1])
+        ),
+    );
+    let log = support::TempFile::new("stderr.log", "");
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=128:128")
+        .arg(support::bin())
+        .args(["run", "-c"])
+        .arg(&config.path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log.path).expect("log file"))
+        .spawn()
+        .expect("prlimit (util-linux) starts ordergate");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        }),
+        "ordergate did not start"
+    );
+    let ask = |stream: &mut std::net::TcpStream| -> Option<u16> {
+        use std::io::{Read, Write};
+        stream
+            .write_all(b"GET /api/products/1 HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            .ok()?;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(response) = support::parse_response(&raw) {
+                return Some(response.status);
+            }
+            let n = stream.read(&mut buf).ok().filter(|n| *n > 0)?;
+            raw.extend_from_slice(&buf[..n]);
+        }
+    };
+    let connect = || {
+        let stream = std::net::TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        Some(stream)
+    };
+    // 40 shoppers on keep-alive connections, then a crowd that takes every
+    // descriptor left (the newcomers past the limit wait in the backlog).
+    let mut shoppers: Vec<_> = (0..40).filter_map(|_| connect()).collect();
+    for shopper in &mut shoppers {
+        assert_eq!(ask(shopper), Some(200));
+    }
+    let crowd: Vec<_> = (0..200).filter_map(|_| connect()).collect();
+    let hit = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log.path).is_ok_and(|t| t.contains("out of file descriptors"))
+    });
+    // The shoppers who were in keep being answered: a 200 when a pooled
+    // backend connection is free, at worst a page (never a dead connection).
+    for shopper in &mut shoppers {
+        let status = ask(shopper);
+        assert!(matches!(status, Some(200 | 502 | 503)), "{status:?}");
+    }
+    let alive = child.try_wait().expect("child status").is_none();
+    drop(crowd);
+    // Once the crowd left, newcomers are served again.
+    let served_again = wait_until(Duration::from_secs(10), || {
+        connect().as_mut().and_then(ask) == Some(200)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log.path).expect("log");
+    assert!(hit, "the limit was never reached or never logged:\n{text}");
+    assert!(alive, "ordergate exited at the descriptor limit:\n{text}");
+    assert!(served_again, "no shopper was served after the crowd left");
+    assert_eq!(
+        text.matches("out of file descriptors").count(),
+        1,
+        "said once:\n{text}"
+    );
+    for noise in [
+        "Accept() failed",
+        "Too many open files",
+        "keeps failing",
+        "ejected",
+    ] {
+        assert!(!text.contains(noise), "{noise:?} in the log:\n{text}");
+    }
+}
+
 /// The soft limit of open files of process `pid`, from /proc.
 fn open_files_soft_limit(pid: u32) -> Option<u64> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;

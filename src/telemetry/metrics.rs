@@ -47,13 +47,17 @@ pub enum FrameworkEvent {
     /// During a graceful upgrade, the new process polls for the old one's
     /// sockets until the old one gets SIGQUIT (`No incoming socket transfer`).
     UpgradeSocketWait,
+    /// An accept or a backend connect failed for lack of file descriptors
+    /// (logged once per episode, see `telemetry::out_of_descriptors`).
+    DescriptorLimit,
 }
 
 impl FrameworkEvent {
-    const ALL: [FrameworkEvent; 3] = [
+    const ALL: [FrameworkEvent; 4] = [
         FrameworkEvent::UpstreamReuseRace,
         FrameworkEvent::TlsHandshakeFailed,
         FrameworkEvent::UpgradeSocketWait,
+        FrameworkEvent::DescriptorLimit,
     ];
 
     /// The `event` label.
@@ -62,6 +66,7 @@ impl FrameworkEvent {
             FrameworkEvent::UpstreamReuseRace => "upstream_reuse_race",
             FrameworkEvent::TlsHandshakeFailed => "tls_handshake_failed",
             FrameworkEvent::UpgradeSocketWait => "upgrade_socket_wait",
+            FrameworkEvent::DescriptorLimit => "descriptor_limit",
         }
     }
 

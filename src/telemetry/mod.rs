@@ -2,12 +2,14 @@
 //! access log.
 
 mod access;
+mod descriptors;
 mod metrics;
 mod room;
 mod store;
 
 pub(crate) use access::now_rfc3339;
 pub use access::{AccessLogReopen, AccessLogger, AccessRecord};
+pub use descriptors::{is_accept_out_of_descriptors, is_out_of_descriptors, out_of_descriptors};
 pub use metrics::{
     BackendMetrics, ConnectionsClosed, FrameworkEvent, IdempotencyMetrics, IdempotencyResult,
     LatencyTotals, Metrics, RouteMetrics, RouteTotals, UpstreamResult, REVISION,
