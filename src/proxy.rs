@@ -501,6 +501,18 @@ fn after_failure(
     retry_after: Option<Duration>,
 ) -> bool {
     record_failure(ctx, failure);
+    decide_retry(state, session, ctx, failure, retry_after)
+}
+
+/// The retry decision for a failed attempt (with its metrics): whether to try
+/// again, and the backoff.
+fn decide_retry(
+    state: &State,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    failure: Failure,
+    retry_after: Option<Duration>,
+) -> bool {
     // The snapshot outlives the borrows of ctx below (which may move the
     // request to a backup pool).
     let snapshot = Arc::clone(&ctx.snapshot);
@@ -742,14 +754,14 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.fail_before_backend(Outcome::ConnectFailed);
-        if out_of_descriptors(&e) {
+        let retry = if out_of_descriptors(&e) {
             // ordergate's own limit, not the backend's fault: no health
-            // signal, and another try would fail the same way.
+            // signal; a later try may find a descriptor free.
             crate::telemetry::out_of_descriptors("connecting to backends");
-            e.set_retry(false);
-            return e;
-        }
-        let retry = after_failure(&self.state, session, ctx, Failure::ConnectFailed, None);
+            decide_retry(&self.state, session, ctx, Failure::ConnectFailed, None)
+        } else {
+            after_failure(&self.state, session, ctx, Failure::ConnectFailed, None)
+        };
         e.set_retry(retry);
         e
     }
