@@ -674,9 +674,14 @@ fn a_graceful_upgrade_hands_the_listener_over_without_failing_requests() {
     );
 }
 
-#[test]
-fn at_the_descriptor_limit_open_connections_are_served_and_the_log_says_it_once() {
-    let fleet = Fleet::start(1);
+/// Starts ordergate in front of `fleet` under `prlimit --nofile=SOFT:HARD`,
+/// its stderr to `stderr`; returns the process, its listen address and the
+/// config file (kept while the process runs).
+fn start_under_prlimit(
+    fleet: &Fleet,
+    nofile: &str,
+    stderr: std::process::Stdio,
+) -> (std::process::Child, SocketAddr, support::TempFile) {
     let port = support::free_port();
     let config = support::TempFile::new(
         "ordergate.toml",
@@ -685,17 +690,24 @@ fn at_the_descriptor_limit_open_connections_are_served_and_the_log_says_it_once(
             backends(&fleet.addrs, &[1])
         ),
     );
-    let log = support::TempFile::new("stderr.log", "");
-    let mut child = std::process::Command::new("prlimit")
-        .arg("--nofile=128:128")
+    let child = std::process::Command::new("prlimit")
+        .arg(format!("--nofile={nofile}"))
         .arg(support::bin())
         .args(["run", "-c"])
         .arg(&config.path)
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log.path).expect("log file"))
+        .stderr(stderr)
         .spawn()
         .expect("prlimit (util-linux) starts ordergate");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    (child, SocketAddr::from(([127, 0, 0, 1], port)), config)
+}
+
+#[test]
+fn at_the_descriptor_limit_open_connections_are_served_and_the_log_says_it_once() {
+    let fleet = Fleet::start(1);
+    let log = support::TempFile::new("stderr.log", "");
+    let stderr = std::fs::File::create(&log.path).expect("log file");
+    let (mut child, addr, _config) = start_under_prlimit(&fleet, "128:128", stderr.into());
     assert!(
         wait_until(Duration::from_secs(15), || {
             std::net::TcpStream::connect(addr).is_ok()
@@ -775,25 +787,9 @@ fn open_files_soft_limit(pid: u32) -> Option<u64> {
 #[test]
 fn the_open_files_limit_is_raised_to_the_hard_limit_at_start() {
     let fleet = Fleet::start(1);
-    let port = support::free_port();
-    let config = support::TempFile::new(
-        "ordergate.toml",
-        &format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\ngrace_period = \"0s\"\n\n[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"shop\"\npool = \"p\"\n",
-            backends(&fleet.addrs, &[1])
-        ),
-    );
     // Started the way a default shell leaves it: a soft limit far below the hard one.
-    let mut child = std::process::Command::new("prlimit")
-        .arg("--nofile=256:4096")
-        .arg(support::bin())
-        .args(["run", "-c"])
-        .arg(&config.path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prlimit (util-linux) starts ordergate");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (mut child, addr, _config) =
+        start_under_prlimit(&fleet, "256:4096", std::process::Stdio::null());
     let up = wait_until(Duration::from_secs(15), || {
         std::net::TcpStream::connect(addr).is_ok()
     });
