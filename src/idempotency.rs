@@ -15,8 +15,9 @@ use http::{HeaderMap, Method};
 use std::net::IpAddr;
 
 pub use crate::config::{IdempotencyConfig as Settings, IdempotencyScope as Scope};
-use crate::respond::Outcome;
-use crate::store::{Begin, Fingerprint, RecordKey, StoredAnswer};
+use crate::kept::{stored_headers, BodyRecorder, StoredAnswer};
+use crate::outcome::Outcome;
+use crate::store::{Begin, Fingerprint, RecordKey};
 use crate::telemetry::IdempotencyResult;
 
 /// What a request's key says before anything else happens.
@@ -157,34 +158,6 @@ impl Settings {
             Ending::Lost => Settle::Unknown,
         }
     }
-}
-
-/// Headers that describe one connection, not the answer: never stored.
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-    "x-request-id",
-    "date",
-];
-
-/// The headers of a backend's answer worth replaying, in order.
-pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
-    headers
-        .iter()
-        .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            )
-        })
-        .collect()
 }
 
 /// A route's idempotency: its settings, its records (live, shared across
@@ -339,48 +312,6 @@ impl KeyedRequest {
     }
 }
 
-/// Collects a backend's answer body for the record, up to the route's limit.
-#[derive(Debug, Default)]
-pub struct BodyRecorder {
-    chunks: Vec<Bytes>,
-    len: usize,
-    too_large: bool,
-}
-
-impl BodyRecorder {
-    /// Adds a chunk; past `max` bytes the body is no longer kept.
-    pub fn push(&mut self, chunk: &Bytes, max: usize) {
-        if self.too_large {
-            return;
-        }
-        self.len += chunk.len();
-        if self.len > max {
-            self.too_large = true;
-            self.chunks.clear();
-        } else {
-            self.chunks.push(chunk.clone());
-        }
-    }
-
-    /// The whole body, or `None` when it grew past the limit.
-    pub fn finish(self) -> Option<Bytes> {
-        if self.too_large {
-            return None;
-        }
-        Some(match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut body = Vec::with_capacity(self.len);
-                for chunk in &self.chunks {
-                    body.extend_from_slice(chunk);
-                }
-                Bytes::from(body)
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,26 +447,5 @@ mod tests {
         assert!(dedupes.allows_replay(&Method::POST));
         assert!(!s.allows_replay(&Method::POST));
         assert!(s.allows_replay(&Method::GET));
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_not_stored_and_bodies_are_bounded() {
-        let stored = stored_headers(&headers(&[
-            ("content-type", "application/json"),
-            ("connection", "keep-alive"),
-            ("content-length", "2"),
-            ("x-request-id", "r"),
-            ("location", "/api/orders/7"),
-        ]));
-        let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["content-type", "location"]);
-        let mut body = BodyRecorder::default();
-        body.push(&Bytes::from_static(b"ab"), 4);
-        body.push(&Bytes::from_static(b"cd"), 4);
-        assert_eq!(body.finish(), Some(Bytes::from_static(b"abcd")));
-        let mut large = BodyRecorder::default();
-        large.push(&Bytes::from_static(b"abc"), 4);
-        large.push(&Bytes::from_static(b"de"), 4);
-        assert_eq!(large.finish(), None);
     }
 }

@@ -16,9 +16,11 @@ use crate::config::RetryConfig;
 const MIN_TRY: Duration = Duration::from_millis(50);
 
 /// How an attempt failed, as far as retrying is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Failure {
     /// The connection could not be opened: nothing reached the backend.
+    #[strum(serialize = "connect_failure")]
     ConnectFailed,
     /// The connection closed or reset after the request was (perhaps) sent.
     Reset,
@@ -31,12 +33,7 @@ pub enum Failure {
 impl Failure {
     /// Lower-case name for metrics: `connect_failure`, `reset`, `timeout` or `status`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Failure::ConnectFailed => "connect_failure",
-            Failure::Reset => "reset",
-            Failure::Timeout => "timeout",
-            Failure::Status(_) => "status",
-        }
+        self.into()
     }
 
     /// Whether the request may have reached the backend.
@@ -46,7 +43,8 @@ impl Failure {
 }
 
 /// Why a failure is not retried: a bounded label for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Stop {
     /// The route does not retry on this failure.
     NotListed,
@@ -63,13 +61,7 @@ pub enum Stop {
 impl Stop {
     /// Lower-case name for logs and metrics.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Stop::NotListed => "not_listed",
-            Stop::UnsafeToReplay => "unsafe_to_replay",
-            Stop::Attempts => "attempts",
-            Stop::Deadline => "deadline",
-            Stop::Budget => "budget",
-        }
+        self.into()
     }
 }
 

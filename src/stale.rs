@@ -17,8 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use moka::sync::Cache;
 
 pub use crate::config::StaleConfig;
-use crate::idempotency::{stored_headers, BodyRecorder};
-use crate::store::StoredAnswer;
+use crate::kept::{stored_headers, BodyRecorder, StoredAnswer};
 
 /// What identifies a read: method, host, path and query.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
+use strum::IntoEnumIterator;
 
 use crate::config::tls::CertResolver;
 use crate::config::{Config, Pages};
-use crate::respond::PAGE_KINDS;
+use crate::outcome::PAGE_KINDS;
 use crate::retry::{Failure, Stop};
 use crate::route::RouteTable;
 use crate::store::Stores;
@@ -440,21 +441,8 @@ impl Snapshot {
             pool.state.admission.set_capacity(pool.capacity());
             metrics.prime_pool(&pool.name);
         }
-        let retried = [
-            Failure::ConnectFailed,
-            Failure::Reset,
-            Failure::Timeout,
-            Failure::Status(0),
-        ]
-        .map(Failure::as_str);
-        let denied = [
-            Stop::NotListed,
-            Stop::UnsafeToReplay,
-            Stop::Attempts,
-            Stop::Deadline,
-            Stop::Budget,
-        ]
-        .map(Stop::as_str);
+        let retried: Vec<&str> = Failure::iter().map(Failure::as_str).collect();
+        let denied: Vec<&str> = Stop::iter().map(Stop::as_str).collect();
         for route in &config.routes {
             metrics.prime_route(&route.name, &retried, &denied, &PAGE_KINDS);
         }

@@ -10,9 +10,12 @@
 //! Then `Config --state::Snapshot::build--> served`. Problems of all stages are
 //! reported together, grouped by the part of the file they are in.
 
+mod admission;
 mod duration;
 mod file;
+mod room;
 mod schema;
+mod store;
 pub mod tls;
 mod validate;
 
@@ -24,10 +27,10 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::Method;
 
-pub use crate::admission::{AdmissionConfig, LimitConfig, Priority};
-pub use crate::respond::Pages;
-pub use crate::room::{Bypass, RoomConfig, RoomMode, Secret};
-pub use crate::store::{RedisConfig, StoreConfig};
+pub use crate::pages::Pages;
+pub use admission::{AdmissionConfig, LimitConfig, Priority};
+pub use room::{Bypass, RoomConfig, RoomMode, Secret};
+pub use store::{RedisConfig, StoreConfig};
 
 pub use duration::{parse_duration, parse_time};
 pub use file::FileConfig;

@@ -127,7 +127,7 @@ fn check_common(
 fn every_page_kind_is_tested() {
     let mut kinds: Vec<&str> = PAGED.iter().map(|(o, _, _)| o.reason()).collect();
     kinds.dedup();
-    assert_eq!(kinds, PAGE_KINDS);
+    assert_eq!(kinds, *PAGE_KINDS);
     assert_eq!(Outcome::ClientGone.page_kind(), None);
 }
 

@@ -1,6 +1,8 @@
 //! The room's policy on a paused clock: who passes, who waits, what the page says.
 
 use super::*;
+use http::header::HeaderName;
+
 use crate::store::room::MemoryLine;
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";

@@ -12,7 +12,8 @@ use moka::sync::Cache;
 use moka::Expiry;
 use tokio::sync::watch;
 
-use super::{Begin, Fingerprint, IdempotencyStore, RecordKey, StoredAnswer, Waiter};
+use super::{Begin, Fingerprint, IdempotencyStore, RecordKey, Waiter};
+use crate::kept::StoredAnswer;
 
 /// Where a record stands.
 #[derive(Debug, Clone)]

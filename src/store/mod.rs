@@ -17,52 +17,16 @@ pub mod memory;
 pub mod redis;
 pub mod room;
 
-/// `[store]`: where records shared by several instances live.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum StoreConfig {
-    /// This process's memory only (default).
-    #[default]
-    Memory,
-    /// One Redis for every instance.
-    Redis(RedisConfig),
-}
-
-/// `[store]` with `kind = "redis"`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL, without a password.
-    pub url: String,
-    /// The password, read from `password_env`.
-    pub password: Option<String>,
-    /// Prefix of every key ordergate writes. Default: `"ordergate:"`.
-    pub key_prefix: String,
-    /// Longest wait for one operation before falling back to memory. Default: 20 ms.
-    pub timeout: Duration,
-    /// Connections (each multiplexed). Default: 4.
-    pub pool_size: usize,
-}
-
-impl Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the password.
-        f.debug_struct("RedisConfig")
-            .field("url", &self.url)
-            .field("password", &self.password.as_ref().map(|_| "(set)"))
-            .field("key_prefix", &self.key_prefix)
-            .field("timeout", &self.timeout)
-            .field("pool_size", &self.pool_size)
-            .finish()
-    }
-}
-
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokio::sync::watch;
+
+pub use crate::config::{RedisConfig, StoreConfig};
+use crate::kept::StoredAnswer;
 
 /// The live stores, by route name: they outlive config snapshots, so a reload
 /// keeps every record (an entry lives while a snapshot holds it).
@@ -238,32 +202,6 @@ impl RecordKey {
 /// A digest of what makes two requests with one key the same request:
 /// method, path, query and body (SHA-256).
 pub type Fingerprint = [u8; 32];
-
-/// A backend's final answer, kept to be replayed byte for byte.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredAnswer {
-    /// Status code.
-    pub status: u16,
-    /// Headers in order, hop-by-hop ones, `Content-Length` and `X-Request-Id` left out.
-    pub headers: Vec<(String, Bytes)>,
-    /// The whole body.
-    pub body: Bytes,
-    /// The request id of the request that got it.
-    pub request_id: String,
-}
-
-impl StoredAnswer {
-    /// Bytes the answer takes in memory, for weighing records.
-    pub fn weight(&self) -> usize {
-        self.headers
-            .iter()
-            .map(|(name, value)| name.len() + value.len() + 48)
-            .sum::<usize>()
-            + self.body.len()
-            + self.request_id.len()
-            + 96
-    }
-}
 
 /// What a request with a key finds.
 #[derive(Debug)]

@@ -12,6 +12,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use strum::{EnumCount, VariantArray};
 
 /// The revision ordergate was built from (`build.rs` asks git), or `unknown`.
 pub const REVISION: &str = env!("ORDERGATE_REVISION");
@@ -28,7 +29,7 @@ static FRAMEWORK_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["event"],
     )
     .expect("static metric definition");
-    for event in FrameworkEvent::ALL {
+    for event in FrameworkEvent::VARIANTS {
         counter.with_label_values(&[event.as_str()]);
     }
     counter
@@ -36,7 +37,10 @@ static FRAMEWORK_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Something pingora reports at ERROR that is routine for ordergate: logged at
 /// debug instead and counted in `ordergate_framework_events_total{event}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::EnumCount, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum FrameworkEvent {
     /// A pooled backend connection was taken by another request at the same
     /// moment; pingora opens a new one (`failed to acquire reusable stream`).
@@ -53,21 +57,9 @@ pub enum FrameworkEvent {
 }
 
 impl FrameworkEvent {
-    const ALL: [FrameworkEvent; 4] = [
-        FrameworkEvent::UpstreamReuseRace,
-        FrameworkEvent::TlsHandshakeFailed,
-        FrameworkEvent::UpgradeSocketWait,
-        FrameworkEvent::DescriptorLimit,
-    ];
-
     /// The `event` label.
     pub fn as_str(self) -> &'static str {
-        match self {
-            FrameworkEvent::UpstreamReuseRace => "upstream_reuse_race",
-            FrameworkEvent::TlsHandshakeFailed => "tls_handshake_failed",
-            FrameworkEvent::UpgradeSocketWait => "upgrade_socket_wait",
-            FrameworkEvent::DescriptorLimit => "descriptor_limit",
-        }
+        self.into()
     }
 
     /// Counts one.
@@ -134,7 +126,10 @@ pub struct Metrics {
 }
 
 /// What a keyed request met: the `result` label of `ordergate_idempotency_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::EnumCount, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum IdempotencyResult {
     /// The first request with its key: forwarded.
     First,
@@ -159,41 +154,16 @@ pub enum IdempotencyResult {
 }
 
 impl IdempotencyResult {
-    /// Every result, in label order.
-    pub const ALL: [IdempotencyResult; 10] = [
-        IdempotencyResult::First,
-        IdempotencyResult::Replayed,
-        IdempotencyResult::Waited,
-        IdempotencyResult::InProgress,
-        IdempotencyResult::ReusedMismatch,
-        IdempotencyResult::OutcomeUnknown,
-        IdempotencyResult::Released,
-        IdempotencyResult::TooLarge,
-        IdempotencyResult::Missing,
-        IdempotencyResult::Invalid,
-    ];
-
     /// The label value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            IdempotencyResult::First => "first",
-            IdempotencyResult::Replayed => "replayed",
-            IdempotencyResult::Waited => "waited",
-            IdempotencyResult::InProgress => "in_progress",
-            IdempotencyResult::ReusedMismatch => "reused_mismatch",
-            IdempotencyResult::OutcomeUnknown => "outcome_unknown",
-            IdempotencyResult::Released => "released",
-            IdempotencyResult::TooLarge => "too_large",
-            IdempotencyResult::Missing => "missing",
-            IdempotencyResult::Invalid => "invalid",
-        }
+        self.into()
     }
 }
 
 /// `ordergate_idempotency_total` of one route, resolved when a snapshot is built.
 #[derive(Debug, Clone)]
 pub struct IdempotencyMetrics {
-    results: [IntCounter; 10],
+    results: [IntCounter; IdempotencyResult::COUNT],
 }
 
 impl IdempotencyMetrics {
@@ -213,7 +183,10 @@ pub struct ConnectionsClosed {
 }
 
 /// What one upstream attempt ended as: the `result` label of attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::EnumCount, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum UpstreamResult {
     /// An answer below 500.
     Success,
@@ -228,22 +201,8 @@ pub enum UpstreamResult {
 }
 
 impl UpstreamResult {
-    const ALL: [UpstreamResult; 5] = [
-        UpstreamResult::Success,
-        UpstreamResult::ServerError,
-        UpstreamResult::ConnectFailed,
-        UpstreamResult::Reset,
-        UpstreamResult::Timeout,
-    ];
-
     fn as_str(self) -> &'static str {
-        match self {
-            UpstreamResult::Success => "success",
-            UpstreamResult::ServerError => "server_error",
-            UpstreamResult::ConnectFailed => "connect_failed",
-            UpstreamResult::Reset => "reset",
-            UpstreamResult::Timeout => "timeout",
-        }
+        self.into()
     }
 }
 
@@ -297,7 +256,7 @@ pub struct LatencyTotals {
 /// Handles for one backend of a pool, resolved when a snapshot is built.
 #[derive(Debug, Clone)]
 pub struct BackendMetrics {
-    attempts: [IntCounter; 5],
+    attempts: [IntCounter; UpstreamResult::COUNT],
 }
 
 impl BackendMetrics {
@@ -662,9 +621,10 @@ impl Metrics {
     /// Handles for a backend of a pool.
     pub fn backend(&self, pool: &str, backend: &str) -> BackendMetrics {
         BackendMetrics {
-            attempts: UpstreamResult::ALL.map(|r| {
+            attempts: std::array::from_fn(|i| {
+                let result = UpstreamResult::VARIANTS[i];
                 self.attempts
-                    .with_label_values(&[pool, backend, r.as_str()])
+                    .with_label_values(&[pool, backend, result.as_str()])
             }),
         }
     }
@@ -715,7 +675,8 @@ impl Metrics {
     /// `ordergate_idempotency_total` of a route, every result at zero from the start.
     pub fn idempotency(&self, route: &str) -> IdempotencyMetrics {
         IdempotencyMetrics {
-            results: IdempotencyResult::ALL.map(|result| {
+            results: std::array::from_fn(|i| {
+                let result = IdempotencyResult::VARIANTS[i];
                 self.idempotency
                     .with_label_values(&[route, result.as_str()])
             }),

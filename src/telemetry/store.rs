@@ -2,9 +2,13 @@
 //! this process's memory because it did not.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use strum::{EnumCount, VariantArray};
 
 /// What used the store: the `feature` label of the fallback counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::EnumCount, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum StoreFeature {
     /// Idempotency records.
     Idempotency,
@@ -17,11 +21,7 @@ pub enum StoreFeature {
 impl StoreFeature {
     /// The label value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            StoreFeature::Idempotency => "idempotency",
-            StoreFeature::RateLimit => "rate_limit",
-            StoreFeature::Room => "room",
-        }
+        self.into()
     }
 }
 
@@ -31,7 +31,7 @@ pub struct StoreMetrics {
     /// 1 while the store answers (always 1 for memory), 0 while Redis is
     /// unreachable and operations fall back to memory.
     pub up: IntGauge,
-    fallbacks: [IntCounter; 3],
+    fallbacks: [IntCounter; StoreFeature::COUNT],
     /// Redis operations that failed or took longer than `timeout`.
     pub errors: IntCounter,
 }
@@ -66,11 +66,9 @@ impl StoreMetrics {
         up.set(1);
         StoreMetrics {
             up,
-            fallbacks: [
-                fallbacks.with_label_values(&[StoreFeature::Idempotency.as_str()]),
-                fallbacks.with_label_values(&[StoreFeature::RateLimit.as_str()]),
-                fallbacks.with_label_values(&[StoreFeature::Room.as_str()]),
-            ],
+            fallbacks: std::array::from_fn(|i| {
+                fallbacks.with_label_values(&[StoreFeature::VARIANTS[i].as_str()])
+            }),
             errors,
         }
     }

@@ -18,8 +18,9 @@ use redis::Script;
 use tokio::sync::watch;
 
 use super::{Redis, INSTANCE};
+use crate::kept::StoredAnswer;
 use crate::store::memory::MemoryIdempotency;
-use crate::store::{Begin, Fingerprint, IdempotencyStore, RecordKey, StoredAnswer, Waiter};
+use crate::store::{Begin, Fingerprint, IdempotencyStore, RecordKey, Waiter};
 use crate::telemetry::StoreFeature;
 
 /// How often another instance's in-flight record is looked at.

@@ -65,7 +65,7 @@ fn quality(ranges: &[(String, f32)], media: &str) -> (f32, u8) {
 /// q-value wins; at equal q-values the type named more explicitly wins
 /// (`text/html, */*` is a browser); a full tie (`*/*`, no `Accept`, both named
 /// alike) gives JSON. Apps get JSON, browsers get HTML.
-pub(super) fn prefers_html(headers: &HeaderMap) -> bool {
+pub(crate) fn prefers_html(headers: &HeaderMap) -> bool {
     let ranges = weighted_items(headers, ACCEPT);
     let (html_q, html_specific) = quality(&ranges, "text/html");
     let (json_q, json_specific) = quality(&ranges, "application/json");
@@ -120,7 +120,7 @@ fn best_match(requested: &str, available: &[Vec<String>]) -> Option<usize> {
 /// The index in `available` of the language the client wants most, following
 /// `Accept-Language` in q-value order (q=0 excludes); `None` when nothing
 /// matches or `*` comes first: the caller's default.
-pub(super) fn pick_language<'a>(
+pub(crate) fn pick_language<'a>(
     headers: &HeaderMap,
     available: impl IntoIterator<Item = &'a str>,
 ) -> Option<usize> {

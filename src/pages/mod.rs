@@ -1,12 +1,17 @@
 //! Loading and checking the page set: the two HTML templates and one TOML file
 //! per language (layout: `conf/pages/README.md`). Everything is parsed, checked
-//! and bound here, once; a response only fills in the per-response values.
+//! and bound here, once; a response only fills in the per-response values
+//! (`respond` does, with [`template::render`] in the language
+//! [`negotiate`] picks). A leaf: the config holds the loaded pages.
+
+pub(crate) mod negotiate;
+pub(crate) mod template;
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use super::template::{self, Binding, Scope, Seg, Token, KIND_FIELDS, UI_FIELDS};
-use super::PAGE_KINDS;
+use crate::outcome::PAGE_KINDS;
+use template::{Binding, Scope, Seg, Token, KIND_FIELDS, UI_FIELDS};
 
 const PAGE_HTML: &str = include_str!("../../conf/pages/page.html");
 const WAITING_HTML: &str = include_str!("../../conf/pages/waiting.html");
@@ -193,7 +198,7 @@ impl Pages {
     /// The language for a request's `Accept-Language`.
     pub(super) fn language_for(&self, request: &http::HeaderMap) -> &Language {
         let tags = self.inner.languages.iter().map(|l| l.tag.as_str());
-        super::negotiate::pick_language(request, tags)
+        negotiate::pick_language(request, tags)
             .and_then(|i| self.inner.languages.get(i))
             .unwrap_or_else(|| self.default_language())
     }
@@ -552,8 +557,8 @@ mod tests {
     fn every_language_file_covers_every_kind() {
         for (_, text) in BUILTIN_LANGUAGES {
             let table: toml::Table = text.parse().expect("toml");
-            for kind in PAGE_KINDS {
-                assert!(table.contains_key(kind), "{kind}");
+            for kind in PAGE_KINDS.iter() {
+                assert!(table.contains_key(*kind), "{kind}");
             }
             assert_eq!(
                 table.len(),

@@ -6,7 +6,7 @@
 //! per response are left open; rendering is then a walk that appends strings.
 
 /// The strings of the `[ui]` table of a language file, shared by all kinds.
-pub(super) const UI_FIELDS: [(&str, &str); 10] = [
+pub(crate) const UI_FIELDS: [(&str, &str); 10] = [
     ("request_id_label", "the label shown before the request id"),
     (
         "request_id_hint",
@@ -44,7 +44,7 @@ pub(super) const UI_FIELDS: [(&str, &str); 10] = [
 ];
 
 /// The texts every page kind has in a language file.
-pub(super) const KIND_FIELDS: [(&str, &str); 3] = [
+pub(crate) const KIND_FIELDS: [(&str, &str); 3] = [
     ("title", "the page heading"),
     ("message", "what happened, in the shopper's words"),
     ("advice", "what the shopper should do now"),
@@ -52,11 +52,11 @@ pub(super) const KIND_FIELDS: [(&str, &str); 3] = [
 
 /// From this many seconds on, an estimated wait is said in minutes
 /// (`{{#wait_long}}`) rather than seconds (`{{#wait}}`).
-pub(super) const LONG_WAIT: u32 = 120;
+pub(crate) const LONG_WAIT: u32 = 120;
 
 /// A value that is only known when a response is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Dynamic {
+pub(crate) enum Dynamic {
     /// The HTTP status (varies for `upstream_status`).
     Status,
     /// The request id.
@@ -81,7 +81,7 @@ pub(super) enum Dynamic {
 
 /// A section shown only when its value is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Block {
+pub(crate) enum Block {
     /// Shown when the response has a Retry-After.
     Retry,
     /// Shown when an estimated wait is known and shorter than [`LONG_WAIT`]
@@ -128,7 +128,7 @@ impl Block {
 
 /// What a placeholder stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Field {
+pub(crate) enum Field {
     /// The language tag, e.g. `zh-CN`.
     Lang,
     /// The page kind, e.g. `upstream_timeout`.
@@ -156,7 +156,7 @@ const DYNAMIC: [(&str, Dynamic); 10] = [
 
 /// Where a placeholder may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Scope {
+pub(crate) enum Scope {
     /// An HTML template: every placeholder and the blocks.
     Template,
     /// A `[ui]` string: only per-response values, no blocks.
@@ -207,7 +207,7 @@ impl Scope {
 
 /// Parsed template syntax.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Token {
+pub(crate) enum Token {
     /// Text copied as it is (template HTML) or escaped (a `[ui]` string).
     Text(String),
     /// A placeholder.
@@ -217,7 +217,7 @@ pub(super) enum Token {
 }
 
 /// Parses `source`; every problem comes back as `line N: what to fix`.
-pub(super) fn parse(source: &str, scope: Scope) -> Result<Vec<Token>, Vec<String>> {
+pub(crate) fn parse(source: &str, scope: Scope) -> Result<Vec<Token>, Vec<String>> {
     let mut problems = Vec::new();
     // Open blocks: the block, the line it was opened on, and the tokens before it.
     let mut open: Vec<(Block, usize, Vec<Token>)> = Vec::new();
@@ -302,7 +302,7 @@ pub(super) fn parse(source: &str, scope: Scope) -> Result<Vec<Token>, Vec<String
 
 /// A template bound to one language and page kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Seg {
+pub(crate) enum Seg {
     /// Finished HTML.
     Lit(String),
     /// A per-response value, escaped when rendered.
@@ -312,19 +312,19 @@ pub(super) enum Seg {
 }
 
 /// The fixed values a template is bound to.
-pub(super) struct Binding<'a> {
+pub(crate) struct Binding<'a> {
     /// Language tag.
-    pub(super) lang: &'a str,
+    pub(crate) lang: &'a str,
     /// Page kind.
-    pub(super) code: &'a str,
+    pub(crate) code: &'a str,
     /// title, message, advice (plain text).
-    pub(super) kind: [&'a str; 3],
+    pub(crate) kind: [&'a str; 3],
     /// The parsed `[ui]` strings, in [`UI_FIELDS`] order.
-    pub(super) ui: &'a [Vec<Token>],
+    pub(crate) ui: &'a [Vec<Token>],
 }
 
 /// Resolves every fixed placeholder of `tokens` to escaped HTML.
-pub(super) fn bind(tokens: &[Token], binding: &Binding<'_>) -> Vec<Seg> {
+pub(crate) fn bind(tokens: &[Token], binding: &Binding<'_>) -> Vec<Seg> {
     let mut segs = Vec::new();
     bind_into(tokens, binding, false, &mut segs);
     segs
@@ -371,29 +371,29 @@ fn push_lit(segs: &mut Vec<Seg>, text: &str) {
 
 /// The per-response values.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Values<'a> {
+pub(crate) struct Values<'a> {
     /// HTTP status.
-    pub(super) status: u16,
+    pub(crate) status: u16,
     /// Request id (escaped when written).
-    pub(super) request_id: &'a str,
+    pub(crate) request_id: &'a str,
     /// Retry-After seconds.
-    pub(super) retry_after: Option<u32>,
+    pub(crate) retry_after: Option<u32>,
     /// Estimated wait seconds.
-    pub(super) wait_seconds: Option<u32>,
+    pub(crate) wait_seconds: Option<u32>,
     /// Link to the shopper's orders (escaped when written).
-    pub(super) link: Option<&'a str>,
+    pub(crate) link: Option<&'a str>,
     /// The operator's notice (escaped when written).
-    pub(super) notice: Option<&'a str>,
+    pub(crate) notice: Option<&'a str>,
     /// Place in the waiting room's line.
-    pub(super) position: Option<u64>,
+    pub(crate) position: Option<u64>,
     /// Tickets ahead in the waiting room's line.
-    pub(super) ahead: Option<u64>,
+    pub(crate) ahead: Option<u64>,
     /// Seconds until the waiting room opens.
-    pub(super) opens_in: Option<u32>,
+    pub(crate) opens_in: Option<u32>,
 }
 
 /// Appends the page to `out`.
-pub(super) fn render(segs: &[Seg], values: &Values<'_>, out: &mut String) {
+pub(crate) fn render(segs: &[Seg], values: &Values<'_>, out: &mut String) {
     for seg in segs {
         match seg {
             Seg::Lit(text) => out.push_str(text),
@@ -453,7 +453,7 @@ fn push_number(out: &mut String, value: Option<u64>) {
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
-pub(super) fn escape_html(text: &str) -> String {
+pub(crate) fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
