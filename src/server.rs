@@ -29,7 +29,7 @@ use crate::proxy::Proxy;
 use crate::reload::ReloadWatcher;
 use crate::state::State;
 use crate::telemetry::{AccessLogReopen, AccessLogger};
-use crate::upstream::checker::HealthChecker;
+use crate::upstream::checker::{HealthChecker, PoolSource};
 
 /// How to start.
 #[derive(Debug, Default)]
@@ -348,7 +348,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     ));
     server.add_service(background_service(
         "health checker",
-        HealthChecker::new(Arc::clone(&state)),
+        HealthChecker::new(Arc::clone(&state) as Arc<dyn PoolSource>),
     ));
     server.add_service(background_service(
         "reload watcher",

@@ -461,6 +461,12 @@ impl Snapshot {
     }
 }
 
+impl crate::upstream::checker::PoolSource for State {
+    fn with_pools(&self, visit: &mut dyn FnMut(&[Pool])) {
+        visit(&self.snapshot().pools);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

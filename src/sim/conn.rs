@@ -10,7 +10,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -19,35 +19,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 
-use super::fleet::{lock, Fleet, Listener};
+use super::control::{Abort, ConnControl};
+use super::fleet::{Fleet, Listener};
 use super::mode::Fault;
 use super::service::{self, SIM_PREFIX};
-
-/// How a request handler wants its connection to end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Abort {
-    /// Close the connection normally (FIN) without answering.
-    Close,
-    /// Abort the connection with a TCP RST.
-    Reset,
-}
-
-/// Lets the request handlers of one connection ask its task to break it.
-#[derive(Debug)]
-pub(crate) struct ConnControl {
-    sender: Mutex<Option<oneshot::Sender<Abort>>>,
-}
-
-impl ConnControl {
-    /// Asks the connection task to end the connection; the caller must then
-    /// never answer. Only the first call has an effect.
-    pub(crate) fn abort(&self, how: Abort) {
-        if let Some(sender) = lock(&self.sender).take() {
-            // The task is gone only if the connection already ended.
-            let _ = sender.send(how);
-        }
-    }
-}
 
 /// Accepts connections on `listener` for ever, serving each on its own task.
 pub(crate) async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, fleet: Arc<Fleet>) {
@@ -142,9 +117,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<Listener>, fle
     };
 
     let (sender, aborted) = oneshot::channel();
-    let control = Arc::new(ConnControl {
-        sender: Mutex::new(Some(sender)),
-    });
+    let control = Arc::new(ConnControl::new(sender));
     let handler = service_fn(move |request| {
         service::handle(
             request,

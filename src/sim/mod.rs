@@ -25,6 +25,7 @@
 
 mod body;
 mod conn;
+mod control;
 mod fleet;
 mod mode;
 mod orders;

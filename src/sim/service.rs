@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
 use super::body::{Hold, SimBody};
-use super::conn::{Abort, ConnControl};
+use super::control::{Abort, ConnControl};
 use super::fleet::{Fleet, Listener};
 use super::mode::{Fault, ModePatch};
 use super::orders::{self, Outcome};

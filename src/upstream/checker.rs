@@ -10,7 +10,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::time::Instant;
 
-use crate::state::State;
+use super::Pool;
 
 /// How often the checker looks for probes that are due while some pool has
 /// probes. Probes start at most this late.
@@ -18,58 +18,77 @@ const TICK: Duration = Duration::from_millis(20);
 /// How often it looks while no pool has probes (a reload may add some).
 const IDLE_TICK: Duration = Duration::from_millis(500);
 
-/// Probes backends of the current snapshot.
-#[derive(Debug)]
+/// Where the checker finds the pools to probe: the caller's (the served
+/// snapshot's), so that the checker needs nothing above `upstream`.
+pub trait PoolSource: Send + Sync {
+    /// Calls `visit` with the pools as they are now.
+    fn with_pools(&self, visit: &mut dyn FnMut(&[Pool]));
+}
+
+/// Probes backends of the pools its source gives.
 pub struct HealthChecker {
-    state: Arc<State>,
+    pools: Arc<dyn PoolSource>,
+}
+
+impl std::fmt::Debug for HealthChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthChecker").finish_non_exhaustive()
+    }
 }
 
 impl HealthChecker {
-    /// A checker of the pools of `state`'s current snapshot.
-    pub fn new(state: Arc<State>) -> HealthChecker {
-        HealthChecker { state }
+    /// A checker of the pools `pools` gives at each look.
+    pub fn new(pools: Arc<dyn PoolSource>) -> HealthChecker {
+        HealthChecker { pools }
     }
 
     /// Starts the probes that are due, each as its own task; returns whether any
     /// pool has probes.
     fn start_due_probes(&self) -> bool {
-        let snapshot = self.state.snapshot();
         let mut probing = false;
-        let now = Instant::now();
-        for pool in &snapshot.pools {
-            let Some(config) = pool.health() else {
-                continue;
-            };
-            probing = true;
-            for backend in pool.backends() {
-                if !backend.probe_due(now, config) {
-                    continue;
-                }
-                let backend = Arc::clone(backend);
-                let config = config.clone();
-                tokio::spawn(async move {
-                    let result = super::health::probe(backend.addr, &config).await;
-                    if let Some(health) = backend.record_probe_result(&result, &config) {
-                        match result {
-                            Ok(()) => log::info!(
-                                "pool {}: backend {} is {}",
-                                backend.pool,
-                                backend.addr,
-                                health.as_str()
-                            ),
-                            Err(why) => log::warn!(
-                                "pool {}: backend {} is {}: {why}",
-                                backend.pool,
-                                backend.addr,
-                                health.as_str()
-                            ),
-                        }
-                    }
-                });
-            }
-        }
+        self.pools
+            .with_pools(&mut |pools| probing = start_due_probes(pools));
         probing
     }
+}
+
+/// Starts the due probes of `pools`; returns whether any pool has probes.
+fn start_due_probes(pools: &[Pool]) -> bool {
+    let mut probing = false;
+    let now = Instant::now();
+    for pool in pools {
+        let Some(config) = pool.health() else {
+            continue;
+        };
+        probing = true;
+        for backend in pool.backends() {
+            if !backend.probe_due(now, config) {
+                continue;
+            }
+            let backend = Arc::clone(backend);
+            let config = config.clone();
+            tokio::spawn(async move {
+                let result = super::health::probe(backend.addr, &config).await;
+                if let Some(health) = backend.record_probe_result(&result, &config) {
+                    match result {
+                        Ok(()) => log::info!(
+                            "pool {}: backend {} is {}",
+                            backend.pool,
+                            backend.addr,
+                            health.as_str()
+                        ),
+                        Err(why) => log::warn!(
+                            "pool {}: backend {} is {}: {why}",
+                            backend.pool,
+                            backend.addr,
+                            health.as_str()
+                        ),
+                    }
+                }
+            });
+        }
+    }
+    probing
 }
 
 #[async_trait]
