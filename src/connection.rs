@@ -91,11 +91,19 @@ pub fn head_too_large(request: &RequestHeader, limits: &Limits) -> bool {
 /// it gets the 413 page before any backend is contacted. A chunked body is
 /// counted as it streams (the proxy's `request_body_filter`).
 pub fn declared_body_too_large(headers: &HeaderMap, max: u64) -> bool {
+    declared_length(headers).is_some_and(|len| len > max)
+}
+
+/// The body length a request declares in `Content-Length`, when it is one
+/// valid number (pingora refuses a request whose `Content-Length` is not).
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|len| len > max)
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 thread_local! {

@@ -4,11 +4,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::HeaderMap;
+use pingora::http::RequestHeader;
 use tokio::time::Instant;
 
 use crate::admission::Permit;
 use crate::idempotency::KeyedRequest;
-use crate::respond::Outcome;
+use crate::kept::KeptKind;
+use crate::outcome::Outcome;
+use crate::retry::{Attempt, Failure};
 use crate::route::Route;
 use crate::state::Snapshot;
 use crate::upstream::{InFlight, Pool};
@@ -70,8 +75,8 @@ pub struct RequestCtx {
     pub notice: Option<String>,
     /// A backend's answer to a read, being collected as the route's stale copy.
     pub stale_recording: Option<Box<crate::stale::Recording>>,
-    /// Whether a stale copy was served instead of a page.
-    pub served_stale: bool,
+    /// The kept answer sent instead of a backend's (a replay, a stale copy).
+    pub kept: Option<KeptKind>,
 }
 
 impl RequestCtx {
@@ -102,7 +107,7 @@ impl RequestCtx {
             room_cookie: None,
             notice: None,
             stale_recording: None,
-            served_stale: false,
+            kept: None,
         }
     }
 
@@ -154,6 +159,11 @@ impl RequestCtx {
             return false;
         };
         pool.fail_over();
+        log::debug!(
+            "request {}: pool {} has no more tries for it, moved to its backup pool",
+            self.request_id,
+            pool.name
+        );
         self.pool = Some(backup);
         true
     }
@@ -175,6 +185,85 @@ impl RequestCtx {
     /// (connect failed, nothing to pick) — unless an earlier attempt did reach one.
     pub fn fail_before_backend(&mut self, outcome: Outcome) {
         self.outcome = Some(self.reached_backend.unwrap_or(outcome));
+    }
+
+    /// How the request ended when ordergate answered it itself: the kept
+    /// answer's kind or the outcome's reason (the access log's `outcome`).
+    pub fn ending(&self) -> Option<&'static str> {
+        self.kept
+            .map(KeptKind::as_str)
+            .or_else(|| self.outcome.map(Outcome::reason))
+    }
+
+    /// The link to the shopper's orders on pages that say an order may exist
+    /// (the route's `idempotency.orders_url`).
+    pub fn orders_link(&self, outcome: Outcome) -> Option<&str> {
+        match outcome {
+            Outcome::OrderOutcomeUnknown | Outcome::AlreadyProcessed => self
+                .route_and_pool()
+                .and_then(|(route, _)| route.idempotency.as_ref())
+                .and_then(|edge| edge.settings.orders_url.as_deref()),
+            _ => None,
+        }
+    }
+
+    /// One failed attempt, as the retry policy sees it.
+    pub fn attempt(
+        &self,
+        failure: Failure,
+        replay_safe: bool,
+        retry_after: Option<Duration>,
+    ) -> Attempt {
+        Attempt {
+            failure,
+            tries: self.tries(),
+            replay_safe,
+            remaining: self.remaining(),
+            retry_after,
+        }
+    }
+
+    /// Starts recording the backend's answer head for the keyed request's
+    /// record and, when the read may be kept, the route's stale copy.
+    pub fn record_head(&mut self, request: &RequestHeader, status: u16, answer: &HeaderMap) {
+        if let Some(keyed) = self.keyed.as_mut() {
+            keyed.answer_head(status, answer);
+        }
+        self.stale_recording = self.route_and_pool().and_then(|(route, _)| {
+            let (config, _) = route.stale.as_ref()?;
+            crate::stale::record(config, request, status, answer)
+        });
+    }
+
+    /// Records a chunk of the backend's answer for the keyed request's record
+    /// and the route's stale copy; at the end of the answer, the copy is kept.
+    pub fn record_body(&mut self, chunk: Option<&Bytes>, end_of_stream: bool) {
+        let snapshot = Arc::clone(&self.snapshot);
+        let route = self.route.and_then(|index| snapshot.routes.get(index));
+        if let Some(keyed) = self.keyed.as_mut() {
+            let max = route
+                .and_then(|route| route.idempotency.as_ref())
+                .map_or(0, |edge| edge.settings.max_response_bytes);
+            keyed.answer_body(chunk, end_of_stream, max);
+        }
+        let Some(recording) = self.stale_recording.as_mut() else {
+            return;
+        };
+        if let Some(chunk) = chunk {
+            recording.push(chunk);
+        }
+        if !end_of_stream {
+            return;
+        }
+        let finished = self
+            .stale_recording
+            .take()
+            .and_then(|recording| recording.finish(&self.request_id));
+        if let (Some((_, cache)), Some((key, copy))) =
+            (route.and_then(|route| route.stale.as_ref()), finished)
+        {
+            cache.keep(key, copy);
+        }
     }
 
     /// Tries made so far.

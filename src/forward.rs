@@ -87,6 +87,16 @@ pub fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item 
         .map(|(_, value)| value.trim_matches('"'))
 }
 
+/// The host the request names: the Host header, or the authority of an
+/// absolute-form request line.
+pub fn request_host(request: &RequestHeader) -> Option<&str> {
+    request
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri.host())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,14 +41,6 @@ impl Settings {
         self.methods.contains(method)
     }
 
-    /// Whether ordergate may send a keyed request again after it reached a
-    /// backend: only when the backends dedupe keys themselves. Otherwise a
-    /// keyed order follows the rule of unkeyed ones (another try only when it
-    /// never reached a backend), whatever the retry section says.
-    pub fn allows_replay(&self, method: &Method) -> bool {
-        self.backend_dedupes || !self.keys(method)
-    }
-
     /// Reads the key (and the scope value) of a request on `route`.
     pub fn check(
         &self,
@@ -185,6 +177,29 @@ pub enum Verdict {
 }
 
 impl RouteIdempotency {
+    /// The request's record key: `Ok(None)` when the request is not keyed,
+    /// the page when its key is missing (and required) or malformed (counted).
+    pub fn key_of(
+        &self,
+        route: &str,
+        method: &Method,
+        headers: &HeaderMap,
+        client_ip: Option<IpAddr>,
+    ) -> Result<Option<RecordKey>, Outcome> {
+        match self.settings.check(route, method, headers, client_ip) {
+            KeyCheck::NotKeyed | KeyCheck::Absent => Ok(None),
+            KeyCheck::Missing => {
+                self.metrics.count(IdempotencyResult::Missing);
+                Err(Outcome::IdempotencyKeyMissing)
+            }
+            KeyCheck::Invalid => {
+                self.metrics.count(IdempotencyResult::Invalid);
+                Err(Outcome::IdempotencyKeyInvalid)
+            }
+            KeyCheck::Key(key) => Ok(Some(key)),
+        }
+    }
+
     /// Looks the record up (creating it for the first request) and waits, up
     /// to `wait_for_first`, for a first request still in flight.
     pub async fn begin(&self, key: &RecordKey, fingerprint: &Fingerprint) -> Verdict {
@@ -252,6 +267,21 @@ impl RouteIdempotency {
 /// covers them (pingora keeps them for the upstream, like a retry). A larger
 /// or chunked body is fingerprinted by its length only.
 pub const FINGERPRINTED_BODY: u64 = 64 * 1024;
+
+/// The length of a keyed request's body when it is to be read before
+/// forwarding (declared, up to [`FINGERPRINTED_BODY`]); `None` for a larger
+/// or chunked one, fingerprinted by [`declared_only`].
+pub fn body_to_read(headers: &HeaderMap) -> Option<usize> {
+    crate::connection::declared_length(headers)
+        .filter(|len| *len <= FINGERPRINTED_BODY)
+        .and_then(|len| usize::try_from(len).ok())
+}
+
+/// What the fingerprint covers of a body that is not read: its declared length.
+pub fn declared_only(headers: &HeaderMap) -> Bytes {
+    let declared = crate::connection::declared_length(headers);
+    Bytes::from(format!("length:{declared:?}"))
+}
 
 /// The first request with a key, on its way: what its record will say.
 #[derive(Debug)]
@@ -444,8 +474,5 @@ mod tests {
             ..settings()
         };
         assert_eq!(dedupes.settle(Ending::Lost), Settle::Release);
-        assert!(dedupes.allows_replay(&Method::POST));
-        assert!(!s.allows_replay(&Method::POST));
-        assert!(s.allows_replay(&Method::GET));
     }
 }

@@ -193,6 +193,11 @@ impl Outcome {
     }
 }
 
+/// The error that turns a backend's retryable status (e.g. 503) into another try.
+pub const RETRYABLE_STATUS: ErrorType = ErrorType::new("RetryableUpstreamStatus");
+/// The error that replaces a backend's 5xx answer with ordergate's page.
+pub const INTERCEPTED_STATUS: ErrorType = ErrorType::new("InterceptedUpstreamStatus");
+
 /// The error that cuts a request body grown past the route's `max_body_bytes`.
 pub const BODY_TOO_LARGE: ErrorType = ErrorType::new("RequestBodyTooLarge");
 

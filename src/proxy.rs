@@ -14,23 +14,21 @@ use pingora::proxy::{FailToProxy, ProxyWarnLogContext};
 use pingora::ErrorSource;
 use tokio::time::Instant;
 
-use crate::admission::{Priority, Reject};
+use crate::admission::{Permit, Priority, Reject};
 use crate::connection;
 use crate::ctx::RequestCtx;
-use crate::forward;
-use crate::idempotency::{self, KeyCheck, KeyedRequest, Verdict};
+use crate::forward::{self, request_host};
+use crate::idempotency::{self, KeyedRequest, Verdict};
+use crate::kept::StoredAnswer;
 use crate::maintenance;
-use crate::respond::{self, Outcome, PageContext, Sent, BODY_TOO_LARGE};
-use crate::retry::{self, Attempt, Failure};
-use crate::stale;
+use crate::outcome::{INTERCEPTED_STATUS, RETRYABLE_STATUS};
+use crate::respond::{self, Kept, Outcome, PageContext, Sent, BODY_TOO_LARGE};
+use crate::retry::{self, Attempt, Failure, ProxyError};
+use crate::stale::{self, Need};
 use crate::state::State;
-use crate::telemetry::{AccessLogger, AccessRecord, IdempotencyResult, UpstreamResult};
+use crate::telemetry::{AccessLogger, AccessRecord, UpstreamResult};
 use crate::upstream::outlier::Signal;
-
-/// The error that turns a backend's retryable status (e.g. 503) into another try.
-const RETRYABLE_STATUS: ErrorType = ErrorType::new("RetryableUpstreamStatus");
-/// The error that replaces a backend's 5xx answer with ordergate's page.
-const INTERCEPTED_STATUS: ErrorType = ErrorType::new("InterceptedUpstreamStatus");
+use crate::upstream::Pick;
 
 /// The proxy service: holds the served state.
 #[derive(Debug)]
@@ -45,7 +43,14 @@ impl Proxy {
         Proxy { state, access_log }
     }
 
-    /// Answers the request with ordergate's own page for `outcome`.
+    /// Whether the connection closes after ordergate's own answer, whatever
+    /// the request was ([`respond::forced_close`]).
+    fn forced_close(&self, ctx: &RequestCtx) -> bool {
+        respond::forced_close(self.state.is_shutting_down(), ctx.proxying)
+    }
+
+    /// Answers the request with ordergate's own page for `outcome`, or with a
+    /// kept copy of the read where the backends failed and the route keeps one.
     async fn answer(
         &self,
         session: &mut Session,
@@ -53,7 +58,7 @@ impl Proxy {
         outcome: Outcome,
     ) -> Result<Sent> {
         if outcome.backends_failed() {
-            if let Some(sent) = self.serve_stale(session, ctx, false).await? {
+            if let Some(sent) = self.serve_stale(session, ctx, Need::Error).await? {
                 return Ok(sent);
             }
         }
@@ -65,21 +70,82 @@ impl Proxy {
             request_id: &ctx.request_id,
             retry_after: ctx.retry_after,
             wait_seconds: ctx.retry_after,
-            link: match outcome {
-                Outcome::OrderOutcomeUnknown | Outcome::AlreadyProcessed => ctx
-                    .route_and_pool()
-                    .and_then(|(route, _)| route.idempotency.as_ref())
-                    .and_then(|i| i.settings.orders_url.as_deref()),
-                _ => None,
-            },
+            link: ctx.orders_link(outcome),
             notice: ctx.notice.as_deref(),
         };
-        // pingora 0.9 drops the shopper's connection after any failure in its
-        // proxy loop (once upstream_peer ran), whatever fail_to_proxy says.
-        let forced_close = self.state.is_shutting_down() || ctx.proxying;
+        let forced_close = self.forced_close(ctx);
         let sent = respond::send(session, ctx.pages(), outcome, &context, forced_close).await?;
         ctx.bytes_sent += sent.bytes;
         Ok(sent)
+    }
+
+    /// Ends the request in `request_filter` with ordergate's page for `outcome`.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        outcome: Outcome,
+    ) -> Result<bool> {
+        self.answer(session, ctx, outcome).await.map(|_| true)
+    }
+
+    /// Sends a kept answer (a replay or a stale copy) instead of a backend's.
+    async fn send_kept(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        answer: &StoredAnswer,
+        kept: Kept,
+    ) -> Result<Sent> {
+        let forced_close = self.forced_close(ctx);
+        let sent = respond::send_kept(session, answer, kept, &ctx.request_id, forced_close).await?;
+        ctx.bytes_sent += sent.bytes;
+        ctx.outcome = None;
+        ctx.kept = Some(kept.kind());
+        Ok(sent)
+    }
+
+    /// The first steps of `request_filter`: the request id, the route and its
+    /// serving pool, and the limits on what the shopper sent; the page to
+    /// answer with when one of them fails.
+    fn classify(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Outcome> {
+        ctx.client_ip = client_ip(session);
+        let request = session.req_header();
+        ctx.request_id =
+            forward::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
+        ctx.route = ctx.snapshot.routes.classify(
+            request_host(request),
+            request.uri.path(),
+            &request.method,
+        );
+        if connection::head_too_large(request, &ctx.snapshot.limits) {
+            return Some(Outcome::HeaderTooLarge);
+        }
+        let now = Instant::now();
+        ctx.choose_pool(now);
+        let Some((route, pool)) = ctx.route_and_pool() else {
+            return Some(Outcome::NoRoute);
+        };
+        if connection::declared_body_too_large(&request.headers, route.max_body_bytes) {
+            return Some(Outcome::BodyTooLarge);
+        }
+        pool.state.retry_budget.record_request(now);
+        ctx.deadline = Some(now + route.timeout);
+        None
+    }
+
+    /// Counts the request against its route's rate limit; whether it is over.
+    async fn over_rate_limit(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        let Some((route, _)) = ctx.route_and_pool() else {
+            return false;
+        };
+        let headers = &session.req_header().headers;
+        // Counted in Redis for every instance with `[store] kind = "redis"`.
+        if route.shares_rate_limit() {
+            route.over_shared_rate_limit(headers, ctx.client_ip).await
+        } else {
+            route.over_rate_limit(headers, ctx.client_ip)
+        }
     }
 
     /// Maintenance, in `request_filter`: `Some(true)` when the shopper got the
@@ -90,7 +156,7 @@ impl Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<bool>> {
         let snapshot = Arc::clone(&ctx.snapshot);
-        let Some(route) = ctx.route.and_then(|index| snapshot.routes.get(index)) else {
+        let Some((route, _)) = ctx.route_and_pool_in(&snapshot) else {
             return Ok(None);
         };
         let rules = maintenance::Rules {
@@ -102,13 +168,8 @@ impl Proxy {
             return Ok(None);
         }
         let now = SystemTime::now();
-        let request = session.req_header();
-        match rules.decide(
-            &self.state.maintenance,
-            &request.headers,
-            ctx.client_ip,
-            now,
-        ) {
+        let headers = &session.req_header().headers;
+        match rules.decide(&self.state.maintenance, headers, ctx.client_ip, now) {
             maintenance::Decision::Pass => Ok(None),
             maintenance::Decision::Closed(window) => {
                 ctx.retry_after = Some(window.retry_after(now));
@@ -129,48 +190,56 @@ impl Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<bool>> {
         let snapshot = Arc::clone(&ctx.snapshot);
-        let Some((route, pool)) = ctx.route_and_pool() else {
+        let Some((route, pool)) = ctx.route_and_pool_in(&snapshot) else {
             return Ok(None);
         };
         let Some(room) = snapshot.rooms.for_route(&route.name) else {
             return Ok(None);
         };
-        let pressure = crate::room::Pressure::of_pool(pool);
-        let tls = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some();
         let header = session.req_header();
         let request = crate::room::Request {
             method: &header.method,
             path: header.uri.path(),
             headers: &header.headers,
-            tls,
+            tls: is_tls(session),
         };
-        match room.decide(&request, pressure, Instant::now()).await {
+        let pressure = crate::room::Pressure::of_pool(pool);
+        let (view, cookie) = match room.decide(&request, pressure, Instant::now()).await {
             crate::room::Decision::Pass(cookie) => {
                 ctx.room_cookie = cookie;
-                Ok(None)
+                return Ok(None);
             }
-            crate::room::Decision::Wait(view, cookie) => {
-                let outcome = Outcome::WaitingRoom;
-                ctx.outcome = Some(outcome);
-                ctx.retry_after = Some(view.refresh);
-                self.state
-                    .metrics
-                    .rejection(ctx.route_name(), outcome.reason());
-                let page = respond::RoomPage {
-                    request_id: &ctx.request_id,
-                    room: &room.settings.name,
-                    view,
-                    set_cookie: cookie.as_deref(),
-                };
-                let forced_close = self.state.is_shutting_down();
-                let sent = respond::send_room(session, ctx.pages(), &page, forced_close).await?;
-                ctx.bytes_sent += sent.bytes;
-                Ok(Some(true))
-            }
-        }
+            crate::room::Decision::Wait(view, cookie) => (view, cookie),
+        };
+        self.send_room_page(session, ctx, &room.settings.name, view, cookie.as_deref())
+            .await?;
+        Ok(Some(true))
+    }
+
+    /// The waiting page: the shopper's place in `room`'s line.
+    async fn send_room_page(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        room: &str,
+        view: crate::room::View,
+        set_cookie: Option<&str>,
+    ) -> Result<()> {
+        ctx.outcome = Some(Outcome::WaitingRoom);
+        ctx.retry_after = Some(view.refresh);
+        self.state
+            .metrics
+            .rejection(ctx.route_name(), Outcome::WaitingRoom.reason());
+        let page = respond::RoomPage {
+            request_id: &ctx.request_id,
+            room,
+            view,
+            set_cookie,
+        };
+        let forced_close = self.forced_close(ctx);
+        let sent = respond::send_room(session, ctx.pages(), &page, forced_close).await?;
+        ctx.bytes_sent += sent.bytes;
+        Ok(())
     }
 
     /// Idempotency at the edge, in `request_filter`: `Some(true)` when the
@@ -181,56 +250,34 @@ impl Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<bool>> {
         let snapshot = Arc::clone(&ctx.snapshot);
-        let Some(route) = ctx.route.and_then(|index| snapshot.routes.get(index)) else {
+        let Some((route, _)) = ctx.route_and_pool_in(&snapshot) else {
             return Ok(None);
         };
-        let Some(idempotency) = &route.idempotency else {
+        let Some(edge) = &route.idempotency else {
             return Ok(None);
         };
         let request = session.req_header();
-        let key = match idempotency.settings.check(
+        let key = match edge.key_of(
             &route.name,
             &request.method,
             &request.headers,
             ctx.client_ip,
         ) {
-            KeyCheck::NotKeyed | KeyCheck::Absent => return Ok(None),
-            KeyCheck::Missing => {
-                idempotency.metrics.count(IdempotencyResult::Missing);
-                return self
-                    .reject(session, ctx, Outcome::IdempotencyKeyMissing)
-                    .await
-                    .map(Some);
-            }
-            KeyCheck::Invalid => {
-                idempotency.metrics.count(IdempotencyResult::Invalid);
-                return self
-                    .reject(session, ctx, Outcome::IdempotencyKeyInvalid)
-                    .await
-                    .map(Some);
-            }
-            KeyCheck::Key(key) => key,
+            Ok(Some(key)) => key,
+            Ok(None) => return Ok(None),
+            Err(outcome) => return self.reject(session, ctx, outcome).await.map(Some),
         };
         let body = read_small_body(session).await?;
         let request = session.req_header();
         let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
         let fingerprint = idempotency::fingerprint(&request.method, target, &body);
-        match idempotency.begin(&key, &fingerprint).await {
+        match edge.begin(&key, &fingerprint).await {
             Verdict::Forward => {
                 ctx.keyed = Some(Box::new(KeyedRequest::new(key)));
                 Ok(None)
             }
             Verdict::Replay(answer) => {
-                let forced_close = self.state.is_shutting_down();
-                let sent = respond::send_kept(
-                    session,
-                    &answer,
-                    respond::Kept::Replay,
-                    &ctx.request_id,
-                    forced_close,
-                )
-                .await?;
-                ctx.bytes_sent += sent.bytes;
+                self.send_kept(session, ctx, &answer, Kept::Replay).await?;
                 Ok(Some(true))
             }
             Verdict::Refuse(outcome) => self.reject(session, ctx, outcome).await.map(Some),
@@ -238,103 +285,91 @@ impl Proxy {
     }
 
     /// Admission, the last step of `request_filter`: a slot in the serving
-    /// pool (waiting in its queue by priority), or its page. A pool whose queue
-    /// is full hands the request to its backup pool, if it has one.
-    async fn admit(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        priority: Priority,
-        deadline: Instant,
-        arrived: Instant,
-    ) -> Result<bool> {
+    /// pool (waiting in its queue by priority), a kept copy instead of the
+    /// wait, or its page. A pool whose queue is full hands the request to its
+    /// backup pool, if it has one.
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         loop {
-            let Some((_, pool)) = ctx.route_and_pool() else {
+            let Some((route, pool)) = ctx.route_and_pool() else {
                 return self.reject(session, ctx, Outcome::Internal).await;
             };
             let capacity = pool.capacity();
-            let backup = pool.backup();
-            let admission = Arc::clone(&pool.state.admission);
             if capacity == 0 {
                 // Nothing can take the request: say so now rather than queue it.
                 return self.reject(session, ctx, Outcome::NoHealthyBackend).await;
             }
+            let (backup, priority) = (pool.backup(), route.priority);
+            let stale_first = route.stale.as_ref().is_some_and(|(c, _)| c.on_overload);
+            let admission = Arc::clone(&pool.state.admission);
             admission.set_capacity(capacity);
-            let stale_on_overload = ctx
-                .route_and_pool()
-                .and_then(|(route, _)| route.stale.as_ref())
-                .is_some_and(|(config, _)| config.on_overload);
-            if stale_on_overload {
-                let status = admission.snapshot();
-                if status.in_use >= status.limit
-                    && self.serve_stale(session, ctx, true).await?.is_some()
-                {
-                    // A kept copy now rather than a wait in the queue.
-                    return Ok(true);
-                }
+            // A kept copy now rather than a wait in the queue.
+            if stale_first
+                && admission.snapshot().is_full()
+                && self.stale_for_wait(session, ctx).await?
+            {
+                return Ok(true);
             }
-
+            let deadline = ctx.deadline.unwrap_or_else(Instant::now);
             // Biased: a free slot is taken without ever starting the client watch
             // (which would cost a read and an epoll registration per request).
             let admitted = tokio::select! {
                 biased;
-                admitted = admission.admit(priority, deadline) => Some(admitted),
-                () = client_closed(session) => None,
+                admitted = admission.admit(priority, deadline) => admitted,
+                () = client_closed(session) => return Err(client_left(ctx)),
             };
-            // Only a request that waited (or was turned away) has a queue wait; a
-            // free slot is not a wait of a few nanoseconds.
-            let waited = !matches!(&admitted, Some(Ok(permit)) if !permit.queued());
-            if waited {
-                ctx.queue_wait = arrived.elapsed();
-            }
-            return match admitted {
-                Some(Ok(permit)) => {
-                    ctx.permit = Some(permit);
-                    if waited {
-                        let pool = ctx
-                            .route_and_pool()
-                            .map_or("", |(_, pool)| pool.name.as_str());
-                        self.state.metrics.queue_wait(
-                            pool,
-                            priority.as_str(),
-                            ctx.queue_wait.as_secs_f64(),
-                        );
-                    }
-                    Ok(false)
-                }
-                Some(Err(Reject::QueueFull { .. })) if backup.is_some() => {
+            match admitted {
+                Ok(permit) => return Ok(self.admitted(ctx, permit, priority)),
+                Err(reject) if reject.falls_back(backup.is_some()) => {
+                    ctx.queue_wait = ctx.started.elapsed();
                     ctx.pool = backup;
-                    continue;
                 }
-                Some(Err(reject)) => {
-                    let outcome = match reject {
-                        Reject::QueueFull { .. } => Outcome::QueueFull,
-                        Reject::QueueTimeout { .. } => Outcome::QueueTimeout,
-                        Reject::Shed { .. } => Outcome::Shed,
-                    };
-                    ctx.retry_after = Some(whole_seconds(reject.retry_after()));
-                    self.reject(session, ctx, outcome).await
-                }
-                None => {
-                    ctx.outcome = Some(Outcome::ClientGone);
-                    Err(Error::explain(
-                        ConnectionClosed,
-                        "the client left while waiting in the queue",
-                    )
-                    .into_down())
-                }
-            };
+                Err(reject) => return self.turned_away(session, ctx, reject).await,
+            }
         }
     }
 
+    /// Serves a kept copy instead of a wait in the full pool's queue, if the
+    /// route has one; whether it did.
+    async fn stale_for_wait(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let served = self.serve_stale(session, ctx, Need::Overload).await?;
+        Ok(served.is_some())
+    }
+
+    /// The request holds a slot: its queue wait, if it waited, is measured.
+    fn admitted(&self, ctx: &mut RequestCtx, permit: Permit, priority: Priority) -> bool {
+        // A free slot is not a wait of a few nanoseconds.
+        if permit.queued() {
+            ctx.queue_wait = ctx.started.elapsed();
+            let pool = ctx
+                .route_and_pool()
+                .map_or("", |(_, pool)| pool.name.as_str());
+            self.state
+                .metrics
+                .queue_wait(pool, priority.as_str(), ctx.queue_wait.as_secs_f64());
+        }
+        ctx.permit = Some(permit);
+        false
+    }
+
+    /// The pool turned the request away: its page, with the estimate's Retry-After.
+    async fn turned_away(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reject: Reject,
+    ) -> Result<bool> {
+        ctx.queue_wait = ctx.started.elapsed();
+        ctx.retry_after = Some(respond::retry_after_seconds(reject.retry_after()));
+        self.reject(session, ctx, reject.outcome()).await
+    }
+
     /// Serves the route's kept copy of this read instead of a page, when the
-    /// route keeps copies for this case (`overload`: instead of queueing) and
-    /// one matches; `None` otherwise.
+    /// route keeps copies for this `need` and one matches; `None` otherwise.
     async fn serve_stale(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        overload: bool,
+        need: Need,
     ) -> Result<Option<Sent>> {
         let snapshot = Arc::clone(&ctx.snapshot);
         let Some((route, _)) = ctx.route_and_pool_in(&snapshot) else {
@@ -343,58 +378,38 @@ impl Proxy {
         let Some((config, cache)) = &route.stale else {
             return Ok(None);
         };
-        if !(if overload {
-            config.on_overload
-        } else {
-            config.on_error
-        }) || answer_started(session)
-        {
+        if answer_started(session) {
             return Ok(None);
         }
-        let request = session.req_header();
-        let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
-        let host = request_host(request).unwrap_or_default();
-        let Some(copy) = stale::key_for(config, &request.method, host, target, &request.headers)
-            .and_then(|key| cache.find(&key, &request.headers))
-        else {
+        let Some(copy) = stale::stand_in(config, cache, session.req_header(), need) else {
             return Ok(None);
         };
-        let kept = respond::Kept::Stale {
+        let kept = Kept::Stale {
             age: copy.age(std::time::Instant::now()),
         };
-        let forced_close = self.state.is_shutting_down() || ctx.proxying;
-        let sent =
-            respond::send_kept(session, &copy.answer, kept, &ctx.request_id, forced_close).await?;
-        ctx.bytes_sent += sent.bytes;
-        ctx.outcome = None;
-        ctx.served_stale = true;
+        let sent = self.send_kept(session, ctx, &copy.answer, kept).await?;
         self.state.metrics.stale_served(&route.name);
         Ok(Some(sent))
     }
 
-    /// Keeps the read's whole answer as the route's stale copy.
-    fn keep_stale_copy(&self, ctx: &mut RequestCtx) {
-        let Some(recording) = ctx.stale_recording.take() else {
-            return;
-        };
-        let Some((route, _)) = ctx.route_and_pool() else {
-            return;
-        };
-        if let (Some((_, cache)), Some((key, copy))) =
-            (&route.stale, recording.finish(&ctx.request_id))
-        {
-            cache.keep(key, copy);
+    /// The backend of the next attempt: from the serving pool, or, when none
+    /// of it can take the request and nothing reached one yet, from its
+    /// backup pools in turn.
+    fn pick(&self, session: &Session, ctx: &mut RequestCtx, timeout: Duration) -> Option<Pick> {
+        let headers = &session.req_header().headers;
+        let may_replay = ctx
+            .route_and_pool()
+            .is_some_and(|(route, _)| replay_safe(session, route));
+        loop {
+            let (_, pool) = ctx.route_and_pool()?;
+            let timeout = timeout.min(pool.request_timeout());
+            if let Some(pick) = pool.pick(headers, ctx.client_ip, &ctx.tried, timeout) {
+                return Some(pick);
+            }
+            if !ctx.move_to_backup(may_replay) {
+                return None;
+            }
         }
-    }
-
-    /// Ends the request in `request_filter` with ordergate's page for `outcome`.
-    async fn reject(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        outcome: Outcome,
-    ) -> Result<bool> {
-        self.answer(session, ctx, outcome).await.map(|_| true)
     }
 }
 
@@ -405,50 +420,28 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|addr| addr.ip())
 }
 
-/// Reads a keyed request's body before forwarding when it is small (declared
-/// up to [`idempotency::FINGERPRINTED_BODY`]): pingora keeps it and sends it
-/// upstream as it sends a retry. A larger or chunked body stays unread and is
+fn is_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .is_some()
+}
+
+/// Reads a keyed request's body before forwarding when it is small
+/// ([`idempotency::body_to_read`]): pingora keeps it and sends it upstream as
+/// it sends a retry. A larger or chunked body stays unread and is
 /// fingerprinted by its declared length only.
 async fn read_small_body(session: &mut Session) -> Result<Bytes> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    let Some(len) = declared.filter(|len| *len <= idempotency::FINGERPRINTED_BODY) else {
-        return Ok(Bytes::from(format!("length:{declared:?}")));
+    let headers = &session.req_header().headers;
+    let Some(len) = idempotency::body_to_read(headers) else {
+        return Ok(idempotency::declared_only(headers));
     };
     session.as_mut().enable_retry_buffering();
-    let mut body = Vec::with_capacity(len as usize);
+    let mut body = Vec::with_capacity(len);
     while let Some(chunk) = session.read_request_body().await? {
         body.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(body))
-}
-
-/// The host the request names: the Host header, or the authority of an
-/// absolute-form request line.
-fn request_host(request: &RequestHeader) -> Option<&str> {
-    request
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| request.uri.host())
-}
-
-/// A backend's `Retry-After`, in seconds (the HTTP-date form is not honoured).
-fn retry_after(response: &ResponseHeader) -> Option<Duration> {
-    let seconds = response
-        .headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    seconds.trim().parse().ok().map(Duration::from_secs)
-}
-
-/// Whole seconds for a Retry-After header: rounded up, at least 1.
-fn whole_seconds(wait: Duration) -> u32 {
-    (wait.as_millis().div_ceil(1000)).clamp(1, 3600) as u32
 }
 
 /// Resolves when the client closes its connection while the request waits in a
@@ -459,6 +452,17 @@ async fn client_closed(session: &mut Session) {
         return;
     }
     std::future::pending::<()>().await
+}
+
+/// The error that ends a request whose client left while it waited.
+fn client_left(ctx: &mut RequestCtx) -> Box<Error> {
+    ctx.queue_wait = ctx.started.elapsed();
+    ctx.outcome = Some(Outcome::ClientGone);
+    Error::explain(
+        ConnectionClosed,
+        "the client left while waiting in the queue",
+    )
+    .into_down()
 }
 
 /// Whether a connect failed because the process could not open a socket (out
@@ -505,7 +509,7 @@ fn after_failure(
 }
 
 /// The retry decision for a failed attempt (with its metrics): whether to try
-/// again, and the backoff.
+/// again on this pool (with a backoff) or on its backup pool.
 fn decide_retry(
     state: &State,
     session: &Session,
@@ -520,65 +524,68 @@ fn decide_retry(
         return false;
     };
     let replay_safe = replay_safe(session, route);
-    let attempt = Attempt {
-        failure,
-        tries: ctx.tries(),
-        replay_safe,
-        remaining: ctx.remaining(),
-        retry_after,
-    };
-    let verdict = retry::decide(&route.retry, &attempt).and_then(|backoff| {
-        if pool
-            .state
-            .retry_budget
-            .try_retry(Instant::now(), pool.retry_budget())
-        {
-            Ok(backoff)
-        } else {
-            Err(retry::Stop::Budget)
-        }
-    });
-    match verdict {
+    let attempt = ctx.attempt(failure, replay_safe, retry_after);
+    let retried = match retry_verdict(route, pool, &attempt) {
         Ok(backoff) => {
-            state.metrics.retry(&route.name, failure.as_str());
             ctx.backoff = Some(backoff);
             true
         }
-        Err(stop @ (retry::Stop::Attempts | retry::Stop::Budget))
-            if ctx.move_to_backup(replay_safe) =>
-        {
-            // Out of tries on this pool: its backup pool takes the request
-            // (only where the request may be sent again at all).
-            state.metrics.retry(&route.name, failure.as_str());
-            log::debug!(
-                "request {}: {} on its pool, moved to the backup pool",
-                ctx.request_id,
-                stop.as_str()
-            );
-            true
-        }
+        // Out of tries on this pool: its backup pool takes the request (only
+        // where the request may be sent again at all; ctx logs the move).
+        Err(stop) if stop.tries_backup() && ctx.move_to_backup(replay_safe) => true,
         Err(stop) => {
             state.metrics.retry_denied(&route.name, stop.as_str());
-            if let Some(wait) = retry_after {
-                ctx.retry_after = Some(whole_seconds(wait));
-            }
+            // The shopper hears the backend's own estimate.
+            ctx.retry_after = retry_after
+                .map(respond::retry_after_seconds)
+                .or(ctx.retry_after);
             false
         }
+    };
+    if retried {
+        state.metrics.retry(&route.name, failure.as_str());
+    }
+    retried
+}
+
+/// The route's retry policy, then the pool's budget: the backoff before the
+/// next try, or why there is none. The budget is asked last, so a refused
+/// retry costs none of it.
+fn retry_verdict(
+    route: &crate::route::Route,
+    pool: &crate::upstream::Pool,
+    attempt: &Attempt,
+) -> std::result::Result<Duration, retry::Stop> {
+    let backoff = retry::decide(&route.retry, attempt)?;
+    if pool.spend_retry(Instant::now()) {
+        Ok(backoff)
+    } else {
+        Err(retry::Stop::Budget)
     }
 }
 
-/// Whether this request may be sent again after it reached a backend.
+/// Whether this request may be sent again after it reached a backend
+/// ([`retry::replay_safe`]).
 fn replay_safe(session: &Session, route: &crate::route::Route) -> bool {
     let request = session.req_header();
-    // A body larger than pingora's retry buffer cannot be sent again.
-    // A keyed order on a route whose backends ignore keys is replayed only
-    // when it never reached a backend, as an unkeyed one.
-    retry::replay_safe(&request.method, &request.headers, &route.retry)
-        && !session.as_ref().retry_buffer_truncated()
-        && route
-            .idempotency
-            .as_ref()
-            .is_none_or(|i| i.settings.allows_replay(&request.method))
+    retry::replay_safe(&retry::Replay {
+        method: &request.method,
+        headers: &request.headers,
+        policy: &route.retry,
+        idempotency: route.idempotency.as_ref().map(|edge| &edge.settings),
+        body_truncated: session.as_ref().retry_buffer_truncated(),
+    })
+}
+
+/// The status the shopper got: the answer written, else the outcome's page.
+fn final_status(session: &Session, ctx: &RequestCtx) -> u16 {
+    session
+        .response_written()
+        .filter(|r| !r.status.is_informational())
+        .map_or_else(
+            || ctx.outcome.map_or(0, Outcome::status),
+            |r| r.status.as_u16(),
+        )
 }
 
 #[async_trait]
@@ -602,42 +609,12 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.client_ip = client_ip(session);
-        let request = session.req_header();
-        ctx.request_id =
-            forward::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
-        ctx.route = ctx.snapshot.routes.classify(
-            request_host(request),
-            request.uri.path(),
-            &request.method,
-        );
-        if connection::head_too_large(request, &ctx.snapshot.limits) {
-            return self.reject(session, ctx, Outcome::HeaderTooLarge).await;
+        if let Some(outcome) = self.classify(session, ctx) {
+            return self.reject(session, ctx, outcome).await;
         }
-        ctx.choose_pool(Instant::now());
-        let Some((route, pool)) = ctx.route_and_pool() else {
-            return self.reject(session, ctx, Outcome::NoRoute).await;
-        };
-        if connection::declared_body_too_large(&request.headers, route.max_body_bytes) {
-            return self.reject(session, ctx, Outcome::BodyTooLarge).await;
-        }
-        let now = Instant::now();
-        let deadline = now + route.timeout;
-        let priority = route.priority;
-        pool.state.retry_budget.record_request(now);
-        // Counted in Redis for every instance with `[store] kind = "redis"`.
-        let over_rate_limit = if route.shares_rate_limit() {
-            route
-                .over_shared_rate_limit(&session.req_header().headers, ctx.client_ip)
-                .await
-        } else {
-            route.over_rate_limit(&session.req_header().headers, ctx.client_ip)
-        };
-        if over_rate_limit {
-            ctx.retry_after = Some(1);
+        if self.over_rate_limit(session, ctx).await {
             return self.reject(session, ctx, Outcome::RateLimited).await;
         }
-        ctx.deadline = Some(deadline);
         if let Some(answered) = self.maintenance(session, ctx).await? {
             return Ok(answered);
         }
@@ -649,7 +626,7 @@ impl ProxyHttp for Proxy {
         if let Some(answered) = self.idempotency(session, ctx).await? {
             return Ok(answered);
         }
-        self.admit(session, ctx, priority, deadline, now).await
+        self.admit(session, ctx).await
     }
 
     async fn upstream_peer(
@@ -663,61 +640,33 @@ impl ProxyHttp for Proxy {
         }
         // The previous attempt, if any, is over.
         ctx.in_flight = None;
-        let remaining = ctx.remaining();
         let (route, pool) = ctx.route_and_pool().ok_or_else(|| {
             Error::explain(InternalError, "no route was set before upstream_peer")
         })?;
-        let timeout = route
-            .retry
-            .per_try_timeout
-            .unwrap_or(pool.request_timeout())
-            .min(pool.request_timeout())
-            .min(remaining);
+        let timeout = retry::attempt_timeout(
+            route.retry.per_try_timeout,
+            pool.request_timeout(),
+            ctx.remaining(),
+        );
         if timeout.is_zero() {
             ctx.outcome = Some(ctx.reached_backend.unwrap_or(Outcome::UpstreamTimeout));
             return Err(
                 Error::explain(ReadTimedout, "the route's deadline passed before a try").into_up(),
             );
         }
-        let mut picked = pool.pick(
-            &session.req_header().headers,
-            ctx.client_ip,
-            &ctx.tried,
-            timeout,
-        );
-        // No backend of the pool can take it and nothing reached one yet: its
-        // backup pools, in turn.
-        let may_replay = ctx
-            .route_and_pool()
-            .is_some_and(|(route, _)| replay_safe(session, route));
-        while picked.is_none() && ctx.move_to_backup(may_replay) {
-            if let Some((_, backup)) = ctx.route_and_pool() {
-                picked = backup.pick(
-                    &session.req_header().headers,
-                    ctx.client_ip,
-                    &ctx.tried,
-                    timeout.min(backup.request_timeout()),
-                );
-            }
-        }
-        match picked {
-            Some(pick) => {
-                ctx.tried.push(pick.in_flight.backend().addr);
-                ctx.in_flight = Some(pick.in_flight);
-                Ok(Box::new(pick.peer))
-            }
-            None => {
-                let pool = ctx
-                    .route_and_pool()
-                    .map_or("", |(_, pool)| pool.name.as_str());
-                let error = Error::explain(
-                    ConnectNoRoute,
-                    format!("pool {pool} has no backend that can take the request"),
-                );
-                ctx.fail_before_backend(Outcome::NoHealthyBackend);
-                Err(error)
-            }
-        }
+        let Some(pick) = self.pick(session, ctx, timeout) else {
+            ctx.fail_before_backend(Outcome::NoHealthyBackend);
+            let pool = ctx
+                .route_and_pool()
+                .map_or("", |(_, pool)| pool.name.as_str());
+            return Err(Error::explain(
+                ConnectNoRoute,
+                format!("pool {pool} has no backend that can take the request"),
+            ));
+        };
+        ctx.tried.push(pick.in_flight.backend().addr);
+        ctx.in_flight = Some(pick.in_flight);
+        Ok(Box::new(pick.peer))
     }
 
     async fn connected_to_upstream(
@@ -775,41 +724,25 @@ impl ProxyHttp for Proxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if e.etype() == &RETRYABLE_STATUS {
-            // Decided in upstream_response_filter, before anything reached the client.
-            e.set_retry(true);
-            return e;
-        }
-        if e.etype() == &INTERCEPTED_STATUS {
-            // The backend's 5xx, recorded; fail_to_proxy sends the page instead.
-            e.set_retry(false);
-            return e;
-        }
-        if e.etype() == &BODY_TOO_LARGE || e.esource() == &ErrorSource::Downstream {
-            // The client's side failed: nothing to hold against the backend.
-            ctx.outcome = Some(Outcome::from_error(&e));
-            e.set_retry(false);
-            return e;
-        }
-        // The connection was open, so the request may have reached the backend.
-        let outcome = match Outcome::from_error(&e) {
-            Outcome::UpstreamTimeout => Outcome::UpstreamTimeout,
-            Outcome::UpstreamError => Outcome::UpstreamError,
-            _ => Outcome::UpstreamReset,
-        };
-        ctx.outcome = Some(outcome);
-        ctx.reached_backend = Some(outcome);
-        let failure = if outcome == Outcome::UpstreamTimeout {
-            Failure::Timeout
-        } else {
-            Failure::Reset
-        };
-        // Once part of an answer went out, another backend's answer cannot follow.
-        let retry = if answer_started(session) {
-            record_failure(ctx, failure);
-            false
-        } else {
-            after_failure(&self.state, session, ctx, failure, None)
+        let retry = match retry::classify(&e) {
+            ProxyError::RetryDecided => true,
+            ProxyError::Intercepted => false,
+            ProxyError::Client(outcome) => {
+                ctx.outcome = Some(outcome);
+                false
+            }
+            ProxyError::Backend(outcome, failure) => {
+                ctx.outcome = Some(outcome);
+                ctx.reached_backend = Some(outcome);
+                // Once part of an answer went out, another backend's answer
+                // cannot follow.
+                if answer_started(session) {
+                    record_failure(ctx, failure);
+                    false
+                } else {
+                    after_failure(&self.state, session, ctx, failure, None)
+                }
+            }
         };
         e.set_retry(retry);
         e
@@ -821,11 +754,12 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let tls = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some();
-        forward::add_headers(upstream_request, ctx.client_ip, tls, &ctx.request_id)
+        forward::add_headers(
+            upstream_request,
+            ctx.client_ip,
+            is_tls(session),
+            &ctx.request_id,
+        )
     }
 
     async fn upstream_response_filter(
@@ -834,91 +768,27 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let status = upstream_response.status.as_u16();
         if upstream_response.status.is_informational() {
             // 100 Continue and friends: the final answer is still to come.
             return Ok(());
         }
-        if let Some(keyed) = ctx.keyed.as_mut() {
-            keyed.answer_head(status, &upstream_response.headers);
-        }
-        ctx.stale_recording = ctx.route_and_pool().and_then(|(route, _)| {
-            let (config, _) = route.stale.as_ref()?;
-            if !stale::storable(config, status, &upstream_response.headers) {
-                return None;
-            }
-            let request = session.req_header();
-            let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
-            let key = stale::key_for(
-                config,
-                &request.method,
-                request_host(request).unwrap_or_default(),
-                target,
-                &request.headers,
-            )?;
-            let limit = usize::try_from(config.max_bytes / 16).unwrap_or(usize::MAX);
-            Some(Box::new(stale::Recording::new(
-                key,
-                status,
-                &upstream_response.headers,
-                &request.headers,
-                limit,
-            )))
-        });
-        let Some((retryable, intercept)) = ctx.route_and_pool().map(|(route, _)| {
-            (
-                route.retry.on.statuses.contains(&status),
-                route.intercept_errors && status >= 500,
-            )
-        }) else {
+        let status = upstream_response.status.as_u16();
+        ctx.record_head(session.req_header(), status, &upstream_response.headers);
+        let Some((route, _)) = ctx.route_and_pool() else {
             return Ok(());
         };
-        let backend_retry_after = retry_after(upstream_response);
-        if retryable
-            && after_failure(
-                &self.state,
-                session,
-                ctx,
-                Failure::Status(status),
-                backend_retry_after,
-            )
-        {
+        let retryable = route.retry.on.statuses.contains(&status);
+        let intercept = route.intercept_errors && status >= 500;
+        let backend_retry_after = retry::backend_retry_after(&upstream_response.headers);
+        let failure = Failure::Status(status);
+        if retryable && after_failure(&self.state, session, ctx, failure, backend_retry_after) {
             ctx.reached_backend = Some(Outcome::UpstreamStatus(status));
-            return Err(
-                Error::explain(RETRYABLE_STATUS, format!("backend answered {status}")).into_up(),
-            );
+            let why = format!("backend answered {status}");
+            return Err(Error::explain(RETRYABLE_STATUS, why).into_up());
         }
-        if let (Some(in_flight), Some((_, pool))) = (&ctx.in_flight, ctx.route_and_pool()) {
-            let latency = in_flight.elapsed();
-            if !retryable {
-                let result = if status >= 500 {
-                    UpstreamResult::ServerError
-                } else {
-                    UpstreamResult::Success
-                };
-                pool.record_result(
-                    in_flight.backend(),
-                    result,
-                    Signal::from_status(status),
-                    latency,
-                );
-            }
-            ctx.upstream_time = Some(latency);
-            if let Some(permit) = ctx.permit.as_mut() {
-                permit.record(latency, status >= 500);
-            }
-        }
-        ctx.outcome = None;
+        record_answer(ctx, status, !retryable);
         if intercept {
-            // The backend's body (perhaps a stack trace) never reaches the client:
-            // fail_to_proxy answers with the page, keeping the status.
-            if ctx.retry_after.is_none() {
-                ctx.retry_after = backend_retry_after.map(whole_seconds);
-            }
-            ctx.outcome = Some(Outcome::UpstreamStatus(status));
-            return Err(
-                Error::explain(INTERCEPTED_STATUS, format!("backend answered {status}")).into_up(),
-            );
+            return Err(intercept_answer(ctx, status, backend_retry_after));
         }
         Ok(())
     }
@@ -990,23 +860,7 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if let Some(keyed) = ctx.keyed.as_mut() {
-            let max = ctx
-                .snapshot
-                .routes
-                .get(ctx.route.unwrap_or(usize::MAX))
-                .and_then(|route| route.idempotency.as_ref())
-                .map_or(0, |i| i.settings.max_response_bytes);
-            keyed.answer_body(body.as_ref(), end_of_stream, max);
-        }
-        if let Some(recording) = ctx.stale_recording.as_mut() {
-            if let Some(chunk) = body.as_ref() {
-                recording.push(chunk);
-            }
-            if end_of_stream {
-                self.keep_stale_copy(ctx);
-            }
-        }
+        ctx.record_body(body.as_ref(), end_of_stream);
         if end_of_stream {
             // The backend is done: its slot and in-flight count are free even if
             // the shopper is still downloading. In-flight first, so the next
@@ -1068,66 +922,107 @@ impl ProxyHttp for Proxy {
         ctx.in_flight = None;
         ctx.permit = None;
         if let Some(keyed) = ctx.keyed.take() {
-            if let Some(idempotency) = ctx
-                .route_and_pool()
-                .and_then(|(route, _)| route.idempotency.as_ref())
-            {
-                let may_have_reached = ctx.connected || ctx.reached_backend.is_some();
-                idempotency
-                    .settle(*keyed, may_have_reached, &ctx.request_id)
-                    .await;
+            if let Some((route, _)) = ctx.route_and_pool() {
+                if let Some(edge) = &route.idempotency {
+                    let may_have_reached = ctx.connected || ctx.reached_backend.is_some();
+                    edge.settle(*keyed, may_have_reached, &ctx.request_id).await;
+                }
             }
         }
-        let backend = ctx.tried.last().copied();
-        let status = session
-            .response_written()
-            .filter(|r| !r.status.is_informational())
-            .map_or_else(
-                || ctx.outcome.map_or(0, Outcome::status),
-                |r| r.status.as_u16(),
-            );
+        let status = final_status(session, ctx);
         let total = ctx.started.elapsed();
-        if let Some((route, _)) = ctx.route_and_pool() {
-            route.metrics.observe(status, total.as_secs_f64());
-        } else {
-            self.state.metrics.unrouted(status, total.as_secs_f64());
+        match ctx.route_and_pool() {
+            Some((route, _)) => route.metrics.observe(status, total.as_secs_f64()),
+            None => self.state.metrics.unrouted(status, total.as_secs_f64()),
         }
         if self.access_log.enabled() {
-            let request = session.req_header();
-            let route = ctx.route_and_pool();
-            self.access_log.write(&AccessRecord {
-                time: crate::telemetry::now_rfc3339(),
-                request_id: &ctx.request_id,
-                route: route.map(|(r, _)| r.name.as_str()),
-                pool: route.map(|(_, p)| p.name.as_str()),
-                backend: backend.map(|addr| addr.to_string()),
-                method: request.method.as_str(),
-                path: request.uri.path(),
-                status,
-                attempts: ctx.tries(),
-                queue_wait: ctx.queue_wait.as_secs_f64(),
-                upstream_time: ctx.upstream_time.map(|t| t.as_secs_f64()),
-                total_time: total.as_secs_f64(),
-                bytes: ctx.bytes_sent,
-                outcome: if ctx.served_stale {
-                    Some("stale")
-                } else {
-                    ctx.outcome.map(Outcome::reason)
-                },
-            });
+            self.access_log
+                .write(&access_record(session.req_header(), ctx, status, total));
         }
         if log::log_enabled!(target: "access", log::Level::Info) {
-            let tried: Vec<String> = ctx.tried.iter().map(ToString::to_string).collect();
-            log::info!(
-                target: "access",
-                "{} {} {} status={} tried={} outcome={}",
-                ctx.request_id,
-                session.req_header().method,
-                session.req_header().uri,
-                status,
-                if tried.is_empty() { "-".to_string() } else { tried.join(",") },
-                ctx.outcome.map_or("-", Outcome::reason),
-            );
+            debug_access_line(session.req_header(), ctx, status);
         }
     }
+}
+
+/// Latency, passive health and the adaptive limit's sample for an answer the
+/// shopper gets (`record_health`: false for a retryable status, already
+/// counted as a failure).
+fn record_answer(ctx: &mut RequestCtx, status: u16, record_health: bool) {
+    ctx.outcome = None;
+    if let (Some(in_flight), Some((_, pool))) = (&ctx.in_flight, ctx.route_and_pool()) {
+        let latency = in_flight.elapsed();
+        if record_health {
+            let result = if status >= 500 {
+                UpstreamResult::ServerError
+            } else {
+                UpstreamResult::Success
+            };
+            pool.record_result(
+                in_flight.backend(),
+                result,
+                Signal::from_status(status),
+                latency,
+            );
+        }
+        ctx.upstream_time = Some(latency);
+        if let Some(permit) = ctx.permit.as_mut() {
+            permit.record(latency, status >= 500);
+        }
+    }
+}
+
+/// Replaces a backend's 5xx answer with the page: its body (perhaps a stack
+/// trace) never reaches the client; `fail_to_proxy` answers, keeping the status.
+fn intercept_answer(
+    ctx: &mut RequestCtx,
+    status: u16,
+    backend_retry_after: Option<Duration>,
+) -> Box<Error> {
+    if ctx.retry_after.is_none() {
+        ctx.retry_after = backend_retry_after.map(respond::retry_after_seconds);
+    }
+    ctx.outcome = Some(Outcome::UpstreamStatus(status));
+    Error::explain(INTERCEPTED_STATUS, format!("backend answered {status}")).into_up()
+}
+
+/// The access log's record of a finished request.
+fn access_record<'a>(
+    request: &'a RequestHeader,
+    ctx: &'a RequestCtx,
+    status: u16,
+    total: Duration,
+) -> AccessRecord<'a> {
+    let route = ctx.route_and_pool();
+    AccessRecord {
+        time: crate::telemetry::now_rfc3339(),
+        request_id: &ctx.request_id,
+        route: route.map(|(r, _)| r.name.as_str()),
+        pool: route.map(|(_, p)| p.name.as_str()),
+        backend: ctx.tried.last().map(|addr| addr.to_string()),
+        method: request.method.as_str(),
+        path: request.uri.path(),
+        status,
+        attempts: ctx.tries(),
+        queue_wait: ctx.queue_wait.as_secs_f64(),
+        upstream_time: ctx.upstream_time.map(|t| t.as_secs_f64()),
+        total_time: total.as_secs_f64(),
+        bytes: ctx.bytes_sent,
+        outcome: ctx.ending(),
+    }
+}
+
+/// The one-line access record of the `access` log target (debugging aid).
+fn debug_access_line(request: &RequestHeader, ctx: &RequestCtx, status: u16) {
+    let tried: Vec<String> = ctx.tried.iter().map(ToString::to_string).collect();
+    log::info!(
+        target: "access",
+        "{} {} {} status={} tried={} outcome={}",
+        ctx.request_id,
+        request.method,
+        request.uri,
+        status,
+        if tried.is_empty() { "-".to_string() } else { tried.join(",") },
+        ctx.outcome.map_or("-", Outcome::reason),
+    );
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method};
 
-use crate::config::RetryConfig;
+use pingora::{Error, ErrorSource};
+
+use crate::config::{IdempotencyConfig, RetryConfig};
+use crate::outcome::{Outcome, BODY_TOO_LARGE, INTERCEPTED_STATUS, RETRYABLE_STATUS};
 
 /// The least time a retry needs to have a chance, when no per-try timeout is set.
 const MIN_TRY: Duration = Duration::from_millis(50);
@@ -63,10 +66,47 @@ impl Stop {
     pub fn as_str(self) -> &'static str {
         self.into()
     }
+
+    /// Whether the pool's backup pool may take the request instead: the pool
+    /// is out of tries for it (attempts or budget), not the request out of
+    /// time or safety.
+    pub fn tries_backup(self) -> bool {
+        matches!(self, Stop::Attempts | Stop::Budget)
+    }
 }
 
-/// Whether this request may be sent again after it reached a backend.
-pub fn replay_safe(method: &Method, headers: &HeaderMap, policy: &RetryConfig) -> bool {
+/// What decides whether a request may be sent again after it reached a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay<'a> {
+    /// The request's method.
+    pub method: &'a Method,
+    /// The request's headers (an idempotency key among them).
+    pub headers: &'a HeaderMap,
+    /// The route's retry policy.
+    pub policy: &'a RetryConfig,
+    /// The route's idempotency at the edge, when on.
+    pub idempotency: Option<&'a IdempotencyConfig>,
+    /// Whether the body outgrew pingora's retry buffer: it cannot be sent again.
+    pub body_truncated: bool,
+}
+
+/// Whether this request may be sent again after it reached a backend: the one
+/// place this is decided. A body larger than the retry buffer cannot be; an
+/// order only with an idempotency key the route trusts; and a keyed order on
+/// a route with idempotency at the edge only when its backends dedupe keys
+/// themselves (otherwise it follows the rule of unkeyed orders, whatever the
+/// retry section says).
+pub fn replay_safe(replay: &Replay<'_>) -> bool {
+    !replay.body_truncated
+        && retry_rules_allow(replay.method, replay.headers, replay.policy)
+        && replay
+            .idempotency
+            .is_none_or(|edge| edge.backend_dedupes || !edge.keys(replay.method))
+}
+
+/// The retry section's rule: a method that creates no orders, or an order
+/// with a non-blank idempotency key when `retry_with_idempotency_key` is on.
+fn retry_rules_allow(method: &Method, headers: &HeaderMap, policy: &RetryConfig) -> bool {
     let creates_orders = policy.unsafe_methods.contains(method) || !method.is_idempotent();
     if !creates_orders {
         return true;
@@ -116,6 +156,57 @@ pub fn decide(policy: &RetryConfig, attempt: &Attempt) -> Result<Duration, Stop>
         return Err(Stop::Deadline);
     }
     Ok(wait)
+}
+
+/// How long one attempt may take: the route's per-try timeout, at most the
+/// pool's request timeout and what is left of the route's deadline.
+pub fn attempt_timeout(
+    per_try: Option<Duration>,
+    request_timeout: Duration,
+    remaining: Duration,
+) -> Duration {
+    per_try
+        .unwrap_or(request_timeout)
+        .min(request_timeout)
+        .min(remaining)
+}
+
+/// A backend's `Retry-After`, in seconds (the HTTP-date form is not honoured).
+pub fn backend_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    seconds.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// What a failure while proxying (after the connection to a backend opened)
+/// means for the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// A retryable status, already decided in the response phase.
+    RetryDecided,
+    /// A backend's 5xx answered with the page instead: not retried.
+    Intercepted,
+    /// The client's side failed: nothing to hold against the backend.
+    Client(Outcome),
+    /// The attempt failed at the backend: the request may have reached it.
+    Backend(Outcome, Failure),
+}
+
+/// Classifies an error pingora reports while proxying.
+pub fn classify(error: &Error) -> ProxyError {
+    if error.etype() == &RETRYABLE_STATUS {
+        return ProxyError::RetryDecided;
+    }
+    if error.etype() == &INTERCEPTED_STATUS {
+        return ProxyError::Intercepted;
+    }
+    if error.etype() == &BODY_TOO_LARGE || error.esource() == &ErrorSource::Downstream {
+        return ProxyError::Client(Outcome::from_error(error));
+    }
+    match Outcome::from_error(error) {
+        Outcome::UpstreamTimeout => ProxyError::Backend(Outcome::UpstreamTimeout, Failure::Timeout),
+        Outcome::UpstreamError => ProxyError::Backend(Outcome::UpstreamError, Failure::Reset),
+        _ => ProxyError::Backend(Outcome::UpstreamReset, Failure::Reset),
+    }
 }
 
 /// Exponential backoff with full jitter: a random wait up to `backoff_base × 2^(n-1)`,
@@ -169,28 +260,63 @@ mod tests {
         let default = policy("");
         let none = HeaderMap::new();
         let keyed = headers(&[("idempotency-key", "k-1")]);
-        assert!(replay_safe(&Method::GET, &none, &default));
-        assert!(replay_safe(&Method::PUT, &none, &default));
-        assert!(!replay_safe(&Method::POST, &none, &default));
-        assert!(!replay_safe(&Method::PATCH, &none, &default));
-        assert!(!replay_safe(
+        assert!(retry_rules_allow(&Method::GET, &none, &default));
+        assert!(retry_rules_allow(&Method::PUT, &none, &default));
+        assert!(!retry_rules_allow(&Method::POST, &none, &default));
+        assert!(!retry_rules_allow(&Method::PATCH, &none, &default));
+        assert!(!retry_rules_allow(
             &Method::POST,
             &headers(&[("idempotency-key", " ")]),
             &default
         ));
-        assert!(replay_safe(&Method::POST, &keyed, &default));
+        assert!(retry_rules_allow(&Method::POST, &keyed, &default));
 
         let strict = policy("retry_with_idempotency_key = false\nunsafe_methods = [\"PUT\"]");
-        assert!(!replay_safe(&Method::POST, &keyed, &strict));
-        assert!(!replay_safe(&Method::PUT, &none, &strict));
+        assert!(!retry_rules_allow(&Method::POST, &keyed, &strict));
+        assert!(!retry_rules_allow(&Method::PUT, &none, &strict));
 
         let custom = policy("idempotency_key_header = \"x-order-key\"");
-        assert!(!replay_safe(&Method::POST, &keyed, &custom));
-        assert!(replay_safe(
+        assert!(!retry_rules_allow(&Method::POST, &keyed, &custom));
+        assert!(retry_rules_allow(
             &Method::POST,
             &headers(&[("x-order-key", "k")]),
             &custom
         ));
+    }
+
+    #[test]
+    fn a_keyed_order_on_an_edge_route_is_replayed_only_when_backends_dedupe() {
+        let edge = |dedupes: bool| {
+            let text = format!(
+                "[[pools]]\nname = \"p\"\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n[routes.idempotency]\nbackend_dedupes = {dedupes}\n"
+            );
+            let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e:?}"));
+            let route = config.routes[0].clone();
+            (route.retry, route.idempotency.expect("idempotency on"))
+        };
+        let keyed = headers(&[("idempotency-key", "k-1")]);
+        let replay = |method: &Method, policy: &RetryConfig, edge: Option<&IdempotencyConfig>| {
+            replay_safe(&Replay {
+                method,
+                headers: &keyed,
+                policy,
+                idempotency: edge,
+                body_truncated: false,
+            })
+        };
+        let (policy, trusting) = edge(true);
+        let (_, guarding) = edge(false);
+        assert!(replay(&Method::POST, &policy, None));
+        assert!(replay(&Method::POST, &policy, Some(&trusting)));
+        assert!(!replay(&Method::POST, &policy, Some(&guarding)));
+        assert!(replay(&Method::GET, &policy, Some(&guarding)));
+        assert!(!replay_safe(&Replay {
+            method: &Method::GET,
+            headers: &keyed,
+            policy: &policy,
+            idempotency: None,
+            body_truncated: true,
+        }));
     }
 
     #[test]
@@ -264,5 +390,47 @@ mod tests {
                 "retry {retry}: jitter reaches down"
             );
         }
+    }
+
+    #[test]
+    fn proxy_errors_are_classified_by_where_they_came_from() {
+        use pingora::ErrorType;
+        let up = |kind: ErrorType| Error::explain(kind, "test").into_up();
+        assert_eq!(
+            classify(&Error::explain(RETRYABLE_STATUS, "503")),
+            ProxyError::RetryDecided
+        );
+        assert_eq!(
+            classify(&Error::explain(INTERCEPTED_STATUS, "500")),
+            ProxyError::Intercepted
+        );
+        assert_eq!(
+            classify(&Error::explain(ErrorType::ConnectionClosed, "gone").into_down()),
+            ProxyError::Client(Outcome::ClientGone)
+        );
+        assert_eq!(
+            classify(&up(ErrorType::ReadTimedout)),
+            ProxyError::Backend(Outcome::UpstreamTimeout, Failure::Timeout)
+        );
+        assert_eq!(
+            classify(&up(ErrorType::ConnectionClosed)),
+            ProxyError::Backend(Outcome::UpstreamReset, Failure::Reset)
+        );
+        assert_eq!(
+            classify(&up(ErrorType::InvalidHTTPHeader)),
+            ProxyError::Backend(Outcome::UpstreamError, Failure::Reset)
+        );
+    }
+
+    #[test]
+    fn an_attempt_gets_the_tightest_of_its_timeouts() {
+        let s = Duration::from_secs;
+        assert_eq!(attempt_timeout(None, s(10), s(30)), s(10));
+        assert_eq!(attempt_timeout(Some(s(2)), s(10), s(30)), s(2));
+        assert_eq!(attempt_timeout(Some(s(20)), s(10), s(30)), s(10));
+        assert_eq!(attempt_timeout(Some(s(2)), s(10), s(1)), s(1));
+        let mut answer = HeaderMap::new();
+        answer.insert(http::header::RETRY_AFTER, "3".parse().expect("value"));
+        assert_eq!(backend_retry_after(&answer), Some(s(3)));
     }
 }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use moka::sync::Cache;
+use pingora::http::RequestHeader;
 
 pub use crate::config::StaleConfig;
 use crate::kept::{stored_headers, BodyRecorder, StoredAnswer};
@@ -156,6 +157,68 @@ fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
         .flat_map(|v| v.split(','))
         .map(|name| name.trim().to_ascii_lowercase())
         .filter(|name| !name.is_empty())
+}
+
+/// When a kept copy may stand in for the backends' answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// The pool has no free slot: a copy now rather than a wait in the queue
+    /// (`on_overload`).
+    Overload,
+    /// The backends failed or were unreachable (`on_error`).
+    Error,
+}
+
+/// The route's kept copy of this read, when the route keeps copies for
+/// `need` and one matches the request.
+pub fn stand_in(
+    config: &StaleConfig,
+    cache: &StaleCache,
+    request: &RequestHeader,
+    need: Need,
+) -> Option<Arc<Copy>> {
+    let wanted = match need {
+        Need::Overload => config.on_overload,
+        Need::Error => config.on_error,
+    };
+    if !wanted {
+        return None;
+    }
+    cache.find(&key_of(config, request)?, &request.headers)
+}
+
+/// The key of a read from its request head ([`key_for`]).
+pub fn key_of(config: &StaleConfig, request: &RequestHeader) -> Option<Key> {
+    let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+    let host = crate::forward::request_host(request).unwrap_or_default();
+    key_for(config, &request.method, host, target, &request.headers)
+}
+
+/// Starts recording a backend's answer to `request` as the route's stale copy,
+/// when the read may be kept and the answer is storable.
+pub fn record(
+    config: &StaleConfig,
+    request: &RequestHeader,
+    status: u16,
+    answer: &HeaderMap,
+) -> Option<Box<Recording>> {
+    if !storable(config, status, answer) {
+        return None;
+    }
+    let key = key_of(config, request)?;
+    Some(Box::new(Recording::new(
+        key,
+        status,
+        answer,
+        &request.headers,
+        copy_limit(config),
+    )))
+}
+
+/// The largest body kept as one copy: a sixteenth of the route's budget, so
+/// that one large answer cannot push out every other copy.
+fn copy_limit(config: &StaleConfig) -> usize {
+    usize::try_from(config.max_bytes / 16).unwrap_or(usize::MAX)
 }
 
 /// A backend's answer to a read, being collected to keep.

@@ -65,6 +65,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use crate::config::{AdmissionConfig, LimitConfig, Priority};
+use crate::outcome::Outcome;
 use queue::{Grant, State};
 
 /// Why a request was not admitted.
@@ -94,6 +95,22 @@ impl Reject {
             Reject::QueueFull { retry_after } | Reject::QueueTimeout { retry_after } => retry_after,
             Reject::Shed { expected_wait } => queue::retry_after(expected_wait),
         }
+    }
+
+    /// The page the shopper gets for it.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Reject::QueueFull { .. } => Outcome::QueueFull,
+            Reject::QueueTimeout { .. } => Outcome::QueueTimeout,
+            Reject::Shed { .. } => Outcome::Shed,
+        }
+    }
+
+    /// Whether the request goes to the pool's backup pool instead of a page:
+    /// only a full queue (a request that waited its time or was shed by the
+    /// estimate has no time left for another pool's queue).
+    pub fn falls_back(&self, has_backup: bool) -> bool {
+        has_backup && matches!(self, Reject::QueueFull { .. })
     }
 
     /// A short name for logs and metrics: `queue_full`, `queue_timeout` or `shed`.
@@ -138,6 +155,13 @@ pub struct AdmissionStatus {
     pub queue_timeout: Duration,
     /// Requests turned away (shed, queue full, queue timeout) since start.
     pub rejected: u64,
+}
+
+impl AdmissionStatus {
+    /// Whether every slot is taken: a newcomer would wait in the queue.
+    pub fn is_full(&self) -> bool {
+        self.in_use >= self.limit
+    }
 }
 
 /// Admission state of one pool. Lives outside config snapshots (a reload calls

@@ -570,3 +570,20 @@ async fn many_tasks_with_cancellations_never_exceed_the_limit_nor_leak() {
     let status = admission.snapshot();
     assert_eq!((status.in_use, status.waiting), (0, [0; 4]));
 }
+
+#[test]
+fn a_rejection_names_its_page_and_only_a_full_queue_falls_back() {
+    let wait = Duration::from_secs(2);
+    let full = Reject::QueueFull { retry_after: wait };
+    let timeout = Reject::QueueTimeout { retry_after: wait };
+    let shed = Reject::Shed {
+        expected_wait: wait,
+    };
+    assert_eq!(full.outcome(), Outcome::QueueFull);
+    assert_eq!(timeout.outcome(), Outcome::QueueTimeout);
+    assert_eq!(shed.outcome(), Outcome::Shed);
+    assert!(full.falls_back(true));
+    assert!(!full.falls_back(false));
+    assert!(!timeout.falls_back(true));
+    assert!(!shed.falls_back(true));
+}

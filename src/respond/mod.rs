@@ -31,7 +31,27 @@ use crate::pages::{negotiate, template};
 /// connection after a failure in its proxy loop). Otherwise the answer says
 /// `Connection: close` and the connection closes after it.
 pub fn keeps_connection(outcome: Outcome, body_read: bool, forced_close: bool) -> bool {
-    body_read && !forced_close && !outcome.closes_connection()
+    stays_open(outcome.closes_connection(), body_read, forced_close)
+}
+
+/// [`keeps_connection`] for any answer of ordergate's own: a page
+/// (`answer_closes` from its outcome) or a kept answer (never closes by itself).
+fn stays_open(answer_closes: bool, body_read: bool, forced_close: bool) -> bool {
+    body_read && !forced_close && !answer_closes
+}
+
+/// Whether the connection closes after ordergate's answer whatever the
+/// request was: the process is shutting down (its listeners are closing), or
+/// pingora's proxy loop started (`upstream_peer` ran) — pingora 0.9 drops the
+/// shopper's connection after any failure in that loop, whatever
+/// `fail_to_proxy` says, so the answer must say `Connection: close`.
+pub fn forced_close(shutting_down: bool, proxying: bool) -> bool {
+    shutting_down || proxying
+}
+
+/// Whole seconds for a Retry-After header: rounded up, at least 1, at most an hour.
+pub fn retry_after_seconds(wait: std::time::Duration) -> u32 {
+    (wait.as_millis().div_ceil(1000)).clamp(1, 3600) as u32
 }
 
 /// A request body up to this size that is still unread is read (and dropped)
@@ -273,7 +293,8 @@ pub async fn send(
     forced_close: bool,
 ) -> Result<Sent> {
     let (header, body) = render(pages, outcome, &session.req_header().headers, context)?;
-    send_rendered(session, outcome, header, body, forced_close).await
+    let closes = outcome.closes_connection();
+    send_rendered(session, closes, header, body, forced_close).await
 }
 
 /// Writes the waiting room's page ([`render_room`]); the connection follows
@@ -285,21 +306,25 @@ pub async fn send_room(
     forced_close: bool,
 ) -> Result<Sent> {
     let (header, body) = render_room(pages, &session.req_header().headers, room)?;
-    send_rendered(session, Outcome::WaitingRoom, header, body, forced_close).await
+    let closes = Outcome::WaitingRoom.closes_connection();
+    send_rendered(session, closes, header, body, forced_close).await
 }
 
+/// Writes an answer of ordergate's own, deciding the connection's fate: a
+/// small unread request body is read first so the connection can carry the
+/// next request; when it cannot, the answer says `Connection: close`.
 async fn send_rendered(
     session: &mut Session,
-    outcome: Outcome,
+    answer_closes: bool,
     header: ResponseHeader,
     body: Bytes,
     forced_close: bool,
 ) -> Result<Sent> {
     let mut body_read = session.as_mut().is_body_done();
-    if !body_read && !forced_close && !outcome.closes_connection() && small_body(session) {
+    if !body_read && !forced_close && !answer_closes && small_body(session) {
         body_read = drain(session).await;
     }
-    let keep = keeps_connection(outcome, body_read, forced_close);
+    let keep = stays_open(answer_closes, body_read, forced_close);
     if !keep {
         session.set_keepalive(None);
     }
@@ -330,6 +355,16 @@ pub enum Kept {
         /// Seconds since the copy was kept.
         age: u64,
     },
+}
+
+impl Kept {
+    /// Which kind of kept answer this is.
+    pub fn kind(&self) -> KeptKind {
+        match self {
+            Kept::Replay => KeptKind::Replay,
+            Kept::Stale { .. } => KeptKind::Stale,
+        }
+    }
 }
 
 /// Sends a kept answer byte for byte (status, headers, body), marked as
@@ -365,30 +400,12 @@ pub async fn send_kept(
     if let Ok(id) = http::HeaderValue::from_str(request_id) {
         header.insert_header("x-request-id", id)?;
     }
-    let body_read = session.as_mut().is_body_done();
-    if !body_read || forced_close {
-        session.set_keepalive(None);
-    }
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session
-        .write_response_body(Some(answer.body.clone()), true)
-        .await?;
-    let keep_alive = session.as_ref().is_http2() || session.get_keepalive().is_some();
-    Ok(Sent {
-        bytes: answer.body.len(),
-        keep_alive,
-    })
+    send_rendered(session, false, header, answer.body.clone(), forced_close).await
 }
 
 /// Whether the request declares a body small enough to read before a page.
 fn small_body(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+    crate::connection::declared_length(&session.req_header().headers)
         .is_some_and(|len| len <= DRAIN_BEFORE_PAGE)
 }
 

@@ -234,6 +234,11 @@ impl Pool {
         &self.retry_budget
     }
 
+    /// Takes one retry from the pool's budget; false when it is spent.
+    pub fn spend_retry(&self, now: Instant) -> bool {
+        self.state.retry_budget.try_retry(now, &self.retry_budget)
+    }
+
     /// The hash of the request's affinity key (header, cookie or client IP), for
     /// consistent-hash pools; `None` for other pools or when the request lacks the key,
     /// which then go to any backend.
