@@ -7,7 +7,8 @@
 //!
 //! This table must list every field of `file.rs` (a test deserializes a file
 //! that sets each key listed here, and `deny_unknown_fields` there catches a
-//! key listed here but unknown to serde).
+//! key listed here but unknown to serde), and `docs/configuration.md` must
+//! document each key listed here, and no other (the `reference` tests below).
 
 use toml::{Table, Value};
 
@@ -591,5 +592,200 @@ mod tests {
             schema_keys.sort_unstable();
             assert_eq!(schema_keys, serde_keys, "keys of {path:?}");
         }
+    }
+}
+
+/// The configuration reference, `docs/configuration.md`, against this table.
+///
+/// The reference writes each table in a heading, as a code span in TOML's own
+/// form: `` ## `[server]` ``, `` ### `[[pools.backends]]` ``. It writes each key
+/// once, as its full dotted path in a code span filling the first cell of a
+/// table row, under the heading of its table: `` | `pools.health.interval` | ``.
+/// Lists of tables lose their brackets in key paths
+/// (`routes.idempotency.scope`, `server.tls.cert`). Any table row whose first
+/// cell is one code span of lower-case letters, digits, `_` and `.` is read as
+/// a key, so other tables in the reference start with plain words.
+#[cfg(test)]
+mod reference {
+    use std::collections::BTreeSet;
+
+    use super::{Field, Kind, ROOT};
+
+    const REFERENCE: &str = include_str!("../../docs/configuration.md");
+    const AT: &str = "docs/configuration.md";
+
+    /// Every key and every table of the schema, as the reference writes them.
+    fn walk(fields: &[Field], parent: &str, keys: &mut Vec<String>, tables: &mut Vec<String>) {
+        for field in fields {
+            let path = super::join(parent, field.name);
+            match field.kind {
+                Kind::Table(_, inner) => {
+                    tables.push(format!("[{path}]"));
+                    walk(inner, &path, keys, tables);
+                }
+                Kind::Tables(_, inner) => {
+                    tables.push(format!("[[{path}]]"));
+                    walk(inner, &path, keys, tables);
+                }
+                _ => keys.push(path),
+            }
+        }
+    }
+
+    /// The text of `cell` when it is exactly one code span.
+    fn code_span(cell: &str) -> Option<&str> {
+        let inner = cell.trim().strip_prefix('`')?.strip_suffix('`')?;
+        (!inner.is_empty() && !inner.contains('`')).then_some(inner)
+    }
+
+    /// What the reference documents: keys with the table heading they stand
+    /// under (line numbers for the messages), and table headings.
+    struct Documented {
+        keys: Vec<(usize, String, Option<String>)>,
+        tables: Vec<(usize, String)>,
+    }
+
+    fn read(text: &str) -> Documented {
+        let mut found = Documented {
+            keys: Vec::new(),
+            tables: Vec::new(),
+        };
+        let mut current: Option<String> = None;
+        let mut in_code_block = false;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.starts_with("```") {
+                in_code_block = !in_code_block;
+                continue;
+            }
+            if in_code_block {
+                continue;
+            }
+            if line.starts_with('#') {
+                let heading = line.trim_start_matches('#');
+                current = code_span(heading)
+                    .filter(|span| span.starts_with('['))
+                    .map(str::to_string);
+                if let Some(table) = &current {
+                    found.tables.push((i + 1, table.clone()));
+                }
+                continue;
+            }
+            let Some(first) = line
+                .strip_prefix('|')
+                .and_then(|rest| rest.split('|').next())
+            else {
+                continue;
+            };
+            let Some(key) = code_span(first) else {
+                continue;
+            };
+            let key_like = key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+            if key_like {
+                let table = current
+                    .as_deref()
+                    .map(|t| t.trim_matches(['[', ']']).to_string());
+                found.keys.push((i + 1, key.to_string(), table));
+            }
+        }
+        found
+    }
+
+    /// What is wrong with `text` as the reference of `fields`; empty when
+    /// nothing is.
+    fn problems(fields: &[Field], text: &str) -> Vec<String> {
+        let (mut keys, mut tables) = (Vec::new(), Vec::new());
+        walk(fields, "", &mut keys, &mut tables);
+        let documented = read(text);
+        let mut problems = Vec::new();
+
+        let known: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        for (line, key, table) in &documented.keys {
+            if !known.contains(key.as_str()) {
+                problems.push(format!(
+                    "{AT}:{line}: `{key}` is not a key of the schema (src/config/schema.rs); fix its path or remove the row"
+                ));
+                continue;
+            }
+            if !seen.insert(key) {
+                problems.push(format!(
+                    "{AT}:{line}: `{key}` is documented twice; keep one row"
+                ));
+            }
+            let parent = key.rsplit_once('.').map_or("", |(parent, _)| parent);
+            if table.as_deref() != Some(parent) {
+                problems.push(format!(
+                    "{AT}:{line}: `{key}` stands under {}; move it under the heading of `{parent}`",
+                    table
+                        .as_deref()
+                        .map_or("no table heading".to_string(), |t| format!(
+                            "the heading of `{t}`"
+                        ))
+                ));
+            }
+        }
+        for key in &keys {
+            if !seen.contains(key.as_str()) {
+                problems.push(format!(
+                    "{AT}: `{key}` is missing; add a row `| `{key}` | default | meaning |` under its table"
+                ));
+            }
+        }
+
+        let known: BTreeSet<&str> = tables.iter().map(String::as_str).collect();
+        let headed: BTreeSet<&str> = documented.tables.iter().map(|(_, t)| t.as_str()).collect();
+        for (line, table) in &documented.tables {
+            if !known.contains(table.as_str()) {
+                problems.push(format!(
+                    "{AT}:{line}: heading `{table}` is not a table of the schema (a list of tables is written [[name]], a table [name])"
+                ));
+            }
+        }
+        for table in &tables {
+            if !headed.contains(table.as_str()) {
+                problems.push(format!("{AT}: no heading for `{table}`"));
+            }
+        }
+        problems
+    }
+
+    #[test]
+    fn the_reference_documents_exactly_the_keys_of_the_schema() {
+        let problems = problems(ROOT, REFERENCE);
+        assert!(
+            problems.is_empty(),
+            "the configuration reference and the schema disagree ({} problems):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+
+    #[test]
+    fn a_missing_unknown_or_misplaced_key_is_reported() {
+        const INNER: &[Field] = &[super::f("b", Kind::Int), super::f("c", Kind::Str)];
+        const FIELDS: &[Field] = &[
+            super::f("t", Kind::Table("t", INNER)),
+            super::f("l", Kind::Tables("l", INNER)),
+        ];
+        let good = "# Ref\n\n## `[t]`\n\n| key | default | meaning |\n|---|---|---|\n| `t.b` | 1 | b |\n| `t.c` | none | c |\n\n## `[[l]]`\n\n| `l.b` | 1 | b |\n| `l.c` | none | c |\n\n```toml\n| `t.zzz` | in a code block |\n```\n\n## Notes\n\n| word | `plain` text |\n|---|---|\n| `\"5s\"` | a value, not a key |\n";
+        assert_eq!(problems(FIELDS, good), Vec::<String>::new());
+
+        let bad = "## `[t]`\n\n| `t.b` | 1 | b |\n| `t.zzz` | 1 | no such key |\n| `l.c` | none | under [t] |\n\n## `[l]`\n\n| `t.b` | 1 | again |\n";
+        assert_eq!(
+            problems(FIELDS, bad),
+            [
+                "docs/configuration.md:4: `t.zzz` is not a key of the schema (src/config/schema.rs); fix its path or remove the row",
+                "docs/configuration.md:5: `l.c` stands under the heading of `t`; move it under the heading of `l`",
+                "docs/configuration.md:9: `t.b` is documented twice; keep one row",
+                "docs/configuration.md:9: `t.b` stands under the heading of `l`; move it under the heading of `t`",
+                "docs/configuration.md: `t.c` is missing; add a row `| `t.c` | default | meaning |` under its table",
+                "docs/configuration.md: `l.b` is missing; add a row `| `l.b` | default | meaning |` under its table",
+                "docs/configuration.md:7: heading `[l]` is not a table of the schema (a list of tables is written [[name]], a table [name])",
+                "docs/configuration.md: no heading for `[[l]]`",
+            ]
+        );
     }
 }
