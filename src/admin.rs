@@ -68,7 +68,7 @@ const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 pub struct Admin {
     state: Arc<State>,
     config: AdminConfig,
-    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    listener: parking_lot::Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Admin {
@@ -89,7 +89,7 @@ impl Admin {
         Ok(Admin {
             state,
             config,
-            listener: std::sync::Mutex::new(Some(listener)),
+            listener: parking_lot::Mutex::new(Some(listener)),
         })
     }
 }
@@ -109,7 +109,7 @@ impl BackgroundService for Admin {
     // The admin API keeps answering during a graceful shutdown (readiness then
     // says 503), until the process exits.
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+        let Some(listener) = self.listener.lock().take() else {
             return;
         };
         let listener = match TcpListener::from_std(listener) {

@@ -7,10 +7,10 @@
 //! live from the admin API; a live window wins over the config's for the same
 //! scope, survives reloads, and ends at its `until` or when deleted.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
@@ -89,18 +89,21 @@ pub struct LiveWindows {
 impl LiveWindows {
     /// Opens (or replaces) the window of a route, or of everything.
     pub fn open(&self, route: Option<String>, window: Window) {
-        self.lock().insert(route, window);
+        self.windows.lock().insert(route, window);
         self.any.store(true, Ordering::Release);
     }
 
     /// Ends the window of a route, or of everything; whether there was one.
     pub fn close(&self, route: Option<&str>) -> bool {
-        self.lock().remove(&route.map(str::to_owned)).is_some()
+        self.windows
+            .lock()
+            .remove(&route.map(str::to_owned))
+            .is_some()
     }
 
     /// The open windows, ended ones dropped.
     pub fn list(&self, now: SystemTime) -> Vec<(Option<String>, Window)> {
-        let mut windows = self.lock();
+        let mut windows = self.windows.lock();
         windows.retain(|_, window| window.is_open(now));
         let mut list: Vec<_> = windows
             .iter()
@@ -114,13 +117,7 @@ impl LiveWindows {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
-        self.lock().get(&route.map(str::to_owned)).cloned()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Option<String>, Window>> {
-        self.windows
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.windows.lock().get(&route.map(str::to_owned)).cloned()
     }
 }
 

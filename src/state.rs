@@ -5,10 +5,11 @@
 //! Reload: read → validate → build a snapshot → swap. An invalid config never
 //! replaces a good one; what cannot change live (listeners, threads) is reported.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use strum::IntoEnumIterator;
@@ -172,7 +173,8 @@ impl State {
         let current = self.current.load_full();
         // One count is the ArcSwap's, one is `current`'s.
         let mut holders = Arc::strong_count(&current).saturating_sub(2);
-        if let Ok(mut retired) = self.retired.lock() {
+        {
+            let mut retired = self.retired.lock();
             retired.retain(|old| old.strong_count() > 0);
             holders += retired.iter().map(Weak::strong_count).sum::<usize>();
         }
@@ -227,7 +229,8 @@ impl State {
             generation,
         );
         let old = self.current.swap(Arc::new(snapshot));
-        if let Ok(mut retired) = self.retired.lock() {
+        {
+            let mut retired = self.retired.lock();
             retired.retain(|old| old.strong_count() > 0);
             retired.push(Arc::downgrade(&old));
         }
@@ -238,11 +241,12 @@ impl State {
     /// the admin API (a weight override). The config generation stays: the
     /// file did not change. Returns the number of admin changes so far.
     pub fn rebuild(&self) -> u64 {
-        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _serial = self.reload_lock.lock();
         let config = Config::clone(&self.config());
         self.swap(config, self.generation.load(Ordering::Relaxed));
         let changes = self.admin_changes.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Ok(mut status) = self.reload_status.lock() {
+        {
+            let mut status = self.reload_status.lock();
             status.admin_changes = changes;
         }
         changes
@@ -251,7 +255,7 @@ impl State {
     /// Re-reads the config file and applies it if valid. Returns the new
     /// generation, or every problem found (the old config keeps serving).
     pub fn reload(&self, trigger: &str) -> Result<u64, Vec<String>> {
-        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _serial = self.reload_lock.lock();
         let result = match &self.source {
             None => Err(vec![
                 "this config is built in; there is no file to reload".to_string()
@@ -288,7 +292,8 @@ impl State {
         }
         let mut notes = warnings;
         notes.extend(applied);
-        if let Ok(mut status) = self.reload_status.lock() {
+        {
+            let mut status = self.reload_status.lock();
             status.generation = generation;
             status.last_attempt = Some(crate::telemetry::now_rfc3339());
             status.last_trigger = Some(trigger.to_string());
@@ -342,10 +347,7 @@ impl State {
 
     /// The result of the last reload.
     pub fn reload_status(&self) -> ReloadStatus {
-        self.reload_status
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        self.reload_status.lock().clone()
     }
 
     /// Marks the process as shutting down: readiness turns false.

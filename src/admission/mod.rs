@@ -56,9 +56,10 @@ mod queue;
 #[cfg(test)]
 mod tests;
 
+use parking_lot::Mutex;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -189,15 +190,11 @@ impl Admission {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Apply a new config (reload): keeps waiters (with the deadlines they
     /// already have), permits and the learned adaptive limit (within the new
     /// bounds). A lower `max_waiting` rejects no one already waiting.
     pub fn set_config(&self, config: AdmissionConfig) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let now = Instant::now();
         state.set_config(config, now);
     }
@@ -206,7 +203,7 @@ impl Admission {
     /// that can take traffic) whenever it may have changed — cheap to call on
     /// every request. Used when limit is Capacity, and as an upper bound otherwise.
     pub fn set_capacity(&self, capacity: usize) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if state.set_capacity(capacity) {
             let now = Instant::now();
             state.dispatch(now);
@@ -240,7 +237,7 @@ impl Admission {
     ) -> Result<Permit, Reject> {
         let class = priority.index();
         let (id, rx, until) = {
-            let mut state = self.lock();
+            let mut state = self.state.lock();
             let now = Instant::now();
             if state.queue_empty(class) && state.may_take(class) {
                 state.grant(class, now);
@@ -291,7 +288,7 @@ impl Admission {
             // Timed out (or the sender vanished, which cannot happen): leave the
             // queue, unless a grant or a rejection came in the meantime.
             Ok(Err(_)) | Err(_) => {
-                let mut state = self.lock();
+                let mut state = self.state.lock();
                 let now = Instant::now();
                 if state.remove(class, id, now) {
                     Err(Reject::QueueTimeout {
@@ -313,7 +310,7 @@ impl Admission {
 
     /// Currently in use / waiting (per class), current limit — for metrics and the admin status.
     pub fn snapshot(&self) -> AdmissionStatus {
-        let state = self.lock();
+        let state = self.state.lock();
         let now = Instant::now();
         AdmissionStatus {
             in_use: state.in_use_total(),
@@ -340,7 +337,7 @@ impl Drop for WaitGuard<'_> {
         if !self.armed {
             return;
         }
-        let mut state = self.admission.lock();
+        let mut state = self.admission.state.lock();
         let now = Instant::now();
         if state.remove(self.class, self.id, now) {
             return;
@@ -415,7 +412,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut state = self.admission.lock();
+        let mut state = self.admission.state.lock();
         let now = Instant::now();
         state.release(self.priority.index(), now, self.granted_at, true);
         if let Some((latency, failed)) = self.outcome {

@@ -1,11 +1,9 @@
 //! How a request handler asks its connection task to break the connection
 //! (the service decides, the connection carries it out: see `conn`).
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use tokio::sync::oneshot;
-
-use super::fleet::lock;
 
 /// How a request handler wants its connection to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +31,7 @@ impl ConnControl {
     /// Asks the connection task to end the connection; the caller must then
     /// never answer. Only the first call has an effect.
     pub(crate) fn abort(&self, how: Abort) {
-        if let Some(sender) = lock(&self.sender).take() {
+        if let Some(sender) = self.sender.lock().take() {
             // The task is gone only if the connection already ended.
             let _ = sender.send(how);
         }

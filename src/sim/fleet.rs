@@ -1,22 +1,17 @@
 //! State shared by every listener of one simulated fleet: the order book,
 //! counters, and each listener's mode and capacity limit.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use super::mode::{Mode, ModePatch};
 use super::orders::OrderBook;
-
-/// Locks a mutex, carrying on with the data if a panicking thread poisoned it
-/// (every critical section here leaves the data consistent).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Everything the listeners of one process share.
 #[derive(Debug)]
@@ -53,7 +48,7 @@ impl Fleet {
 
     /// The shared order book, locked.
     pub(crate) fn book(&self) -> MutexGuard<'_, OrderBook> {
-        lock(&self.book)
+        self.book.lock()
     }
 
     /// Counts a request as in flight until the returned guard is dropped.
@@ -155,12 +150,12 @@ impl Listener {
 
     /// The current mode.
     pub(crate) fn mode(&self) -> Mode {
-        lock(&self.state).mode
+        self.state.lock().mode
     }
 
     /// The current mode and the semaphore a new request must get a permit from.
     pub(crate) fn mode_and_limit(&self) -> (Mode, Option<Arc<Semaphore>>) {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         (state.mode, state.limit.clone())
     }
 
@@ -181,7 +176,7 @@ impl Listener {
     /// Changes the mode with `change` and returns the new mode; a new capacity
     /// takes effect for requests that arrive from now on.
     fn update(&self, change: impl FnOnce(&mut Mode)) -> Mode {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let before = state.mode.capacity;
         change(&mut state.mode);
         if state.mode.capacity != before {
@@ -191,7 +186,7 @@ impl Listener {
     }
 
     fn set_mode(&self, mode: Mode) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state.mode = mode;
         state.limit = semaphore(mode.capacity);
     }

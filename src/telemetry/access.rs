@@ -3,10 +3,11 @@
 //! request ([`AccessLogReopen`], on SIGUSR1), so logrotate can move it away and
 //! ordergate goes on writing to a new file.
 
+use parking_lot::Mutex;
 use std::fs::OpenOptions;
 use std::io::{LineWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -111,7 +112,8 @@ impl AccessLogger {
             return;
         };
         line.push(b'\n');
-        if let Ok(mut sink) = sink.lock() {
+        {
+            let mut sink = sink.lock();
             if let Err(e) = sink.writer.write_all(&line) {
                 log::warn!("access log write failed: {e}");
             }
@@ -140,16 +142,11 @@ impl AccessLogReopen {
         let Some(sink) = &self.sink else {
             return Ok(None);
         };
-        let path = match sink.lock() {
-            Ok(sink) => sink.path.clone(),
-            Err(_) => return Err("the access log is unusable".to_string()),
-        };
+        let path = sink.lock().path.clone();
         let Some(path) = path else { return Ok(None) };
         // Open before taking the lock: requests keep logging meanwhile.
         let writer = open_file(&path)?;
-        let mut sink = sink
-            .lock()
-            .map_err(|_| "the access log is unusable".to_string())?;
+        let mut sink = sink.lock();
         if let Err(e) = sink.writer.flush() {
             log::warn!("access log: flushing the old file failed: {e}");
         }
@@ -160,33 +157,8 @@ impl AccessLogReopen {
 
 /// The current UTC time as RFC 3339 with milliseconds, e.g. `2026-11-26T02:10:00.123Z`.
 pub(crate) fn now_rfc3339() -> String {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]
@@ -238,10 +210,10 @@ mod tests {
     }
 
     #[test]
-    fn converts_days_to_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(now_rfc3339().len(), 24);
+    fn times_are_rfc3339_in_utc_with_milliseconds() {
+        let now = now_rfc3339();
+        assert_eq!(now.len(), 24, "{now}");
+        assert!(now.ends_with('Z'), "{now}");
+        assert!(chrono::DateTime::parse_from_rfc3339(&now).is_ok(), "{now}");
     }
 }

@@ -2,7 +2,7 @@
 //! requests over the last `WINDOW_SECS` (10) seconds, plus a small allowance per
 //! second, so retries cannot multiply load during an outage.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use tokio::time::Instant;
 
@@ -37,7 +37,7 @@ impl Default for RetryBudget {
 impl RetryBudget {
     fn with_slot<T>(&self, now: Instant, f: impl FnOnce(&mut [Slot], usize, u64) -> T) -> T {
         let second = now.saturating_duration_since(self.started).as_secs();
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.slots.lock();
         let index = (second % WINDOW_SECS) as usize;
         if slots[index].second != second {
             slots[index] = Slot {

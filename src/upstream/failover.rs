@@ -6,7 +6,7 @@
 //! The state is live (it outlives snapshots) and kept per primary pool; a
 //! switch is logged once, with its reason.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -42,10 +42,7 @@ impl Failover {
         now: Instant,
         failback_after: Duration,
     ) -> (bool, Option<Switch>) {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.state.lock();
         match (state.on_backup, primary_can_serve) {
             (false, true) => (false, None),
             (false, false) => {
@@ -74,10 +71,7 @@ impl Failover {
     /// Moves traffic to the backup at once (the primary failed every
     /// connection of a request), unless it is there already.
     pub fn fail_over(&self) -> Option<Switch> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.state.lock();
         if state.on_backup {
             state.primary_ok_since = None;
             return None;
@@ -91,10 +85,7 @@ impl Failover {
 
     /// Whether traffic goes to the backup now (for status and metrics).
     pub fn on_backup(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .on_backup
+        self.state.lock().on_backup
     }
 }
 

@@ -9,7 +9,8 @@
 //! when the instance holding it dies, the lease runs out and the record turns
 //! into "outcome unknown", never into "new".
 
-use std::sync::{Arc, LazyLock, Mutex};
+use parking_lot::Mutex;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -144,7 +145,7 @@ impl RedisIdempotency {
             .await
             .is_none()
         {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = self.pending.lock();
             if pending.len() < MAX_PENDING {
                 pending.push((record, what, answer));
             }
@@ -156,7 +157,7 @@ impl RedisIdempotency {
         if !self.redis.is_up() {
             return;
         }
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let batch = std::mem::take(&mut *self.pending.lock());
         if batch.is_empty() {
             return;
         }
@@ -166,7 +167,7 @@ impl RedisIdempotency {
             let mut batch = batch.into_iter();
             while let Some((record, what, answer)) = batch.next() {
                 if send_settle(&redis, &record, what, &answer).await.is_none() {
-                    let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut pending = pending.lock();
                     pending.push((record, what, answer));
                     pending.extend(batch);
                     pending.truncate(MAX_PENDING);
