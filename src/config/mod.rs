@@ -678,7 +678,7 @@ impl Config {
         if let StoreConfig::Redis(redis) = &self.store {
             let _ = writeln!(
                 out,
-                "store: redis {} (key prefix {:?}, timeout {:?}, {} connections{}); idempotency records and rate limits shared, waiting-room lines per instance",
+                "store: redis {} (key prefix {:?}, timeout {:?}, {} connections{}); idempotency records, rate limits and waiting-room lines shared",
                 redis.url,
                 redis.key_prefix,
                 redis.timeout,
