@@ -32,8 +32,14 @@
 //! logging                  telemetry  metrics, access log; the slot and the in-flight count end
 //! ```
 //!
-//! Beside them: `upstream::checker` (active probes), `reload` (SIGHUP and file
-//! changes), `admin` (status, metrics, reload, drain).
+//! Beside them: `upstream::checker` (active probes, on the pools its caller
+//! gives), `reload` (SIGHUP and file changes), `admin` (status, metrics,
+//! reload, drain, maintenance windows, waiting rooms).
+//!
+//! Leaves every module may import: `config` (the validated config types),
+//! `outcome` (the closed set of ways a request ends without a backend's
+//! answer), `kept` (answers kept to be sent again: replays and stale copies)
+//! and `pages` (the page catalog `respond` renders).
 //!
 //! Config flows `file.toml -> config::FileConfig -> validate -> config::Config ->
 //! state::Snapshot`; live backend state sits in `upstream::Registry`, records
