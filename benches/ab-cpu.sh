@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Does a change cost CPU per request? Two ordergate binaries, A and B, in one
+# run: each serves wrk's keep-alive load against one nginx backend, in turns
+# (A, B, A, B, ...), pinned to CPU 0 with one worker; wrk and nginx share CPU 1.
+# The proxy's CPU time (utime + stime from /proc) over the requests wrk made is
+# the figure; the median of the rounds is printed per binary, with the ratio.
+# Interleaving keeps the machine's drift out of the comparison.
+#
+#   benches/ab-cpu.sh OLD_BINARY NEW_BINARY [ROUNDS] [SECONDS]
+#
+# Needs wrk, nginx and taskset (apt-get install wrk nginx util-linux).
+# Sends traffic only to 127.0.0.1 and stops by itself.
+set -euo pipefail
+a=${1:?usage: ab-cpu.sh OLD_BINARY NEW_BINARY [ROUNDS] [SECONDS]}
+b=${2:?usage: ab-cpu.sh OLD_BINARY NEW_BINARY [ROUNDS] [SECONDS]}
+rounds=${3:-6}
+seconds=${4:-5}
+for tool in wrk nginx taskset; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
+    echo "ab-cpu: $tool is missing (apt-get install wrk nginx util-linux)" >&2
+    exit 1
+  }
+done
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+backend=$(free_port)
+cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+error_log $dir/nginx-error.log;
+pid $dir/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $dir;
+  server {
+    listen 127.0.0.1:$backend;
+    location / { return 200 '{"ok":true}'; }
+  }
+}
+EOF
+taskset -c 1 "$nginx_bin" -c "$dir/nginx.conf" -p "$dir" &
+pids+=($!)
+
+start_proxy() { # binary name -> pid on stdout, port in $dir/name.port
+  local bin=$1 name=$2 port
+  port=$(free_port)
+  cat >"$dir/$name.toml" <<EOF
+[server]
+listen = ["127.0.0.1:$port"]
+threads = 1
+grace_period = "0s"
+
+[log]
+access = "off"
+
+[[pools]]
+name = "orders"
+connect_timeout = "1s"
+request_timeout = "10s"
+backends = [ { addr = "127.0.0.1:$backend" } ]
+
+[[routes]]
+name = "all"
+pool = "orders"
+EOF
+  echo "$port" >"$dir/$name.port"
+  taskset -c 0 "$bin" run --config "$dir/$name.toml" >"$dir/$name.log" 2>&1 &
+  echo $!
+}
+
+cpu_ticks() { # utime + stime of a pid, in clock ticks
+  awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+pid_a=$(start_proxy "$a" a)
+pids+=("$pid_a")
+pid_b=$(start_proxy "$b" b)
+pids+=("$pid_b")
+for name in a b; do
+  port=$(cat "$dir/$name.port")
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+done
+hz=$(getconf CLK_TCK)
+
+run_round() { # name pid -> µs per request
+  local name=$1 pid=$2 port before after requests
+  port=$(cat "$dir/$name.port")
+  before=$(cpu_ticks "$pid")
+  requests=$(taskset -c 1 wrk -t1 -c64 -d"${seconds}s" "http://127.0.0.1:$port/" |
+    awk '/requests in/ { print $1 }')
+  after=$(cpu_ticks "$pid")
+  awk -v t=$((after - before)) -v r="$requests" -v hz="$hz" 'BEGIN { printf "%.2f\n", t / hz * 1e6 / r }'
+}
+
+# A short warm-up of each, then the measured rounds in turns.
+seconds_saved=$seconds
+seconds=1
+run_round a "$pid_a" >/dev/null
+run_round b "$pid_b" >/dev/null
+seconds=$seconds_saved
+: >"$dir/a.us"
+: >"$dir/b.us"
+for round in $(seq "$rounds"); do
+  run_round a "$pid_a" >>"$dir/a.us"
+  run_round b "$pid_b" >>"$dir/b.us"
+  echo "round $round: A $(tail -1 "$dir/a.us") µs, B $(tail -1 "$dir/b.us") µs per request" >&2
+done
+median() { sort -n "$1" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ma=$(median "$dir/a.us")
+mb=$(median "$dir/b.us")
+echo "CPU per request (median of $rounds rounds of ${seconds}s, µs): A $ma, B $mb, B/A $(awk -v a="$ma" -v b="$mb" 'BEGIN { printf "%.3f", b / a }')"
