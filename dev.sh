@@ -47,10 +47,10 @@ case "${1:-}" in
     ;;
   test)
     need_packages
-    # tests/sre.rs drives the admin status page in headless Chromium, and
-    # tests/room.rs renders the waiting room's page in it (with a screenshot).
+    # tests/it/sre.rs drives the admin status page in headless Chromium, and
+    # tests/it/room.rs renders the waiting room's page in it (with a screenshot).
     command -v chromium >/dev/null 2>&1 || install_packages chromium
-    # tests/redis.rs runs several instances against a real redis-server.
+    # tests/it/redis.rs runs several instances against a real redis-server.
     command -v redis-server >/dev/null 2>&1 || install_packages redis-server
     cargo test --lib --bins --tests
     ;;

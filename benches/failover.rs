@@ -7,7 +7,7 @@
 //!
 //! Run with `cargo bench --bench failover` (add `-- --quick` for a short smoke run).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -51,7 +51,7 @@ mod scenarios;
 mod soak;
 #[path = "load/stats.rs"]
 mod stats;
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 #[path = "load/svg.rs"]
 mod svg;

@@ -1,12 +1,10 @@
 //! Black-box tests of routing, balancing and forwarding through the real binary.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Fleet, Proxy};
+use crate::support::{Fleet, Proxy};
 
 fn pool(name: &str, balance: &str, backends: &str) -> String {
     format!("[[pools]]\nname = \"{name}\"\n{balance}\nbackends = {backends}\n\n")
@@ -189,7 +187,7 @@ fn concurrent_counts(proxy: &Proxy, clients: usize, each: usize) -> HashMap<Sock
             std::thread::spawn(move || {
                 (0..each)
                     .map(|_| {
-                        support::get(addr, "/api/products/1")
+                        crate::support::get(addr, "/api/products/1")
                             .expect("response")
                             .backend()
                     })
@@ -294,7 +292,7 @@ fn forwards_client_headers_and_request_ids() {
 
 #[test]
 fn a_dead_backend_is_a_friendly_502_not_a_raw_error() {
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let config = [
         pool(
             "orders",
@@ -348,7 +346,7 @@ fn backend_connections(fleet: &Fleet) -> u64 {
 fn burst(proxy: &Proxy, clients: usize) {
     let addr = proxy.addr;
     let threads: Vec<_> = (0..clients)
-        .map(|_| std::thread::spawn(move || support::get(addr, "/api/products/1")))
+        .map(|_| std::thread::spawn(move || crate::support::get(addr, "/api/products/1")))
         .collect();
     for thread in threads {
         let response = thread.join().expect("client thread").expect("response");
@@ -404,12 +402,12 @@ fn a_shopper_who_leaves_is_logged_as_client_gone_not_as_an_error() {
         .write_all(b"GET /api/products/1 HTTP/1.1\r\nhost: shop\r\n\r\n")
         .expect("send");
     // Gone while the backend is still working on it.
-    assert!(support::wait_until(Duration::from_secs(5), || fleet
+    assert!(crate::support::wait_until(Duration::from_secs(5), || fleet
         .in_flight()
         == 1));
     drop(client);
     assert!(
-        support::wait_until(Duration::from_secs(5), || proxy
+        crate::support::wait_until(Duration::from_secs(5), || proxy
             .access_log()
             .iter()
             .any(|(_, line)| line.contains("outcome=client_gone"))),

@@ -2,15 +2,13 @@
 //! status, metrics and logs tell the truth. One test per numbered item of the
 //! issue, against the real binary.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{admin_section, free_port, request, wait_until, Fleet, Proxy, Response, TempFile};
+use crate::support::{admin_section, free_port, request, wait_until, Fleet, Proxy, Response, TempFile};
 
 fn admin(port: u16, method: &str, path: &str) -> Response {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -28,7 +26,7 @@ fn pool_and_route(fleet: &Fleet) -> String {
 /// returns its exit status (None: still running, then killed) and stderr.
 fn run_until_exit(config: &str, timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
     let file = TempFile::new("ordergate.toml", config);
-    let mut child = Command::new(support::bin())
+    let mut child = Command::new(crate::support::bin())
         .args(["run", "-c"])
         .arg(&file.path)
         .env("RUST_LOG", "info")
@@ -139,7 +137,7 @@ fn readiness_waits_for_every_listener() {
         pool_and_route(&fleet)
     );
     let file = TempFile::new("ordergate.toml", &config);
-    let mut child = Command::new(support::bin())
+    let mut child = Command::new(crate::support::bin())
         .args(["run", "-c"])
         .arg(&file.path)
         .stdout(Stdio::null())
@@ -149,7 +147,7 @@ fn readiness_waits_for_every_listener() {
     let admin_addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut ready = None;
     let became_ready = wait_until(Duration::from_secs(15), || {
-        match support::get(admin_addr, "/readyz") {
+        match crate::support::get(admin_addr, "/readyz") {
             Ok(answer) if answer.status == 200 => {
                 // Right after a 200, every listener must accept.
                 let accepting = [listen, tls]

@@ -3,13 +3,11 @@
 //! `Connection: close` and closes it. Also the request size limits (431, 413)
 //! and the header and keep-alive timeouts.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::conn::Conn;
-use support::{admin_section, wait_until, Fleet, Proxy, Response};
+use crate::support::conn::Conn;
+use crate::support::{admin_section, wait_until, Fleet, Proxy, Response};
 
 fn one_backend(addr: SocketAddr) -> String {
     format!("[ {{ addr = \"{addr}\" }} ]")
@@ -82,9 +80,9 @@ fn every_page_leaves_a_usable_connection_or_says_close() {
     fleet.set_mode(slow, r#"{"latency_ms": 3000}"#);
     fleet.set_mode(resetting, r#"{"fault": "reset"}"#);
     fleet.set_mode(hanging, r#"{"fault": "hang"}"#);
-    let dead = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let refused = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let admin_port = support::free_port();
+    let dead = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
+    let refused = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
+    let admin_port = crate::support::free_port();
     let config = format!(
         r#"{admin}
 [[pools]]
@@ -214,7 +212,7 @@ requests_per_second = 1
         ("body_too_large", false),
     );
     let limited = wait_until(Duration::from_secs(3), || {
-        support::get(proxy.addr, "/limited/1").is_ok_and(|r| r.status == 429)
+        crate::support::get(proxy.addr, "/limited/1").is_ok_and(|r| r.status == 429)
     });
     assert!(limited, "the rate limit answers 429");
     check(
@@ -228,7 +226,7 @@ requests_per_second = 1
     );
 
     let down = wait_until(Duration::from_secs(5), || {
-        support::get(proxy.addr, "/dead/1")
+        crate::support::get(proxy.addr, "/dead/1")
             .is_ok_and(|r| r.header("x-ordergate-page") == Some("no_healthy_backend"))
     });
     assert!(down, "the dead backend is marked down");
@@ -327,7 +325,7 @@ requests_per_second = 1
 
     // With the drain rate now measured as nearly zero, a newcomer is shed at once.
     let addr = proxy.addr;
-    let busy = std::thread::spawn(move || support::get(addr, "/slow/4"));
+    let busy = std::thread::spawn(move || crate::support::get(addr, "/slow/4"));
     assert!(wait_until(Duration::from_secs(2), || fleet.in_flight() == 1));
     let mut shed_seen = false;
     assert!(wait_until(Duration::from_secs(3), || {
@@ -346,7 +344,7 @@ requests_per_second = 1
 
 fn waiting(admin_port: u16) -> u64 {
     let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let Ok(status) = support::get(addr, "/status") else {
+    let Ok(status) = crate::support::get(addr, "/status") else {
         return 0;
     };
     let pools = status.json()["pools"].clone();
@@ -440,7 +438,7 @@ fn a_chunked_body_growing_past_the_limit_is_cut_and_never_forwarded_whole() {
 #[test]
 fn slow_headers_and_idle_connections_are_closed_and_counted() {
     let fleet = Fleet::start(1);
-    let admin_port = support::free_port();
+    let admin_port = crate::support::free_port();
     let proxy = Proxy::try_start_with(
         "grace_period = \"0s\"\nheader_timeout = \"1s\"\nkeepalive_timeout = \"2s\"",
         &format!(
@@ -484,7 +482,7 @@ fn slow_headers_and_idle_connections_are_closed_and_counted() {
     for reason in ["header_timeout", "keepalive_timeout"] {
         let line = format!("ordergate_connections_closed_total{{reason=\"{reason}\"}} 1");
         let counted = wait_until(Duration::from_secs(3), || {
-            support::get(admin, "/metrics").is_ok_and(|m| m.text().contains(&line))
+            crate::support::get(admin, "/metrics").is_ok_and(|m| m.text().contains(&line))
         });
         assert!(counted, "{line}");
     }
@@ -546,7 +544,7 @@ fn slow_header_clients_do_not_stop_a_normal_shopper() {
     }
     for i in 0..20 {
         let started = std::time::Instant::now();
-        let response = support::get(proxy.addr, &format!("/api/products/{i}")).expect("served");
+        let response = crate::support::get(proxy.addr, &format!("/api/products/{i}")).expect("served");
         assert_eq!(response.status, 200);
         assert!(
             started.elapsed() < Duration::from_secs(2),

@@ -3,15 +3,13 @@
 //! requests themselves (no page, no duplicated order), and traffic returns to
 //! the primary only after `failback_after`.
 
-mod support;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{admin_section, request, wait_until, Fleet, Proxy};
+use crate::support::{admin_section, request, wait_until, Fleet, Proxy};
 
 /// When a shopper got an answer, whether the backup pool gave it, and whether
 /// it was a new order (201).
@@ -26,7 +24,7 @@ fn the_backup_pool_takes_over_when_the_primary_dies_and_gives_back_after_failbac
     // Neither fleet dedupes keys: a request sent to both would make two orders.
     let mut primary = Fleet::start_with(2, &["--ignore-idempotency"]);
     let backup = Fleet::start_with(1, &["--ignore-idempotency"]);
-    let admin_port = support::free_port();
+    let admin_port = crate::support::free_port();
     let proxy = Proxy::start(&format!(
         r#"{admin}
 [[pools]]

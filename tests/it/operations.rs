@@ -1,14 +1,12 @@
 //! Black-box operations tests: hot reload under load, state that survives
 //! reloads, drain, metrics, admin auth, TLS and graceful shutdown.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{admin_section, request, wait_until, Fleet, Proxy, Response};
+use crate::support::{admin_section, request, wait_until, Fleet, Proxy, Response};
 
 fn backends(addrs: &[SocketAddr], weights: &[u32]) -> String {
     let list: Vec<String> = addrs
@@ -36,7 +34,7 @@ fn steady_load(
             std::thread::spawn(move || {
                 let (mut ok, mut failures) = (0, Vec::new());
                 while !stop.load(Ordering::Relaxed) {
-                    match support::get(addr, "/api/products/1") {
+                    match crate::support::get(addr, "/api/products/1") {
                         Ok(r) if r.status == 200 => ok += 1,
                         Ok(r) => failures.push(format!("{} {}", r.status, r.text())),
                         Err(e) => failures.push(format!("{e:?}")),
@@ -51,7 +49,7 @@ fn steady_load(
 #[test]
 fn a_hundred_reloads_under_load_fail_no_request() {
     let fleet = Fleet::start(3);
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let variants: Vec<String> = vec![
         // weights change
         format!(
@@ -140,7 +138,7 @@ fn a_hundred_reloads_under_load_fail_no_request() {
 #[test]
 fn sighup_and_file_changes_reload_too() {
     let fleet = Fleet::start(2);
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let body = |addr: SocketAddr| {
         format!("{}[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"{addr}\" }} ]\n[[routes]]\nname = \"all\"\npool = \"p\"\n", admin_section(port))
     };
@@ -173,7 +171,7 @@ fn sighup_and_file_changes_reload_too() {
 fn a_backend_marked_down_stays_down_across_a_reload() {
     let fleet = Fleet::start(2);
     let (sick, fine) = (fleet.addrs[0], fleet.addrs[1]);
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let body = |weight: u32| {
         format!(
             "{}[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"{sick}\" }}, {{ addr = \"{fine}\", weight = {weight} }} ]\n[pools.health]\ninterval = \"60s\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\n[[routes]]\nname = \"all\"\npool = \"p\"\n",
@@ -215,7 +213,7 @@ fn a_drained_backend_finishes_its_requests_and_gets_no_new_ones() {
     let fleet = Fleet::start(2);
     let (drained, other) = (fleet.addrs[0], fleet.addrs[1]);
     fleet.set_mode(drained, r#"{"latency_ms": 800}"#);
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let proxy = Proxy::start(&format!(
         "{}[[pools]]\nname = \"p\"\nbalance = \"round_robin\"\nbackends = {}\n[[routes]]\nname = \"all\"\npool = \"p\"\n",
         admin_section(port),
@@ -223,7 +221,7 @@ fn a_drained_backend_finishes_its_requests_and_gets_no_new_ones() {
     ));
     // Round robin sends the first request to the first backend.
     let addr = proxy.addr;
-    let in_flight = std::thread::spawn(move || support::get(addr, "/api/products/1"));
+    let in_flight = std::thread::spawn(move || crate::support::get(addr, "/api/products/1"));
     assert!(wait_until(Duration::from_secs(2), || fleet.in_flight() == 1));
     let answer = admin(port, "POST", &format!("/backends/p/{drained}/drain"));
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -276,7 +274,7 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 #[test]
 fn metrics_parse_grow_and_count_each_request_in_its_series() {
     let fleet = Fleet::start(1);
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let proxy = Proxy::start(&format!(
         "{}[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"shop\"\npool = \"p\"\n",
         admin_section(port),
@@ -355,7 +353,7 @@ fn metrics_parse_grow_and_count_each_request_in_its_series() {
 #[test]
 fn a_public_admin_listener_needs_a_token() {
     let fleet = Fleet::start(1);
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let pools = format!(
         "[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
         backends(&fleet.addrs, &[1])
@@ -394,7 +392,7 @@ fn a_public_admin_listener_needs_a_token() {
 fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     let fleet = Fleet::start(1);
     fleet.set_mode(fleet.addrs[0], r#"{"latency_ms": 1000}"#);
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let body = format!(
         "{}[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
         admin_section(port),
@@ -408,7 +406,7 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
         .map(|_| {
             let (addr, results) = (proxy.addr, Arc::clone(&results));
             std::thread::spawn(move || {
-                let answer = support::get(addr, "/api/products/1");
+                let answer = crate::support::get(addr, "/api/products/1");
                 if let Ok(mut results) = results.lock() {
                     results.push(answer.map(|r| r.status).map_err(|e| format!("{e:?}")));
                 }
@@ -501,14 +499,14 @@ fn https(
         // Until the answer is whole (the server may close without
         // close_notify once the last answer is complete).
         let response = loop {
-            if let Ok(response) = support::parse_response(&raw) {
+            if let Ok(response) = crate::support::parse_response(&raw) {
                 if !last {
                     break Some(response);
                 }
             }
             match tls.read(&mut buf) {
                 Ok(n) if n > 0 => raw.extend_from_slice(&buf[..n]),
-                _ => break support::parse_response(&raw).ok(),
+                _ => break crate::support::parse_response(&raw).ok(),
             }
         };
         responses.push(response.unwrap_or_else(|| {
@@ -529,9 +527,9 @@ fn tls_listener_serves_https_with_a_certificate_made_at_test_time() {
     let fleet = Fleet::start(1);
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
         .expect("generate a certificate");
-    let cert_file = support::TempFile::new("cert.pem", &certified.cert.pem());
-    let key_file = support::TempFile::new("key.pem", &certified.signing_key.serialize_pem());
-    let tls_addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let cert_file = crate::support::TempFile::new("cert.pem", &certified.cert.pem());
+    let key_file = crate::support::TempFile::new("key.pem", &certified.signing_key.serialize_pem());
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
     let server_extra = format!(
         "grace_period = \"0s\"\n[[server.tls]]\nlisten = \"{tls_addr}\"\ncert = \"{}\"\nkey = \"{}\"\n",
         cert_file.path.display(),
@@ -572,7 +570,7 @@ fn tls_listener_serves_https_with_a_certificate_made_at_test_time() {
 #[test]
 fn the_access_log_writes_one_json_line_per_request() {
     let fleet = Fleet::start(1);
-    let log = support::TempFile::new("access.log", "");
+    let log = crate::support::TempFile::new("access.log", "");
     let proxy = Proxy::start(&format!(
         "[log]\naccess = \"{}\"\n\n[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"shop\"\npath_prefix = \"/api\"\npool = \"p\"\n",
         log.path.display(),
@@ -617,7 +615,7 @@ fn the_access_log_writes_one_json_line_per_request() {
 fn a_graceful_upgrade_hands_the_listener_over_without_failing_requests() {
     let fleet = Fleet::start(1);
     // With an admin listener too: the new process must share its port.
-    let port = support::free_port();
+    let port = crate::support::free_port();
     let body = format!(
         "{}[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
         admin_section(port),
@@ -681,9 +679,9 @@ fn start_under_prlimit(
     fleet: &Fleet,
     nofile: &str,
     stderr: std::process::Stdio,
-) -> (std::process::Child, SocketAddr, support::TempFile) {
-    let port = support::free_port();
-    let config = support::TempFile::new(
+) -> (std::process::Child, SocketAddr, crate::support::TempFile) {
+    let port = crate::support::free_port();
+    let config = crate::support::TempFile::new(
         "ordergate.toml",
         &format!(
             "[server]\nlisten = [\"127.0.0.1:{port}\"]\ngrace_period = \"0s\"\n\n[[pools]]\nname = \"p\"\nbackends = {}\n[[routes]]\nname = \"shop\"\npool = \"p\"\n",
@@ -692,7 +690,7 @@ fn start_under_prlimit(
     );
     let child = std::process::Command::new("prlimit")
         .arg(format!("--nofile={nofile}"))
-        .arg(support::bin())
+        .arg(crate::support::bin())
         .args(["run", "-c"])
         .arg(&config.path)
         .stdout(std::process::Stdio::null())
@@ -705,7 +703,7 @@ fn start_under_prlimit(
 #[test]
 fn at_the_descriptor_limit_open_connections_are_served_and_the_log_says_it_once() {
     let fleet = Fleet::start(1);
-    let log = support::TempFile::new("stderr.log", "");
+    let log = crate::support::TempFile::new("stderr.log", "");
     let stderr = std::fs::File::create(&log.path).expect("log file");
     let (mut child, addr, _config) = start_under_prlimit(&fleet, "128:128", stderr.into());
     assert!(
@@ -722,7 +720,7 @@ fn at_the_descriptor_limit_open_connections_are_served_and_the_log_says_it_once(
         let mut raw = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            if let Ok(response) = support::parse_response(&raw) {
+            if let Ok(response) = crate::support::parse_response(&raw) {
                 return Some(response.status);
             }
             let n = stream.read(&mut buf).ok().filter(|n| *n > 0)?;

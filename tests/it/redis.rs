@@ -5,8 +5,6 @@
 //! Debian's package; `./dev.sh test` installs it) on a free loopback port with
 //! a temporary directory, and stops it. No mock Redis.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,7 +16,7 @@ use std::time::{Duration, Instant};
 use ordergate::store::room::{Arrival, CheckIn, Control, Limits, MemoryLine, RoomLine};
 use ordergate::store::{RedisConfig, StoreConfig, Stores};
 use ordergate::telemetry::Metrics;
-use support::{
+use crate::support::{
     admin_section, free_port, get, request, wait_until, Fleet, HttpError, Proxy, Response, TempFile,
 };
 

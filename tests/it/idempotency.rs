@@ -3,14 +3,12 @@
 //! happen at most once — double clicks, shopper retries after a lost answer,
 //! reused keys, released keys, expiry, eviction, reloads and load.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{admin_section, request, wait_until, Fleet, HttpError, Proxy, Response};
+use crate::support::{admin_section, request, wait_until, Fleet, HttpError, Proxy, Response};
 
 /// One pool "orders" over the fleet and one route "orders" with `[routes.idempotency]`.
 fn config(fleet: &Fleet, idempotency: &str) -> String {
@@ -146,7 +144,7 @@ fn reused_missing_and_invalid_keys_are_refused_and_never_forwarded() {
     }
     assert_eq!(orders_created(&fleet), 1, "only the first was forwarded");
     // Reads are not keyed.
-    let read = support::get(proxy.addr, "/api/products/1").expect("read");
+    let read = crate::support::get(proxy.addr, "/api/products/1").expect("read");
     assert_eq!(read.status, 200);
 }
 
@@ -166,7 +164,7 @@ fn a_5xx_answer_releases_the_key() {
 #[test]
 fn records_expire_and_the_memory_budget_evicts() {
     let fleet = Fleet::start_with(1, &["--ignore-idempotency"]);
-    let admin_port = support::free_port();
+    let admin_port = crate::support::free_port();
     let proxy = Proxy::start(&format!(
         "{}{}",
         admin_section(admin_port),
@@ -198,7 +196,7 @@ fn records_expire_and_the_memory_budget_evicts() {
         assert_eq!(response.status, 201);
     }
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let metrics = support::get(admin, "/metrics").expect("metrics").text();
+    let metrics = crate::support::get(admin, "/metrics").expect("metrics").text();
     let evictions = metrics
         .lines()
         .find(|l| l.starts_with("ordergate_idempotency_evictions{route=\"orders\"}"))
@@ -219,7 +217,7 @@ fn records_expire_and_the_memory_budget_evicts() {
 #[test]
 fn records_survive_a_reload_under_load() {
     let fleet = Fleet::start_with(2, &["--ignore-idempotency"]);
-    let admin_port = support::free_port();
+    let admin_port = crate::support::free_port();
     let body = format!("{}{}", admin_section(admin_port), config(&fleet, ""));
     let proxy = Proxy::start(&body);
     for i in 0..50 {
@@ -238,7 +236,7 @@ fn records_survive_a_reload_under_load() {
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = support::get(addr, &format!("/api/products/{n}"));
+                let _ = crate::support::get(addr, &format!("/api/products/{n}"));
                 n += 1;
             }
         })

@@ -2,12 +2,10 @@
 //! framing, odd targets, oversized heads. Each gets a clean 4xx or a close —
 //! never a 2xx for a smuggled request — and the proxy keeps serving.
 
-mod support;
-
 use std::time::Duration;
 
-use support::conn::Conn;
-use support::{Fleet, Proxy, Response};
+use crate::support::conn::Conn;
+use crate::support::{Fleet, Proxy, Response};
 
 /// One proxy in front of one simulated backend, every path routed.
 fn setup() -> (Fleet, Proxy) {
@@ -31,7 +29,7 @@ fn answers(proxy: &Proxy, raw: &[u8]) -> Vec<Response> {
 
 /// The proxy still serves a normal shopper.
 fn still_serving(proxy: &Proxy, case: &str) {
-    let response = support::get(proxy.addr, "/api/products/1")
+    let response = crate::support::get(proxy.addr, "/api/products/1")
         .unwrap_or_else(|e| panic!("{case}: the proxy stopped serving: {e:?}"));
     assert_eq!(response.status, 200, "{case}: after it, a normal request");
 }

@@ -1,14 +1,12 @@
 //! Black-box overload tests: the degradation pages for every failure a shopper
 //! can meet, the queue, priorities with reserved shares, and rate limiting.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{admin_section, request, wait_until, Fleet, Proxy, Response};
+use crate::support::{admin_section, request, wait_until, Fleet, Proxy, Response};
 
 fn one_backend(addr: SocketAddr) -> String {
     format!("[ {{ addr = \"{addr}\" }} ]")
@@ -101,7 +99,7 @@ fn check_page(
 /// as the admin API reports.
 fn waiting(admin_port: u16, pool: usize) -> u64 {
     let addr = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let Ok(status) = support::get(addr, "/status") else {
+    let Ok(status) = crate::support::get(addr, "/status") else {
         return 0;
     };
     let waiting = &status.json()["pools"][pool]["queue"]["waiting"];
@@ -148,7 +146,7 @@ fn every_failure_is_a_friendly_page_in_the_shoppers_format_and_language() {
     fleet.set_mode(broken, r#"{"status": 500}"#);
     fleet.set_mode(slow, r#"{"latency_ms": 3000}"#);
     fleet.set_mode(resetting, r#"{"fault": "reset"}"#);
-    let dead = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let dead = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
     let config = format!(
         r#"
 [[pools]]
@@ -217,7 +215,7 @@ requests_per_second = 1
     for (client, headers) in CLIENTS {
         // A fresh proxy per client: the queue's drain-rate estimate from an earlier
         // round would shed at once (rightly) instead of showing queue full/timeout.
-        let admin_port = support::free_port();
+        let admin_port = crate::support::free_port();
         let proxy = Proxy::start(&format!("{}{config}", admin_section(admin_port)));
         // No route.
         check_page(
@@ -320,7 +318,7 @@ fn the_waiting_page_refreshes_after_retry_after() {
         one_backend(fleet.addrs[0])
     ));
     let addr = proxy.addr;
-    let busy = std::thread::spawn(move || support::get(addr, "/api/products/1"));
+    let busy = std::thread::spawn(move || crate::support::get(addr, "/api/products/1"));
     assert!(wait_until(Duration::from_secs(2), || fleet.in_flight() == 1));
     let page = send(
         proxy.addr,
@@ -350,7 +348,7 @@ fn requests_beyond_the_backend_cap_wait_and_then_succeed() {
     let clients: Vec<_> = (0..6)
         .map(|_| {
             let addr = proxy.addr;
-            std::thread::spawn(move || support::get(addr, "/api/products/1"))
+            std::thread::spawn(move || crate::support::get(addr, "/api/products/1"))
         })
         .collect();
     let mut peak = 0;
@@ -377,14 +375,14 @@ fn requests_beyond_the_backend_cap_wait_and_then_succeed() {
 fn a_waiter_that_disconnects_frees_its_place() {
     let fleet = Fleet::start(1);
     fleet.set_mode(fleet.addrs[0], r#"{"latency_ms": 1500}"#);
-    let admin_port = support::free_port();
+    let admin_port = crate::support::free_port();
     let proxy = Proxy::start(&format!(
         "{}[[pools]]\nname = \"p\"\nmax_in_flight = 1\nbackends = {}\n[pools.queue]\nmax_waiting = 1\ntimeout = \"10s\"\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n",
         admin_section(admin_port),
         one_backend(fleet.addrs[0])
     ));
     let addr = proxy.addr;
-    let holder = std::thread::spawn(move || support::get(addr, "/api/products/1"));
+    let holder = std::thread::spawn(move || crate::support::get(addr, "/api/products/1"));
     assert!(wait_until(Duration::from_secs(2), || fleet.in_flight() == 1));
 
     // A waiter that gives up: connect, send, and close without reading.
@@ -404,7 +402,7 @@ fn a_waiter_that_disconnects_frees_its_place() {
         "its place is freed"
     );
     // Its place is free again: this one is queued, not refused as queue full.
-    let queued = support::get(proxy.addr, "/api/products/3").expect("answer");
+    let queued = crate::support::get(proxy.addr, "/api/products/3").expect("answer");
     assert_eq!(queued.status, 200, "{}", queued.text());
     assert_eq!(holder.join().expect("holder").expect("answer").status, 200);
 }
@@ -413,7 +411,7 @@ fn a_waiter_that_disconnects_frees_its_place() {
 fn checkout_gets_through_while_browsing_saturates_the_pool() {
     let fleet = Fleet::start(1);
     fleet.set_mode(fleet.addrs[0], r#"{"latency_ms": 100}"#);
-    let admin_port = support::free_port();
+    let admin_port = crate::support::free_port();
     let proxy = Proxy::start(&format!(
         r#"{}[[pools]]
 name = "orders"
@@ -446,7 +444,7 @@ pool = "orders"
             std::thread::spawn(move || {
                 let mut shed = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    match support::get(addr, "/api/products/1") {
+                    match crate::support::get(addr, "/api/products/1") {
                         Ok(r) if r.status == 200 => {}
                         Ok(r) => {
                             assert!(
@@ -505,14 +503,14 @@ fn a_route_can_have_its_own_pages() {
         1,
     );
     assert_ne!(custom, english);
-    let pages = support::TempFile::new("en.toml", &custom);
+    let pages = crate::support::TempFile::new("en.toml", &custom);
     let dir = pages
         .path
         .parent()
         .expect("pages dir")
         .display()
         .to_string();
-    let dead = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let dead = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
     let proxy = Proxy::start(&format!(
         "[[pools]]\nname = \"dead\"\npanic_threshold = 0\nbackends = {}\n[pools.outlier]\nconsecutive_gateway_failures = 1\nmax_ejected_percent = 100\n\n[[pools]]\nname = \"live\"\nbackends = {}\n\n[[routes]]\nname = \"checkout\"\npath_prefix = \"/checkout\"\npages = \"{dir}\"\npool = \"dead\"\n\n[[routes]]\nname = \"browse\"\npool = \"live\"\n",
         one_backend(dead),

@@ -1,11 +1,9 @@
 //! `ordergate check`: every shipped config passes, and a broken one gets every
 //! problem reported in one run with exit 1.
 
-mod support;
-
 use std::process::Command;
 
-use support::{bin, TempFile};
+use crate::support::{bin, TempFile};
 
 fn check(path: &std::path::Path) -> (bool, String, String) {
     let output = Command::new(bin())

@@ -2,12 +2,10 @@
 //! from the config, the page with Retry-After up to the window's end, staff
 //! passing through, and live windows outliving a reload.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use support::{admin_section, request, Fleet, Proxy, Response};
+use crate::support::{admin_section, request, Fleet, Proxy, Response};
 
 const STAFF_TOKEN: &str = "staff-secret-0123456789";
 
@@ -62,7 +60,7 @@ fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Response {
 #[test]
 fn maintenance_from_the_admin_api_closes_the_shop_but_not_for_staff() {
     let fleet = Fleet::start(1);
-    let admin_port = support::free_port();
+    let admin_port = crate::support::free_port();
     let proxy = Proxy::start(&config(&fleet, admin_port, ""));
     let json = [("accept", "application/json")];
     assert_eq!(
@@ -135,7 +133,7 @@ fn maintenance_from_the_admin_api_closes_the_shop_but_not_for_staff() {
 #[test]
 fn one_route_in_maintenance_leaves_the_others_open() {
     let fleet = Fleet::start(1);
-    let admin_port = support::free_port();
+    let admin_port = crate::support::free_port();
     let proxy = Proxy::start(&config(&fleet, admin_port, ""));
     let opened = admin(
         admin_port,
@@ -177,7 +175,7 @@ fn one_route_in_maintenance_leaves_the_others_open() {
 #[test]
 fn a_configured_window_ends_by_itself() {
     let fleet = Fleet::start(1);
-    let admin_port = support::free_port();
+    let admin_port = crate::support::free_port();
     let until = SystemTime::now() + Duration::from_secs(3);
     let proxy = Proxy::start(&config(
         &fleet,
@@ -190,7 +188,7 @@ fn a_configured_window_ends_by_itself() {
     let page = get(&proxy, "/api/orders/1", &[("accept", "application/json")]);
     assert_eq!(page.header("x-ordergate-page"), Some("maintenance"));
     assert_eq!(page.json()["notice"], "Deploying");
-    let reopened = support::wait_until(Duration::from_secs(8), || {
+    let reopened = crate::support::wait_until(Duration::from_secs(8), || {
         get(&proxy, "/api/orders/1", &[])
             .header("x-ordergate-page")
             .is_none()

@@ -3,12 +3,10 @@
 //! hang past the timeout); never for private requests, never past `max_age`,
 //! and within the memory budget.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{admin_section, request, wait_until, Fleet, Proxy, Response};
+use crate::support::{admin_section, request, wait_until, Fleet, Proxy, Response};
 
 fn config(fleet: &Fleet, admin_port: u16, stale: &str) -> String {
     format!(
@@ -26,7 +24,7 @@ fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Response {
 fn a_kept_copy_stands_in_when_the_backends_fail() {
     let fleet = Fleet::start(1);
     let backend = fleet.addrs[0];
-    let proxy = Proxy::start(&config(&fleet, support::free_port(), ""));
+    let proxy = Proxy::start(&config(&fleet, crate::support::free_port(), ""));
     let fresh = get(&proxy, "/api/products/7", &[]);
     assert_eq!(fresh.status, 200);
     assert!(fresh.header("x-ordergate-stale").is_none());
@@ -69,7 +67,7 @@ fn a_kept_copy_stands_in_when_the_backends_fail() {
 #[test]
 fn a_copy_is_not_served_past_max_age() {
     let fleet = Fleet::start(1);
-    let proxy = Proxy::start(&config(&fleet, support::free_port(), "max_age = \"1s\""));
+    let proxy = Proxy::start(&config(&fleet, crate::support::free_port(), "max_age = \"1s\""));
     assert_eq!(get(&proxy, "/api/products/1", &[]).status, 200);
     fleet.set_mode(fleet.addrs[0], r#"{"fault": "reset"}"#);
     assert_eq!(
@@ -85,7 +83,7 @@ fn a_copy_is_not_served_past_max_age() {
 #[test]
 fn copies_stay_within_the_memory_budget() {
     let fleet = Fleet::start(1);
-    let admin_port = support::free_port();
+    let admin_port = crate::support::free_port();
     let proxy = Proxy::start(&config(&fleet, admin_port, "max_bytes = \"64KiB\""));
     for i in 0..600 {
         assert_eq!(get(&proxy, &format!("/api/products/{i}"), &[]).status, 200);

@@ -4,8 +4,6 @@
 //! back, `opens_at` draws, the admin API, reloads, `check`, and the page in
 //! headless Chromium.
 
-mod support;
-
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile};
+use crate::support::{admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 
@@ -107,7 +105,7 @@ fn room(name: &str, routes: &str, extra: &str) -> String {
     )
 }
 
-fn admin(port: u16, method: &str, path: &str) -> support::Response {
+fn admin(port: u16, method: &str, path: &str) -> crate::support::Response {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     request(addr, method, path, &[], b"").unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
 }
@@ -782,7 +780,7 @@ fn chromium(browser: &Path, url: &str, args: &[&str]) -> String {
 
 #[test]
 fn the_waiting_page_renders_in_headless_chromium() {
-    let Some(browser) = support::programs::ensure(
+    let Some(browser) = crate::support::programs::ensure(
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     ) else {

@@ -7,8 +7,6 @@
 //! are installed with apt-get when missing; a part that needs one skips with
 //! a message only when it cannot be installed.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -18,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile};
+use crate::support::{admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -86,7 +84,7 @@ fn run(mut command: Command, timeout: Duration) -> Result<Ran, String> {
     }
 }
 
-fn admin(port: u16, method: &str, path: &str) -> support::Response {
+fn admin(port: u16, method: &str, path: &str) -> crate::support::Response {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     request(addr, method, path, &[], b"").unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
 }
@@ -150,7 +148,7 @@ fn status_page_config(port: u16, addrs: &[SocketAddr], admin_extra: &str) -> Str
 
 #[test]
 fn status_page_shows_every_backend_and_the_killed_one_as_down() {
-    let Some(browser) = support::programs::ensure(
+    let Some(browser) = crate::support::programs::ensure(
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     ) else {
@@ -218,8 +216,8 @@ fn status_page_shows_every_backend_and_the_killed_one_as_down() {
         let (stop, addr) = (Arc::clone(&stop), proxy.addr);
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let _ = support::get(addr, "/api/products/1");
-                let _ = support::get(addr, "/api/orders/1");
+                let _ = crate::support::get(addr, "/api/products/1");
+                let _ = crate::support::get(addr, "/api/orders/1");
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -354,7 +352,7 @@ fn serve_canned(status: serde_json::Value, rooms: serde_json::Value) -> SocketAd
 
 #[test]
 fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
-    let Some(browser) = support::programs::ensure(
+    let Some(browser) = crate::support::programs::ensure(
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     ) else {
@@ -453,7 +451,7 @@ fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
 
 #[test]
 fn the_page_shows_a_real_waiting_room_line() {
-    let Some(browser) = support::programs::ensure(
+    let Some(browser) = crate::support::programs::ensure(
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     ) else {
@@ -534,7 +532,7 @@ fn the_page_needs_no_token_but_the_data_does() {
     assert!(status["uptime_seconds"].as_f64().is_some(), "{status}");
 
     // In a browser: the page asks for the token and shows no data.
-    let Some(browser) = support::programs::find(&["chromium", "chromium-browser", "google-chrome"])
+    let Some(browser) = crate::support::programs::find(&["chromium", "chromium-browser", "google-chrome"])
     else {
         eprintln!("SKIPPED the browser half: chromium is not installed");
         return;
@@ -772,7 +770,7 @@ fn devtools_list(devtools: SocketAddr) -> Option<String> {
 
 #[test]
 fn the_page_buttons_drain_undrain_and_weigh_with_the_token_from_the_tab() {
-    let Some(browser) = support::programs::ensure(
+    let Some(browser) = crate::support::programs::ensure(
         &["chromium", "chromium-browser", "google-chrome"],
         "chromium",
     ) else {
@@ -1066,7 +1064,7 @@ fn rule_exprs(yaml: &str) -> Vec<String> {
 
 /// Checks rules with promtool when it can be had; says so when not.
 fn promtool_check(rules: &Path) {
-    let Some(promtool) = support::programs::ensure(&["promtool"], "prometheus") else {
+    let Some(promtool) = crate::support::programs::ensure(&["promtool"], "prometheus") else {
         eprintln!(
             "SKIPPED promtool check of {}: promtool is not installed and apt-get could not install Debian's prometheus",
             rules.display()
@@ -1233,7 +1231,7 @@ fn the_systemd_unit_runs_check_first_stops_gracefully_and_verifies() {
         "TimeoutStopSec {timeout}s must exceed shutdown_delay + grace_period ({needed:?})"
     );
 
-    let Some(analyze) = support::programs::ensure(&["systemd-analyze"], "systemd") else {
+    let Some(analyze) = crate::support::programs::ensure(&["systemd-analyze"], "systemd") else {
         eprintln!("SKIPPED systemd-analyze verify: systemd-analyze is not installed and apt-get could not install it");
         return;
     };
@@ -1316,7 +1314,7 @@ fn sigusr1_reopens_the_access_log_after_it_is_moved() {
 
 #[test]
 fn the_logrotate_example_rotates_and_ordergate_follows() {
-    let Some(logrotate) = support::programs::ensure(&["logrotate"], "logrotate") else {
+    let Some(logrotate) = crate::support::programs::ensure(&["logrotate"], "logrotate") else {
         eprintln!(
             "SKIPPED logrotate test: logrotate is not installed and apt-get could not install it"
         );

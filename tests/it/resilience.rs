@@ -1,15 +1,13 @@
 //! Black-box resilience tests: health checks, ejection, retries, the retry budget
 //! and order safety, against simulated backends with injected faults.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{request, wait_until, Fleet, HttpError, Proxy, Response};
+use crate::support::{request, wait_until, Fleet, HttpError, Proxy, Response};
 
 fn backends(addrs: &[SocketAddr]) -> String {
     let list: Vec<String> = addrs
@@ -76,7 +74,7 @@ fn killing_a_backend_during_a_stream_of_gets_fails_no_request() {
                 let mut failures = Vec::new();
                 let mut ok = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    match support::get(addr, "/api/products/1") {
+                    match crate::support::get(addr, "/api/products/1") {
                         Ok(r) if r.status == 200 => ok += 1,
                         Ok(r) => failures.push(format!("status {}: {}", r.status, r.text())),
                         Err(e) => failures.push(format!("{e:?}")),
@@ -219,7 +217,7 @@ fn a_keyed_order_is_retried_elsewhere_and_created_once() {
 #[test]
 fn an_order_to_a_refusing_backend_is_retried_elsewhere() {
     let fleet = Fleet::start(1);
-    let closed = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let closed = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
     let proxy = Proxy::start(&config(
         &[closed, fleet.addrs[0]],
         "balance = \"round_robin\"",
@@ -266,7 +264,7 @@ fn fault_matrix_never_shows_a_raw_failure_or_a_second_order() {
                 "timeout = \"5s\"\n[routes.retry]\nper_try_timeout = \"1s\"",
             ));
             let answer = match kind {
-                "GET" => support::get(proxy.addr, "/api/products/1"),
+                "GET" => crate::support::get(proxy.addr, "/api/products/1"),
                 _ => post_order(&proxy, key.as_deref()),
             };
             let answer = answer.unwrap_or_else(|e| panic!("{fault} x {kind}: raw failure {e:?}"));
@@ -328,7 +326,7 @@ fn an_answer_cut_off_mid_body_is_never_completed_by_another_backend() {
         "balance = \"round_robin\"",
         "[routes.retry]\nper_try_timeout = \"300ms\"",
     ));
-    match support::get(proxy.addr, "/api/products/1") {
+    match crate::support::get(proxy.addr, "/api/products/1") {
         // The only honest signal left once the header went out is a cut connection.
         Err(HttpError::Empty | HttpError::Reset) => {}
         Ok(r) => panic!(
