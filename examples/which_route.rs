@@ -38,12 +38,12 @@ fn main() -> ExitCode {
         .and_then(|index| snapshot.routes.get(index));
     match found {
         Some(route) => {
-            let pool = &snapshot.pools[route.pool];
+            let pool = &snapshot.pools[route.config.pool];
             let backends: Vec<String> =
                 pool.backends().iter().map(|b| b.addr.to_string()).collect();
             println!(
                 "route {:?} -> pool {:?} ({})",
-                route.name,
+                route.config.name,
                 pool.name,
                 backends.join(", ")
             );

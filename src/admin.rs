@@ -437,7 +437,11 @@ fn status(state: &State) -> Value {
     let snapshot = state.snapshot();
     let now = Instant::now();
     let attempts = state.metrics.attempt_totals();
-    let route_names: Vec<&str> = snapshot.routes.iter().map(|r| r.name.as_str()).collect();
+    let route_names: Vec<&str> = snapshot
+        .routes
+        .iter()
+        .map(|r| r.config.name.as_str())
+        .collect();
     let pools: Vec<Value> = snapshot
         .pools
         .iter()
@@ -483,7 +487,7 @@ fn status(state: &State) -> Value {
         "reload": state.reload_status(),
         "shutting_down": state.is_shutting_down(),
         "uptime_seconds": seconds_since(now, *STARTED),
-        "routes": snapshot.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        "routes": snapshot.routes.iter().map(|r| r.config.name.clone()).collect::<Vec<_>>(),
         "maintenance": maintenance::windows(state),
         "store": state.store_status(),
         "route_stats": snapshot
@@ -492,10 +496,10 @@ fn status(state: &State) -> Value {
             .zip(state.metrics.route_totals(&route_names))
             .map(|(route, totals)| {
                 json!({
-                    "name": route.name,
-                    "pool": snapshot.pools.get(route.pool).map(|p| p.name.as_str()),
-                    "serving_pool": snapshot.pools.get(serving_pool(&snapshot.pools, route.pool)).map(|p| p.name.as_str()),
-                    "priority": route.priority.as_str(),
+                    "name": route.config.name,
+                    "pool": snapshot.pools.get(route.config.pool).map(|p| p.name.as_str()),
+                    "serving_pool": snapshot.pools.get(serving_pool(&snapshot.pools, route.config.pool)).map(|p| p.name.as_str()),
+                    "priority": route.config.priority.as_str(),
                     "totals": totals,
                 })
             })
@@ -542,14 +546,14 @@ fn update_scrape_gauges(state: &State) {
         metrics.maintenance_open.with_label_values(&[route]).set(1);
     }
     for route in snapshot.routes.iter() {
-        if let Some((_, cache)) = &route.stale {
+        if let Some(cache) = &route.stale_copies {
             metrics
                 .stale_bytes
-                .with_label_values(&[route.name.as_str()])
+                .with_label_values(&[route.config.name.as_str()])
                 .set(i64::try_from(cache.size_bytes()).unwrap_or(i64::MAX));
         }
         if let Some(idempotency) = &route.idempotency {
-            let labels = [route.name.as_str()];
+            let labels = [route.config.name.as_str()];
             metrics
                 .idempotency_store_bytes
                 .with_label_values(&labels)

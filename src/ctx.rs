@@ -120,7 +120,7 @@ impl RequestCtx {
     /// apart so that the context can change meanwhile).
     pub fn route_and_pool_in<'s>(&self, snapshot: &'s Snapshot) -> Option<(&'s Route, &'s Pool)> {
         let route = snapshot.routes.get(self.route?)?;
-        let pool = snapshot.pools.get(self.pool.unwrap_or(route.pool))?;
+        let pool = snapshot.pools.get(self.pool.unwrap_or(route.config.pool))?;
         Some((route, pool))
     }
 
@@ -130,7 +130,7 @@ impl RequestCtx {
         let Some(route) = self.route.and_then(|index| self.snapshot.routes.get(index)) else {
             return;
         };
-        let mut index = route.pool;
+        let mut index = route.config.pool;
         // Backups are checked for cycles, so the chain is at most this long.
         for _ in 0..self.snapshot.pools.len() {
             match self.snapshot.pools.get(index) {
@@ -171,14 +171,14 @@ impl RequestCtx {
     /// The pages for this request: the route's own, or the server's.
     pub fn pages(&self) -> &crate::config::Pages {
         self.route_and_pool()
-            .and_then(|(route, _)| route.pages.as_ref())
+            .and_then(|(route, _)| route.config.pages.as_ref())
             .unwrap_or(&self.snapshot.pages)
     }
 
     /// The route's name for labels and logs, `(none)` when no route matched.
     pub fn route_name(&self) -> &str {
         self.route_and_pool()
-            .map_or("(none)", |(route, _)| route.name.as_str())
+            .map_or("(none)", |(route, _)| route.config.name.as_str())
     }
 
     /// Records a failure that happened before the request reached a backend
@@ -230,7 +230,7 @@ impl RequestCtx {
             keyed.answer_head(status, answer);
         }
         self.stale_recording = self.route_and_pool().and_then(|(route, _)| {
-            let (config, _) = route.stale.as_ref()?;
+            let config = route.config.stale.as_ref()?;
             crate::stale::record(config, request, status, answer)
         });
     }
@@ -260,7 +260,7 @@ impl RequestCtx {
             .take()
             .and_then(|recording| recording.finish(&self.request_id));
         if let (Some((_, cache)), Some((key, copy))) =
-            (route.and_then(|route| route.stale.as_ref()), finished)
+            (route.and_then(|route| route.stale()), finished)
         {
             cache.keep(key, copy);
         }

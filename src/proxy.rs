@@ -126,11 +126,11 @@ impl Proxy {
         let Some((route, pool)) = ctx.route_and_pool() else {
             return Some(Outcome::NoRoute);
         };
-        if connection::declared_body_too_large(&request.headers, route.max_body_bytes) {
+        if connection::declared_body_too_large(&request.headers, route.config.max_body_bytes) {
             return Some(Outcome::BodyTooLarge);
         }
         pool.state.retry_budget.record_request(now);
-        ctx.deadline = Some(now + route.timeout);
+        ctx.deadline = Some(now + route.config.timeout);
         None
     }
 
@@ -139,13 +139,9 @@ impl Proxy {
         let Some((route, _)) = ctx.route_and_pool() else {
             return false;
         };
-        let headers = &session.req_header().headers;
-        // Counted in Redis for every instance with `[store] kind = "redis"`.
-        if route.shares_rate_limit() {
-            route.over_shared_rate_limit(headers, ctx.client_ip).await
-        } else {
-            route.over_rate_limit(headers, ctx.client_ip)
-        }
+        route
+            .over_rate_limit(&session.req_header().headers, ctx.client_ip)
+            .await
     }
 
     /// Maintenance, in `request_filter`: `Some(true)` when the shopper got the
@@ -160,8 +156,8 @@ impl Proxy {
             return Ok(None);
         };
         let rules = maintenance::Rules {
-            route: &route.name,
-            route_config: route.maintenance.as_ref(),
+            route: &route.config.name,
+            route_config: route.config.maintenance.as_ref(),
             global_config: snapshot.maintenance.as_ref(),
         };
         if !rules.may_apply(&self.state.maintenance) {
@@ -193,7 +189,7 @@ impl Proxy {
         let Some((route, pool)) = ctx.route_and_pool_in(&snapshot) else {
             return Ok(None);
         };
-        let Some(room) = snapshot.rooms.for_route(&route.name) else {
+        let Some(room) = snapshot.rooms.for_route(&route.config.name) else {
             return Ok(None);
         };
         let header = session.req_header();
@@ -258,7 +254,7 @@ impl Proxy {
         };
         let request = session.req_header();
         let key = match edge.key_of(
-            &route.name,
+            &route.config.name,
             &request.method,
             &request.headers,
             ctx.client_ip,
@@ -298,8 +294,8 @@ impl Proxy {
                 // Nothing can take the request: say so now rather than queue it.
                 return self.reject(session, ctx, Outcome::NoHealthyBackend).await;
             }
-            let (backup, priority) = (pool.backup(), route.priority);
-            let stale_first = route.stale.as_ref().is_some_and(|(c, _)| c.on_overload);
+            let (backup, priority) = (pool.backup(), route.config.priority);
+            let stale_first = route.config.stale.as_ref().is_some_and(|c| c.on_overload);
             let admission = Arc::clone(&pool.state.admission);
             admission.set_capacity(capacity);
             // A kept copy now rather than a wait in the queue.
@@ -375,7 +371,7 @@ impl Proxy {
         let Some((route, _)) = ctx.route_and_pool_in(&snapshot) else {
             return Ok(None);
         };
-        let Some((config, cache)) = &route.stale else {
+        let Some((config, cache)) = route.stale() else {
             return Ok(None);
         };
         if answer_started(session) {
@@ -388,7 +384,7 @@ impl Proxy {
             age: copy.age(std::time::Instant::now()),
         };
         let sent = self.send_kept(session, ctx, &copy.answer, kept).await?;
-        self.state.metrics.stale_served(&route.name);
+        self.state.metrics.stale_served(&route.config.name);
         Ok(Some(sent))
     }
 
@@ -534,7 +530,9 @@ fn decide_retry(
         // where the request may be sent again at all; ctx logs the move).
         Err(stop) if stop.tries_backup() && ctx.move_to_backup(replay_safe) => true,
         Err(stop) => {
-            state.metrics.retry_denied(&route.name, stop.as_str());
+            state
+                .metrics
+                .retry_denied(&route.config.name, stop.as_str());
             // The shopper hears the backend's own estimate.
             ctx.retry_after = retry_after
                 .map(respond::retry_after_seconds)
@@ -543,7 +541,7 @@ fn decide_retry(
         }
     };
     if retried {
-        state.metrics.retry(&route.name, failure.as_str());
+        state.metrics.retry(&route.config.name, failure.as_str());
     }
     retried
 }
@@ -556,7 +554,7 @@ fn retry_verdict(
     pool: &crate::upstream::Pool,
     attempt: &Attempt,
 ) -> std::result::Result<Duration, retry::Stop> {
-    let backoff = retry::decide(&route.retry, attempt)?;
+    let backoff = retry::decide(&route.config.retry, attempt)?;
     if pool.spend_retry(Instant::now()) {
         Ok(backoff)
     } else {
@@ -571,7 +569,7 @@ fn replay_safe(session: &Session, route: &crate::route::Route) -> bool {
     retry::replay_safe(&retry::Replay {
         method: &request.method,
         headers: &request.headers,
-        policy: &route.retry,
+        policy: &route.config.retry,
         idempotency: route.idempotency.as_ref().map(|edge| &edge.settings),
         body_truncated: session.as_ref().retry_buffer_truncated(),
     })
@@ -644,7 +642,7 @@ impl ProxyHttp for Proxy {
             Error::explain(InternalError, "no route was set before upstream_peer")
         })?;
         let timeout = retry::attempt_timeout(
-            route.retry.per_try_timeout,
+            route.config.retry.per_try_timeout,
             pool.request_timeout(),
             ctx.remaining(),
         );
@@ -777,8 +775,8 @@ impl ProxyHttp for Proxy {
         let Some((route, _)) = ctx.route_and_pool() else {
             return Ok(());
         };
-        let retryable = route.retry.on.statuses.contains(&status);
-        let intercept = route.intercept_errors && status >= 500;
+        let retryable = route.config.retry.on.statuses.contains(&status);
+        let intercept = route.config.intercept_errors && status >= 500;
         let backend_retry_after = retry::backend_retry_after(&upstream_response.headers);
         let failure = Failure::Status(status);
         if retryable && after_failure(&self.state, session, ctx, failure, backend_retry_after) {
@@ -806,7 +804,7 @@ impl ProxyHttp for Proxy {
         ctx.body_bytes += chunk.len() as u64;
         let limit = ctx
             .route_and_pool()
-            .map_or(u64::MAX, |(route, _)| route.max_body_bytes);
+            .map_or(u64::MAX, |(route, _)| route.config.max_body_bytes);
         if ctx.body_bytes > limit {
             // Cut before this chunk goes out: the backend never gets the whole
             // request, and its connection is dropped with the error.
@@ -997,7 +995,7 @@ fn access_record<'a>(
     AccessRecord {
         time: crate::telemetry::now_rfc3339(),
         request_id: &ctx.request_id,
-        route: route.map(|(r, _)| r.name.as_str()),
+        route: route.map(|(r, _)| r.config.name.as_str()),
         pool: route.map(|(_, p)| p.name.as_str()),
         backend: ctx.tried.last().map(|addr| addr.to_string()),
         method: request.method.as_str(),

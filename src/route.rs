@@ -14,115 +14,60 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
-use pingora_limits::rate::Rate;
 
-use crate::config::{
-    MaintenanceConfig, Pages, Priority, RateKey, RateLimitConfig, RetryConfig, RouteConfig,
-    StaleConfig,
-};
+use crate::config::{RouteConfig, StaleConfig};
 use crate::idempotency::RouteIdempotency;
+use crate::live::LiveState;
+use crate::ratelimit::{self, RateLimiter};
 use crate::stale::StaleCache;
-use crate::store::Stores;
 use crate::telemetry::{Metrics, RouteMetrics};
-use crate::upstream::Registry;
 
 /// How much longer than a route's timeout a shared idempotency record may
 /// stay in flight (the answer is still being written when the deadline passes).
 const IDEMPOTENCY_LEASE_MARGIN: Duration = Duration::from_secs(10);
 
-/// A compiled route: what it matches and where it sends.
+/// A compiled route: its validated settings and the live state it uses.
 pub struct Route {
-    /// Route name, for logs and metric labels.
-    pub name: String,
-    /// Index of the pool in the snapshot.
-    pub pool: usize,
-    /// Overall deadline of a request, retries included.
-    pub timeout: Duration,
-    /// The route's retry policy.
-    pub retry: RetryConfig,
-    /// Priority class in the pool's queue.
-    pub priority: Priority,
-    /// Whether a backend's 5xx body is replaced by the page.
-    pub intercept_errors: bool,
-    /// Pages for this route, instead of the server's.
-    pub pages: Option<Pages>,
-    /// The rate limit and its live counters (shared across snapshots).
-    pub rate_limit: Option<(RateLimitConfig, Arc<Rate>)>,
-    /// The Redis that counts the rate limit for every instance (`[store]
-    /// kind = "redis"`); `None`: counted in `rate_limit`'s memory only.
-    pub shared_rate_limit: Option<Arc<crate::store::redis::Redis>>,
-    /// Largest request body, in bytes.
-    pub max_body_bytes: u64,
+    /// What the config file says of the route: what it matches, where it
+    /// sends, its deadlines, retries, pages and protections.
+    pub config: RouteConfig,
+    /// Counts the rate limit of `config.rate_limit` (shared across snapshots,
+    /// and across instances with Redis).
+    pub rate_limiter: Option<Arc<dyn RateLimiter>>,
     /// Idempotency at the edge: settings, records and metrics.
     pub idempotency: Option<RouteIdempotency>,
-    /// The route's configured maintenance window.
-    pub maintenance: Option<MaintenanceConfig>,
-    /// Stale answers for reads: settings and the route's kept copies.
-    pub stale: Option<(StaleConfig, Arc<StaleCache>)>,
+    /// The kept copies for `config.stale`.
+    pub stale_copies: Option<Arc<StaleCache>>,
     /// Metric handles.
     pub metrics: RouteMetrics,
-    host: Option<String>,
-    path_prefix: String,
-    methods: Option<Vec<Method>>,
 }
 
 impl Route {
-    /// Counts the request against the route's rate limit; true when the client
-    /// (by IP or header, as configured) is over it this second.
-    pub fn over_rate_limit(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> bool {
-        let Some((limit, rate)) = &self.rate_limit else {
-            return false;
-        };
-        let seen = match &limit.key {
-            RateKey::ClientIp => rate.observe(&client_ip, 1),
-            RateKey::Header(name) => rate.observe(&headers.get(name).map(|v| v.as_bytes()), 1),
-        };
-        seen > limit.requests_per_second as isize
-    }
-
-    /// Whether the rate limit is counted in Redis, for every instance
-    /// ([`Route::over_shared_rate_limit`]).
-    pub fn shares_rate_limit(&self) -> bool {
-        self.rate_limit.is_some() && self.shared_rate_limit.is_some()
-    }
-
-    /// [`Route::over_rate_limit`] counted in Redis, so every instance's
-    /// requests of one client add up; when Redis does not answer within the
-    /// store's timeout, counted in this instance's memory.
-    pub async fn over_shared_rate_limit(
-        &self,
-        headers: &HeaderMap,
-        client_ip: Option<IpAddr>,
-    ) -> bool {
-        let (Some((limit, _)), Some(redis)) = (&self.rate_limit, &self.shared_rate_limit) else {
-            return self.over_rate_limit(headers, client_ip);
-        };
-        let ip;
-        let client: &[u8] = match &limit.key {
-            RateKey::ClientIp => {
-                ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-                ip.as_bytes()
+    /// Counts the request against the route's rate limit; true when the
+    /// client (by IP or header, as configured) is over it.
+    pub async fn over_rate_limit(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> bool {
+        match (&self.config.rate_limit, &self.rate_limiter) {
+            (Some(limit), Some(limiter)) => {
+                ratelimit::is_over(limiter.as_ref(), limit, headers, client_ip).await
             }
-            RateKey::Header(name) => headers.get(name).map_or(&[], |v| v.as_bytes()),
-        };
-        match redis
-            .over_rate_limit(&self.name, client, limit.requests_per_second)
-            .await
-        {
-            Some(over) => over,
-            None => self.over_rate_limit(headers, client_ip),
+            _ => false,
         }
+    }
+
+    /// Stale answers for reads: the settings and the route's kept copies.
+    pub fn stale(&self) -> Option<(&StaleConfig, &StaleCache)> {
+        self.config.stale.as_ref().zip(self.stale_copies.as_deref())
     }
 }
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Route")
-            .field("name", &self.name)
-            .field("pool", &self.pool)
-            .field("host", &self.host)
-            .field("path_prefix", &self.path_prefix)
-            .field("methods", &self.methods)
+            .field("name", &self.config.name)
+            .field("pool", &self.config.pool)
+            .field("host", &self.config.host)
+            .field("path_prefix", &self.config.path_prefix)
+            .field("methods", &self.config.methods)
             .finish_non_exhaustive()
     }
 }
@@ -134,34 +79,17 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles validated routes into a table, with metric handles and live rate
-    /// limiters.
-    pub fn new(
-        configs: &[RouteConfig],
-        metrics: &Metrics,
-        registry: &Registry,
-        stores: &Stores,
-    ) -> RouteTable {
+    /// Compiles validated routes into a table, with metric handles and their
+    /// live state.
+    pub fn new(configs: &[RouteConfig], metrics: &Metrics, live: &LiveState) -> RouteTable {
         let mut routes: Vec<Route> = configs
             .iter()
             .map(|c| Route {
-                name: c.name.clone(),
-                pool: c.pool,
-                timeout: c.timeout,
-                retry: c.retry.clone(),
-                priority: c.priority,
-                intercept_errors: c.intercept_errors,
-                pages: c.pages.clone(),
-                rate_limit: c
-                    .rate_limit
-                    .clone()
-                    .map(|limit| (limit, registry.rate_limiter(&c.name))),
-                shared_rate_limit: stores.shared(),
-                max_body_bytes: c.max_body_bytes,
+                rate_limiter: c.rate_limit.as_ref().map(|_| live.rate_limiter(&c.name)),
                 idempotency: c.idempotency.clone().map(|settings| RouteIdempotency {
                     // A record in flight longer than the request can live
                     // belongs to an instance that died.
-                    store: stores.idempotency(
+                    store: live.idempotency(
                         &c.name,
                         settings.max_bytes,
                         c.timeout + IDEMPOTENCY_LEASE_MARGIN,
@@ -169,24 +97,20 @@ impl RouteTable {
                     metrics: metrics.idempotency(&c.name),
                     settings,
                 }),
-                maintenance: c.maintenance.clone(),
-                stale: c.stale.clone().map(|config| {
+                stale_copies: c.stale.as_ref().map(|config| {
                     metrics.prime_stale(&c.name);
-                    let cache = stores.stale(&c.name, &config);
-                    (config, cache)
+                    live.stale(&c.name, config)
                 }),
                 metrics: metrics.route(&c.name),
-                host: c.host.clone(),
-                path_prefix: c.path_prefix.clone(),
-                methods: c.methods.clone(),
+                config: c.clone(),
             })
             .collect();
         // A stable sort keeps file order among equals.
         routes.sort_by_key(|r| {
             (
-                r.host.is_none(),
-                std::cmp::Reverse(r.path_prefix.trim_end_matches('/').len()),
-                r.methods.is_none(),
+                r.config.host.is_none(),
+                std::cmp::Reverse(r.config.path_prefix.trim_end_matches('/').len()),
+                r.config.methods.is_none(),
             )
         });
         RouteTable { routes }
@@ -206,7 +130,7 @@ impl RouteTable {
     /// and any case.
     pub fn classify(&self, host: Option<&str>, path: &str, method: &Method) -> Option<usize> {
         let host = host.map(strip_port);
-        self.routes.iter().position(|route| {
+        self.routes.iter().map(|r| &r.config).position(|route| {
             route
                 .host
                 .as_deref()
@@ -264,12 +188,7 @@ mod tests {
     }
 
     fn table(configs: &[RouteConfig]) -> RouteTable {
-        RouteTable::new(
-            configs,
-            &Metrics::new(),
-            &Registry::default(),
-            &Stores::default(),
-        )
+        RouteTable::new(configs, &Metrics::new(), &LiveState::default())
     }
 
     fn name<'a>(
@@ -279,7 +198,7 @@ mod tests {
         method: Method,
     ) -> Option<&'a str> {
         let index = table.classify(host, path, &method)?;
-        table.get(index).map(|r| r.name.as_str())
+        table.get(index).map(|r| r.config.name.as_str())
     }
 
     #[test]
@@ -341,8 +260,8 @@ mod tests {
         assert_eq!(name(&table, Some("[::1]:80"), "/", Method::POST), None);
     }
 
-    #[test]
-    fn rate_limits_count_per_client_key() {
+    #[tokio::test]
+    async fn rate_limits_count_per_client_key() {
         let text = "[[pools]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\nname = \"r\"\npool = \"p\"\n[routes.rate_limit]\nrequests_per_second = 2\nkey = \"header:x-user\"\n";
         let config = crate::config::Config::from_toml(text).expect("valid");
         let table = table(&config.routes);
@@ -351,11 +270,14 @@ mod tests {
         alice.insert("x-user", http::HeaderValue::from_static("alice"));
         let mut bob = HeaderMap::new();
         bob.insert("x-user", http::HeaderValue::from_static("bob"));
-        assert!(!route.over_rate_limit(&alice, None));
-        assert!(!route.over_rate_limit(&alice, None));
-        assert!(route.over_rate_limit(&alice, None), "third in a second");
+        assert!(!route.over_rate_limit(&alice, None).await);
+        assert!(!route.over_rate_limit(&alice, None).await);
         assert!(
-            !route.over_rate_limit(&bob, None),
+            route.over_rate_limit(&alice, None).await,
+            "third in a second"
+        );
+        assert!(
+            !route.over_rate_limit(&bob, None).await,
             "another client has its own count"
         );
     }

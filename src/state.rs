@@ -16,10 +16,10 @@ use strum::IntoEnumIterator;
 
 use crate::config::tls::CertResolver;
 use crate::config::{Config, Pages};
+use crate::live::LiveState;
 use crate::outcome::PAGE_KINDS;
 use crate::retry::{Failure, Stop};
 use crate::route::RouteTable;
-use crate::store::Stores;
 use crate::telemetry::Metrics;
 use crate::upstream::{Pool, Registry};
 
@@ -37,7 +37,7 @@ pub struct Snapshot {
     /// Limits on what a shopper's connection may send and how long it may idle.
     pub limits: crate::connection::Limits,
     /// Waiting rooms, and which covers each route; their lines are live
-    /// state in `Stores` and outlive snapshots.
+    /// state in `LiveState` and outlive snapshots.
     pub rooms: crate::room::Rooms,
     /// `[maintenance]`: a configured window for every route.
     pub maintenance: Option<crate::config::MaintenanceConfig>,
@@ -75,7 +75,7 @@ pub struct State {
     started_with: Config,
     registry: Registry,
     /// Records that outlive requests and snapshots (idempotency).
-    stores: Stores,
+    live: LiveState,
     generation: AtomicU64,
     source: Option<PathBuf>,
     reload_status: Mutex<ReloadStatus>,
@@ -99,9 +99,9 @@ impl State {
     /// Builds the first snapshot from a validated config read from `source`.
     pub fn new(config: Config, source: Option<PathBuf>) -> State {
         let registry = Registry::default();
-        let stores = Stores::default();
+        let live = LiveState::default();
         let metrics = Metrics::new();
-        let snapshot = Snapshot::build(&config, &registry, &stores, &metrics, 1);
+        let snapshot = Snapshot::build(&config, &registry, &live, &metrics, 1);
         metrics.config_generation.set(1);
         metrics.config_last_reload_success.set(1);
         let status = ReloadStatus {
@@ -122,7 +122,7 @@ impl State {
             config: ArcSwap::from_pointee(config.clone()),
             started_with: config,
             registry,
-            stores,
+            live,
             generation: AtomicU64::new(1),
             source,
             reload_status: Mutex::new(status),
@@ -203,7 +203,7 @@ impl State {
 
     /// Where shared records live and whether it answers (for `/status`).
     pub fn store_status(&self) -> crate::store::redis::StoreStatus {
-        self.stores.status()
+        self.live.status()
     }
 
     /// The live registry (for the admin API).
@@ -224,7 +224,7 @@ impl State {
         let snapshot = Snapshot::build(
             &config,
             &self.registry,
-            &self.stores,
+            &self.live,
             &self.metrics,
             generation,
         );
@@ -429,7 +429,7 @@ impl Snapshot {
     fn build(
         config: &Config,
         registry: &Registry,
-        stores: &Stores,
+        live: &LiveState,
         metrics: &Metrics,
         generation: u64,
     ) -> Snapshot {
@@ -450,14 +450,14 @@ impl Snapshot {
         }
         metrics.prime_route(Metrics::UNROUTED, &[], &[], &PAGE_KINDS);
         // Before the routes: they take their records' store from it.
-        stores.configure(&config.store, metrics);
+        live.configure(&config.store, metrics);
         Snapshot {
             generation,
-            routes: RouteTable::new(&config.routes, metrics, registry, stores),
+            routes: RouteTable::new(&config.routes, metrics, live),
             pools,
             pages: config.server.pages.clone(),
             limits: crate::connection::Limits::from(&config.server),
-            rooms: crate::room::Rooms::new(&config.rooms, stores, metrics),
+            rooms: crate::room::Rooms::new(&config.rooms, live, metrics),
             maintenance: config.maintenance.clone(),
         }
     }

@@ -45,7 +45,12 @@ pub(super) fn windows(state: &State) -> Vec<Value> {
     let configured = snapshot
         .routes
         .iter()
-        .filter_map(|route| Some((Some(route.name.as_str()), route.maintenance.as_ref()?)))
+        .filter_map(|route| {
+            Some((
+                Some(route.config.name.as_str()),
+                route.config.maintenance.as_ref()?,
+            ))
+        })
         .chain(snapshot.maintenance.as_ref().map(|m| (None, m)))
         .filter_map(|(route, config)| Some((route, config.window()?)))
         .filter(|(_, window)| window.is_open(now))
@@ -87,7 +92,12 @@ pub(super) async fn open(state: &State, request: Request<Incoming>) -> Response<
         }
     };
     if let Some(route) = &open.route {
-        if !state.snapshot().routes.iter().any(|r| &r.name == route) {
+        if !state
+            .snapshot()
+            .routes
+            .iter()
+            .any(|r| &r.config.name == route)
+        {
             return error(StatusCode::NOT_FOUND, format!("no route {route:?}"));
         }
     }

@@ -18,8 +18,8 @@ fn pressure(snapshot: &Snapshot, room: &Room) -> Pressure {
     snapshot
         .routes
         .iter()
-        .find(|route| room.settings.routes.contains(&route.name))
-        .and_then(|route| snapshot.pools.get(route.pool))
+        .find(|route| room.settings.routes.contains(&route.config.name))
+        .and_then(|route| snapshot.pools.get(route.config.pool))
         .map_or(Pressure::IDLE, Pressure::of_pool)
 }
 

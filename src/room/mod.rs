@@ -36,8 +36,8 @@ use tokio::time::Instant;
 
 use crate::admission::AdmissionStatus;
 pub use crate::config::{Bypass, RoomConfig, RoomMode, Secret};
+use crate::live::LiveState;
 use crate::store::room::{Arrival, CheckIn, Control, Limits, LineStats, RoomLine};
-use crate::store::Stores;
 use crate::telemetry::{Metrics, RoomMetrics};
 use cookie::{Invalid, Token};
 
@@ -570,7 +570,7 @@ pub struct Rooms {
 
 impl Rooms {
     /// Compiles the configured rooms onto their live lines.
-    pub fn new(configs: &[RoomConfig], stores: &Stores, metrics: &Metrics) -> Rooms {
+    pub fn new(configs: &[RoomConfig], live: &LiveState, metrics: &Metrics) -> Rooms {
         let mut rooms = Rooms::default();
         for config in configs {
             let index = rooms.rooms.len();
@@ -579,7 +579,7 @@ impl Rooms {
             }
             rooms.rooms.push(Room::new(
                 config.clone(),
-                stores.room_line(&config.name),
+                live.room_line(&config.name),
                 metrics.room(&config.name),
             ));
         }

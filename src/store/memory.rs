@@ -3,13 +3,14 @@
 //! record living for the TTL it was created with.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::{Begin, Fingerprint, IdempotencyStore, RecordKey, Waiter};
@@ -35,17 +36,11 @@ struct Record {
 
 impl Record {
     fn state(&self) -> State {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.state.lock().clone()
     }
 
     fn settle(&self, state: State) {
-        *self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+        *self.state.lock() = state;
         self.settled.send_replace(true);
     }
 

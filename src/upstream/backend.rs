@@ -1,21 +1,20 @@
 //! Live per-backend state, shared by every snapshot that names the backend:
 //! requests in flight, latency, active health, ejection, and drain.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
-
-use pingora_limits::rate::Rate;
 
 use super::budget::RetryBudget;
 use super::health::{Health, HealthState};
 use super::outlier::{OutlierState, Signal};
 use crate::admission::{Admission, AdmissionConfig};
 use crate::config::{HealthConfig, OutlierConfig};
+use crate::live::weak_map::WeakMap;
 
 /// How fast old latency samples fade from the EWMA. Default: 10s, as linkerd.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -88,14 +87,6 @@ pub enum Availability {
     Ejected,
     /// An operator drained it.
     Drained,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks cannot leave the state torn (each
-    // update is a few plain assignments), so a poisoned lock is still usable.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Backend {
@@ -172,7 +163,7 @@ impl Backend {
             latency
         };
         let sample = latency.as_nanos() as f64;
-        let mut load = lock(&self.load);
+        let mut load = self.load.lock();
         if sample > load.latency_nanos {
             load.latency_nanos = sample;
         } else {
@@ -187,13 +178,13 @@ impl Backend {
 
     /// The peak-EWMA load estimate: smoothed latency times (requests in flight + 1).
     pub fn ewma_cost(&self) -> f64 {
-        lock(&self.load).latency_nanos * (self.in_flight() + 1) as f64
+        self.load.lock().latency_nanos * (self.in_flight() + 1) as f64
     }
 
     /// The least-request load estimate: requests in flight (+1), inflated by the
     /// recent failure rate so a backend that fails fast does not attract traffic.
     pub fn least_request_cost(&self) -> f64 {
-        let failure_rate = lock(&self.load).failure_rate;
+        let failure_rate = self.load.lock().failure_rate;
         (self.in_flight() + 1) as f64 * (1.0 + FAILURE_COST * failure_rate)
     }
 
@@ -203,7 +194,7 @@ impl Backend {
         if self.is_drained() {
             return Availability::Drained;
         }
-        let status = lock(&self.status);
+        let status = self.status.lock();
         if let Some(config) = health {
             let state = status.health.health();
             let healthy =
@@ -224,13 +215,13 @@ impl Backend {
 
     /// The current active-check health.
     pub fn health(&self) -> Health {
-        lock(&self.status).health.health()
+        self.status.lock().health.health()
     }
 
     /// Records a probe result; returns the new health when it changed.
     pub fn record_probe(&self, passed: bool, config: &HealthConfig) -> Option<Health> {
         let now = Instant::now();
-        let mut status = lock(&self.status);
+        let mut status = self.status.lock();
         if passed {
             status.outlier.probe_passed(now);
         }
@@ -256,14 +247,14 @@ impl Backend {
     ) -> Option<Health> {
         let change = self.record_probe(result.is_ok(), config);
         if let Err(why) = result {
-            lock(&self.status).last_probe = Some((Instant::now(), Some(why.clone())));
+            self.status.lock().last_probe = Some((Instant::now(), Some(why.clone())));
         }
         change
     }
 
     /// The last probe and the last change of health.
     pub fn probe_report(&self) -> ProbeReport {
-        let status = lock(&self.status);
+        let status = self.status.lock();
         ProbeReport {
             last: status.last_probe.clone(),
             changed: status.health_changed,
@@ -272,17 +263,17 @@ impl Backend {
 
     /// Until when passive checks eject the backend (or last ejected it).
     pub fn ejected_until(&self) -> Option<Instant> {
-        lock(&self.status).outlier.ejected_until()
+        self.status.lock().outlier.ejected_until()
     }
 
     /// The smoothed (peak-EWMA) latency of the backend's answers.
     pub fn ewma_latency(&self) -> Duration {
-        Duration::from_nanos(lock(&self.load).latency_nanos as u64)
+        Duration::from_nanos(self.load.lock().latency_nanos as u64)
     }
 
     /// Claims the next probe if it is due: returns true at most once per interval.
     pub fn probe_due(&self, now: Instant, config: &HealthConfig) -> bool {
-        let mut status = lock(&self.status);
+        let mut status = self.status.lock();
         match status.next_probe {
             Some(at) if at > now => false,
             _ => {
@@ -296,12 +287,12 @@ impl Backend {
     /// signal tips the backend over a threshold (the caller decides, knowing the
     /// pool, whether it may be ejected).
     pub fn record_signal(&self, signal: Signal, config: &OutlierConfig) -> bool {
-        lock(&self.status).outlier.record(signal, config)
+        self.status.lock().outlier.record(signal, config)
     }
 
     /// Ejects the backend; returns for how long.
     pub fn eject(&self, config: &OutlierConfig) -> Duration {
-        lock(&self.status).outlier.eject(Instant::now(), config)
+        self.status.lock().outlier.eject(Instant::now(), config)
     }
 }
 
@@ -343,69 +334,47 @@ pub struct PoolState {
     pub failover: super::failover::Failover,
 }
 
-/// Live state of every backend, keyed by (pool name, address), of every pool
-/// and of every route's rate limiter. Entries are held by snapshots and
-/// requests; once none holds one, the next lookup forgets it.
+/// Live state of every backend, keyed by (pool name, address), and of every
+/// pool. Entries are held by snapshots and requests; once none holds one, the
+/// next lookup forgets it.
 #[derive(Debug, Default)]
 pub struct Registry {
-    backends: Mutex<HashMap<(String, SocketAddr), Weak<Backend>>>,
-    pools: Mutex<HashMap<String, Weak<PoolState>>>,
-    rate_limiters: Mutex<HashMap<String, Weak<Rate>>>,
+    backends: WeakMap<(String, SocketAddr), Backend>,
+    pools: WeakMap<String, PoolState>,
 }
 
 impl Registry {
     /// The live entry for a backend of a pool, created if it is new.
     pub fn backend(&self, pool: &str, addr: SocketAddr) -> Arc<Backend> {
-        let mut entries = lock(&self.backends);
-        entries.retain(|_, weak| weak.strong_count() > 0);
-        let key = (pool.to_string(), addr);
-        if let Some(backend) = entries.get(&key).and_then(Weak::upgrade) {
-            return backend;
-        }
-        let backend = Arc::new(Backend::new(pool, addr));
-        entries.insert(key, Arc::downgrade(&backend));
-        backend
+        self.backends
+            .get_or_create((pool.to_string(), addr), |live| {
+                live.unwrap_or_else(|| Arc::new(Backend::new(pool, addr)))
+            })
     }
 
     /// The live state of a pool, created if it is new; an existing pool's
     /// admission takes the new settings and keeps its waiters.
     pub fn pool(&self, name: &str, admission: &AdmissionConfig) -> Arc<PoolState> {
-        let mut entries = lock(&self.pools);
-        entries.retain(|_, weak| weak.strong_count() > 0);
-        if let Some(pool) = entries.get(name).and_then(Weak::upgrade) {
-            pool.admission.set_config(admission.clone());
-            return pool;
-        }
-        let pool = Arc::new(PoolState {
-            retry_budget: RetryBudget::default(),
-            panicking: AtomicBool::new(false),
-            admission: Arc::new(Admission::new(admission.clone())),
-            failover: super::failover::Failover::default(),
-        });
-        entries.insert(name.to_string(), Arc::downgrade(&pool));
-        pool
-    }
-
-    /// The live rate limiter of a route (one-second windows), created if new.
-    pub fn rate_limiter(&self, route: &str) -> Arc<Rate> {
-        let mut entries = lock(&self.rate_limiters);
-        entries.retain(|_, weak| weak.strong_count() > 0);
-        if let Some(rate) = entries.get(route).and_then(Weak::upgrade) {
-            return rate;
-        }
-        let rate = Arc::new(Rate::new(Duration::from_secs(1)));
-        entries.insert(route.to_string(), Arc::downgrade(&rate));
-        rate
+        self.pools
+            .get_or_create(name.to_string(), |live| match live {
+                Some(pool) => {
+                    pool.admission.set_config(admission.clone());
+                    pool
+                }
+                None => Arc::new(PoolState {
+                    retry_budget: RetryBudget::default(),
+                    panicking: AtomicBool::new(false),
+                    admission: Arc::new(Admission::new(admission.clone())),
+                    failover: super::failover::Failover::default(),
+                }),
+            })
     }
 
     /// The live entry of a backend of a pool, if some snapshot or request holds it.
     pub fn find_backend(&self, pool: &str, addr: SocketAddr) -> Option<Arc<Backend>> {
-        lock(&self.backends)
-            .get(&(pool.to_string(), addr))
-            .and_then(Weak::upgrade)
+        self.backends.get(&(pool.to_string(), addr))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -544,7 +544,8 @@ fn slow_header_clients_do_not_stop_a_normal_shopper() {
     }
     for i in 0..20 {
         let started = std::time::Instant::now();
-        let response = crate::support::get(proxy.addr, &format!("/api/products/{i}")).expect("served");
+        let response =
+            crate::support::get(proxy.addr, &format!("/api/products/{i}")).expect("served");
         assert_eq!(response.status, 200);
         assert!(
             started.elapsed() < Duration::from_secs(2),

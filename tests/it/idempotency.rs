@@ -196,7 +196,9 @@ fn records_expire_and_the_memory_budget_evicts() {
         assert_eq!(response.status, 201);
     }
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
-    let metrics = crate::support::get(admin, "/metrics").expect("metrics").text();
+    let metrics = crate::support::get(admin, "/metrics")
+        .expect("metrics")
+        .text();
     let evictions = metrics
         .lines()
         .find(|l| l.starts_with("ordergate_idempotency_evictions{route=\"orders\"}"))

@@ -13,12 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ordergate::store::room::{Arrival, CheckIn, Control, Limits, MemoryLine, RoomLine};
-use ordergate::store::{RedisConfig, StoreConfig, Stores};
-use ordergate::telemetry::Metrics;
 use crate::support::{
     admin_section, free_port, get, request, wait_until, Fleet, HttpError, Proxy, Response, TempFile,
 };
+use ordergate::live::LiveState;
+use ordergate::ratelimit::MemoryRateLimiter;
+use ordergate::store::redis::RedisRateLimiter;
+use ordergate::store::room::{Arrival, CheckIn, Control, Limits, MemoryLine, RoomLine};
+use ordergate::store::{RedisConfig, StoreConfig};
+use ordergate::telemetry::Metrics;
 
 /// A `redis-server` of this test: no persistence, so a restart starts empty
 /// (the worst case for ordergate).
@@ -648,9 +651,9 @@ fn an_answer_settled_while_redis_was_frozen_reaches_it_afterwards() {
     assert_eq!(orders_created(&fleet), 2);
 }
 
-/// A shared line on `redis`, as one instance's `Stores` makes it.
+/// A shared line on `redis`, as one instance's `LiveState` makes it.
 fn shared_line(redis: &RedisServer, prefix: &str) -> std::sync::Arc<dyn RoomLine> {
-    let stores = Stores::default();
+    let stores = LiveState::default();
     let settings = RedisConfig {
         url: redis.url(),
         password: None,
@@ -1290,4 +1293,37 @@ fn redis_killed_while_shoppers_wait_the_room_serves_from_memory_then_shares_agai
         assert_eq!(instance.log_count(RECOVERY_LOG), 1, "recovery logged once");
         assert_eq!(instance.metric("ordergate_store_up"), 1.0);
     }
+}
+
+/// The Redis limiter keeps the rate-limit contract the memory one keeps: the
+/// same cases, on a real Redis, on the cases' clock (the Redis limiter's
+/// memory fallback would pass them too, so the test also checks that Redis
+/// answered every call).
+#[test]
+fn the_redis_rate_limiter_keeps_the_contract() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    let live = LiveState::default();
+    let settings = RedisConfig {
+        url: redis.url(),
+        password: None,
+        key_prefix: "contract:".to_owned(),
+        timeout: Duration::from_secs(1),
+        pool_size: 1,
+    };
+    let metrics = Metrics::new();
+    live.configure(&StoreConfig::Redis(settings), &metrics);
+    let shared = live.shared().expect("redis configured");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let cases = AtomicU64::new(0);
+    runtime.block_on(ordergate::ratelimit::contract::run_all(|clock| {
+        // A route per case: each starts with no counts.
+        let route = format!("case-{}", cases.fetch_add(1, Ordering::Relaxed));
+        let local = std::sync::Arc::new(MemoryRateLimiter::new());
+        std::sync::Arc::new(
+            RedisRateLimiter::new(std::sync::Arc::clone(&shared), &route, local).on_clock(clock),
+        )
+    }));
+    assert!(cases.load(Ordering::Relaxed) >= 5);
+    assert_eq!(metrics.store.fallbacks(), 0, "Redis counted every request");
 }

@@ -337,7 +337,7 @@ fn serve_canned(status: serde_json::Value, rooms: serde_json::Value) -> SocketAd
                 "/rooms" => ("application/json", rooms.to_string()),
                 _ => (
                     "text/html; charset=utf-8",
-                    include_str!("../src/admin/status.html").to_string(),
+                    include_str!("../../src/admin/status.html").to_string(),
                 ),
             };
             let response = format!(
@@ -532,7 +532,8 @@ fn the_page_needs_no_token_but_the_data_does() {
     assert!(status["uptime_seconds"].as_f64().is_some(), "{status}");
 
     // In a browser: the page asks for the token and shows no data.
-    let Some(browser) = crate::support::programs::find(&["chromium", "chromium-browser", "google-chrome"])
+    let Some(browser) =
+        crate::support::programs::find(&["chromium", "chromium-browser", "google-chrome"])
     else {
         eprintln!("SKIPPED the browser half: chromium is not installed");
         return;

@@ -67,7 +67,11 @@ fn a_kept_copy_stands_in_when_the_backends_fail() {
 #[test]
 fn a_copy_is_not_served_past_max_age() {
     let fleet = Fleet::start(1);
-    let proxy = Proxy::start(&config(&fleet, crate::support::free_port(), "max_age = \"1s\""));
+    let proxy = Proxy::start(&config(
+        &fleet,
+        crate::support::free_port(),
+        "max_age = \"1s\"",
+    ));
     assert_eq!(get(&proxy, "/api/products/1", &[]).status, 200);
     fleet.set_mode(fleet.addrs[0], r#"{"fault": "reset"}"#);
     assert_eq!(

@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{admin_section, free_port, request, wait_until, Fleet, Proxy, Response, TempFile};
+use crate::support::{
+    admin_section, free_port, request, wait_until, Fleet, Proxy, Response, TempFile,
+};
 
 fn admin(port: u16, method: &str, path: &str) -> Response {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -15,13 +15,15 @@ mod rate;
 mod room;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, FromRedisValue, IntoConnectionInfo, Script};
+use parking_lot::Mutex;
 
 pub use idempotency::RedisIdempotency;
+pub use rate::RedisRateLimiter;
 pub use room::RedisLine;
 
 use super::RedisConfig;
@@ -162,7 +164,7 @@ impl Redis {
 
     /// What `/status` shows.
     pub fn status(&self) -> StoreStatus {
-        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let health = self.health.lock();
         StoreStatus {
             kind: "redis",
             url: Some(self.settings.url.clone()),
@@ -272,7 +274,7 @@ impl Redis {
                 self.settings.url
             );
             self.metrics.up.set(0);
-            let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            let mut health = self.health.lock();
             health.down_since = Some(crate::telemetry::now_rfc3339());
             health.last_error = Some(why);
             tokio::spawn(Arc::clone(self).probe_until_up());
@@ -315,10 +317,7 @@ impl Redis {
     }
 
     fn still_down(&self, why: String) {
-        self.health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_error = Some(why);
+        self.health.lock().last_error = Some(why);
     }
 
     fn came_back(&self) {
@@ -328,10 +327,7 @@ impl Redis {
                 self.settings.url
             );
             self.metrics.up.set(1);
-            self.health
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .down_since = None;
+            self.health.lock().down_since = None;
         }
     }
 }
@@ -339,7 +335,9 @@ impl Redis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{StoreConfig, Stores};
+    use crate::live::LiveState;
+    use crate::ratelimit::RateLimiter;
+    use crate::store::StoreConfig;
     use crate::telemetry::Metrics;
 
     fn redis(url: &str) -> StoreConfig {
@@ -354,7 +352,7 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_same_redis_and_switches_on_new_settings() {
-        let stores = Stores::default();
+        let stores = LiveState::default();
         let metrics = Metrics::new();
         stores.configure(&StoreConfig::Memory, &metrics);
         assert!(stores.shared().is_none());
@@ -393,14 +391,20 @@ mod tests {
             panic!("valid settings");
         };
         let redis = Arc::new(redis);
+        let limiter = RedisRateLimiter::new(Arc::clone(&redis), "r", Arc::default());
         let started = std::time::Instant::now();
-        assert_eq!(redis.over_rate_limit("r", b"alice", 5).await, None);
+        assert!(limiter.admit(b"alice", 5).await, "counted in memory");
         assert!(!redis.is_up());
         assert_eq!(metrics.store.up.get(), 0);
-        // Down: the next ones do not even try.
-        for _ in 0..100 {
-            assert_eq!(redis.over_rate_limit("r", b"alice", 5).await, None);
-        }
+        // Down: the next ones do not even try, and memory keeps the limit.
+        let admitted = {
+            let mut admitted = 0;
+            for _ in 0..100 {
+                admitted += u32::from(limiter.admit(b"alice", 5).await);
+            }
+            admitted
+        };
+        assert_eq!(admitted, 4);
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!(metrics.store.fallbacks(), 101);
         assert!(redis.status().last_error.is_some());

@@ -1,25 +1,33 @@
-//! Shared rate limits: a sliding window of one second per client key, counted
-//! in Redis by one script, so N instances together allow the configured rate.
+//! Shared rate limits: the contract of [`crate::ratelimit`] counted in Redis by
+//! one script, so N instances together allow the configured rate.
 //!
 //! The window is the current second's count plus the previous second's,
 //! weighted by how much of it still overlaps the last second (the estimate
-//! Cloudflare describes for its limiter); only admitted requests count, so a
-//! client hammering at ten times its rate still gets its rate. Time is Redis's
-//! own clock, so instances whose clocks differ agree.
+//! Cloudflare describes for its limiter); only admitted requests count. Time
+//! is Redis's own clock, so instances whose clocks differ agree (the contract
+//! cases pass their own clock instead).
 
 use std::sync::{Arc, LazyLock};
 
+use async_trait::async_trait;
 use redis::Script;
 
 use super::Redis;
+use crate::ratelimit::{ManualClock, MemoryRateLimiter, RateLimiter};
 use crate::telemetry::StoreFeature;
 
-/// KEYS[1] the client's key; ARGV requests per second. 1: admitted, 0: over.
+/// KEYS[1] the client's key; ARGV[1] requests per second; ARGV[2], when
+/// given, the time in milliseconds (else Redis's clock). 1: admitted, 0: over.
 static SLIDING_WINDOW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now
+if ARGV[2] then
+  now = tonumber(ARGV[2])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local second = math.floor(now / 1000)
 local overlap = 1 - (now % 1000) / 1000
 local current = KEYS[1] .. ':' .. second
@@ -36,16 +44,40 @@ return 1
 /// Client keys longer than this are hashed (a header value is the client's).
 const RAW_KEY_MAX: usize = 64;
 
-impl Redis {
-    /// Counts a request of `client` against `route`'s limit of `per_second`;
-    /// `Some(true)` when it is over, `None` when Redis did not answer (the
-    /// caller counts it locally).
-    pub async fn over_rate_limit(
-        self: &Arc<Self>,
-        route: &str,
-        client: &[u8],
-        per_second: u32,
-    ) -> Option<bool> {
+/// A route's rate limit counted in Redis; when Redis does not answer within
+/// the store's timeout, counted in this instance's memory (`local`).
+#[derive(Debug)]
+pub struct RedisRateLimiter {
+    redis: Arc<Redis>,
+    route: String,
+    local: Arc<MemoryRateLimiter>,
+    clock: Option<ManualClock>,
+}
+
+impl RedisRateLimiter {
+    /// `route`'s limiter in `redis`, falling back to `local`.
+    pub fn new(redis: Arc<Redis>, route: &str, local: Arc<MemoryRateLimiter>) -> RedisRateLimiter {
+        RedisRateLimiter {
+            redis,
+            route: route.to_owned(),
+            local,
+            clock: None,
+        }
+    }
+
+    /// The same limiter on the caller's clock instead of Redis's (the contract
+    /// cases drive time).
+    pub fn on_clock(self, clock: ManualClock) -> RedisRateLimiter {
+        RedisRateLimiter {
+            clock: Some(clock),
+            ..self
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisRateLimiter {
+    async fn admit(&self, client: &[u8], per_second: u32) -> bool {
         let hashed;
         let client = if client.len() <= RAW_KEY_MAX {
             client
@@ -53,17 +85,24 @@ impl Redis {
             hashed = hex(ring::digest::digest(&ring::digest::SHA256, client).as_ref());
             hashed.as_bytes()
         };
-        let key = self.key(&[b"rate", route.as_bytes(), client]);
+        let key = self.redis.key(&[b"rate", self.route.as_bytes(), client]);
         let limit = per_second.to_string();
-        let admitted: i64 = self
+        let now = self.clock.as_ref().map(|clock| clock.now_ms().to_string());
+        let mut args = vec![limit.as_bytes()];
+        args.extend(now.as_ref().map(String::as_bytes));
+        let admitted: Option<i64> = self
+            .redis
             .invoke(
                 Some(StoreFeature::RateLimit),
                 &SLIDING_WINDOW,
                 &[&key],
-                &[limit.as_bytes()],
+                &args,
             )
-            .await?;
-        Some(admitted == 0)
+            .await;
+        match admitted {
+            Some(admitted) => admitted == 1,
+            None => self.local.admit(client, per_second).await,
+        }
     }
 }
 
