@@ -15,7 +15,7 @@ use ordergate::state::State;
 use proptest::prelude::*;
 
 /// The shipped reference config, every key present.
-const REFERENCE: &str = include_str!("../conf/ordergate.toml");
+const REFERENCE: &str = include_str!("../../conf/ordergate.toml");
 
 /// A config that always validates: the base for mutations that stay near valid.
 const SMALL: &str = r#"

@@ -22,14 +22,14 @@ use crate::support::{
 
 /// A `redis-server` of this test: no persistence, so a restart starts empty
 /// (the worst case for ordergate).
-struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     dir: TempFile,
     child: Option<Child>,
 }
 
 impl RedisServer {
-    fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         let dir = TempFile::new("redis.conf", "");
         let mut redis = RedisServer {
             port: free_port(),
@@ -62,7 +62,7 @@ impl RedisServer {
         );
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 

@@ -337,7 +337,7 @@ fn serve_canned(status: serde_json::Value, rooms: serde_json::Value) -> SocketAd
                 "/rooms" => ("application/json", rooms.to_string()),
                 _ => (
                     "text/html; charset=utf-8",
-                    include_str!("../src/admin/status.html").to_string(),
+                    include_str!("../../src/admin/status.html").to_string(),
                 ),
             };
             let response = format!(
