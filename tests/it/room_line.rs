@@ -34,7 +34,7 @@ fn the_redis_line_keeps_the_rules_of_the_spec() {
             let room = format!("case{}", cases.fetch_add(1, Ordering::Relaxed));
             Arc::new(
                 RedisLine::new(Arc::clone(&redis), &room, Arc::new(MemoryLine::new()))
-                    ,
+                    .on_callers_clock(),
             )
         })
         .await;

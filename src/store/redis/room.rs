@@ -37,10 +37,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use redis::Script;
 use tokio::time::Instant;
 
@@ -603,7 +604,7 @@ impl RedisLine {
 
     /// Redis answered: the outage (if any) is over.
     fn answered(&self, head: u64) {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self.seen.lock();
         seen.head = head;
         seen.outage = None;
     }
@@ -611,7 +612,7 @@ impl RedisLine {
     /// Redis did not answer: whether a shopper of the shared line still keeps
     /// their place ([`KEEP_PLACES_FOR`] into the outage), and the last head seen.
     fn missed(&self) -> (bool, u64, u64) {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self.seen.lock();
         let since = *seen.outage.get_or_insert_with(Instant::now);
         (since.elapsed() < KEEP_PLACES_FOR, seen.head, seen.drawn)
     }
@@ -629,10 +630,7 @@ impl RedisLine {
             }
             let low = id & LOCAL_MASK;
             if id & DRAW_BIT != 0 {
-                let draws = self
-                    .local_draws
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let draws = self.local_draws.lock();
                 return draws
                     .by_index
                     .get(&low)
@@ -660,10 +658,7 @@ impl RedisLine {
     fn local_id(&self, id: u64) -> u64 {
         let tag = self.tag << TAG_SHIFT;
         if id & DRAW_BIT != 0 {
-            let mut draws = self
-                .local_draws
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut draws = self.local_draws.lock();
             let index = draws.next & LOCAL_MASK;
             draws.next += 1;
             draws.by_index.insert(index, id);
@@ -834,10 +829,7 @@ impl RoomLine for RedisLine {
                     .zip(reply.int(1))
                     .map(|(seq, ahead)| Arrival::Waiting { seq, ahead }),
                 "drawn" => reply.int(0).zip(reply.int(1)).map(|(draw, drawn)| {
-                    self.seen
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .drawn = drawn;
+                    self.seen.lock().drawn = drawn;
                     Arrival::Drawn {
                         seq: DRAW_BIT | draw,
                         drawn,
@@ -940,10 +932,7 @@ impl RoomLine for RedisLine {
     async fn stats(&self, now: Instant, limits: &Limits) -> LineStats {
         if let Some(reply) = self.run(&STATS, now, limits, &[]).await {
             if let Some(stats) = reply.stats() {
-                self.seen
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .drawn = stats.drawn;
+                self.seen.lock().drawn = stats.drawn;
                 return stats;
             }
         }
@@ -962,7 +951,7 @@ impl RoomLine for RedisLine {
                 &[ttl.as_bytes()],
             )
             .await;
-        let mut control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut control = self.control.lock();
         if let Some(value) = value {
             *control = parse_control(&value);
         }
@@ -970,7 +959,7 @@ impl RoomLine for RedisLine {
     }
 
     async fn set_control(&self, control: Control) {
-        *self.control.lock().unwrap_or_else(PoisonError::into_inner) = control;
+        *self.control.lock() = control;
         self.local.set_control(control).await;
         let ttl = CONTROL_TTL.as_millis().to_string();
         let _: Option<String> = self
