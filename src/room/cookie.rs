@@ -34,8 +34,11 @@ pub enum Token {
 }
 
 /// Why a cookie was not taken: the `reason` label of
-/// `ordergate_room_rejected_cookies_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `ordergate_room_rejected_cookies_total`, in label order.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::EnumCount, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Invalid {
     /// Not a ticket or pass at all.
     Malformed,
@@ -49,22 +52,9 @@ pub enum Invalid {
 }
 
 impl Invalid {
-    /// Every reason, in label order.
-    pub const ALL: [Invalid; 4] = [
-        Invalid::Malformed,
-        Invalid::BadSignature,
-        Invalid::OtherRoom,
-        Invalid::Expired,
-    ];
-
     /// The label value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Invalid::Malformed => "malformed",
-            Invalid::BadSignature => "bad_signature",
-            Invalid::OtherRoom => "other_room",
-            Invalid::Expired => "expired",
-        }
+        self.into()
     }
 }
 

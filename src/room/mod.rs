@@ -18,13 +18,14 @@
 //! Capacity: at most `max_active` shoppers on the site (passes in use plus
 //! calls not picked up) and/or `admit_per_minute` new ones, and only while the
 //! pool has headroom (some backend takes traffic and its queue's expected wait
-//! is under a quarter of the queue timeout — see [`Pressure::of`]). In `on_overload` mode the
+//! is under half the queue timeout — see [`Pressure::of`]). In `on_overload` mode the
 //! room forms only when the pool would queue; until then newcomers pass (with a
 //! pass, so they are not sent back once it forms). The estimate is the tickets
 //! ahead (less the measured share of abandoned ones) divided by the admission
 //! rate measured while the line was not empty, so it follows the pool.
 
 pub mod cookie;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,8 +39,9 @@ use crate::admission::AdmissionStatus;
 pub use crate::config::{Bypass, RoomConfig, RoomMode, Secret};
 use crate::live::LiveState;
 use crate::store::room::{Arrival, CheckIn, Control, Limits, LineStats, RoomLine};
-use crate::telemetry::{Metrics, RoomMetrics};
+use crate::telemetry::Metrics;
 use cookie::{Invalid, Token};
+pub use metrics::{RoomMetrics, RoomVecs};
 
 impl Bypass {
     fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
@@ -580,7 +582,7 @@ impl Rooms {
             rooms.rooms.push(Room::new(
                 config.clone(),
                 live.room_line(&config.name),
-                metrics.room(&config.name),
+                metrics.registered(RoomVecs::new).room(&config.name),
             ));
         }
         rooms

@@ -29,7 +29,11 @@ fn settings(mode: RoomMode) -> RoomConfig {
 
 fn room(settings: RoomConfig) -> Room {
     let metrics = Metrics::new();
-    Room::new(settings, Arc::new(MemoryLine::new()), metrics.room("sale"))
+    Room::new(
+        settings,
+        Arc::new(MemoryLine::new()),
+        metrics.registered(RoomVecs::new).room("sale"),
+    )
 }
 
 /// The pressure of a pool with no drain measured yet (queue timeout 1 s).

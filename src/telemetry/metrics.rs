@@ -4,8 +4,11 @@
 //! Per-request handles are resolved once per snapshot ([`RouteMetrics`],
 //! [`BackendMetrics`]), not looked up by label on every request.
 
-use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::Mutex;
 
 use prometheus::core::{Collector, Metric as _};
 use prometheus::{
@@ -120,7 +123,9 @@ pub struct Metrics {
     /// Shopper connections ordergate closed because they idled or were slow,
     /// by reason (`header_timeout`, `keepalive_timeout`); exported at zero.
     pub connections_closed: ConnectionsClosed,
-    rooms: super::room::RoomVecs,
+    /// Families a feature defines and registers itself ([`Metrics::registered`]),
+    /// by type; shared by every clone, so each is registered once.
+    features: Arc<Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
     /// `ordergate_store_*`: the shared store's health and fallbacks.
     pub store: super::store::StoreMetrics,
 }
@@ -470,7 +475,7 @@ impl Metrics {
                     keepalive_timeout: closed.with_label_values(&["keepalive_timeout"]),
                 }
             },
-            rooms: super::room::RoomVecs::new(&r),
+            features: Arc::default(),
             store: super::store::StoreMetrics::new(&r),
             registry: r,
         };
@@ -683,9 +688,26 @@ impl Metrics {
         }
     }
 
-    /// A waiting room's handles, every series at zero from the start.
-    pub fn room(&self, room: &str) -> super::RoomMetrics {
-        self.rooms.room(room)
+    /// A feature's own metric families of type `T`, on this registry: `build`
+    /// registers them the first time `T` is asked for; every later call (from
+    /// any clone, any snapshot or reload) gets the same ones. `build` must not
+    /// call `registered` itself.
+    pub fn registered<T: Send + Sync + 'static>(
+        &self,
+        build: impl FnOnce(&Registry) -> T,
+    ) -> Arc<T> {
+        let mut features = self.features.lock();
+        if let Some(found) = features.get(&TypeId::of::<T>()) {
+            if let Ok(found) = Arc::clone(found).downcast::<T>() {
+                return found;
+            }
+        }
+        let built = Arc::new(build(&self.registry));
+        features.insert(
+            TypeId::of::<T>(),
+            Arc::clone(&built) as Arc<dyn Any + Send + Sync>,
+        );
+        built
     }
 
     /// The counter of times a pool entered panic mode.

@@ -4,7 +4,6 @@
 mod access;
 mod descriptors;
 mod metrics;
-mod room;
 mod store;
 
 pub(crate) use access::now_rfc3339;
@@ -14,5 +13,4 @@ pub use metrics::{
     BackendMetrics, ConnectionsClosed, FrameworkEvent, IdempotencyMetrics, IdempotencyResult,
     LatencyTotals, Metrics, RouteMetrics, RouteTotals, UpstreamResult, REVISION,
 };
-pub use room::RoomMetrics;
 pub use store::{StoreFeature, StoreMetrics};

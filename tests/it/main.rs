@@ -18,6 +18,7 @@ mod proxy;
 mod redis;
 mod resilience;
 mod room;
+mod room_line;
 mod sre;
 mod stale;
 mod trust;

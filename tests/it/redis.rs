@@ -25,14 +25,14 @@ use ordergate::telemetry::Metrics;
 
 /// A `redis-server` of this test: no persistence, so a restart starts empty
 /// (the worst case for ordergate).
-struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     dir: TempFile,
     child: Option<Child>,
 }
 
 impl RedisServer {
-    fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         let dir = TempFile::new("redis.conf", "");
         let mut redis = RedisServer {
             port: free_port(),
@@ -65,7 +65,7 @@ impl RedisServer {
         );
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 

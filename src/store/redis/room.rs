@@ -2,8 +2,11 @@
 //! has the same place whichever instance answers, and admission stays in
 //! ticket order across instances. Each operation is one Lua script that does
 //! what [`MemoryLine`] does under its lock (same rules, same tuning constants,
-//! passed from Rust as arguments so the two never drift), on the Redis
-//! server's clock, so instances whose clocks differ agree.
+//! passed from Rust as arguments so the two never drift; the rules themselves
+//! are the cases of [`crate::store::room::spec`], which both lines run), on
+//! the Redis server's clock, so instances whose clocks differ agree (the
+//! spec's cases run it on the caller's clock instead:
+//! [`RedisLine::on_callers_clock`]).
 //!
 //! Keys, under `{key_prefix}room:{name}:`: `s` (a hash: head, tail, counters,
 //! token bucket, rate estimator), `l` (the places, ticket → `joined,seen,gone`),
@@ -34,10 +37,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use redis::Script;
 use tokio::time::Instant;
 
@@ -85,7 +89,8 @@ const SWEEP_BATCH: u32 = 10_000;
 /// ARGV: 1 may_call (0/1), 2 open (0/1), 3 max_active (-1: none), 4 per
 /// second (-1: none), 5 session (µs), 6 ticket_timeout (µs), 7 TTL (ms),
 /// 8 RATE_TAU (s), 9 SKIP_WEIGHT, 10 BURST_SECONDS, 11 SWEEP_EVERY (µs),
-/// 12 MAX_PASSES, 13 SWEEP_BATCH; the operation's own from 14.
+/// 12 MAX_PASSES, 13 SWEEP_BATCH, 14 now (µs since the Unix epoch; empty:
+/// the server's `TIME`, as in production); the operation's own from 15.
 ///
 /// Replies are arrays of strings: kind, tickets abandoned by this operation,
 /// the head, then the operation's fields.
@@ -93,8 +98,13 @@ const PRELUDE: &str = r"
 local S, L, C, CZ, A, AZ, D, DZ, DD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local function I(n) return string.format('%.0f', n) end
 local function F(x) return string.format('%.17g', x) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now
+if ARGV[14] ~= '' then
+  now = tonumber(ARGV[14])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local may_call = ARGV[1] == '1'
 local open = ARGV[2] == '1'
 local max_active = tonumber(ARGV[3])
@@ -251,7 +261,7 @@ local function reply(kind, ...)
 end
 ";
 
-/// ARGV 14 direct (0/1), 15 a draw to take before the opening.
+/// ARGV 15 direct (0/1), 16 a draw to take before the opening.
 /// Replies `admitted` (d: direct or s: ticket, id, number, waited µs or -1),
 /// `waiting` (ticket, ahead), `drawn` (draw, draws) or `taken` (draw again).
 static ARRIVE: LazyLock<Script> = LazyLock::new(|| {
@@ -259,7 +269,7 @@ static ARRIVE: LazyLock<Script> = LazyLock::new(|| {
         "{PRELUDE}{}",
         r"
 advance()
-if ARGV[14] == '1' and waiting() == 0 and redis.call('ZCARD', DZ) == 0 then
+if ARGV[15] == '1' and waiting() == 0 and redis.call('ZCARD', DZ) == 0 then
   local n = next_direct
   next_direct = next_direct + 1
   local number = next_number
@@ -273,7 +283,7 @@ if ARGV[14] == '1' and waiting() == 0 and redis.call('ZCARD', DZ) == 0 then
 end
 local v = I(now) .. ',' .. I(now) .. ',0'
 if not open then
-  local draw = ARGV[15]
+  local draw = ARGV[16]
   if redis.call('HEXISTS', D, draw) == 1 or redis.call('HEXISTS', DD, draw) == 1 then
     return reply('taken')
   end
@@ -292,7 +302,7 @@ return reply('waiting', I(seq), I(seq - head))
     ))
 });
 
-/// ARGV 14 `r` (a draw) or `s` (a ticket), 15 its number. Replies
+/// ARGV 15 `r` (a draw) or `s` (a ticket), 16 its number. Replies
 /// `admitted` (s, id, number, waited µs or -1, first 0/1), `waiting` (ahead),
 /// `drawn` (draws) or `unknown`.
 static CHECK_IN: LazyLock<Script> = LazyLock::new(|| {
@@ -300,8 +310,8 @@ static CHECK_IN: LazyLock<Script> = LazyLock::new(|| {
         "{PRELUDE}{}",
         r"
 local seq
-if ARGV[14] == 'r' then
-  local draw = ARGV[15]
+if ARGV[15] == 'r' then
+  local draw = ARGV[16]
   local v = redis.call('HGET', D, draw)
   if v then
     local joined, seen = slot(v)
@@ -323,7 +333,7 @@ if ARGV[14] == 'r' then
     seq = tonumber(placed)
   end
 else
-  seq = tonumber(ARGV[15])
+  seq = tonumber(ARGV[16])
 end
 local key = I(seq)
 -- Refresh the place first (unless it is already lost), so the holder
@@ -371,14 +381,20 @@ return reply('stats', I(waiting()), I(redis.call('ZCARD', DZ)), I(redis.call('HL
     ))
 });
 
-/// KEYS as the others; ARGV pass key, session (µs), TTL (ms). 1: in use (the
+/// KEYS as the others; ARGV pass key, session (µs), TTL (ms), now (as the
+/// line scripts' ARGV 14: empty for the server's `TIME`). 1: in use (the
 /// session extends), 0: not. Renews every key's TTL, so a line whose
 /// shoppers are all inside does not expire under them.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now
+if ARGV[4] ~= '' then
+  now = tonumber(ARGV[4])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local seen = redis.call('ZSCORE', KEYS[6], ARGV[1])
 if not seen then return 0 end
 if now - tonumber(seen) <= tonumber(ARGV[2]) then
@@ -462,6 +478,10 @@ pub struct RedisLine {
     seen: Mutex<Seen>,
     /// TTL of the line's keys, ms, from the limits last seen.
     ttl_ms: AtomicU64,
+    /// `None`: the scripts read the Redis server's clock, one for every
+    /// instance. Some((origin, Unix µs at origin)): they take the caller's
+    /// `now`, mapped onto Unix time at `origin` (the spec's cases).
+    callers_clock: Option<(Instant, u64)>,
 }
 
 impl RedisLine {
@@ -483,8 +503,35 @@ impl RedisLine {
             control: Mutex::new(Control::Auto),
             seen: Mutex::new(Seen::default()),
             ttl_ms: AtomicU64::new(CONTROL_TTL.as_millis() as u64),
+            callers_clock: None,
             redis,
         }
+    }
+
+    /// This line with its scripts timed by the `now` each operation is given
+    /// (mapped onto Unix time from this moment) instead of the Redis server's
+    /// clock: what [`crate::store::room::spec`] needs to drive time. Not for
+    /// serving: instances whose clocks differ would disagree.
+    pub fn on_callers_clock(mut self) -> RedisLine {
+        let unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.callers_clock = Some((Instant::now(), unix_us));
+        self
+    }
+
+    /// The scripts' `now` argument: empty (the server's clock) unless on the
+    /// caller's clock.
+    fn now_arg(&self, now: Instant) -> String {
+        let Some((origin, unix_us)) = self.callers_clock else {
+            return String::new();
+        };
+        let us = if now >= origin {
+            unix_us + (now - origin).as_micros() as u64
+        } else {
+            unix_us.saturating_sub((origin - now).as_micros() as u64)
+        };
+        us.to_string()
     }
 
     /// The Redis it uses (a reload with other settings makes a new line).
@@ -497,7 +544,7 @@ impl RedisLine {
     }
 
     /// The arguments every line script takes (see [`PRELUDE`]).
-    fn limit_args(&self, limits: &Limits) -> Vec<String> {
+    fn limit_args(&self, now: Instant, limits: &Limits) -> Vec<String> {
         let longest = limits.session.max(limits.ticket_timeout);
         let ttl = (longest * TTL_FACTOR).max(Duration::from_secs(60));
         let ttl_ms = ttl.as_millis() as u64;
@@ -522,13 +569,20 @@ impl RedisLine {
             SWEEP_EVERY.as_micros().to_string(),
             MAX_PASSES.to_string(),
             SWEEP_BATCH.to_string(),
+            self.now_arg(now),
         ]
     }
 
     /// Runs a line script; `None`: Redis did not answer (counted as a
     /// fallback) or the reply is not one of ours.
-    async fn run(&self, script: &Script, limits: &Limits, extra: &[&str]) -> Option<Reply> {
-        let mut args = self.limit_args(limits);
+    async fn run(
+        &self,
+        script: &Script,
+        now: Instant,
+        limits: &Limits,
+        extra: &[&str],
+    ) -> Option<Reply> {
+        let mut args = self.limit_args(now, limits);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let arg_refs: Vec<&[u8]> = args.iter().map(String::as_bytes).collect();
         let fields: Vec<String> = self
@@ -550,7 +604,7 @@ impl RedisLine {
 
     /// Redis answered: the outage (if any) is over.
     fn answered(&self, head: u64) {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self.seen.lock();
         seen.head = head;
         seen.outage = None;
     }
@@ -558,7 +612,7 @@ impl RedisLine {
     /// Redis did not answer: whether a shopper of the shared line still keeps
     /// their place ([`KEEP_PLACES_FOR`] into the outage), and the last head seen.
     fn missed(&self) -> (bool, u64, u64) {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self.seen.lock();
         let since = *seen.outage.get_or_insert_with(Instant::now);
         (since.elapsed() < KEEP_PLACES_FOR, seen.head, seen.drawn)
     }
@@ -576,10 +630,7 @@ impl RedisLine {
             }
             let low = id & LOCAL_MASK;
             if id & DRAW_BIT != 0 {
-                let draws = self
-                    .local_draws
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let draws = self.local_draws.lock();
                 return draws
                     .by_index
                     .get(&low)
@@ -607,10 +658,7 @@ impl RedisLine {
     fn local_id(&self, id: u64) -> u64 {
         let tag = self.tag << TAG_SHIFT;
         if id & DRAW_BIT != 0 {
-            let mut draws = self
-                .local_draws
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut draws = self.local_draws.lock();
             let index = draws.next & LOCAL_MASK;
             draws.next += 1;
             draws.by_index.insert(index, id);
@@ -768,7 +816,7 @@ impl RoomLine for RedisLine {
         for _ in 0..DRAW_TRIES {
             let draw = fastrand::u64(..DRAW_LIMIT).to_string();
             let Some(reply) = self
-                .run(&ARRIVE, limits, &[flag(direct), draw.as_str()])
+                .run(&ARRIVE, now, limits, &[flag(direct), draw.as_str()])
                 .await
             else {
                 break;
@@ -781,10 +829,7 @@ impl RoomLine for RedisLine {
                     .zip(reply.int(1))
                     .map(|(seq, ahead)| Arrival::Waiting { seq, ahead }),
                 "drawn" => reply.int(0).zip(reply.int(1)).map(|(draw, drawn)| {
-                    self.seen
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .drawn = drawn;
+                    self.seen.lock().drawn = drawn;
                     Arrival::Drawn {
                         seq: DRAW_BIT | draw,
                         drawn,
@@ -819,7 +864,10 @@ impl RoomLine for RedisLine {
             Id::Draw(draw) => ("r", draw),
         };
         let number_text = number.to_string();
-        if let Some(reply) = self.run(&CHECK_IN, limits, &[kind, &number_text]).await {
+        if let Some(reply) = self
+            .run(&CHECK_IN, now, limits, &[kind, &number_text])
+            .await
+        {
             let outcome = reply.outcome();
             let found = match reply.kind.as_str() {
                 "admitted" => reply.admission().map(CheckIn::Admitted),
@@ -858,13 +906,19 @@ impl RoomLine for RedisLine {
             .max((session * TTL_FACTOR).as_millis() as u64);
         let session_us = session.as_micros().to_string();
         let ttl = ttl_ms.to_string();
+        let now_us = self.now_arg(now);
         let in_use: Option<i64> = self
             .redis
             .invoke(
                 Some(StoreFeature::Room),
                 &TOUCH,
                 &self.key_refs(),
-                &[key.as_bytes(), session_us.as_bytes(), ttl.as_bytes()],
+                &[
+                    key.as_bytes(),
+                    session_us.as_bytes(),
+                    ttl.as_bytes(),
+                    now_us.as_bytes(),
+                ],
             )
             .await;
         match in_use {
@@ -876,12 +930,9 @@ impl RoomLine for RedisLine {
     }
 
     async fn stats(&self, now: Instant, limits: &Limits) -> LineStats {
-        if let Some(reply) = self.run(&STATS, limits, &[]).await {
+        if let Some(reply) = self.run(&STATS, now, limits, &[]).await {
             if let Some(stats) = reply.stats() {
-                self.seen
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .drawn = stats.drawn;
+                self.seen.lock().drawn = stats.drawn;
                 return stats;
             }
         }
@@ -900,7 +951,7 @@ impl RoomLine for RedisLine {
                 &[ttl.as_bytes()],
             )
             .await;
-        let mut control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut control = self.control.lock();
         if let Some(value) = value {
             *control = parse_control(&value);
         }
@@ -908,7 +959,7 @@ impl RoomLine for RedisLine {
     }
 
     async fn set_control(&self, control: Control) {
-        *self.control.lock().unwrap_or_else(PoisonError::into_inner) = control;
+        *self.control.lock() = control;
         self.local.set_control(control).await;
         let ttl = CONTROL_TTL.as_millis().to_string();
         let _: Option<String> = self

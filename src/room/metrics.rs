@@ -2,6 +2,12 @@
 //! line length, shoppers on the site, admissions, abandoned tickets, refused
 //! cookies (a closed set of reasons), the admitted shoppers' waits and how far
 //! their first estimate was off, and the admission rate estimates use.
+//!
+//! The families are the room feature's own: [`RoomVecs::new`] registers them
+//! on the one registry through [`Metrics::registered`], once per process
+//! however many snapshots and reloads build rooms.
+//!
+//! [`Metrics::registered`]: crate::telemetry::Metrics::registered
 
 use std::time::Duration;
 
@@ -10,7 +16,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
-use crate::room::cookie::Invalid;
+use strum::{EnumCount, VariantArray};
+
+use super::cookie::Invalid;
 use crate::store::room::LineStats;
 
 /// Wait buckets, in seconds: 1 s to 1 h.
@@ -22,7 +30,7 @@ const ERROR_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.
 
 /// The rooms' metric families, registered once.
 #[derive(Debug, Clone)]
-pub(super) struct RoomVecs {
+pub struct RoomVecs {
     waiting: IntGaugeVec,
     active: IntGaugeVec,
     rate: GaugeVec,
@@ -44,7 +52,7 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 impl RoomVecs {
     /// The definitions are static: failing to create one is a bug caught by
     /// the first test run.
-    pub(super) fn new(r: &Registry) -> RoomVecs {
+    pub fn new(r: &Registry) -> RoomVecs {
         let room = &["room"];
         let int_gauge = |name: &str, help: &str| {
             register(
@@ -114,7 +122,7 @@ impl RoomVecs {
     }
 
     /// Handles for a room, every series at zero from the start.
-    pub(super) fn room(&self, name: &str) -> RoomMetrics {
+    pub fn room(&self, name: &str) -> RoomMetrics {
         RoomMetrics {
             waiting: self.waiting.with_label_values(&[name]),
             active: self.active.with_label_values(&[name]),
@@ -122,7 +130,10 @@ impl RoomVecs {
             estimated_wait: self.estimated_wait.with_label_values(&[name]),
             admitted: ["line", "direct"].map(|via| self.admitted.with_label_values(&[name, via])),
             abandoned: self.abandoned.with_label_values(&[name]),
-            rejected: Invalid::ALL.map(|r| self.rejected.with_label_values(&[name, r.as_str()])),
+            rejected: std::array::from_fn(|i| {
+                let reason = Invalid::VARIANTS[i];
+                self.rejected.with_label_values(&[name, reason.as_str()])
+            }),
             wait: self.wait.with_label_values(&[name]),
             eta_error: self.eta_error.with_label_values(&[name]),
         }
@@ -138,7 +149,7 @@ pub struct RoomMetrics {
     estimated_wait: prometheus::Gauge,
     admitted: [IntCounter; 2],
     abandoned: IntCounter,
-    rejected: [IntCounter; 4],
+    rejected: [IntCounter; Invalid::COUNT],
     wait: Histogram,
     eta_error: Histogram,
 }

@@ -1,0 +1,488 @@
+//! The line in this process's memory: a deque of places from the head, the
+//! draws before the opening, the calls and passes in hash maps, all under one
+//! lock, so each operation is atomic.
+//!
+//! Memory: a place in line takes about 40 bytes, a pass or a call about 48
+//! (hash map entries); abandoned places leave from the head once they are a
+//! `ticket_timeout` old, so the line holds at most the arrivals of that long
+//! beyond the shoppers really waiting.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::{
+    Admission, Arrival, CheckIn, Control, Limits, LineStats, Outcome, RoomLine, BURST_SECONDS,
+    DIRECT_BIT, DRAW_BIT, MAX_PASSES, RATE_TAU, SKIP_WEIGHT, SWEEP_EVERY,
+};
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    joined: Instant,
+    last_seen: Instant,
+    gone: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Called {
+    at: Instant,
+    number: u64,
+    joined: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Active {
+    last_seen: Instant,
+    number: u64,
+}
+
+/// The admission rate measured while the line was not empty (a line that is
+/// empty admits as fast as shoppers come, which says nothing about how fast it
+/// moves): decayed admissions over decayed busy time.
+#[derive(Debug, Clone, Copy)]
+pub struct BusyRate {
+    admissions: f64,
+    busy_seconds: f64,
+    at: Instant,
+    busy: bool,
+}
+
+impl BusyRate {
+    /// An estimator with nothing measured.
+    pub fn new(now: Instant) -> BusyRate {
+        BusyRate {
+            admissions: 0.0,
+            busy_seconds: 0.0,
+            at: now,
+            busy: false,
+        }
+    }
+
+    /// Moves the estimator to `now` (decay, busy time).
+    pub fn advance(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        if dt <= 0.0 {
+            return;
+        }
+        let decay = (-dt / RATE_TAU).exp();
+        self.admissions *= decay;
+        self.busy_seconds *= decay;
+        if self.busy {
+            self.busy_seconds += RATE_TAU * (1.0 - decay);
+        }
+        self.at = now;
+    }
+
+    /// An admission of a shopper who waited in line.
+    pub fn admitted(&mut self) {
+        self.admissions += 1.0;
+    }
+
+    /// Whether the line is busy (not empty) from now on.
+    pub fn set_busy(&mut self, busy: bool) {
+        self.busy = busy;
+    }
+
+    /// (decayed admissions, decayed busy seconds).
+    pub fn parts(&self) -> (f64, f64) {
+        (self.admissions, self.busy_seconds)
+    }
+}
+
+#[derive(Debug)]
+struct Line {
+    /// Ticket number of `line[0]`.
+    head: u64,
+    line: VecDeque<Slot>,
+    /// Tickets in `line` marked gone.
+    gone: u64,
+    /// Draws before the opening, by draw.
+    draws: BTreeMap<u64, Slot>,
+    /// Draw → ticket number, once drawn into the line.
+    drawn: HashMap<u64, u64>,
+    called: HashMap<u64, Called>,
+    active: HashMap<u64, Active>,
+    next_number: u64,
+    next_direct: u64,
+    tokens: f64,
+    tokens_at: Instant,
+    rate: BusyRate,
+    skipped_share: f64,
+    last_sweep: Instant,
+    admitted_from_line: u64,
+    admitted_direct: u64,
+    abandoned: u64,
+}
+
+impl Line {
+    fn new(now: Instant) -> Line {
+        Line {
+            head: 0,
+            line: VecDeque::new(),
+            gone: 0,
+            draws: BTreeMap::new(),
+            drawn: HashMap::new(),
+            called: HashMap::new(),
+            active: HashMap::new(),
+            next_number: 1,
+            next_direct: 0,
+            // A new room lets its first burst in at once.
+            tokens: f64::INFINITY,
+            tokens_at: now,
+            rate: BusyRate::new(now),
+            skipped_share: 0.0,
+            last_sweep: now,
+            admitted_from_line: 0,
+            admitted_direct: 0,
+            abandoned: 0,
+        }
+    }
+
+    fn tail(&self) -> u64 {
+        self.head + self.line.len() as u64
+    }
+
+    fn waiting(&self) -> u64 {
+        self.line.len() as u64 - self.gone
+    }
+
+    /// Expires passes past their session and calls nobody came for.
+    fn sweep(&mut self, now: Instant, limits: &Limits, outcome: &mut Outcome) {
+        if now.saturating_duration_since(self.last_sweep) < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = now;
+        self.active
+            .retain(|_, a| now.saturating_duration_since(a.last_seen) <= limits.session);
+        let before = self.called.len();
+        self.called
+            .retain(|_, c| now.saturating_duration_since(c.at) <= limits.ticket_timeout);
+        let lost = (before - self.called.len()) as u64;
+        self.abandoned += lost;
+        outcome.abandoned += lost as u32;
+    }
+
+    /// Sorts the draws into the line at the opening.
+    fn open(&mut self) {
+        if self.draws.is_empty() {
+            return;
+        }
+        for (draw, slot) in std::mem::take(&mut self.draws) {
+            self.drawn.insert(draw, self.tail());
+            self.line.push_back(slot);
+        }
+    }
+
+    /// Calls tickets from the head while the limits allow.
+    fn advance(&mut self, now: Instant, limits: &Limits, outcome: &mut Outcome) {
+        self.rate.advance(now);
+        self.sweep(now, limits, outcome);
+        if limits.open {
+            self.open();
+        }
+        if let Some(rate) = limits.per_second {
+            let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
+            // A quarter second's worth at most: calls come in small steps
+            // (each called shopper brings their requests), not in bursts.
+            self.tokens = (self.tokens + elapsed * rate).min((rate * BURST_SECONDS).max(1.0));
+        }
+        self.tokens_at = now;
+        while let Some(slot) = self.line.front().copied() {
+            // Abandoned tickets at the head go whether or not anyone may be
+            // called, so positions do not count them.
+            let stale = now.saturating_duration_since(slot.last_seen) > limits.ticket_timeout;
+            if slot.gone || stale {
+                self.line.pop_front();
+                self.head += 1;
+                if slot.gone {
+                    self.gone -= 1;
+                } else {
+                    self.abandoned += 1;
+                    outcome.abandoned += 1;
+                }
+                self.skipped_share += (1.0 - self.skipped_share) * SKIP_WEIGHT;
+                continue;
+            }
+            if !limits.may_call {
+                break;
+            }
+            let on_site = (self.active.len() + self.called.len()) as u64;
+            if limits.max_active.is_some_and(|max| on_site >= max) {
+                break;
+            }
+            if limits.per_second.is_some() && self.tokens < 1.0 {
+                break;
+            }
+            self.line.pop_front();
+            let seq = self.head;
+            self.head += 1;
+            self.skipped_share -= self.skipped_share * SKIP_WEIGHT;
+            if limits.per_second.is_some() {
+                self.tokens -= 1.0;
+            }
+            let number = self.next_number;
+            self.next_number += 1;
+            self.called.insert(
+                seq,
+                Called {
+                    at: now,
+                    number,
+                    joined: slot.joined,
+                },
+            );
+            if slot.joined < now {
+                self.rate.admitted();
+            }
+        }
+        self.rate.set_busy(self.waiting() > 0);
+    }
+
+    /// Turns a called ticket into a pass.
+    fn pick_up(&mut self, seq: u64, now: Instant) -> Option<Admission> {
+        let called = self.called.remove(&seq)?;
+        self.active.insert(
+            seq,
+            Active {
+                last_seen: now,
+                number: called.number,
+            },
+        );
+        let waited = now.saturating_duration_since(called.joined);
+        if waited.is_zero() {
+            self.admitted_direct += 1;
+        } else {
+            self.admitted_from_line += 1;
+        }
+        Some(Admission {
+            pass: seq,
+            number: called.number,
+            waited: (!waited.is_zero()).then_some(waited),
+            first: true,
+        })
+    }
+
+    fn stats(&self) -> LineStats {
+        let (rate_admissions, rate_busy_seconds) = self.rate.parts();
+        LineStats {
+            waiting: self.waiting(),
+            drawn: self.draws.len() as u64,
+            called: self.called.len() as u64,
+            active: self.active.len() as u64,
+            rate_admissions,
+            rate_busy_seconds,
+            skipped_share: self.skipped_share,
+            admitted_from_line: self.admitted_from_line,
+            admitted_direct: self.admitted_direct,
+            abandoned: self.abandoned,
+        }
+    }
+}
+
+/// One room's line in this process's memory.
+#[derive(Debug)]
+pub struct MemoryLine {
+    epoch: u64,
+    line: Mutex<Line>,
+    control: Mutex<Control>,
+}
+
+impl MemoryLine {
+    /// An empty line.
+    pub fn new() -> MemoryLine {
+        MemoryLine {
+            // Never 0, so a forged "0" never matches.
+            epoch: fastrand::u64(1..),
+            line: Mutex::new(Line::new(Instant::now())),
+            control: Mutex::new(Control::Auto),
+        }
+    }
+}
+
+impl Default for MemoryLine {
+    fn default() -> Self {
+        MemoryLine::new()
+    }
+}
+
+#[async_trait]
+impl RoomLine for MemoryLine {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    async fn arrive(&self, now: Instant, limits: &Limits, direct: bool) -> (Arrival, Outcome) {
+        let mut line = self.line.lock();
+        let mut outcome = Outcome::default();
+        line.advance(now, limits, &mut outcome);
+        if direct && line.waiting() == 0 && line.draws.is_empty() {
+            let pass = DIRECT_BIT | line.next_direct;
+            line.next_direct += 1;
+            let number = line.next_number;
+            line.next_number += 1;
+            if line.active.len() < MAX_PASSES {
+                line.active.insert(
+                    pass,
+                    Active {
+                        last_seen: now,
+                        number,
+                    },
+                );
+            }
+            line.admitted_direct += 1;
+            let admission = Admission {
+                pass,
+                number,
+                waited: None,
+                first: true,
+            };
+            return (Arrival::Admitted(admission), outcome);
+        }
+        let slot = Slot {
+            joined: now,
+            last_seen: now,
+            gone: false,
+        };
+        if !limits.open {
+            let mut draw = fastrand::u64(..DIRECT_BIT);
+            while line.draws.contains_key(&draw) || line.drawn.contains_key(&draw) {
+                draw = fastrand::u64(..DIRECT_BIT);
+            }
+            line.draws.insert(draw, slot);
+            let drawn = line.draws.len() as u64;
+            return (
+                Arrival::Drawn {
+                    seq: DRAW_BIT | draw,
+                    drawn,
+                },
+                outcome,
+            );
+        }
+        let seq = line.tail();
+        line.line.push_back(slot);
+        line.advance(now, limits, &mut outcome);
+        if let Some(admission) = line.pick_up(seq, now) {
+            return (Arrival::Admitted(admission), outcome);
+        }
+        let ahead = seq.saturating_sub(line.head);
+        (Arrival::Waiting { seq, ahead }, outcome)
+    }
+
+    async fn check_in(&self, seq: u64, now: Instant, limits: &Limits) -> (CheckIn, Outcome) {
+        let mut line = self.line.lock();
+        let mut outcome = Outcome::default();
+        let mut seq = seq;
+        if seq & DRAW_BIT != 0 {
+            let draw = seq & !DRAW_BIT;
+            if let Some(slot) = line.draws.get_mut(&draw) {
+                if now.saturating_duration_since(slot.last_seen) > limits.ticket_timeout {
+                    line.draws.remove(&draw);
+                    line.abandoned += 1;
+                    outcome.abandoned += 1;
+                    return (CheckIn::Unknown, outcome);
+                }
+                slot.last_seen = now;
+                line.advance(now, limits, &mut outcome);
+                if let Some(&placed) = line.drawn.get(&draw) {
+                    seq = placed;
+                } else {
+                    let drawn = line.draws.len() as u64;
+                    return (CheckIn::Drawn { drawn }, outcome);
+                }
+            } else {
+                match line.drawn.get(&draw) {
+                    Some(&placed) => seq = placed,
+                    None => return (CheckIn::Unknown, outcome),
+                }
+            }
+        }
+        // Refresh the place first (unless it is already lost), so the holder
+        // checking in is not taken for one who left.
+        if seq >= line.head && seq < line.tail() {
+            let index = (seq - line.head) as usize;
+            let timeout = limits.ticket_timeout;
+            let mut lost = false;
+            if let Some(slot) = line.line.get_mut(index) {
+                if slot.gone {
+                    return (CheckIn::Unknown, outcome);
+                }
+                if now.saturating_duration_since(slot.last_seen) > timeout {
+                    slot.gone = true;
+                    lost = true;
+                } else {
+                    slot.last_seen = now;
+                }
+            }
+            if lost {
+                line.gone += 1;
+                line.abandoned += 1;
+                outcome.abandoned += 1;
+                return (CheckIn::Unknown, outcome);
+            }
+        }
+        line.advance(now, limits, &mut outcome);
+        if let Some(active) = line.active.get_mut(&seq) {
+            // Picked up before (the pass cookie may not have reached the shopper).
+            active.last_seen = now;
+            let admission = Admission {
+                pass: seq,
+                number: active.number,
+                waited: None,
+                first: false,
+            };
+            return (CheckIn::Admitted(admission), outcome);
+        }
+        if let Some(admission) = line.pick_up(seq, now) {
+            return (CheckIn::Admitted(admission), outcome);
+        }
+        if seq >= line.head && seq < line.tail() {
+            let ahead = seq - line.head;
+            return (CheckIn::Waiting { ahead }, outcome);
+        }
+        (CheckIn::Unknown, outcome)
+    }
+
+    async fn touch(&self, pass: u64, now: Instant, session: Duration) -> bool {
+        let mut line = self.line.lock();
+        match line.active.get_mut(&pass) {
+            Some(active) if now.saturating_duration_since(active.last_seen) <= session => {
+                active.last_seen = now;
+                true
+            }
+            Some(_) => {
+                line.active.remove(&pass);
+                false
+            }
+            None => false,
+        }
+    }
+
+    async fn stats(&self, now: Instant, limits: &Limits) -> LineStats {
+        let mut line = self.line.lock();
+        let mut outcome = Outcome::default();
+        line.advance(now, limits, &mut outcome);
+        line.stats()
+    }
+
+    async fn control(&self) -> Control {
+        *self.control.lock()
+    }
+
+    async fn set_control(&self, control: Control) {
+        *self.control.lock() = control;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_line_keeps_the_rules_of_the_spec() {
+        crate::store::room::spec::run_all(|| Arc::new(MemoryLine::new())).await;
+    }
+}
