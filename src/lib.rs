@@ -42,9 +42,9 @@
 //! and `pages` (the page catalog `respond` renders).
 //!
 //! Config flows `file.toml -> config::FileConfig -> validate -> config::Config ->
-//! state::Snapshot`; live backend state sits in `upstream::Registry`, records
-//! (idempotency, stale copies, waiting rooms) in `store`, both outliving
-//! snapshots.
+//! state::Snapshot`; live backend and pool state sits in `upstream::Registry`,
+//! each route's live state (rate-limit counts, idempotency records, stale
+//! copies, waiting-room lines) in `live::LiveState`, both outliving snapshots.
 
 pub mod admin;
 pub mod admission;

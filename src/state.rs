@@ -1,6 +1,6 @@
 //! The served state: an immutable [`Snapshot`] of the compiled config, swapped whole
 //! through an `ArcSwap`, beside the live state that outlives snapshots (the
-//! backend [`Registry`], metrics, reload status).
+//! backend [`Registry`], the routes' [`LiveState`], metrics, reload status).
 //!
 //! Reload: read → validate → build a snapshot → swap. An invalid config never
 //! replaces a good one; what cannot change live (listeners, threads) is reported.

@@ -932,7 +932,7 @@ struct SaleShopper {
 /// one backend of 8 × 50 ms (160 requests/s), shoppers who browse three
 /// pages and order once (40 shoppers/s), arriving at 400/s for 10 s.
 #[test]
-#[ignore = "a load run of 40 s: cargo test --test room -- --ignored --nocapture"]
+#[ignore = "a load run of 40 s: cargo test --test it room:: -- --ignored --nocapture"]
 fn flash_sale_at_ten_times_capacity_through_the_room() {
     const ARRIVALS_PER_SECOND: u64 = 400;
     const ARRIVING: Duration = Duration::from_secs(10);
