@@ -345,6 +345,7 @@ impl KeyedRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kept::tests::headers;
     use http::HeaderName;
     use std::time::Duration;
 
@@ -361,14 +362,6 @@ mod tests {
             wait_for_first: Duration::from_secs(10),
             orders_url: None,
         }
-    }
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, http::HeaderValue::from_static(value));
-        }
-        map
     }
 
     #[test]

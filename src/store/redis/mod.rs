@@ -332,6 +332,22 @@ impl Redis {
     }
 }
 
+/// Lua setting `local now` to the time in microseconds: `arg` when the
+/// caller gave it (the specification cases drive time), else Redis's own
+/// clock (`TIME`), so instances whose clocks differ agree.
+fn lua_now_us(arg: &str) -> String {
+    format!(
+        "local now
+if {arg} and {arg} ~= '' then
+  now = tonumber({arg})
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,17 +17,13 @@ use crate::ratelimit::{ManualClock, MemoryRateLimiter, RateLimiter};
 use crate::telemetry::StoreFeature;
 
 /// KEYS[1] the client's key; ARGV[1] requests per second; ARGV[2], when
-/// given, the time in milliseconds (else Redis's clock). 1: admitted, 0: over.
+/// given, the time in microseconds (else Redis's clock). 1: admitted, 0: over.
 static SLIDING_WINDOW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{}{}",
+        super::lua_now_us("ARGV[2]"),
         r"
-local now
-if ARGV[2] then
-  now = tonumber(ARGV[2])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+now = math.floor(now / 1000)
 local second = math.floor(now / 1000)
 local overlap = 1 - (now % 1000) / 1000
 local current = KEYS[1] .. ':' .. second
@@ -38,7 +34,7 @@ redis.call('INCR', current)
 redis.call('PEXPIRE', current, 2500)
 return 1
 ",
-    )
+    ))
 });
 
 /// Client keys longer than this are hashed (a header value is the client's).
@@ -87,7 +83,10 @@ impl RateLimiter for RedisRateLimiter {
         };
         let key = self.redis.key(&[b"rate", self.route.as_bytes(), client]);
         let limit = per_second.to_string();
-        let now = self.clock.as_ref().map(|clock| clock.now_ms().to_string());
+        let now = self
+            .clock
+            .as_ref()
+            .map(|clock| (clock.now_ms() * 1000).to_string());
         let mut args = vec![limit.as_bytes()];
         args.extend(now.as_ref().map(String::as_bytes));
         let admitted: Option<i64> = self

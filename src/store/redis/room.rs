@@ -98,13 +98,6 @@ const PRELUDE: &str = r"
 local S, L, C, CZ, A, AZ, D, DZ, DD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local function I(n) return string.format('%.0f', n) end
 local function F(x) return string.format('%.17g', x) end
-local now
-if ARGV[14] ~= '' then
-  now = tonumber(ARGV[14])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
 local may_call = ARGV[1] == '1'
 local open = ARGV[2] == '1'
 local max_active = tonumber(ARGV[3])
@@ -266,7 +259,8 @@ end
 /// `waiting` (ticket, ahead), `drawn` (draw, draws) or `taken` (draw again).
 static ARRIVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{}{PRELUDE}{}",
+        super::lua_now_us("ARGV[14]"),
         r"
 advance()
 if ARGV[15] == '1' and waiting() == 0 and redis.call('ZCARD', DZ) == 0 then
@@ -307,7 +301,8 @@ return reply('waiting', I(seq), I(seq - head))
 /// `drawn` (draws) or `unknown`.
 static CHECK_IN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{}{PRELUDE}{}",
+        super::lua_now_us("ARGV[14]"),
         r"
 local seq
 if ARGV[15] == 'r' then
@@ -372,7 +367,8 @@ return reply('unknown')
 /// busy seconds, skipped share, from line, direct, abandoned).
 static STATS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{}{PRELUDE}{}",
+        super::lua_now_us("ARGV[14]"),
         r"
 advance()
 return reply('stats', I(waiting()), I(redis.call('ZCARD', DZ)), I(redis.call('HLEN', C)),
@@ -386,15 +382,10 @@ return reply('stats', I(waiting()), I(redis.call('ZCARD', DZ)), I(redis.call('HL
 /// session extends), 0: not. Renews every key's TTL, so a line whose
 /// shoppers are all inside does not expire under them.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{}{}",
+        super::lua_now_us("ARGV[4]"),
         r"
-local now
-if ARGV[4] ~= '' then
-  now = tonumber(ARGV[4])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
 local seen = redis.call('ZSCORE', KEYS[6], ARGV[1])
 if not seen then return 0 end
 if now - tonumber(seen) <= tonumber(ARGV[2]) then
@@ -406,7 +397,7 @@ redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 return 0
 ",
-    )
+    ))
 });
 
 /// KEYS[1] control; ARGV TTL (ms), the new setting (none: read). Replies the
