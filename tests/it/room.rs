@@ -71,6 +71,11 @@ impl Shopper {
         }
     }
 
+    /// A visit to the sale's product page.
+    fn browse(&mut self, addr: SocketAddr) -> Visit {
+        self.visit(addr, "sale", "GET", "/api/products/1")
+    }
+
     /// The kind (`t` ticket, `p` pass) and fields of the cookie.
     fn token(&self) -> Option<Vec<String>> {
         self.cookie
@@ -118,6 +123,41 @@ fn metric(port: u16, series: &str) -> f64 {
         .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// A proxy in front of one backend with one room, `sale` on the `sale` route,
+/// with `extra` in the room's table; `config` is the proxy's configuration.
+struct Sale {
+    proxy: Proxy,
+    port: u16,
+    addr: SocketAddr,
+    config: String,
+    _fleet: Fleet,
+}
+
+fn sale(extra: &str) -> Sale {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let config = room_config(&fleet, port, &room("sale", "\"sale\"", extra));
+    let proxy = Proxy::start(&config);
+    Sale {
+        addr: proxy.addr,
+        proxy,
+        port,
+        config,
+        _fleet: fleet,
+    }
+}
+
+fn passed(visit: Visit) -> bool {
+    matches!(visit, Visit::Passed { .. })
+}
+
+/// A new shopper who got into the sale at once (and keeps the pass).
+fn admitted(addr: SocketAddr) -> Shopper {
+    let mut shopper = Shopper::default();
+    assert!(passed(shopper.browse(addr)));
+    shopper
 }
 
 fn waiting(visit: &Visit) -> &serde_json::Value {
@@ -430,30 +470,13 @@ fn a_thousand_shoppers_are_admitted_in_arrival_order_within_their_estimates() {
 
 #[test]
 fn shoppers_who_stop_checking_in_are_skipped_and_refreshers_keep_their_place() {
-    let fleet = Fleet::start(1);
-    let port = free_port();
-    let rooms = room(
-        "sale",
-        "\"sale\"",
-        "max_active = 1\nsession = \"1s\"\nrefresh = \"1s\"\nticket_timeout = \"2s\"",
-    );
-    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
-    let addr = proxy.addr;
-    let mut inside = Shopper::default();
-    assert!(matches!(
-        inside.visit(addr, "sale", "GET", "/api/products/1"),
-        Visit::Passed { .. }
-    ));
+    let site = sale("max_active = 1\nsession = \"1s\"\nrefresh = \"1s\"\nticket_timeout = \"2s\"");
+    let (port, addr) = (site.port, site.addr);
+    let mut inside = admitted(addr);
     let mut quitter = Shopper::default();
-    assert_eq!(
-        waiting(&quitter.visit(addr, "sale", "GET", "/api/products/1"))["position"],
-        1
-    );
+    assert_eq!(waiting(&quitter.browse(addr))["position"], 1);
     let mut stayer = Shopper::default();
-    assert_eq!(
-        waiting(&stayer.visit(addr, "sale", "GET", "/api/products/1"))["position"],
-        2
-    );
+    assert_eq!(waiting(&stayer.browse(addr))["position"], 2);
 
     // The one inside shops on for 3 s; the stayer keeps refreshing, the
     // quitter has gone.
@@ -462,11 +485,8 @@ fn shoppers_who_stop_checking_in_are_skipped_and_refreshers_keep_their_place() {
     let shopping = Instant::now();
     let mut position = 2;
     while shopping.elapsed() < Duration::from_secs(3) {
-        assert!(matches!(
-            inside.visit(addr, "sale", "GET", "/api/products/1"),
-            Visit::Passed { .. }
-        ));
-        let page = waiting(&stayer.visit(addr, "sale", "GET", "/api/products/1")).clone();
+        assert!(passed(inside.browse(addr)));
+        let page = waiting(&stayer.browse(addr)).clone();
         let now_at = page["position"].as_u64().unwrap_or(0);
         assert!(now_at == position || now_at == 1, "keeps the place: {page}");
         if shopping.elapsed() < Duration::from_millis(1500) {
@@ -481,10 +501,7 @@ fn shoppers_who_stop_checking_in_are_skipped_and_refreshers_keep_their_place() {
     let mut admitted = false;
     assert!(
         wait_until(Duration::from_secs(10), || {
-            admitted = matches!(
-                stayer.visit(addr, "sale", "GET", "/api/products/1"),
-                Visit::Passed { .. }
-            );
+            admitted = matches!(stayer.browse(addr), Visit::Passed { .. });
             std::thread::sleep(Duration::from_millis(200));
             admitted
         }),
@@ -494,29 +511,19 @@ fn shoppers_who_stop_checking_in_are_skipped_and_refreshers_keep_their_place() {
     assert!(metric(port, "ordergate_room_abandoned_total{room=\"sale\"}") >= 1.0);
     // The quitter comes back: a new shopper, at the back of the (empty) line.
     let old = quitter.cookie.clone();
-    let visit = quitter.visit(addr, "sale", "GET", "/api/products/1");
+    let visit = quitter.browse(addr);
     assert_ne!(quitter.cookie, old, "a new ticket or pass: {visit:?}");
 }
 
 #[test]
 fn an_admitted_shopper_is_not_sent_back_to_the_line_while_the_pass_is_valid() {
-    let fleet = Fleet::start(1);
-    let port = free_port();
-    let rooms = room(
-        "sale",
-        "\"sale\"",
-        "max_active = 1\nsession = \"2s\"\nrefresh = \"1s\"",
-    );
-    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
-    let addr = proxy.addr;
+    let site = sale("max_active = 1\nsession = \"2s\"\nrefresh = \"1s\"");
+    let addr = site.addr;
     let mut buyer = Shopper::default();
-    assert!(matches!(
-        buyer.visit(addr, "sale", "GET", "/api/products/1"),
-        Visit::Passed { status: 200 }
-    ));
+    assert!(matches!(buyer.browse(addr), Visit::Passed { status: 200 }));
     let mut crowd: Vec<Shopper> = (0..30).map(|_| Shopper::default()).collect();
     for shopper in &mut crowd {
-        waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1"));
+        waiting(&shopper.browse(addr));
     }
     // A checkout of several steps over 4 s (longer than the session, which
     // each request extends), while the room is full and 30 wait.
@@ -533,7 +540,7 @@ fn an_admitted_shopper_is_not_sent_back_to_the_line_while_the_pass_is_valid() {
             }
         }
         for shopper in crowd.iter_mut().take(5) {
-            waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1"));
+            waiting(&shopper.browse(addr));
         }
         std::thread::sleep(Duration::from_millis(400));
     }
@@ -541,22 +548,17 @@ fn an_admitted_shopper_is_not_sent_back_to_the_line_while_the_pass_is_valid() {
 
 #[test]
 fn before_opens_at_arrivals_draw_random_places_and_nobody_gets_in() {
-    let fleet = Fleet::start(1);
-    let port = free_port();
     let opening = chrono::Utc::now() + chrono::Duration::seconds(4);
     let opens_at = opening.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let opens_instant = Instant::now() + Duration::from_secs(4);
-    let rooms = room(
-        "sale",
-        "\"sale\"",
-        &format!("admit_per_minute = 600\nrefresh = \"1s\"\nopens_at = \"{opens_at}\""),
-    );
-    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
-    let addr = proxy.addr;
+    let site = sale(&format!(
+        "admit_per_minute = 600\nrefresh = \"1s\"\nopens_at = \"{opens_at}\""
+    ));
+    let addr = site.addr;
     const N: usize = 30;
     let mut shoppers: Vec<Shopper> = (0..N).map(|_| Shopper::default()).collect();
     for shopper in &mut shoppers {
-        let page = waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1")).clone();
+        let page = waiting(&shopper.browse(addr)).clone();
         assert!(page["position"].is_null(), "drawn at the opening: {page}");
         assert!(
             page["opens_in_s"].as_u64().is_some_and(|s| s <= 5),
@@ -576,7 +578,7 @@ fn before_opens_at_arrivals_draw_random_places_and_nobody_gets_in() {
                 continue;
             }
             let sent = Instant::now();
-            if let Visit::Passed { .. } = shopper.visit(addr, "sale", "GET", "/api/products/1") {
+            if let Visit::Passed { .. } = shopper.browse(addr) {
                 assert!(
                     sent + Duration::from_millis(200) >= opens_instant,
                     "shopper {i} got in {:?} before the opening",
@@ -605,27 +607,12 @@ fn before_opens_at_arrivals_draw_random_places_and_nobody_gets_in() {
 
 #[test]
 fn admin_api_pauses_opens_and_closes_a_room_and_the_line_survives_a_reload() {
-    let fleet = Fleet::start(1);
-    let port = free_port();
-    let rooms = room(
-        "sale",
-        "\"sale\"",
-        "max_active = 1\nsession = \"1s\"\nrefresh = \"1s\"",
-    );
-    let config = room_config(&fleet, port, &rooms);
-    let proxy = Proxy::start(&config);
-    let addr = proxy.addr;
-    let mut inside = Shopper::default();
-    assert!(matches!(
-        inside.visit(addr, "sale", "GET", "/api/products/1"),
-        Visit::Passed { .. }
-    ));
+    let site = sale("max_active = 1\nsession = \"1s\"\nrefresh = \"1s\"");
+    let (port, addr) = (site.port, site.addr);
+    let _inside = admitted(addr);
     let mut line: Vec<Shopper> = (0..3).map(|_| Shopper::default()).collect();
     for (i, shopper) in line.iter_mut().enumerate() {
-        assert_eq!(
-            waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1"))["position"],
-            i as u64 + 1
-        );
+        assert_eq!(waiting(&shopper.browse(addr))["position"], i as u64 + 1);
     }
     let listed = admin(port, "GET", "/rooms").json();
     let sale = &listed["rooms"][0];
@@ -636,10 +623,11 @@ fn admin_api_pauses_opens_and_closes_a_room_and_the_line_survives_a_reload() {
     assert!(sale["estimated_wait_s"].as_u64().is_some(), "{listed}");
 
     // A reload (another refresh interval) keeps every place.
-    proxy.rewrite_config(&config.replace("refresh = \"1s\"", "refresh = \"2s\""));
+    site.proxy
+        .rewrite_config(&site.config.replace("refresh = \"1s\"", "refresh = \"2s\""));
     assert_eq!(admin(port, "POST", "/reload").status, 200);
     for (i, shopper) in line.iter_mut().enumerate() {
-        let page = waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1")).clone();
+        let page = waiting(&shopper.browse(addr)).clone();
         assert_eq!(page["position"], i as u64 + 1, "after the reload: {page}");
     }
 
@@ -651,7 +639,7 @@ fn admin_api_pauses_opens_and_closes_a_room_and_the_line_survives_a_reload() {
     std::thread::sleep(Duration::from_millis(1500));
     for _ in 0..3 {
         for (i, shopper) in line.iter_mut().enumerate() {
-            let page = waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1")).clone();
+            let page = waiting(&shopper.browse(addr)).clone();
             assert_eq!(
                 page["position"],
                 i as u64 + 1,
@@ -669,46 +657,25 @@ fn admin_api_pauses_opens_and_closes_a_room_and_the_line_survives_a_reload() {
         admin(port, "POST", "/rooms/sale/open").json()["control"],
         "open"
     );
-    assert!(matches!(
-        line[0].visit(addr, "sale", "GET", "/api/products/1"),
-        Visit::Passed { .. }
-    ));
+    assert!(passed(line[0].browse(addr)));
     // Closed: the room steps aside; everyone passes.
     assert_eq!(
         admin(port, "POST", "/rooms/sale/close").json()["control"],
         "closed"
     );
-    let mut newcomer = Shopper::default();
-    assert!(matches!(
-        newcomer.visit(addr, "sale", "GET", "/api/products/1"),
-        Visit::Passed { .. }
-    ));
-    assert!(matches!(
-        line[2].visit(addr, "sale", "GET", "/api/products/1"),
-        Visit::Passed { .. }
-    ));
+    admitted(addr);
+    assert!(passed(line[2].browse(addr)));
     assert_eq!(admin(port, "POST", "/rooms/nope/open").status, 404);
     assert_eq!(admin(port, "POST", "/rooms/sale/explode").status, 404);
 }
 
 #[test]
 fn bypassed_requests_never_wait() {
-    let fleet = Fleet::start(1);
-    let port = free_port();
-    let rooms = room(
-        "sale",
-        "\"sale\"",
-        "max_active = 1\n[rooms.bypass]\npaths = [\"/api/payments/callback\"]\nmethods = [\"OPTIONS\"]\nheader = \"x-staff\"\nheader_value = \"let-me-in\"",
-    );
-    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
-    let addr = proxy.addr;
-    let mut inside = Shopper::default();
-    assert!(matches!(
-        inside.visit(addr, "sale", "GET", "/api/products/1"),
-        Visit::Passed { .. }
-    ));
+    let site = sale("max_active = 1\n[rooms.bypass]\npaths = [\"/api/payments/callback\"]\nmethods = [\"OPTIONS\"]\nheader = \"x-staff\"\nheader_value = \"let-me-in\"");
+    let addr = site.addr;
+    let _inside = admitted(addr);
     let mut shopper = Shopper::default();
-    waiting(&shopper.visit(addr, "sale", "GET", "/api/products/1"));
+    waiting(&shopper.browse(addr));
     let through = |headers: &[(&str, &str)], method: &str, path: &str| {
         let response = request(addr, method, path, headers, b"").expect("request");
         response.header("x-ordergate-page") != Some("waiting_room")
@@ -789,23 +756,12 @@ fn the_waiting_page_renders_in_headless_chromium() {
         );
         return;
     };
-    let fleet = Fleet::start(1);
-    let port = free_port();
-    let rooms = room(
-        "sale",
-        "\"sale\"",
-        "max_active = 1\nadmit_per_minute = 6\nrefresh = \"30s\"\nsession = \"5m\"",
-    );
-    let proxy = Proxy::start(&room_config(&fleet, port, &rooms));
-    let addr = proxy.addr;
+    let site = sale("max_active = 1\nadmit_per_minute = 6\nrefresh = \"30s\"\nsession = \"5m\"");
+    let addr = site.addr;
     // The room is full, and a dozen shoppers wait ahead of the browser.
-    let mut inside = Shopper::default();
-    assert!(matches!(
-        inside.visit(addr, "sale", "GET", "/api/products/1"),
-        Visit::Passed { .. }
-    ));
+    let _inside = admitted(addr);
     for _ in 0..12 {
-        waiting(&Shopper::default().visit(addr, "sale", "GET", "/api/products/1"));
+        waiting(&Shopper::default().browse(addr));
     }
     let url = format!("http://{addr}/api/products/1");
     let dom = chromium(
@@ -850,10 +806,7 @@ fn on_overload_the_room_forms_when_the_pool_queues_and_admits_when_it_recovers()
     let addr = proxy.addr;
     // Calm: a shopper goes straight in, with a pass.
     let mut calm = Shopper::default();
-    assert!(matches!(
-        calm.visit(addr, "sale", "GET", "/api/products/1"),
-        Visit::Passed { status: 200 }
-    ));
+    assert!(matches!(calm.browse(addr), Visit::Passed { status: 200 }));
     assert!(
         calm.admission_number().is_some(),
         "a pass: {:?}",
@@ -886,21 +839,18 @@ fn on_overload_the_room_forms_when_the_pool_queues_and_admits_when_it_recovers()
     // The room forms: a newcomer waits, nobody is called while the pool is
     // overloaded; the shopper with a pass goes on.
     let mut newcomer = Shopper::default();
-    let page = waiting(&newcomer.visit(addr, "sale", "GET", "/api/products/1")).clone();
+    let page = waiting(&newcomer.browse(addr)).clone();
     assert_eq!(page["position"], 1, "{page}");
     assert!(page["estimated_wait_s"].as_u64().is_some(), "{page}");
     for _ in 0..3 {
-        let page = waiting(&newcomer.visit(addr, "sale", "GET", "/api/products/1")).clone();
+        let page = waiting(&newcomer.browse(addr)).clone();
         assert_eq!(
             page["position"], 1,
             "nobody is called while the pool is overloaded: {page}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert!(matches!(
-        calm.visit(addr, "sale", "GET", "/api/products/1"),
-        Visit::Passed { .. }
-    ));
+    assert!(passed(calm.browse(addr)));
 
     // The load stops: the pool recovers and the line moves.
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -909,7 +859,7 @@ fn on_overload_the_room_forms_when_the_pool_queues_and_admits_when_it_recovers()
     }
     assert!(
         wait_until(Duration::from_secs(10), || matches!(
-            newcomer.visit(addr, "sale", "GET", "/api/products/1"),
+            newcomer.browse(addr),
             Visit::Passed { .. }
         )),
         "admitted once the pool recovers"
