@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::programs::{chromium_or_skip, headless_chromium};
 use crate::support::{admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
@@ -284,6 +285,17 @@ impl PartialOrd for Due {
     }
 }
 
+/// The next visit of a load test that is due: `None` once none is left,
+/// `Some(None)` while none is due yet.
+fn next_due(queue: &Mutex<BinaryHeap<Due>>) -> Option<Option<Due>> {
+    let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+    match queue.peek() {
+        None => None,
+        Some(Due(at, _)) if *at <= Instant::now() => Some(queue.pop()),
+        Some(_) => Some(None),
+    }
+}
+
 #[derive(Default, Clone)]
 struct Record {
     arrived: Option<Instant>,
@@ -317,13 +329,8 @@ fn a_thousand_shoppers_are_admitted_in_arrival_order_within_their_estimates() {
         .map(|_| {
             let (queue, records) = (Arc::clone(&queue), Arc::clone(&records));
             std::thread::spawn(move || loop {
-                let next = {
-                    let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
-                    match queue.peek() {
-                        None => return,
-                        Some(Due(at, _)) if *at <= Instant::now() => queue.pop(),
-                        Some(_) => None,
-                    }
+                let Some(next) = next_due(&queue) else {
+                    return;
                 };
                 let Some(Due(_, i)) = next else {
                     if Instant::now() > deadline {
@@ -718,20 +725,8 @@ fn check_rejects_a_missing_or_short_secret_an_unknown_route_and_zero_capacity() 
 
 fn chromium(browser: &Path, url: &str, args: &[&str]) -> String {
     let profile = TempFile::new("profile", "");
-    let output = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--lang=en-US",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            profile.path.with_file_name("chromium").display()
-        ))
+    let output = headless_chromium(browser, &profile.path.with_file_name("chromium"))
+        .args(["--hide-scrollbars", "--lang=en-US"])
         .args(args)
         .arg(url)
         .stdin(Stdio::null())
@@ -747,13 +742,7 @@ fn chromium(browser: &Path, url: &str, args: &[&str]) -> String {
 
 #[test]
 fn the_waiting_page_renders_in_headless_chromium() {
-    let Some(browser) = crate::support::programs::ensure(
-        &["chromium", "chromium-browser", "google-chrome"],
-        "chromium",
-    ) else {
-        eprintln!(
-            "SKIPPED waiting page test: chromium is not installed and apt-get could not install it"
-        );
+    let Some(browser) = chromium_or_skip("waiting page test") else {
         return;
     };
     let site = sale("max_active = 1\nadmit_per_minute = 6\nrefresh = \"30s\"\nsession = \"5m\"");
@@ -927,13 +916,8 @@ fn flash_sale_at_ten_times_capacity_through_the_room() {
                 Arc::clone(&samples),
             );
             std::thread::spawn(move || loop {
-                let next = {
-                    let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
-                    match queue.peek() {
-                        None => return,
-                        Some(Due(at, _)) if *at <= Instant::now() => queue.pop(),
-                        Some(_) => None,
-                    }
+                let Some(next) = next_due(&queue) else {
+                    return;
                 };
                 let Some(Due(due, i)) = next else {
                     if Instant::now() > end {

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::programs::{chromium_or_skip, find_chromium, headless_chromium};
 use crate::support::{admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile};
 
 fn repo() -> &'static Path {
@@ -103,21 +104,9 @@ fn backend_state(status: &serde_json::Value, addr: SocketAddr) -> String {
 /// Headless Chromium on `url`, with its own profile directory.
 fn chromium(browser: &Path, url: &str, args: &[&str]) -> Ran {
     let profile = TempFile::new("profile", "");
-    let mut command = Command::new(browser);
+    let mut command = headless_chromium(browser, &profile.path.with_file_name("chromium"));
     command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--mute-audio",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            profile.path.with_file_name("chromium").display()
-        ))
+        .args(["--hide-scrollbars", "--mute-audio"])
         .args(args)
         .arg(url);
     let ran = run(command, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
@@ -148,13 +137,7 @@ fn status_page_config(port: u16, addrs: &[SocketAddr], admin_extra: &str) -> Str
 
 #[test]
 fn status_page_shows_every_backend_and_the_killed_one_as_down() {
-    let Some(browser) = crate::support::programs::ensure(
-        &["chromium", "chromium-browser", "google-chrome"],
-        "chromium",
-    ) else {
-        eprintln!(
-            "SKIPPED status page test: chromium is not installed and apt-get could not install it"
-        );
+    let Some(browser) = chromium_or_skip("status page test") else {
         return;
     };
     let fleet = Fleet::start(2);
@@ -352,13 +335,7 @@ fn serve_canned(status: serde_json::Value, rooms: serde_json::Value) -> SocketAd
 
 #[test]
 fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
-    let Some(browser) = crate::support::programs::ensure(
-        &["chromium", "chromium-browser", "google-chrome"],
-        "chromium",
-    ) else {
-        eprintln!(
-            "SKIPPED status page test: chromium is not installed and apt-get could not install it"
-        );
+    let Some(browser) = chromium_or_skip("status page test") else {
         return;
     };
     // A real /status, then what an incident would change in it.
@@ -451,13 +428,7 @@ fn the_page_shows_ejections_queues_reload_errors_maintenance_and_rooms() {
 
 #[test]
 fn the_page_shows_a_real_waiting_room_line() {
-    let Some(browser) = crate::support::programs::ensure(
-        &["chromium", "chromium-browser", "google-chrome"],
-        "chromium",
-    ) else {
-        eprintln!(
-            "SKIPPED status page test: chromium is not installed and apt-get could not install it"
-        );
+    let Some(browser) = chromium_or_skip("status page test") else {
         return;
     };
     let fleet = Fleet::start(1);
@@ -532,9 +503,7 @@ fn the_page_needs_no_token_but_the_data_does() {
     assert!(status["uptime_seconds"].as_f64().is_some(), "{status}");
 
     // In a browser: the page asks for the token and shows no data.
-    let Some(browser) =
-        crate::support::programs::find(&["chromium", "chromium-browser", "google-chrome"])
-    else {
+    let Some(browser) = find_chromium() else {
         eprintln!("SKIPPED the browser half: chromium is not installed");
         return;
     };
@@ -663,16 +632,8 @@ impl Drop for ChildGuard {
 impl DevTools {
     fn open(browser: &Path, url: &str, profile: &Path) -> DevTools {
         let port = free_port();
-        let child = Command::new(browser)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-            ])
+        let child = headless_chromium(browser, profile)
             .arg(format!("--remote-debugging-port={port}"))
-            .arg(format!("--user-data-dir={}", profile.display()))
             .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -771,11 +732,7 @@ fn devtools_list(devtools: SocketAddr) -> Option<String> {
 
 #[test]
 fn the_page_buttons_drain_undrain_and_weigh_with_the_token_from_the_tab() {
-    let Some(browser) = crate::support::programs::ensure(
-        &["chromium", "chromium-browser", "google-chrome"],
-        "chromium",
-    ) else {
-        eprintln!("SKIPPED status page buttons test: chromium is not installed and apt-get could not install it");
+    let Some(browser) = chromium_or_skip("status page buttons test") else {
         return;
     };
     let fleet = Fleet::start(2);

@@ -2,7 +2,7 @@
 //! found on the machine, or installed from Debian's packages with apt-get when
 //! missing, the way `./dev.sh test` installs what the build needs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
@@ -60,4 +60,39 @@ pub fn ensure(names: &[&str], package: &str) -> Option<PathBuf> {
         eprintln!("tests: apt-get install {package} failed");
     }
     find(names)
+}
+
+/// The names Chromium goes by.
+const CHROMIUM: [&str; 3] = ["chromium", "chromium-browser", "google-chrome"];
+
+/// Chromium when it is on the machine (never installed).
+pub fn find_chromium() -> Option<PathBuf> {
+    find(&CHROMIUM)
+}
+
+/// Chromium, installed with apt-get when missing; when it cannot be had, says
+/// that `what` is skipped and gives `None`.
+pub fn chromium_or_skip(what: &str) -> Option<PathBuf> {
+    let browser = ensure(&CHROMIUM, "chromium");
+    if browser.is_none() {
+        eprintln!("SKIPPED {what}: chromium is not installed and apt-get could not install it");
+    }
+    browser
+}
+
+/// Headless Chromium with `profile` as its own user data directory, without
+/// the sandbox, the GPU, /dev/shm or the first-run dialogues; the caller adds
+/// its flags and the URL.
+pub fn headless_chromium(browser: &Path, profile: &Path) -> Command {
+    let mut command = Command::new(browser);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
+    command
 }
