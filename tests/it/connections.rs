@@ -7,11 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::conn::Conn;
+use crate::support::failing::{one_backend, Failing};
 use crate::support::{admin_section, wait_until, Fleet, Proxy, Response};
-
-fn one_backend(addr: SocketAddr) -> String {
-    format!("[ {{ addr = \"{addr}\" }} ]")
-}
 
 fn says_close(response: &Response) -> bool {
     response
@@ -68,55 +65,17 @@ fn check(
 
 #[test]
 fn every_page_leaves_a_usable_connection_or_says_close() {
-    let fleet = Fleet::start(5);
-    let [healthy, broken, slow, resetting, hanging] = [
-        fleet.addrs[0],
-        fleet.addrs[1],
-        fleet.addrs[2],
-        fleet.addrs[3],
-        fleet.addrs[4],
-    ];
-    fleet.set_mode(broken, r#"{"status": 500}"#);
-    fleet.set_mode(slow, r#"{"latency_ms": 3000}"#);
-    fleet.set_mode(resetting, r#"{"fault": "reset"}"#);
+    let failing = Failing::start(5);
+    let fleet = &failing.fleet;
+    let hanging = fleet.addrs[4];
     fleet.set_mode(hanging, r#"{"fault": "hang"}"#);
-    let dead = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
     let refused = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
     let admin_port = crate::support::free_port();
     let config = format!(
         r#"{admin}
 [[pools]]
-name = "healthy"
-backends = {healthy_pool}
-
-[[pools]]
-name = "dead"
-panic_threshold = 0
-backends = {dead_pool}
-[pools.health]
-kind = "tcp"
-interval = "100ms"
-timeout = "50ms"
-
-[[pools]]
 name = "refused"
 backends = {refused_pool}
-
-[[pools]]
-name = "broken"
-backends = {broken_pool}
-
-[[pools]]
-name = "slow"
-max_in_flight = 1
-backends = {slow_pool}
-[pools.queue]
-max_waiting = 1
-timeout = "300ms"
-
-[[pools]]
-name = "resetting"
-backends = {resetting_pool}
 
 [[pools]]
 name = "hanging"
@@ -130,11 +89,6 @@ pool = "healthy"
 max_body_bytes = 100
 
 [[routes]]
-name = "dead"
-path_prefix = "/dead"
-pool = "dead"
-
-[[routes]]
 name = "refused"
 path_prefix = "/refused"
 pool = "refused"
@@ -142,43 +96,16 @@ pool = "refused"
 attempts = 1
 
 [[routes]]
-name = "broken"
-path_prefix = "/broken"
-pool = "broken"
-
-[[routes]]
-name = "slow"
-path_prefix = "/slow"
-timeout = "1s"
-pool = "slow"
-
-[[routes]]
-name = "resetting"
-path_prefix = "/resetting"
-pool = "resetting"
-
-[[routes]]
 name = "hanging"
 path_prefix = "/hanging"
 pool = "hanging"
 [routes.retry]
 attempts = 1
-
-[[routes]]
-name = "limited"
-path_prefix = "/limited"
-pool = "healthy"
-[routes.rate_limit]
-requests_per_second = 1
-"#,
+{failing}"#,
         admin = admin_section(admin_port),
-        healthy_pool = one_backend(healthy),
-        dead_pool = one_backend(dead),
         refused_pool = one_backend(refused),
-        broken_pool = one_backend(broken),
-        slow_pool = one_backend(slow),
-        resetting_pool = one_backend(resetting),
         hanging_pool = one_backend(hanging),
+        failing = failing.config(),
     );
     let proxy = Proxy::start(&config);
     let json = [("accept", "application/json")];

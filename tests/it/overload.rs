@@ -6,11 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::failing::{one_backend, Failing};
 use crate::support::{admin_section, request, wait_until, Fleet, Proxy, Response};
-
-fn one_backend(addr: SocketAddr) -> String {
-    format!("[ {{ addr = \"{addr}\" }} ]")
-}
 
 /// What each kind of client asks for: (name, headers).
 const CLIENTS: [(&str, &[(&str, &str)]); 4] = [
@@ -136,82 +133,9 @@ fn spawn_send(
 
 #[test]
 fn every_failure_is_a_friendly_page_in_the_shoppers_format_and_language() {
-    let fleet = Fleet::start(4);
-    let [healthy, broken, slow, resetting] = [
-        fleet.addrs[0],
-        fleet.addrs[1],
-        fleet.addrs[2],
-        fleet.addrs[3],
-    ];
-    fleet.set_mode(broken, r#"{"status": 500}"#);
-    fleet.set_mode(slow, r#"{"latency_ms": 3000}"#);
-    fleet.set_mode(resetting, r#"{"fault": "reset"}"#);
-    let dead = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
-    let config = format!(
-        r#"
-[[pools]]
-name = "dead"
-panic_threshold = 0
-backends = {dead_pool}
-[pools.health]
-kind = "tcp"
-interval = "100ms"
-timeout = "50ms"
-
-[[pools]]
-name = "broken"
-backends = {broken_pool}
-
-[[pools]]
-name = "slow"
-max_in_flight = 1
-backends = {slow_pool}
-[pools.queue]
-max_waiting = 1
-timeout = "300ms"
-
-[[pools]]
-name = "resetting"
-backends = {resetting_pool}
-
-[[pools]]
-name = "healthy"
-backends = {healthy_pool}
-
-[[routes]]
-name = "dead"
-path_prefix = "/dead"
-pool = "dead"
-
-[[routes]]
-name = "broken"
-path_prefix = "/broken"
-pool = "broken"
-
-[[routes]]
-name = "slow"
-path_prefix = "/slow"
-timeout = "1s"
-pool = "slow"
-
-[[routes]]
-name = "resetting"
-path_prefix = "/resetting"
-pool = "resetting"
-
-[[routes]]
-name = "limited"
-path_prefix = "/limited"
-pool = "healthy"
-[routes.rate_limit]
-requests_per_second = 1
-"#,
-        dead_pool = one_backend(dead),
-        broken_pool = one_backend(broken),
-        slow_pool = one_backend(slow),
-        resetting_pool = one_backend(resetting),
-        healthy_pool = one_backend(healthy),
-    );
+    let failing = Failing::start(4);
+    let fleet = &failing.fleet;
+    let config = failing.config();
     for (client, headers) in CLIENTS {
         // A fresh proxy per client: the queue's drain-rate estimate from an earlier
         // round would shed at once (rightly) instead of showing queue full/timeout.

@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod conn;
+pub mod failing;
 pub mod programs;
 
 use std::io::{BufRead, BufReader, Read, Write};
