@@ -130,23 +130,7 @@ fn weighted_round_robin_follows_weights() {
 
 #[test]
 fn least_request_sends_most_traffic_away_from_a_slow_backend() {
-    let fleet = Fleet::start(3);
-    let slow = fleet.addrs[0];
-    fleet.set_mode(slow, r#"{"latency_ms": 300}"#);
-    let config = [
-        pool(
-            "orders",
-            "balance = \"least_request\"",
-            &fleet.backends_toml(&[1, 1, 1]),
-        ),
-        route("all", "", "orders"),
-    ]
-    .concat();
-    let proxy = Proxy::start(&config);
-
-    let counts = concurrent_counts(&proxy, 8, 25);
-    let total: usize = counts.values().sum();
-    let on_slow = counts.get(&slow).copied().unwrap_or(0);
+    let (on_slow, total, counts) = with_a_slow_backend("least_request", 8, 25);
     // Round robin would give the slow backend a third (67 of 200).
     assert!(
         on_slow * 10 < total,
@@ -156,27 +140,38 @@ fn least_request_sends_most_traffic_away_from_a_slow_backend() {
 
 #[test]
 fn peak_ewma_sends_most_traffic_away_from_a_slow_backend() {
+    let (on_slow, total, counts) = with_a_slow_backend("peak_ewma", 4, 40);
+    assert!(
+        on_slow * 10 < total,
+        "slow backend got {on_slow} of {total}: {counts:?}"
+    );
+}
+
+/// Three backends of weight 1 balanced by `balance`, the first answering in
+/// 300 ms: `clients` threads each send `each` requests. The answers from the
+/// slow backend, all of them, and the count per backend.
+fn with_a_slow_backend(
+    balance: &str,
+    clients: usize,
+    each: usize,
+) -> (usize, usize, HashMap<SocketAddr, usize>) {
     let fleet = Fleet::start(3);
     let slow = fleet.addrs[0];
     fleet.set_mode(slow, r#"{"latency_ms": 300}"#);
     let config = [
         pool(
             "orders",
-            "balance = \"peak_ewma\"",
+            &format!("balance = \"{balance}\""),
             &fleet.backends_toml(&[1, 1, 1]),
         ),
         route("all", "", "orders"),
     ]
     .concat();
     let proxy = Proxy::start(&config);
-
-    let counts = concurrent_counts(&proxy, 4, 40);
+    let counts = concurrent_counts(&proxy, clients, each);
     let total: usize = counts.values().sum();
     let on_slow = counts.get(&slow).copied().unwrap_or(0);
-    assert!(
-        on_slow * 10 < total,
-        "slow backend got {on_slow} of {total}: {counts:?}"
-    );
+    (on_slow, total, counts)
 }
 
 /// `clients` threads each send `each` requests; counts answers per backend.
