@@ -8,6 +8,9 @@
 #
 #   benches/ab-cpu.sh OLD_BINARY NEW_BINARY [ROUNDS] [SECONDS]
 #
+# AB_ROUTE, when set, is TOML appended to the one route (e.g. a rate limit:
+# AB_ROUTE=$'[routes.rate_limit]\nrequests_per_second = 1000000').
+#
 # Needs wrk, nginx and taskset (apt-get install wrk nginx util-linux).
 # Sends traffic only to 127.0.0.1 and stops by itself.
 set -euo pipefail
@@ -75,6 +78,7 @@ backends = [ { addr = "127.0.0.1:$backend" } ]
 [[routes]]
 name = "all"
 pool = "orders"
+${AB_ROUTE:-}
 EOF
   echo "$port" >"$dir/$name.port"
   taskset -c 0 "$bin" run --config "$dir/$name.toml" >"$dir/$name.log" 2>&1 &
