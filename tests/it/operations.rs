@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{admin_section, request, wait_until, Fleet, Proxy, Response};
+use crate::support::{
+    admin, admin_section, readyz_within, request, wait_until, Fleet, Proxy, Response,
+};
 
 fn backends(addrs: &[SocketAddr], weights: &[u32]) -> String {
     let list: Vec<String> = addrs
@@ -15,11 +17,6 @@ fn backends(addrs: &[SocketAddr], weights: &[u32]) -> String {
         .map(|(a, w)| format!("{{ addr = \"{a}\", weight = {w} }}"))
         .collect();
     format!("[ {} ]", list.join(", "))
-}
-
-fn admin(port: u16, method: &str, path: &str) -> Response {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    request(addr, method, path, &[], b"").unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
 }
 
 /// Sends GETs from `clients` threads until stopped; returns the failures seen.
@@ -417,9 +414,7 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     let sent_at = Instant::now();
     proxy.signal("TERM");
     assert!(
-        wait_until(Duration::from_secs(2), || admin(port, "GET", "/readyz")
-            .status
-            == 503),
+        readyz_within(port, 503, Duration::from_secs(2)),
         "readiness turns false"
     );
     assert!(
@@ -445,10 +440,8 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
         "exited {:?} after SIGTERM",
         sent_at.elapsed()
     );
-    assert!(wait_until(Duration::from_secs(2), || proxy
-        .logs()
-        .iter()
-        .any(|(_, l)| l.contains("4 requests finished, 0 cut"))));
+    assert!(proxy.logged_within(Duration::from_secs(2), |l| l
+        .contains("4 requests finished, 0 cut")));
 }
 
 /// HTTPS requests for `paths`, one after the other on one keep-alive

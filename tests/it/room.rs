@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::programs::{chromium_or_skip, headless_chromium};
-use crate::support::{admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile};
+use crate::support::{
+    admin, admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile,
+};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 
@@ -109,11 +111,6 @@ fn room(name: &str, routes: &str, extra: &str) -> String {
     format!(
         "[[rooms]]\nname = \"{name}\"\nroutes = [{routes}]\nsecret = \"{SECRET}\"\nmode = \"always\"\n{extra}\n"
     )
-}
-
-fn admin(port: u16, method: &str, path: &str) -> crate::support::Response {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    request(addr, method, path, &[], b"").unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
 }
 
 /// The value of a metric series from `/metrics`, e.g.

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::programs::{chromium_or_skip, find_chromium, headless_chromium};
-use crate::support::{admin_section, bin, free_port, request, wait_until, Fleet, Proxy, TempFile};
+use crate::support::{
+    admin, admin_section, bin, exit_within, free_port, request, wait_until, Fleet, Proxy, TempFile,
+};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,15 +61,7 @@ fn run(mut command: Command, timeout: Duration) -> Result<Ran, String> {
         })
     })
     .collect();
-    let mut status = None;
-    wait_until(timeout, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let status = exit_within(&mut child, timeout);
     let mut texts = readers.into_iter().map(|r| r.join().unwrap_or_default());
     let (stdout, stderr) = (
         texts.next().unwrap_or_default(),
@@ -83,11 +77,6 @@ fn run(mut command: Command, timeout: Duration) -> Result<Ran, String> {
             "{command:?} did not finish within {timeout:?}\n{stderr}"
         )),
     }
-}
-
-fn admin(port: u16, method: &str, path: &str) -> crate::support::Response {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    request(addr, method, path, &[], b"").unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
 }
 
 fn backend_state(status: &serde_json::Value, addr: SocketAddr) -> String {

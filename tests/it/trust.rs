@@ -9,13 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    admin_section, free_port, request, wait_until, Fleet, Proxy, Response, TempFile,
+    admin, admin_section, exit_within, free_port, readyz_within, wait_until, Fleet, Proxy, TempFile,
 };
-
-fn admin(port: u16, method: &str, path: &str) -> Response {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    request(addr, method, path, &[], b"").unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
-}
 
 fn pool_and_route(fleet: &Fleet) -> String {
     format!(
@@ -36,15 +31,7 @@ fn run_until_exit(config: &str, timeout: Duration) -> (Option<std::process::Exit
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ordergate run");
-    let mut status = None;
-    wait_until(timeout, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let status = exit_within(&mut child, timeout);
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
         let _ = pipe.read_to_string(&mut stderr);
@@ -500,17 +487,11 @@ fn sigterm_waits_the_shutdown_delay_serving_then_exits_once_idle() {
         &format!("{}{}", admin_section(port), pool_and_route(&fleet)),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(wait_until(Duration::from_secs(5), || admin(
-        port, "GET", "/readyz"
-    )
-    .status
-        == 200));
+    assert!(readyz_within(port, 200, Duration::from_secs(5)));
     let sent = Instant::now();
     proxy.signal("TERM");
     assert!(
-        wait_until(Duration::from_secs(1), || admin(port, "GET", "/readyz")
-            .status
-            == 503),
+        readyz_within(port, 503, Duration::from_secs(1)),
         "readiness turns false at once"
     );
     // Still serving during the delay.
@@ -528,12 +509,11 @@ fn sigterm_waits_the_shutdown_delay_serving_then_exits_once_idle() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(6),
         "took {took:?}"
     );
-    assert!(wait_until(Duration::from_secs(2), || proxy
-        .logs()
-        .iter()
-        .any(|(_, l)| l.contains("shutdown complete")
+    assert!(
+        proxy.logged_within(Duration::from_secs(2), |l| l.contains("shutdown complete")
             && l.contains("finished")
-            && l.contains("cut"))));
+            && l.contains("cut"))
+    );
 }
 
 /// Item 7, during a graceful upgrade: the new process polls for the old one's

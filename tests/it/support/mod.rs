@@ -36,6 +36,34 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
+/// Waits up to `timeout` for `child` to exit; kills it (and reaps it) when it
+/// does not. Its exit status, `None` when it was killed.
+pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
+}
+
+/// A request to the admin API on `port` of the loopback address; panics on a
+/// reset or empty reply.
+pub fn admin(port: u16, method: &str, path: &str) -> Response {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    request(addr, method, path, &[], b"").unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
+}
+
+/// Whether the admin API on `port` answers `/readyz` with `status` within
+/// `timeout`.
+pub fn readyz_within(port: u16, status: u16, timeout: Duration) -> bool {
+    wait_until(timeout, || admin(port, "GET", "/readyz").status == status)
+}
+
 /// The addresses `ordergate sim` reports on its `stdout` ("ordergate sim
 /// listening on ADDR"), once `n` came; the ones that came if `timeout` passes
 /// first. The output is read to its end on a thread of its own.
@@ -320,6 +348,11 @@ impl Proxy {
             .lock()
             .map(|logs| logs.clone())
             .unwrap_or_default()
+    }
+
+    /// Whether a log line for which `wanted` holds comes within `timeout`.
+    pub fn logged_within(&self, timeout: Duration, wanted: impl Fn(&str) -> bool) -> bool {
+        wait_until(timeout, || self.logs().iter().any(|(_, line)| wanted(line)))
     }
 
     /// Access-log lines so far (`RUST_LOG` enables them for tests).
