@@ -619,14 +619,7 @@ fn a_graceful_upgrade_hands_the_listener_over_without_failing_requests() {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = steady_load(old.addr, 2, &stop);
 
-    let upgrade_socket =
-        std::path::PathBuf::from(format!("/tmp/ordergate-{}-upgrade.sock", old.addr.port()));
-    let _ = std::fs::remove_file(&upgrade_socket);
-    let new = old.start_upgrade();
-    assert!(
-        wait_until(Duration::from_secs(10), || upgrade_socket.exists()),
-        "the new process waits for the sockets"
-    );
+    let new = old.start_upgrade_waiting();
     old.signal("QUIT");
     let status = old
         .wait_exit(Duration::from_secs(10))

@@ -175,13 +175,38 @@ fn hanging_and_refusing_backends_are_ejected_and_return_with_slow_start() {
     }
 }
 
+/// Two backends taken in turn; the first, `faulty`, resets the connection
+/// once it has read an order's body.
+struct ResetAfterBody {
+    fleet: Fleet,
+    faulty: SocketAddr,
+    healthy: SocketAddr,
+    proxy: Proxy,
+}
+
+impl ResetAfterBody {
+    fn start() -> ResetAfterBody {
+        let fleet = Fleet::start(2);
+        let (faulty, healthy) = (fleet.addrs[0], fleet.addrs[1]);
+        fleet.set_mode(faulty, r#"{"fault": "reset_after_body"}"#);
+        let proxy = Proxy::start(&config(&fleet.addrs, "balance = \"round_robin\"", ""));
+        ResetAfterBody {
+            fleet,
+            faulty,
+            healthy,
+            proxy,
+        }
+    }
+}
+
 #[test]
 fn an_unkeyed_order_that_reached_a_backend_is_never_replayed() {
-    let fleet = Fleet::start(2);
-    let (faulty, healthy) = (fleet.addrs[0], fleet.addrs[1]);
-    fleet.set_mode(faulty, r#"{"fault": "reset_after_body"}"#);
-    let proxy = Proxy::start(&config(&fleet.addrs, "balance = \"round_robin\"", ""));
-
+    let ResetAfterBody {
+        fleet,
+        faulty,
+        healthy,
+        proxy,
+    } = ResetAfterBody::start();
     let response = post_order(&proxy, None).expect("a complete answer, not a reset");
     assert_eq!(response.status, 502, "{}", response.text());
     assert_eq!(response.json()["error"]["code"], "upstream_reset");
@@ -196,11 +221,12 @@ fn an_unkeyed_order_that_reached_a_backend_is_never_replayed() {
 
 #[test]
 fn a_keyed_order_is_retried_elsewhere_and_created_once() {
-    let fleet = Fleet::start(2);
-    let (faulty, healthy) = (fleet.addrs[0], fleet.addrs[1]);
-    fleet.set_mode(faulty, r#"{"fault": "reset_after_body"}"#);
-    let proxy = Proxy::start(&config(&fleet.addrs, "balance = \"round_robin\"", ""));
-
+    let ResetAfterBody {
+        fleet,
+        faulty,
+        healthy,
+        proxy,
+    } = ResetAfterBody::start();
     let response = post_order(&proxy, Some("order-key-1")).expect("a complete answer");
     assert!(
         response.status == 200 || response.status == 201,

@@ -528,14 +528,7 @@ fn a_graceful_upgrade_logs_no_error_line() {
         admin_section(port),
         pool_and_route(&fleet)
     ));
-    let upgrade_socket =
-        std::path::PathBuf::from(format!("/tmp/ordergate-{}-upgrade.sock", old.addr.port()));
-    let _ = std::fs::remove_file(&upgrade_socket);
-    let new = old.start_upgrade();
-    assert!(
-        wait_until(Duration::from_secs(10), || upgrade_socket.exists()),
-        "the new process waits for the sockets"
-    );
+    let new = old.start_upgrade_waiting();
     assert!(
         wait_until(Duration::from_secs(5), || new
             .logs()

@@ -299,6 +299,20 @@ impl Proxy {
         format!("[server]\nlisten = [\"{addr}\"]\nthreads = 2\n{server_extra}\n\n{body}")
     }
 
+    /// [`Proxy::start_upgrade`], returned once the new process waits on the
+    /// upgrade socket (removed first, so that it is the new one's).
+    pub fn start_upgrade_waiting(&self) -> Proxy {
+        let upgrade_socket =
+            PathBuf::from(format!("/tmp/ordergate-{}-upgrade.sock", self.addr.port()));
+        let _ = std::fs::remove_file(&upgrade_socket);
+        let new = self.start_upgrade();
+        assert!(
+            wait_until(Duration::from_secs(10), || upgrade_socket.exists()),
+            "the new process waits for the sockets"
+        );
+        new
+    }
+
     /// Starts a second ordergate on the same config with `--upgrade`: it waits
     /// for this one's listening sockets, handed over on `SIGQUIT`.
     pub fn start_upgrade(&self) -> Proxy {
