@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{admin_section, request, wait_until, Fleet, Proxy};
+use crate::support::{admin, admin_section, request, wait_until, Fleet, Proxy};
 
 /// When a shopper got an answer, whether the backup pool gave it, and whether
 /// it was a new order (201).
@@ -154,15 +154,7 @@ pool = "primary"
         .iter()
         .find(|(at, backup, _)| *at >= killed && *backup)
         .map(|(at, _, _)| at.duration_since(killed));
-    let status = request(
-        SocketAddr::from(([127, 0, 0, 1], admin_port)),
-        "GET",
-        "/metrics",
-        &[],
-        b"",
-    )
-    .expect("metrics")
-    .text();
+    let status = admin(admin_port, "GET", "/metrics").text();
     assert!(
         status.contains("ordergate_pool_active{pool=\"primary\",serving=\"dr\"} 1"),
         "{status}"

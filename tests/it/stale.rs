@@ -3,10 +3,9 @@
 //! hang past the timeout); never for private requests, never past `max_age`,
 //! and within the memory budget.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{admin_section, request, wait_until, Fleet, Proxy, Response};
+use crate::support::{admin, admin_section, request, wait_until, Fleet, Proxy, Response};
 
 fn config(fleet: &Fleet, admin_port: u16, stale: &str) -> String {
     format!(
@@ -92,15 +91,7 @@ fn copies_stay_within_the_memory_budget() {
     for i in 0..600 {
         assert_eq!(get(&proxy, &format!("/api/products/{i}"), &[]).status, 200);
     }
-    let metrics = request(
-        SocketAddr::from(([127, 0, 0, 1], admin_port)),
-        "GET",
-        "/metrics",
-        &[],
-        b"",
-    )
-    .expect("metrics")
-    .text();
+    let metrics = admin(admin_port, "GET", "/metrics").text();
     let bytes = metrics
         .lines()
         .find(|l| l.starts_with("ordergate_stale_bytes{route=\"catalog\"}"))
