@@ -341,17 +341,25 @@ fn the_retry_budget_caps_attempts_when_every_backend_fails() {
     assert!(attempts > requests, "some retries were allowed: {attempts}");
 }
 
-#[test]
-fn an_answer_cut_off_mid_body_is_never_completed_by_another_backend() {
-    let fleet = Fleet::start(2);
-    // Headers at once, then a chunk every 500 ms: the 300 ms per-try timeout
-    // fires after the answer has started.
-    fleet.set_mode(fleet.addrs[0], r#"{"fault": "slow_body"}"#);
+/// `n` backends, the first in `mode`, behind a route whose tries time out
+/// after 300 ms; `balance` for the pool.
+fn first_faulty_with_a_short_try(n: usize, mode: &str, balance: &str) -> (Fleet, Proxy) {
+    let fleet = Fleet::start(n);
+    fleet.set_mode(fleet.addrs[0], mode);
     let proxy = Proxy::start(&config(
         &fleet.addrs,
-        "balance = \"round_robin\"",
+        balance,
         "[routes.retry]\nper_try_timeout = \"300ms\"",
     ));
+    (fleet, proxy)
+}
+
+#[test]
+fn an_answer_cut_off_mid_body_is_never_completed_by_another_backend() {
+    // Headers at once, then a chunk every 500 ms: the 300 ms per-try timeout
+    // fires after the answer has started.
+    let (fleet, proxy) =
+        first_faulty_with_a_short_try(2, r#"{"fault": "slow_body"}"#, "balance = \"round_robin\"");
     match crate::support::get(proxy.addr, "/api/products/1") {
         // The only honest signal left once the header went out is a cut connection.
         Err(HttpError::Empty | HttpError::Reset) => {}
@@ -373,13 +381,7 @@ fn an_answer_cut_off_mid_body_is_never_completed_by_another_backend() {
 
 #[test]
 fn a_failure_after_100_continue_still_gets_a_page() {
-    let fleet = Fleet::start(1);
-    fleet.set_mode(fleet.addrs[0], r#"{"fault": "hang"}"#);
-    let proxy = Proxy::start(&config(
-        &fleet.addrs,
-        "",
-        "[routes.retry]\nper_try_timeout = \"300ms\"",
-    ));
+    let (_fleet, proxy) = first_faulty_with_a_short_try(1, r#"{"fault": "hang"}"#, "");
     let answer = request(
         proxy.addr,
         "POST",
