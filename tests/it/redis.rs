@@ -169,6 +169,19 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// [`serial`], a fresh redis-server and `n` order backends that create an
+/// order for every request, keyed or not (`--ignore-idempotency`), run with
+/// `flags` besides.
+fn redis_and_orders(
+    n: usize,
+    flags: &[&str],
+) -> (std::sync::MutexGuard<'static, ()>, RedisServer, Fleet) {
+    let serial = serial();
+    let redis = RedisServer::start();
+    let fleet = Fleet::start_with(n, &[&["--ignore-idempotency"], flags].concat());
+    (serial, redis, fleet)
+}
+
 fn order(addr: SocketAddr, key: &str) -> Result<Response, HttpError> {
     request(
         addr,
@@ -195,9 +208,7 @@ const RECOVERY_LOG: &str = "answers again; new";
 
 #[test]
 fn keyed_orders_sent_to_several_instances_make_one_order_per_key() {
-    let _serial = serial();
-    let redis = RedisServer::start();
-    let fleet = Fleet::start_with(4, &["--ignore-idempotency", "--latency-ms", "30"]);
+    let (_serial, redis, fleet) = redis_and_orders(4, &["--latency-ms", "30"]);
     let instances = three_instances(&fleet, &redis, 1000);
     let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.proxy.addr).collect();
     const KEYS: usize = 2000;
@@ -377,9 +388,7 @@ fn a_rate_limit_holds_across_three_instances() {
 
 #[test]
 fn redis_killed_and_restarted_mid_load_fails_no_order() {
-    let _serial = serial();
-    let mut redis = RedisServer::start();
-    let fleet = Fleet::start_with(4, &["--ignore-idempotency", "--latency-ms", "10"]);
+    let (_serial, mut redis, fleet) = redis_and_orders(4, &["--latency-ms", "10"]);
     let instances = three_instances(&fleet, &redis, 1000);
     let stop = AtomicBool::new(false);
     let keys = AtomicU64::new(0);
@@ -495,9 +504,7 @@ fn timed_orders(instance: &Instance, prefix: &str, n: usize) -> Vec<Duration> {
 
 #[test]
 fn a_frozen_redis_costs_a_request_at_most_the_timeout() {
-    let _serial = serial();
-    let redis = RedisServer::start();
-    let fleet = Fleet::start_with(2, &["--ignore-idempotency", "--latency-ms", "5"]);
+    let (_serial, redis, fleet) = redis_and_orders(2, &["--latency-ms", "5"]);
     let instance = Instance::start(&fleet, &redis, 1000, "20ms");
     let before = p99(timed_orders(&instance, "warm", 200));
     redis.signal("STOP");
@@ -535,9 +542,7 @@ fn a_frozen_redis_costs_a_request_at_most_the_timeout() {
 
 #[test]
 fn an_instance_that_dies_mid_order_leaves_outcome_unknown_after_its_lease() {
-    let _serial = serial();
-    let redis = RedisServer::start();
-    let fleet = Fleet::start_with(1, &["--ignore-idempotency", "--latency-ms", "1500"]);
+    let (_serial, redis, fleet) = redis_and_orders(1, &["--latency-ms", "1500"]);
     // Lease: the route's timeout (2 s) plus 10 s.
     let body = format!(
         "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"250ms\"\n\n[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\ntimeout = \"2s\"\n[routes.idempotency]\nwait_for_first = \"1s\"\n",
@@ -577,9 +582,7 @@ fn an_instance_that_dies_mid_order_leaves_outcome_unknown_after_its_lease() {
 
 #[test]
 fn a_reload_switches_stores_for_new_records() {
-    let _serial = serial();
-    let redis = RedisServer::start();
-    let fleet = Fleet::start_with(1, &["--ignore-idempotency"]);
+    let (_serial, redis, fleet) = redis_and_orders(1, &[]);
     let port = free_port();
     let admin = SocketAddr::from(([127, 0, 0, 1], port));
     let routes = format!(
@@ -620,9 +623,7 @@ fn a_reload_switches_stores_for_new_records() {
 
 #[test]
 fn an_answer_settled_while_redis_was_frozen_reaches_it_afterwards() {
-    let _serial = serial();
-    let redis = RedisServer::start();
-    let fleet = Fleet::start_with(1, &["--ignore-idempotency", "--latency-ms", "1000"]);
+    let (_serial, redis, fleet) = redis_and_orders(1, &["--latency-ms", "1000"]);
     let a = Instance::start(&fleet, &redis, 1000, "100ms");
     let b = Instance::start(&fleet, &redis, 1000, "100ms");
     let addr = a.proxy.addr;
