@@ -1,6 +1,8 @@
 //! What an edge proxy tells the backend about the request: `X-Request-Id`,
-//! `X-Forwarded-For` and `X-Forwarded-Proto`. `Host` is passed through unchanged,
-//! so backends see the name the shopper used.
+//! `X-Forwarded-For`, `X-Real-IP` and `X-Forwarded-Proto`, all ordergate's own
+//! (what a client sent in them, or in `Forwarded` / `X-Forwarded-Host`, is
+//! dropped). `Host` is passed through unchanged, so backends see the name the
+//! shopper used.
 
 use std::net::IpAddr;
 
@@ -32,16 +34,34 @@ fn new_request_id() -> String {
     id.iter().map(|&digit| char::from(digit)).collect()
 }
 
-/// Adds what the backend is told about the request (`X-Forwarded-For`,
-/// `X-Forwarded-Proto`, `X-Request-Id`) to the request sent upstream.
+/// Headers a client may send to claim another address or host; ordergate
+/// removes them and says itself who the client is (it trusts no peer yet).
+const CLAIMS: [&str; 3] = ["forwarded", "x-forwarded-host", "x-real-ip"];
+
+/// Sets what the backend is told about the request — `X-Forwarded-For` and
+/// `X-Real-IP` (the peer's address), `X-Forwarded-Proto`, `X-Request-Id` —
+/// replacing whatever the client sent, and removes the client's `Forwarded`
+/// and `X-Forwarded-Host`, so a backend never sees a forged client.
 pub fn add_headers(
     upstream: &mut RequestHeader,
     client: Option<IpAddr>,
     tls: bool,
     request_id: &str,
 ) -> pingora::Result<()> {
-    if let Some(chain) = forwarded_for(&upstream.headers, client) {
-        upstream.insert_header("x-forwarded-for", chain)?;
+    for claim in CLAIMS {
+        if upstream.headers.contains_key(claim) {
+            upstream.remove_header(claim);
+        }
+    }
+    match client {
+        Some(ip) => {
+            let ip = ip.to_string();
+            upstream.insert_header("x-forwarded-for", &ip)?;
+            upstream.insert_header("x-real-ip", ip)?;
+        }
+        None => {
+            upstream.remove_header("x-forwarded-for");
+        }
     }
     let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
     upstream.insert_header("x-forwarded-proto", proto)?;
@@ -55,36 +75,25 @@ fn is_sane_request_id(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// The `X-Forwarded-For` value to send: the client's address appended to what the
-/// request already carried (as nginx's `$proxy_add_x_forwarded_for` does).
-pub fn forwarded_for(request: &HeaderMap, client: Option<IpAddr>) -> Option<String> {
-    let existing: Vec<&str> = request
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    let existing = (!existing.is_empty()).then(|| existing.join(", "));
-    match (existing, client) {
-        (Some(chain), Some(ip)) => Some(format!("{chain}, {ip}")),
-        (Some(chain), None) => Some(chain),
-        (None, Some(ip)) => Some(ip.to_string()),
-        (None, None) => None,
-    }
-}
-
 /// The values of the cookie `name` in a request's `Cookie` headers, in order
 /// (surrounding quotes removed).
 pub fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+    cookie_pairs(headers)
+        .filter(move |(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"'))
+}
+
+/// Every `name=value` pair of a request's `Cookie` headers, in order (a pair
+/// without `=` has an empty value).
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(move |(key, _)| *key == name)
-        .map(|(_, value)| value.trim_matches('"'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
 
 /// The host the request names: the Host header, or the authority of an
@@ -118,38 +127,36 @@ mod tests {
     }
 
     #[test]
-    fn appends_the_client_to_forwarded_for() {
-        let ip = Some(IpAddr::from([127, 0, 0, 9]));
-        let mut headers = HeaderMap::new();
-        assert_eq!(forwarded_for(&headers, ip).as_deref(), Some("127.0.0.9"));
-        headers.append("x-forwarded-for", "203.0.113.7".parse().expect("value"));
-        headers.append("x-forwarded-for", "198.51.100.1".parse().expect("value"));
-        assert_eq!(
-            forwarded_for(&headers, ip).as_deref(),
-            Some("203.0.113.7, 198.51.100.1, 127.0.0.9")
-        );
-        let mut blank = HeaderMap::new();
-        blank.append("x-forwarded-for", "  ".parse().expect("value"));
-        assert_eq!(forwarded_for(&blank, None), None);
-    }
-
-    #[test]
-    fn adds_the_forwarding_headers() {
+    fn the_client_cannot_forge_its_forwarding_headers() {
         let mut request = RequestHeader::build("GET", b"/", None).expect("request");
-        request
-            .insert_header("X-Forwarded-For", "203.0.113.7")
+        for (name, value) in [
+            ("X-Forwarded-For", "203.0.113.66"),
+            ("Forwarded", "for=203.0.113.66;host=evil.example"),
+            ("X-Real-IP", "203.0.113.66"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("X-Forwarded-Proto", "https"),
+        ] {
+            request.append_header(name, value).expect("header");
+        }
+        let client = Some(IpAddr::from([127, 0, 0, 9]));
+        add_headers(&mut request, client, false, "r-1").expect("headers");
+        let values = |name: &str| {
+            let all = request.headers.get_all(name).iter();
+            all.filter_map(|v| v.to_str().ok()).collect::<Vec<_>>()
+        };
+        assert_eq!(values("x-forwarded-for"), ["127.0.0.9"]);
+        assert_eq!(values("x-real-ip"), ["127.0.0.9"]);
+        assert_eq!(values("x-forwarded-proto"), ["http"]);
+        assert_eq!(values("x-request-id"), ["r-1"]);
+        assert!(values("forwarded").is_empty());
+        assert!(values("x-forwarded-host").is_empty());
+
+        let mut unknown = RequestHeader::build("GET", b"/", None).expect("request");
+        unknown
+            .append_header("X-Forwarded-For", "203.0.113.66")
             .expect("header");
-        add_headers(
-            &mut request,
-            Some(IpAddr::from([127, 0, 0, 9])),
-            true,
-            "r-1",
-        )
-        .expect("headers");
-        let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
-        assert_eq!(header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.9"));
-        assert_eq!(header("x-forwarded-proto"), Some("https"));
-        assert_eq!(header("x-request-id"), Some("r-1"));
+        add_headers(&mut unknown, None, true, "r-2").expect("headers");
+        assert!(unknown.headers.get("x-forwarded-for").is_none());
     }
 
     #[test]

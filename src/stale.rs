@@ -5,7 +5,8 @@
 //! copy is used only as a fallback: normal reads always go to the backends.
 //!
 //! Never kept or served: answers to requests with `Authorization` or cookies
-//! (unless the route says `private_ok`), answers that set cookies or say
+//! (unless the route says `private_ok`; ordergate's own `ordergate_*` cookies
+//! and those named in `ignore_cookies` do not count), answers that set cookies or say
 //! `Cache-Control: private` / `no-store`, and answers that `Vary: *`.
 
 use std::sync::Arc;
@@ -124,11 +125,26 @@ pub fn key_for(
     headers: &HeaderMap,
 ) -> Option<Key> {
     let read = *method == Method::GET || *method == Method::HEAD;
-    let private = headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE);
+    let private = headers.contains_key(AUTHORIZATION) || has_personal_cookie(config, headers);
     (read && (config.private_ok || !private)).then(|| Key {
         method: method.clone(),
         host: host.to_ascii_lowercase(),
         target: target.to_owned(),
+    })
+}
+
+/// Prefix of the cookies ordergate itself sets (the waiting room's
+/// `ordergate_room_NAME`): they say nothing about what the backend answers.
+const OWN_COOKIE_PREFIX: &str = "ordergate_";
+
+/// Whether the request carries a cookie that may change the answer: any but
+/// ordergate's own and those in `ignore_cookies`.
+fn has_personal_cookie(config: &StaleConfig, headers: &HeaderMap) -> bool {
+    if !headers.contains_key(COOKIE) {
+        return false;
+    }
+    crate::forward::cookie_pairs(headers).any(|(name, _)| {
+        !name.starts_with(OWN_COOKIE_PREFIX) && !config.ignore_cookies.iter().any(|n| n == name)
     })
 }
 
@@ -294,6 +310,7 @@ mod tests {
             on_error: true,
             on_overload: false,
             private_ok: false,
+            ignore_cookies: vec!["_ga".into()],
         }
     }
 
@@ -303,6 +320,26 @@ mod tests {
             map.append(*name, HeaderValue::from_static(value));
         }
         map
+    }
+
+    #[test]
+    fn ordergate_and_ignored_cookies_keep_a_read_public() {
+        let c = config();
+        let key = |cookie: &'static str| {
+            key_for(
+                &c,
+                &Method::GET,
+                "shop",
+                "/p/1",
+                &headers(&[("cookie", cookie)]),
+            )
+            .is_some()
+        };
+        assert!(key("ordergate_room_sale=p.sale.1.2.3.4.ab"));
+        assert!(key("_ga=GA1.2; ordergate_room_sale=p"));
+        assert!(!key("_ga=GA1.2; session=s3cret"));
+        assert!(!key("ordergate_room_sale=p; session=s3cret"));
+        assert!(!key("ga=1"), "a name close to an ignored one is personal");
     }
 
     #[test]

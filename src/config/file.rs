@@ -321,6 +321,8 @@ pub struct FileStale {
     pub when: Option<Vec<String>>,
     /// Keep and serve answers to requests with cookies or Authorization.
     pub private_ok: Option<bool>,
+    /// Cookies that do not make a request private (besides ordergate's own).
+    pub ignore_cookies: Option<Vec<String>>,
 }
 
 /// `[routes.idempotency]`.

@@ -431,6 +431,9 @@ pub struct StaleConfig {
     /// Keep and serve answers to requests with cookies or `Authorization`.
     /// Default: false.
     pub private_ok: bool,
+    /// Cookies that do not make a request private, besides ordergate's own
+    /// (`ordergate_*`, e.g. the waiting room's pass). Default: none.
+    pub ignore_cookies: Vec<String>,
 }
 
 /// `[routes.idempotency]`: ordergate itself makes a keyed order happen at

@@ -221,6 +221,7 @@ const STALE: &[Field] = &[
     f("statuses", Kind::Ints),
     f("when", Kind::Strs),
     f("private_ok", Kind::Bool),
+    f("ignore_cookies", Kind::Strs),
 ];
 
 const ROUTE: &[Field] = &[

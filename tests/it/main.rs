@@ -8,6 +8,7 @@ mod support;
 mod backup;
 mod check;
 mod connections;
+mod crowd;
 mod hostile;
 mod idempotency;
 mod maintenance;

@@ -209,7 +209,13 @@ proptest! {
         }
         let id = forward::request_id(headers.get("x-request-id").map(|v| v.as_bytes()));
         prop_assert!(!id.is_empty() && HeaderValue::from_str(&id).is_ok(), "{id:?}");
-        let _ = forward::forwarded_for(&headers, client_ip);
+        let mut upstream = pingora::http::RequestHeader::build("GET", b"/", None).expect("request");
+        for (name, value) in &headers {
+            upstream.append_header(name.clone(), value.clone()).expect("any header is kept");
+        }
+        prop_assert!(forward::add_headers(&mut upstream, client_ip, false, &id).is_ok());
+        let forwarded_for = upstream.headers.get_all("x-forwarded-for").iter().count();
+        prop_assert_eq!(forwarded_for, usize::from(client_ip.is_some()));
         let pages = Pages::builtin();
         for outcome in [Outcome::NoRoute, Outcome::Shed, Outcome::UpstreamReset] {
             let (head, body) = respond::render(&pages, outcome, &headers, &PageContext::new(&id))

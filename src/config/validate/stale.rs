@@ -49,5 +49,24 @@ pub(super) fn stale(at: &str, file: &FileStale, problems: &mut Problems) -> Stal
         on_error,
         on_overload,
         private_ok: file.private_ok.unwrap_or(false),
+        ignore_cookies: ignore_cookies(at, file.ignore_cookies.as_deref(), problems),
     }
+}
+
+/// Cookie names, each a valid token (RFC 6265 `cookie-name`).
+fn ignore_cookies(at: &str, names: Option<&[String]>, problems: &mut Problems) -> Vec<String> {
+    let names = names.unwrap_or_default();
+    for (i, name) in names.iter().enumerate() {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        if !token {
+            problems.add(
+                format!("{at}.ignore_cookies[{i}]"),
+                format!("{name:?} is not a cookie name"),
+            );
+        }
+    }
+    names.to_vec()
 }

@@ -17,9 +17,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
+/// The binary under test: this build's, or the one `ORDERGATE_UNDER_TEST`
+/// names (to show that a test fails on an older build).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ordergate")
+    static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        std::env::var("ORDERGATE_UNDER_TEST")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_ordergate").to_string())
+    });
+    &BIN
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
