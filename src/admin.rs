@@ -19,7 +19,9 @@
 //! With a token configured, every request but `/healthz`, `/readyz` and the
 //! status page's HTML needs `Authorization: Bearer <token>`. The page holds
 //! no data: its script sends the token (kept in the tab's `sessionStorage`)
-//! with every call.
+//! with every call. With or without a token, [`guard`] refuses other sites'
+//! pages (DNS rebinding, cross-site posts); connections are capped and must
+//! send their request head in time.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -40,6 +42,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+mod guard;
 mod maintenance;
 mod rooms;
 
@@ -120,6 +123,9 @@ impl BackgroundService for Admin {
             }
         };
         log::info!("admin API listening on {}", self.config.listen);
+        let config = Arc::new(self.config.clone());
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize));
+        let guard_metrics = guard::GuardMetrics::of(&self.state.metrics);
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -130,20 +136,35 @@ impl BackgroundService for Admin {
                     continue;
                 }
             };
+            // Over the cap, the connection is closed at once: descriptors are
+            // shared with the shopper listeners.
+            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                guard_metrics.count(guard::Reason::TooManyConnections);
+                drop(stream);
+                continue;
+            };
             let state = Arc::clone(&self.state);
-            let token = self.config.token.clone();
+            let config = Arc::clone(&config);
+            let guard_metrics = Arc::clone(&guard_metrics);
             tokio::spawn(async move {
+                let header_timeout = config.header_timeout;
                 let service = service_fn(move |request| {
                     let state = Arc::clone(&state);
-                    let token = token.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, token.as_deref(), request).await) }
+                    let config = Arc::clone(&config);
+                    async move { Ok::<_, Infallible>(handle(&state, &config, request).await) }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout)
                     .serve_connection(TokioIo::new(stream), service)
                     .await
                 {
+                    if e.is_timeout() {
+                        guard_metrics.count(guard::Reason::HeaderTimeout);
+                    }
                     log::debug!("admin connection: {e}");
                 }
+                drop(permit);
             });
         }
     }
@@ -165,27 +186,22 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>
 
 async fn handle(
     state: &State,
-    token: Option<&str>,
+    config: &AdminConfig,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/" | "/ui");
-    if let (Some(token), false) = (token, open) {
-        let given = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !crate::secret::same(given.as_bytes(), token.as_bytes()) {
-            let mut response = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    if let Err(refusal) = guard::check(config, &method, request.headers(), open) {
+        guard::GuardMetrics::of(&state.metrics).count(refusal.reason());
+        let mut response = error(refusal.status(), refusal.message());
+        if refusal == guard::Refusal::Unauthorized {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),
             );
-            return response;
         }
+        return response;
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
@@ -562,6 +578,12 @@ fn update_scrape_gauges(state: &State) {
                 .idempotency_evictions
                 .with_label_values(&labels)
                 .set(i64::try_from(idempotency.store.evictions()).unwrap_or(i64::MAX));
+        }
+        if let Some(limiter) = &route.rate_limiter {
+            metrics
+                .rate_limit_evicted_clients
+                .with_label_values(&[route.config.name.as_str()])
+                .set(i64::try_from(limiter.evicted_clients()).unwrap_or(i64::MAX));
         }
     }
     for pool in &snapshot.pools {

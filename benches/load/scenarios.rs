@@ -759,8 +759,14 @@ pub(crate) fn reload_action(kind: Kind, target: &Target) -> Result<(String, Acti
         (Kind::Ordergate, Some(admin), _) => Ok((
             "POST /reload".to_owned(),
             Box::new(move || {
-                let response = support::request(admin, "POST", "/reload", &[], b"")
-                    .map_err(|e| format!("POST /reload: {e:?}"))?;
+                let response = support::request(
+                    admin,
+                    "POST",
+                    "/reload",
+                    support::admin_headers("POST"),
+                    b"",
+                )
+                .map_err(|e| format!("POST /reload: {e:?}"))?;
                 if response.status == 200 {
                     Ok(())
                 } else {

@@ -79,6 +79,12 @@ pub struct FileAdmin {
     pub token: Option<String>,
     /// Environment variable holding the bearer token.
     pub token_env: Option<String>,
+    /// Names the admin API answers to, besides IP addresses and `localhost`.
+    pub hosts: Option<Vec<String>>,
+    /// Most admin connections open at once.
+    pub max_connections: Option<i64>,
+    /// Longest wait for a request head (and between requests).
+    pub header_timeout: Option<String>,
 }
 
 /// `[log]`.
@@ -132,6 +138,10 @@ pub struct FileRateLimit {
     pub requests_per_second: Option<i64>,
     /// `client_ip` or `header:NAME`.
     pub key: Option<String>,
+    /// Requests a client may send above the rate, once.
+    pub burst: Option<i64>,
+    /// Most clients counted at once in this instance's memory.
+    pub max_clients: Option<i64>,
 }
 
 /// `[server]`.

@@ -146,6 +146,16 @@ pub struct AdminConfig {
     /// Bearer token required on every admin request; required when `listen` is
     /// not a loopback address. Default: none.
     pub token: Option<String>,
+    /// Host names the admin API answers to (lower case), besides IP literals
+    /// and `localhost`; any other `Host` is refused, so a DNS-rebinding page
+    /// cannot reach it. Default: none.
+    pub hosts: Vec<String>,
+    /// Most admin connections open at once; more are closed at once.
+    /// Default: 64.
+    pub max_connections: u32,
+    /// Longest wait for a request head, and for the next one on a kept-alive
+    /// connection. Default: 10s.
+    pub header_timeout: Duration,
 }
 
 /// `[log] access`: where the one-JSON-line-per-request access log goes.
@@ -484,6 +494,12 @@ pub struct RateLimitConfig {
     pub requests_per_second: u32,
     /// What identifies a client.
     pub key: RateKey,
+    /// Requests a client may send above the rate in a window after a window
+    /// within it. Default: 0.
+    pub burst: u32,
+    /// Most clients one instance counts in memory per route; beyond it the
+    /// least recently seen are forgotten (and counted). Default: 100000.
+    pub max_clients: u32,
 }
 
 /// What a rate limit counts per.
@@ -491,7 +507,8 @@ pub struct RateLimitConfig {
 pub enum RateKey {
     /// The client's IP address.
     ClientIp,
-    /// The value of a request header (requests without it share one bucket).
+    /// The value of a request header; a request without it is counted by
+    /// its client address.
     Header(HeaderName),
 }
 

@@ -190,7 +190,12 @@ const RETRY: &[Field] = &[
     f("unsafe_methods", Kind::Strs),
 ];
 
-const RATE_LIMIT: &[Field] = &[f("requests_per_second", Kind::Int), f("key", Kind::Str)];
+const RATE_LIMIT: &[Field] = &[
+    f("requests_per_second", Kind::Int),
+    f("key", Kind::Str),
+    f("burst", Kind::Int),
+    f("max_clients", Kind::Int),
+];
 
 const IDEMPOTENCY: &[Field] = &[
     f("header", Kind::Str),
@@ -252,6 +257,9 @@ const ADMIN: &[Field] = &[
     f("listen", Kind::Str),
     f("token", Kind::Str),
     f("token_env", Kind::Str),
+    f("hosts", Kind::Strs),
+    f("max_connections", Kind::Int),
+    f("header_timeout", Kind::Duration),
 ];
 
 const LOG: &[Field] = &[f("access", Kind::Str)];

@@ -120,6 +120,9 @@ pub struct Metrics {
     /// Idempotency records evicted to stay within a route's `max_bytes`, set
     /// at scrape time from the store's own count.
     pub idempotency_evictions: IntGaugeVec,
+    /// Clients a route's memory rate limiter forgot to stay within
+    /// `max_clients`, set at scrape time from the limiter's own count.
+    pub rate_limit_evicted_clients: IntGaugeVec,
     /// Shopper connections ordergate closed because they idled or were slow,
     /// by reason (`header_timeout`, `keepalive_timeout`); exported at zero.
     pub connections_closed: ConnectionsClosed,
@@ -461,6 +464,12 @@ impl Metrics {
                 &r,
                 "ordergate_idempotency_evictions",
                 "Idempotency records evicted to stay within the route's max_bytes, since start.",
+                &["route"],
+            ),
+            rate_limit_evicted_clients: gauge_vec(
+                &r,
+                "ordergate_rate_limit_evicted_clients",
+                "Clients the route's in-memory rate limiter forgot to stay within max_clients, since start.",
                 &["route"],
             ),
             connections_closed: {

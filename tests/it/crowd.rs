@@ -2,16 +2,25 @@
 //! a scalper, a bot or a curious shopper tries (issue 23's rows), and what
 //! ordergate does about it. Each failed on the main before the fix.
 
-use crate::support::{admin_section, free_port, request, Fleet, Proxy};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::support::conn::Conn;
+use crate::support::{
+    admin, admin_section, free_port, parse_response, request, wait_until, Fleet, Proxy, Response,
+};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 
 /// One pool of the fleet's backends behind a catch-all route, with `extra`
 /// appended (more routes, rooms).
 fn shop(fleet: &Fleet, admin_port: u16, route: &str, extra: &str) -> String {
+    shop_with_admin(&admin_section(admin_port), fleet, route, extra)
+}
+
+fn shop_with_admin(admin: &str, fleet: &Fleet, route: &str, extra: &str) -> String {
     format!(
-        "{}[[pools]]\nname = \"orders\"\nrequest_timeout = \"500ms\"\nbackends = {}\n[pools.outlier]\nconsecutive_gateway_failures = 1000\nconsecutive_5xx = 1000\n\n[[routes]]\nname = \"shop\"\npool = \"orders\"\n{route}\n{extra}",
-        admin_section(admin_port),
+        "{admin}[[pools]]\nname = \"orders\"\nrequest_timeout = \"500ms\"\nbackends = {}\n[pools.outlier]\nconsecutive_gateway_failures = 1000\nconsecutive_5xx = 1000\n\n[[routes]]\nname = \"shop\"\npool = \"orders\"\n{route}\n{extra}",
         fleet.backends_toml(&[])
     )
 }
@@ -96,4 +105,258 @@ fn a_room_pass_does_not_make_a_read_private() {
     .expect("an answer");
     assert!(private.header("x-ordergate-stale").is_none(), "{private:?}");
     assert!(private.header("x-ordergate-page").is_some(), "{private:?}");
+}
+
+/// Row 8: a page on another site posts to the admin API (a simple request:
+/// `text/plain`, or no body) or reaches it by DNS rebinding (its own host
+/// name); with and without a token, nothing changes. The admin's own page
+/// (same origin, JSON) still can.
+#[test]
+fn a_web_page_cannot_close_the_shop_through_the_admin_api() {
+    let fleet = Fleet::start(1);
+    let room = format!(
+        "[[rooms]]\nname = \"sale\"\nroutes = [\"shop\"]\nsecret = \"{SECRET}\"\nmax_active = 100\n"
+    );
+    let token = "an-operator-token-0123456789";
+    for with_token in [false, true] {
+        let port = free_port();
+        let admin_toml = match with_token {
+            false => admin_section(port),
+            true => format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{token}\"\n\n"),
+        };
+        let _proxy = Proxy::start(&shop_with_admin(&admin_toml, &fleet, "", &room));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let backend = fleet.addrs[0];
+        let bearer = format!("Bearer {token}");
+        let auth: &[(&str, &str)] = if with_token {
+            &[("authorization", &bearer)]
+        } else {
+            &[]
+        };
+        let attempt = |path: &str, headers: &[(&str, &str)], body: &str| {
+            let all: Vec<(&str, &str)> = auth.iter().chain(headers).copied().collect();
+            request(addr, "POST", path, &all, body.as_bytes()).expect("an answer")
+        };
+        let drain = format!("/backends/orders/{backend}/drain");
+        let window = r#"{"message": "closed by a web page"}"#;
+        let case = |what: &str| format!("token {with_token}: {what}");
+        for (what, path, headers, body, status) in [
+            (
+                "text/plain close",
+                "/rooms/sale/close",
+                vec![("content-type", "text/plain")],
+                "",
+                415,
+            ),
+            ("bodyless drain", drain.as_str(), vec![], "", 415),
+            (
+                "form maintenance",
+                "/maintenance",
+                vec![("content-type", "application/x-www-form-urlencoded")],
+                window,
+                415,
+            ),
+            (
+                "rebinding close",
+                "/rooms/sale/close",
+                vec![
+                    ("host", "attacker.example:80"),
+                    ("content-type", "application/json"),
+                ],
+                "",
+                421,
+            ),
+            (
+                "cross-origin drain",
+                drain.as_str(),
+                vec![
+                    ("origin", "http://attacker.example"),
+                    ("content-type", "application/json"),
+                ],
+                "",
+                403,
+            ),
+            (
+                "cross-site maintenance",
+                "/maintenance",
+                vec![
+                    ("sec-fetch-site", "cross-site"),
+                    ("content-type", "application/json"),
+                ],
+                window,
+                403,
+            ),
+        ] {
+            let answer = attempt(path, &headers, body);
+            assert_eq!(answer.status, status, "{}: {}", case(what), answer.text());
+        }
+        let rebinding_read = request(addr, "GET", "/status", &[("host", "attacker.example")], b"")
+            .expect("an answer");
+        assert_eq!(rebinding_read.status, 421, "{}", case("a rebinding read"));
+
+        let read = |path: &str| {
+            let answer = request(addr, "GET", path, auth, b"").expect("an answer");
+            assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+            answer.json()
+        };
+        assert_eq!(
+            read("/rooms")["rooms"][0]["control"],
+            "auto",
+            "{}",
+            case("room")
+        );
+        let status = read("/status");
+        assert_eq!(
+            status["pools"][0]["backends"][0]["drained"],
+            false,
+            "{}",
+            case("drain")
+        );
+        assert_eq!(
+            read("/maintenance")["windows"].as_array().map(Vec::len),
+            Some(0),
+            "{}",
+            case("maintenance")
+        );
+        let refused = metric_value(
+            &request(addr, "GET", "/metrics", auth, b"")
+                .expect("metrics")
+                .text(),
+            "ordergate_admin_refused_total{reason=\"not_json\"}",
+        );
+        assert_eq!(refused, 3.0, "{}", case("counted"));
+
+        // The admin's own page: same origin, JSON, (the token).
+        let origin = format!("http://{addr}");
+        let own = attempt(
+            "/rooms/sale/close",
+            &[
+                ("origin", &origin),
+                ("sec-fetch-site", "same-origin"),
+                ("content-type", "application/json"),
+            ],
+            "",
+        );
+        assert_eq!(own.status, 200, "{}: {}", case("own page"), own.text());
+        assert_eq!(read("/rooms")["rooms"][0]["control"], "closed");
+    }
+}
+
+/// The value of one series in Prometheus text.
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series}"))
+}
+
+/// Row 9: connections that never finish their request head are closed after
+/// `admin.header_timeout`, and no more than `admin.max_connections` are held
+/// at once; the admin API answers again once they are gone.
+#[test]
+fn admin_connections_that_never_finish_are_capped_and_closed() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let admin_toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 4\nheader_timeout = \"1s\"\n\n"
+    );
+    let _proxy = Proxy::start(&shop_with_admin(&admin_toml, &fleet, "", ""));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut slow: Vec<Conn> = (0..4)
+        .map(|_| {
+            let mut conn = Conn::open(addr);
+            conn.send_raw(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .expect("a partial head");
+            conn
+        })
+        .collect();
+    // The cap is full: the next connection is closed without an answer.
+    let over_cap = wait_until(Duration::from_secs(2), || {
+        let mut conn = Conn::open(addr);
+        let _ = conn.send_raw(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        conn.closed_within(Duration::from_millis(300))
+    });
+    assert!(over_cap, "a fifth connection is refused");
+    for (i, conn) in slow.iter_mut().enumerate() {
+        assert!(
+            conn.closed_within(Duration::from_secs(3)),
+            "slow connection {i} closed after the header timeout"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || admin(port, "GET", "/healthz")
+            .status
+            == 200),
+        "the admin API answers again"
+    );
+    let metrics = admin(port, "GET", "/metrics").text();
+    assert!(
+        metric_value(
+            &metrics,
+            "ordergate_admin_refused_total{reason=\"too_many_connections\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            "ordergate_admin_refused_total{reason=\"header_timeout\"}"
+        ) >= 4.0
+    );
+}
+
+/// One request from the loopback address `source` (any of 127.0.0.0/8), as
+/// if from another client.
+fn request_from(source: [u8; 4], to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    use socket2::{Domain, Socket, Type};
+    use std::io::{Read, Write};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .expect("bind a loopback source address");
+    socket.connect(&to.into()).expect("connect");
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    parse_response(&raw).expect("an answer")
+}
+
+/// Row 6: thousands of distinct clients, one request each, on a route limited
+/// to one request a second per client: none is refused. Requests without the
+/// key header are counted per address, not in one bucket.
+#[test]
+fn a_per_client_limit_never_throttles_a_crowd_of_distinct_clients() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let limit = "[routes.rate_limit]\nrequests_per_second = 1\nkey = \"header:x-shopper\"\n";
+    let proxy = Proxy::start(&shop(&fleet, port, limit, ""));
+    let mut conn = Conn::open(proxy.addr);
+    let mut refused = 0;
+    for shopper in 0..3000 {
+        let id = format!("shopper-{shopper}");
+        let answer = conn
+            .request("GET", "/api/products/1", &[("x-shopper", &id)], b"")
+            .expect("an answer");
+        refused += usize::from(answer.status == 429);
+    }
+    assert_eq!(refused, 0, "of 3000 distinct clients at their rate");
+    let again = conn
+        .request("GET", "/api/products/1", &[("x-shopper", "shopper-2999")], b"")
+        .expect("an answer");
+    assert_eq!(again.status, 429, "a client over its rate is refused");
+
+    // Without the header: one budget per address.
+    for source in [[127, 0, 0, 2], [127, 0, 0, 3], [127, 0, 0, 4]] {
+        let first = request_from(source, proxy.addr, "/api/products/1", &[]);
+        assert_eq!(first.status, 200, "{source:?}: its own budget");
+    }
+    let second = request_from([127, 0, 0, 2], proxy.addr, "/api/products/1", &[]);
+    assert_eq!(second.status, 429, "the same address is over its rate");
 }

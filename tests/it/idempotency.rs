@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{admin_section, request, wait_until, Fleet, HttpError, Proxy, Response};
+use crate::support::{
+    admin_headers, admin_section, request, wait_until, Fleet, HttpError, Proxy, Response,
+};
 
 /// One pool "orders" over the fleet and one route "orders" with `[routes.idempotency]`.
 fn config(fleet: &Fleet, idempotency: &str) -> String {
@@ -249,7 +251,8 @@ fn records_survive_a_reload_under_load() {
             admin_section(admin_port),
             config(&fleet, "").replace("weight = 1", &format!("weight = {weight}"))
         ));
-        let reloaded = request(admin, "POST", "/reload", &[], b"").expect("reload");
+        let reloaded =
+            request(admin, "POST", "/reload", admin_headers("POST"), b"").expect("reload");
         assert_eq!(reloaded.status, 200, "{}", reloaded.text());
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

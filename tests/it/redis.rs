@@ -924,7 +924,7 @@ impl Instance {
             self.admin,
             "POST",
             &format!("/rooms/sale/{action}"),
-            &[],
+            crate::support::admin_headers("POST"),
             b"",
         )
         .expect("admin API");

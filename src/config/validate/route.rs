@@ -9,13 +9,14 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::Method;
 
-use super::values::{check_name, duration_or, load_pages, method, priority, size, MIB};
+use super::values::{check_name, count, duration_or, load_pages, method, priority, size, MIB};
 use super::Problems;
 use crate::config::file::{FilePool, FileRateLimit, FileRetry, FileRoute};
 use crate::config::schema::entry_path;
 use crate::config::{Priority, RateKey, RateLimitConfig, RetryConfig, RetryOn, RouteConfig};
 
 pub(super) const DEFAULT_MAX_BODY_BYTES: u64 = MIB;
+pub(super) const DEFAULT_RATE_LIMIT_MAX_CLIENTS: u32 = 100_000;
 
 pub(super) fn routes(
     files: &[FileRoute],
@@ -239,6 +240,14 @@ pub(super) fn rate_limit(
     RateLimitConfig {
         requests_per_second,
         key,
+        burst: count(&format!("{at}.burst"), file.burst, 0, 0, problems),
+        max_clients: count(
+            &format!("{at}.max_clients"),
+            file.max_clients,
+            DEFAULT_RATE_LIMIT_MAX_CLIENTS,
+            1000,
+            problems,
+        ),
     }
 }
 

@@ -19,6 +19,8 @@ pub(super) const DEFAULT_UPSTREAM_KEEPALIVE: u32 = 1024;
 pub(super) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 pub(super) const DEFAULT_MAX_REQUEST_HEADER_BYTES: u64 = 32 * KIB;
 pub(super) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_ADMIN_MAX_CONNECTIONS: u32 = 64;
+pub(super) const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) const DEFAULT_READ_BUFFER: u64 = 4 * KIB;
 /// pingora's own ceiling for a request head (`MAX_HEADER_SIZE`).
@@ -64,7 +66,46 @@ pub(super) fn admin(file: &FileAdmin, problems: &mut Problems) -> AdminConfig {
             format!("listen {listen} is not a loopback address, so a token is required: set admin.token or admin.token_env"),
         );
     }
-    AdminConfig { listen, token }
+    AdminConfig {
+        listen,
+        token,
+        hosts: admin_hosts(file.hosts.as_deref().unwrap_or_default(), problems),
+        max_connections: count(
+            "admin.max_connections",
+            file.max_connections,
+            DEFAULT_ADMIN_MAX_CONNECTIONS,
+            1,
+            problems,
+        ),
+        header_timeout: duration_or(
+            "admin.header_timeout",
+            file.header_timeout.as_deref(),
+            DEFAULT_ADMIN_HEADER_TIMEOUT,
+            false,
+            problems,
+        ),
+    }
+}
+
+/// `admin.hosts`: DNS names (letters, digits, `-` and `.`), kept in lower case.
+fn admin_hosts(names: &[String], problems: &mut Problems) -> Vec<String> {
+    let mut hosts = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if valid {
+            hosts.push(name.to_ascii_lowercase());
+        } else {
+            problems.add(
+                format!("admin.hosts[{i}]"),
+                format!("{name:?} is not a host name; write it without scheme or port, e.g. \"ops.shop.example\""),
+            );
+        }
+    }
+    hosts
 }
 
 /// Two listeners on one port conflict when their addresses are equal or one

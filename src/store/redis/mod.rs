@@ -409,14 +409,23 @@ mod tests {
         let redis = Arc::new(redis);
         let limiter = RedisRateLimiter::new(Arc::clone(&redis), "r", Arc::default());
         let started = std::time::Instant::now();
-        assert!(limiter.admit(b"alice", 5).await, "counted in memory");
+        assert!(
+            limiter
+                .admit(b"alice", crate::ratelimit::Quota::per_second(5))
+                .await,
+            "counted in memory"
+        );
         assert!(!redis.is_up());
         assert_eq!(metrics.store.up.get(), 0);
         // Down: the next ones do not even try, and memory keeps the limit.
         let admitted = {
             let mut admitted = 0;
             for _ in 0..100 {
-                admitted += u32::from(limiter.admit(b"alice", 5).await);
+                admitted += u32::from(
+                    limiter
+                        .admit(b"alice", crate::ratelimit::Quota::per_second(5))
+                        .await,
+                );
             }
             admitted
         };

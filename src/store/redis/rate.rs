@@ -13,11 +13,12 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::Redis;
-use crate::ratelimit::{ManualClock, MemoryRateLimiter, RateLimiter};
+use crate::ratelimit::{ManualClock, MemoryRateLimiter, Quota, RateLimiter};
 use crate::telemetry::StoreFeature;
 
-/// KEYS[1] the client's key; ARGV[1] requests per second; ARGV[2], when
-/// given, the time in microseconds (else Redis's clock). 1: admitted, 0: over.
+/// KEYS[1] the client's key; ARGV[1] requests per second; ARGV[3] the burst;
+/// ARGV[2], when not empty, the time in microseconds (else Redis's clock).
+/// 1: admitted, 0: over.
 static SLIDING_WINDOW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{}{}",
@@ -29,7 +30,9 @@ local overlap = 1 - (now % 1000) / 1000
 local current = KEYS[1] .. ':' .. second
 local previous = tonumber(redis.call('GET', KEYS[1] .. ':' .. (second - 1)) or '0')
 local count = tonumber(redis.call('GET', current) or '0')
-if previous * overlap + count >= tonumber(ARGV[1]) then return 0 end
+local limit = tonumber(ARGV[1])
+if previous <= limit then limit = limit + tonumber(ARGV[3]) end
+if previous * overlap + count >= limit then return 0 end
 redis.call('INCR', current)
 redis.call('PEXPIRE', current, 2500)
 return 1
@@ -73,7 +76,7 @@ impl RedisRateLimiter {
 
 #[async_trait]
 impl RateLimiter for RedisRateLimiter {
-    async fn admit(&self, client: &[u8], per_second: u32) -> bool {
+    async fn admit(&self, client: &[u8], quota: Quota) -> bool {
         let hashed;
         let client = if client.len() <= RAW_KEY_MAX {
             client
@@ -82,13 +85,14 @@ impl RateLimiter for RedisRateLimiter {
             hashed.as_bytes()
         };
         let key = self.redis.key(&[b"rate", self.route.as_bytes(), client]);
-        let limit = per_second.to_string();
+        let limit = quota.per_second.to_string();
+        let burst = quota.burst.to_string();
         let now = self
             .clock
             .as_ref()
-            .map(|clock| (clock.now_ms() * 1000).to_string());
-        let mut args = vec![limit.as_bytes()];
-        args.extend(now.as_ref().map(String::as_bytes));
+            .map(|clock| (clock.now_ms() * 1000).to_string())
+            .unwrap_or_default();
+        let args = [limit.as_bytes(), now.as_bytes(), burst.as_bytes()];
         let admitted: Option<i64> = self
             .redis
             .invoke(
@@ -100,8 +104,12 @@ impl RateLimiter for RedisRateLimiter {
             .await;
         match admitted {
             Some(admitted) => admitted == 1,
-            None => self.local.admit(client, per_second).await,
+            None => self.local.admit(client, quota).await,
         }
+    }
+
+    fn evicted_clients(&self) -> u64 {
+        self.local.evicted_clients()
     }
 }
 

@@ -60,7 +60,17 @@ pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<std::process:
 /// reset or empty reply.
 pub fn admin(port: u16, method: &str, path: &str) -> Response {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    request(addr, method, path, &[], b"").unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
+    request(addr, method, path, admin_headers(method), b"")
+        .unwrap_or_else(|e| panic!("admin {method} {path}: {e:?}"))
+}
+
+/// What an admin request says: a state change is JSON (the admin API refuses
+/// anything else).
+pub fn admin_headers(method: &str) -> &'static [(&'static str, &'static str)] {
+    match method {
+        "GET" | "HEAD" => &[],
+        _ => &[("content-type", "application/json")],
+    }
 }
 
 /// Whether the admin API on `port` answers `/readyz` with `status` within
@@ -506,7 +516,7 @@ pub fn request(
         .map_err(HttpError::Io)?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        head.push_str("Host: shop.test\r\n");
+        head.push_str(&format!("Host: {addr}\r\n"));
     }
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
