@@ -84,26 +84,35 @@ pub trait RateLimiter: Send + Sync + Debug {
     fn evicted_clients(&self) -> u64;
 }
 
-/// A clock the caller sets, in milliseconds: what the contract cases drive.
+/// A clock the caller sets: what the contract cases and the accuracy bench
+/// drive. Kept in microseconds.
 #[derive(Debug, Clone, Default)]
 pub struct ManualClock(Arc<AtomicU64>);
 
 impl ManualClock {
     /// Sets the time, in milliseconds.
     pub fn set(&self, ms: u64) {
-        self.0.store(ms, Ordering::Relaxed);
+        self.set_us(ms * 1000);
     }
 
-    /// The time, in milliseconds.
-    pub fn now_ms(&self) -> u64 {
+    /// Sets the time, in microseconds.
+    pub fn set_us(&self, us: u64) {
+        self.0.store(us, Ordering::Relaxed);
+    }
+
+    /// The time, in microseconds.
+    pub fn now_us(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
 
-/// The sliding-window rule: whether one more request fits, `into_window` ms
-/// into the current window.
-pub fn fits(previous: u32, current: u32, into_window: u64, quota: Quota) -> bool {
-    let overlap = 1.0 - (into_window.min(1000) as f64) / 1000.0;
+/// Microseconds in a window.
+const WINDOW_US: u64 = 1_000_000;
+
+/// The sliding-window rule: whether one more request fits, `into_window_us`
+/// microseconds into the current window.
+pub fn fits(previous: u32, current: u32, into_window_us: u64, quota: Quota) -> bool {
+    let overlap = 1.0 - (into_window_us.min(WINDOW_US) as f64) / WINDOW_US as f64;
     let burst = if previous <= quota.per_second {
         quota.burst
     } else {
@@ -190,11 +199,20 @@ impl MemoryRateLimiter {
         }
     }
 
-    fn now_ms(&self) -> u64 {
+    fn now_us(&self) -> u64 {
         match &self.clock {
-            Some(clock) => clock.now_ms(),
-            None => u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            Some(clock) => clock.now_us(),
+            None => u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// Bytes the clients' windows take (the tables' capacity), all shards.
+    pub fn memory_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(u64, Window)>() + 1;
+        self.shards
+            .iter()
+            .map(|s| s.lock().windows.capacity() * entry)
+            .sum()
     }
 
     /// Clients with a window, all shards (for tests of the sweep).
@@ -202,9 +220,14 @@ impl MemoryRateLimiter {
         self.shards.iter().map(|s| s.lock().windows.len()).sum()
     }
 
+    #[cfg(test)]
     fn admit_at(&self, client: &[u8], quota: Quota, now_ms: u64) -> bool {
+        self.admit_at_us(client, quota, now_ms * 1000)
+    }
+
+    fn admit_at_us(&self, client: &[u8], quota: Quota, now_us: u64) -> bool {
         let hash = self.hasher.hash_one(client);
-        let second = now_ms / 1000;
+        let second = now_us / WINDOW_US;
         let mut shard = self.shards[(hash as usize) % SHARDS].lock();
         if shard.swept < second {
             shard.sweep(second);
@@ -231,7 +254,7 @@ impl MemoryRateLimiter {
                 previous,
             };
         }
-        let admitted = fits(window.previous, window.current, now_ms % 1000, quota);
+        let admitted = fits(window.previous, window.current, now_us % WINDOW_US, quota);
         if admitted {
             window.current = window.current.saturating_add(1);
         }
@@ -282,7 +305,7 @@ impl Default for MemoryRateLimiter {
 #[async_trait]
 impl RateLimiter for MemoryRateLimiter {
     async fn admit(&self, client: &[u8], quota: Quota) -> bool {
-        self.admit_at(client, quota, self.now_ms())
+        self.admit_at_us(client, quota, self.now_us())
     }
 
     fn evicted_clients(&self) -> u64 {

@@ -498,7 +498,7 @@ pub struct RateLimitConfig {
     /// within it. Default: 0.
     pub burst: u32,
     /// Most clients one instance counts in memory per route; beyond it the
-    /// least recently seen are forgotten (and counted). Default: 100000.
+    /// least recently seen are forgotten (and counted). Default: 250000.
     pub max_clients: u32,
 }
 

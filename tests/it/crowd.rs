@@ -348,7 +348,12 @@ fn a_per_client_limit_never_throttles_a_crowd_of_distinct_clients() {
     }
     assert_eq!(refused, 0, "of 3000 distinct clients at their rate");
     let again = conn
-        .request("GET", "/api/products/1", &[("x-shopper", "shopper-2999")], b"")
+        .request(
+            "GET",
+            "/api/products/1",
+            &[("x-shopper", "shopper-2999")],
+            b"",
+        )
         .expect("an answer");
     assert_eq!(again.status, 429, "a client over its rate is refused");
 

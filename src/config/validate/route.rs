@@ -16,7 +16,7 @@ use crate::config::schema::entry_path;
 use crate::config::{Priority, RateKey, RateLimitConfig, RetryConfig, RetryOn, RouteConfig};
 
 pub(super) const DEFAULT_MAX_BODY_BYTES: u64 = MIB;
-pub(super) const DEFAULT_RATE_LIMIT_MAX_CLIENTS: u32 = 100_000;
+pub(super) const DEFAULT_RATE_LIMIT_MAX_CLIENTS: u32 = 250_000;
 
 pub(super) fn routes(
     files: &[FileRoute],

@@ -24,9 +24,8 @@ static SLIDING_WINDOW: LazyLock<Script> = LazyLock::new(|| {
         "{}{}",
         super::lua_now_us("ARGV[2]"),
         r"
-now = math.floor(now / 1000)
-local second = math.floor(now / 1000)
-local overlap = 1 - (now % 1000) / 1000
+local second = math.floor(now / 1000000)
+local overlap = 1 - (now % 1000000) / 1000000
 local current = KEYS[1] .. ':' .. second
 local previous = tonumber(redis.call('GET', KEYS[1] .. ':' .. (second - 1)) or '0')
 local count = tonumber(redis.call('GET', current) or '0')
@@ -90,7 +89,7 @@ impl RateLimiter for RedisRateLimiter {
         let now = self
             .clock
             .as_ref()
-            .map(|clock| (clock.now_ms() * 1000).to_string())
+            .map(|clock| clock.now_us().to_string())
             .unwrap_or_default();
         let args = [limit.as_bytes(), now.as_bytes(), burst.as_bytes()];
         let admitted: Option<i64> = self
