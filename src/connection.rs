@@ -51,6 +51,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Idle time allowed between requests; zero turns keep-alive off.
     pub keepalive_timeout: Duration,
+    /// How request paths are normalised.
+    pub path: crate::config::PathPolicy,
 }
 
 impl From<&ServerConfig> for Limits {
@@ -59,6 +61,7 @@ impl From<&ServerConfig> for Limits {
             max_request_header_bytes: server.max_request_header_bytes,
             header_timeout: server.header_timeout,
             keepalive_timeout: server.keepalive_timeout,
+            path: server.path,
         }
     }
 }
@@ -365,6 +368,7 @@ mod tests {
             max_request_header_bytes: 200,
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_millis(1500),
+            path: crate::config::PathPolicy::default(),
         }
     }
 

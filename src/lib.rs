@@ -60,6 +60,7 @@ pub mod live;
 pub mod maintenance;
 pub mod outcome;
 pub mod pages;
+pub mod path;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

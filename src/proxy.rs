@@ -22,6 +22,7 @@ use crate::idempotency::{self, KeyedRequest, Verdict};
 use crate::kept::StoredAnswer;
 use crate::maintenance;
 use crate::outcome::{INTERCEPTED_STATUS, RETRYABLE_STATUS};
+use crate::path;
 use crate::respond::{self, Kept, Outcome, PageContext, Sent, BODY_TOO_LARGE};
 use crate::retry::{self, Attempt, Failure, ProxyError};
 use crate::stale::{self, Need};
@@ -105,14 +106,22 @@ impl Proxy {
         Ok(sent)
     }
 
-    /// The first steps of `request_filter`: the request id, the route and its
-    /// serving pool, and the limits on what the shopper sent; the page to
-    /// answer with when one of them fails.
-    fn classify(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Outcome> {
+    /// The first steps of `request_filter`: the request id, the normal path,
+    /// the route and its serving pool, and the limits on what the shopper
+    /// sent; the page to answer with when one of them fails.
+    fn classify(&self, session: &mut Session, ctx: &mut RequestCtx) -> Option<Outcome> {
         ctx.client_ip = client_ip(session);
+        ctx.request_id = forward::request_id(
+            session
+                .req_header()
+                .headers
+                .get("x-request-id")
+                .map(|v| v.as_bytes()),
+        );
+        if path::normalize_request(session.req_header_mut(), ctx.snapshot.limits.path).is_err() {
+            return Some(Outcome::BadRequest);
+        }
         let request = session.req_header();
-        ctx.request_id =
-            forward::request_id(request.headers.get("x-request-id").map(|v| v.as_bytes()));
         ctx.route = ctx.snapshot.routes.classify(
             request_host(request),
             request.uri.path(),

@@ -170,6 +170,10 @@ pub struct FileServer {
     pub keepalive_timeout: Option<String>,
     /// Read buffer per shopper connection.
     pub read_buffer: Option<toml::Value>,
+    /// Whether runs of `/` in a path become one.
+    pub merge_slashes: Option<bool>,
+    /// `reject` or `keep`: paths with `%2F`, `%5C` or `\`.
+    pub escaped_slashes: Option<String>,
 }
 
 /// `[[pools]]`.

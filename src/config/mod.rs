@@ -220,6 +220,36 @@ pub struct ServerConfig {
     pub read_buffer: usize,
     /// The degradation pages. Default: the built-in set (a copy of conf/pages).
     pub pages: Pages,
+    /// How request paths are normalised before routing (see `path`).
+    pub path: PathPolicy,
+}
+
+/// `[server] merge_slashes` and `escaped_slashes`: how a request's path is
+/// normalised before anything looks at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathPolicy {
+    /// Runs of `/` become one. Default: true.
+    pub merge_slashes: bool,
+    /// What an encoded `/` or `\` (or a bare `\`) gets. Default: reject.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for PathPolicy {
+    fn default() -> Self {
+        PathPolicy {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+        }
+    }
+}
+
+/// What a path with an encoded slash or a backslash gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapedSlashes {
+    /// The `bad_request` page (400).
+    Reject,
+    /// Forwarded as sent; the escape is not a separator for ordergate.
+    Keep,
 }
 
 /// `[[pools]]`: a named set of interchangeable backends.

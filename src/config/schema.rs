@@ -116,6 +116,8 @@ const SERVER: &[Field] = &[
     f("header_timeout", Kind::Duration),
     f("keepalive_timeout", Kind::Duration),
     f("read_buffer", Kind::Size),
+    f("merge_slashes", Kind::Bool),
+    f("escaped_slashes", Kind::Str),
 ];
 
 const BACKEND: &[Field] = &[
@@ -490,7 +492,7 @@ mod tests {
         assert_eq!(
             found,
             [
-                "server.frobnicate: unknown key; [server] takes: listen, threads, grace_period, shutdown_delay, upstream_keepalive, pages, tls, max_request_header_bytes, header_timeout, keepalive_timeout, read_buffer",
+                "server.frobnicate: unknown key; [server] takes: listen, threads, grace_period, shutdown_delay, upstream_keepalive, pages, tls, max_request_header_bytes, header_timeout, keepalive_timeout, read_buffer, merge_slashes, escaped_slashes",
                 "server.threds: unknown key; did you mean `threads`?",
             ]
         );

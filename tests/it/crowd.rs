@@ -365,3 +365,92 @@ fn a_per_client_limit_never_throttles_a_crowd_of_distinct_clients() {
     let second = request_from([127, 0, 0, 2], proxy.addr, "/api/products/1", &[]);
     assert_eq!(second.status, 429, "the same address is over its rate");
 }
+
+/// Row 4: dot segments, doubled slashes and encoded slashes do not walk a
+/// request past the room's bypass or onto another route; the backend gets
+/// the path ordergate routed on.
+#[test]
+fn a_path_means_the_same_to_ordergate_and_the_backend() {
+    let fleet = Fleet::start(1);
+    let config = format!(
+        "{}[[pools]]\nname = \"orders\"\nbackends = {}\n\n\
+         [[routes]]\nname = \"checkout\"\npath_prefix = \"/api/orders\"\nmethods = [\"POST\"]\npool = \"orders\"\n\
+         [routes.idempotency]\nrequired = true\nscope = \"none\"\n\n\
+         [[routes]]\nname = \"shop\"\npool = \"orders\"\n\n\
+         [[rooms]]\nname = \"sale\"\nroutes = [\"shop\"]\nsecret = \"{SECRET}\"\nmode = \"always\"\nmax_active = 1\n\
+         [rooms.bypass]\npaths = [\"/health\"]\n",
+        admin_section(free_port()),
+        fleet.backends_toml(&[])
+    );
+    let proxy = Proxy::start(&config);
+    let get = |path: &str| request(proxy.addr, "GET", path, &[], b"").expect("an answer");
+
+    // The only place inside is taken.
+    let first = get("/api/products/1");
+    assert_eq!(first.status, 200, "{first:?}");
+    // A bypass path walked back out of is the room's.
+    for sneaky in [
+        "/health/../api/products/1",
+        "/health/%2E%2E/api/products/1",
+        "//health/..//api/products/1",
+    ] {
+        let answer = get(sneaky);
+        assert_eq!(
+            answer.header("x-ordergate-page"),
+            Some("waiting_room"),
+            "{sneaky}: {answer:?}"
+        );
+    }
+    // The bypass itself still passes, normalised on its way to the backend.
+    let echo = get("/health/./../health//../__sim/echo?x=/../y");
+    assert_eq!(
+        echo.header("x-ordergate-page"),
+        Some("waiting_room"),
+        "not a bypass path"
+    );
+    let bypass = get("/health/x/..//y");
+    assert_ne!(
+        bypass.header("x-ordergate-page"),
+        Some("waiting_room"),
+        "{bypass:?}"
+    );
+
+    // An order sneaked past checkout's rules lands on checkout.
+    let order = request(proxy.addr, "POST", "/api/x/../orders", &[], b"{}").expect("an answer");
+    assert_eq!(order.status, 400, "{order:?}");
+    assert_eq!(
+        order.header("x-ordergate-page"),
+        Some("idempotency_key_missing")
+    );
+    // Encoded slashes: refused with the bad_request page.
+    for escaped in ["/api/x%2F..%2Forders", "/api%5Corders", "/api/x%2f"] {
+        let answer = request(proxy.addr, "POST", escaped, &[], b"{}").expect("an answer");
+        assert_eq!(answer.status, 400, "{escaped}: {answer:?}");
+        assert_eq!(
+            answer.header("x-ordergate-page"),
+            Some("bad_request"),
+            "{escaped}"
+        );
+    }
+    let stats = fleet.stats();
+    assert_eq!(stats["orders_created"], 0, "no order reached a backend: {stats}");
+}
+
+/// What the backend sees of a normalised path (no room in the way).
+#[test]
+fn the_backend_gets_the_normal_path() {
+    let fleet = Fleet::start(1);
+    let proxy = Proxy::start(&shop(&fleet, free_port(), "", ""));
+    let echo = request(
+        proxy.addr,
+        "GET",
+        "/x/..//__sim/./echo?next=/../a",
+        &[],
+        b"",
+    )
+    .expect("an answer");
+    assert_eq!(echo.status, 200, "{echo:?}");
+    let seen = echo.json();
+    assert_eq!(seen["path"], "/__sim/echo", "{seen}");
+    assert_eq!(seen["query"], "next=/../a", "{seen}");
+}

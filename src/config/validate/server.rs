@@ -10,7 +10,9 @@ use std::time::Duration;
 use super::values::{count, duration_or, load_pages, size, socket_addr, KIB, MIB};
 use super::Problems;
 use crate::config::file::{FileAdmin, FileLog, FileServer};
-use crate::config::{AccessLog, AdminConfig, Pages, ServerConfig, TlsConfig};
+use crate::config::{
+    AccessLog, AdminConfig, EscapedSlashes, Pages, PathPolicy, ServerConfig, TlsConfig,
+};
 
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub(super) const DEFAULT_THREADS: usize = 2;
@@ -335,5 +337,24 @@ pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) ->
         keepalive_timeout,
         read_buffer,
         pages,
+        path: path_policy(file, problems),
+    }
+}
+
+fn path_policy(file: &FileServer, problems: &mut Problems) -> PathPolicy {
+    let escaped_slashes = match file.escaped_slashes.as_deref() {
+        None | Some("reject") => EscapedSlashes::Reject,
+        Some("keep") => EscapedSlashes::Keep,
+        Some(other) => {
+            problems.add(
+                "server.escaped_slashes",
+                format!("{other:?} is not a policy; use \"reject\" (the 400 page) or \"keep\""),
+            );
+            EscapedSlashes::Reject
+        }
+    };
+    PathPolicy {
+        merge_slashes: file.merge_slashes.unwrap_or(true),
+        escaped_slashes,
     }
 }
