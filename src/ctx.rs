@@ -226,8 +226,13 @@ impl RequestCtx {
     /// Starts recording the backend's answer head for the keyed request's
     /// record and, when the read may be kept, the route's stale copy.
     pub fn record_head(&mut self, request: &RequestHeader, status: u16, answer: &HeaderMap) {
+        let per_shopper = self
+            .route
+            .and_then(|route| self.snapshot.routes.get(route))
+            .and_then(|route| route.config.idempotency.as_ref())
+            .map_or(&[][..], |settings| &settings.per_shopper_headers[..]);
         if let Some(keyed) = self.keyed.as_mut() {
-            keyed.answer_head(status, answer);
+            keyed.answer_head(status, answer, per_shopper);
         }
         self.stale_recording = self.route_and_pool().and_then(|(route, _)| {
             let config = route.config.stale.as_ref()?;

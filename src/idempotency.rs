@@ -11,11 +11,11 @@
 //! request is refused (422), not replayed.
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, Method};
 use std::net::IpAddr;
 
 pub use crate::config::{IdempotencyConfig as Settings, IdempotencyScope as Scope};
-use crate::kept::{stored_headers, BodyRecorder, StoredAnswer};
+use crate::kept::{replayable_headers, BodyRecorder, StoredAnswer};
 use crate::outcome::Outcome;
 use crate::store::{Begin, Fingerprint, RecordKey};
 use crate::telemetry::IdempotencyResult;
@@ -71,19 +71,35 @@ impl Settings {
         })
     }
 
+    /// The scope value of a request: empty for `global`; otherwise a digest
+    /// of the shopper's credential (the named cookie or header), or of the
+    /// client's address when it sent none — so shoppers without a session
+    /// never share keys, and no credential is stored in a record's key.
     fn scope_value(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> String {
-        match &self.scope {
-            Scope::None => String::new(),
-            Scope::ClientIp => client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            Scope::Header(name) => headers
-                .get(name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default(),
+        let credential: Option<&[u8]> = match &self.scope {
+            Scope::Global => return String::new(),
+            Scope::ClientIp => None,
+            Scope::Header(name) => headers.get(name).map(|v| v.as_bytes()),
             Scope::Cookie(name) => crate::forward::cookies(headers, name)
                 .next()
-                .unwrap_or_default()
-                .to_owned(),
-        }
+                .map(str::as_bytes),
+        };
+        let address;
+        let (kind, value): (&[u8], &[u8]) = match credential.filter(|v| !v.is_empty()) {
+            Some(credential) => (b"credential\0", credential),
+            None => {
+                address = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+                (b"address\0", address.as_bytes())
+            }
+        };
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(kind);
+        context.update(value);
+        let digest = context.finish();
+        digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -304,9 +320,11 @@ impl KeyedRequest {
         }
     }
 
-    /// A backend's final answer header (a retry replaces an earlier one).
-    pub fn answer_head(&mut self, status: u16, headers: &HeaderMap) {
-        self.head = Some((status, stored_headers(headers)));
+    /// A backend's final answer header (a retry replaces an earlier one),
+    /// kept without `Set-Cookie` and the route's `per_shopper` headers: a
+    /// replay never hands one shopper's session to another.
+    pub fn answer_head(&mut self, status: u16, headers: &HeaderMap, per_shopper: &[HeaderName]) {
+        self.head = Some((status, replayable_headers(headers, per_shopper)));
         self.body = BodyRecorder::default();
         self.body_complete = false;
     }
@@ -356,6 +374,7 @@ mod tests {
             required: false,
             ttl: Duration::from_secs(86_400),
             scope: Scope::Cookie("session".into()),
+            per_shopper_headers: vec![HeaderName::from_static("x-shopper-token")],
             backend_dedupes: false,
             max_bytes: 1 << 20,
             max_response_bytes: 64 * 1024,
@@ -397,14 +416,15 @@ mod tests {
             ]),
             None,
         );
+        let KeyCheck::Key(record) = key else {
+            panic!("a key: {key:?}")
+        };
         assert_eq!(
-            key,
-            KeyCheck::Key(RecordKey {
-                route: "r".into(),
-                scope: "s9".into(),
-                key: "order-1".into()
-            })
+            (record.route.as_str(), record.key.as_str()),
+            ("r", "order-1")
         );
+        assert_eq!(record.scope.len(), 32, "a digest, not the session itself");
+        assert!(!record.scope.contains("s9"));
         assert_eq!(
             s.check(
                 "r",
@@ -414,6 +434,71 @@ mod tests {
             ),
             KeyCheck::Invalid
         );
+    }
+
+    fn scope_of(s: &Settings, pairs: &[(&'static str, &'static str)], ip: [u8; 4]) -> String {
+        let mut all = vec![("idempotency-key", "k")];
+        all.extend_from_slice(pairs);
+        match s.check("r", &Method::POST, &headers(&all), Some(IpAddr::from(ip))) {
+            KeyCheck::Key(record) => record.scope,
+            other => panic!("a key: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shoppers_never_share_a_scope_unless_it_is_global() {
+        let s = settings();
+        let alice = scope_of(&s, &[("cookie", "session=alice")], [10, 0, 0, 1]);
+        assert_eq!(
+            alice,
+            scope_of(&s, &[("cookie", "session=alice")], [10, 0, 0, 2]),
+            "her phone moved networks"
+        );
+        assert_ne!(
+            alice,
+            scope_of(&s, &[("cookie", "session=bob")], [10, 0, 0, 1])
+        );
+        // Without the cookie: by address, never one shared anonymous scope.
+        let anonymous = scope_of(&s, &[], [10, 0, 0, 1]);
+        assert_ne!(anonymous, scope_of(&s, &[], [10, 0, 0, 2]));
+        assert_ne!(anonymous, alice);
+        assert_eq!(
+            anonymous,
+            scope_of(&s, &[("cookie", "session=")], [10, 0, 0, 1])
+        );
+        // A cookie whose value is an address is not that address's scope.
+        assert_ne!(
+            anonymous,
+            scope_of(&s, &[("cookie", "session=10.0.0.1")], [10, 0, 0, 1])
+        );
+        let global = Settings {
+            scope: Scope::Global,
+            ..settings()
+        };
+        assert_eq!(
+            scope_of(&global, &[("cookie", "session=alice")], [10, 0, 0, 1]),
+            ""
+        );
+        assert_eq!(scope_of(&global, &[], [10, 0, 0, 9]), "");
+    }
+
+    #[test]
+    fn a_replay_carries_no_cookie_and_no_per_shopper_header() {
+        let mut keyed = KeyedRequest::new(RecordKey {
+            route: "r".into(),
+            scope: String::new(),
+            key: "k".into(),
+        });
+        let answer = headers(&[
+            ("content-type", "application/json"),
+            ("set-cookie", "session=alice; HttpOnly"),
+            ("x-shopper-token", "alice-token"),
+            ("location", "/orders/1"),
+        ]);
+        keyed.answer_head(201, &answer, &settings().per_shopper_headers);
+        let (_, kept) = keyed.head.as_ref().expect("a head");
+        let names: Vec<&str> = kept.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["content-type", "location"]);
     }
 
     #[test]

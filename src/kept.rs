@@ -4,7 +4,7 @@
 //! way (`respond::send_kept`); [`KeptKind`] says which one it is.
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// Why a kept answer is sent instead of a backend's fresh one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr)]
@@ -75,6 +75,16 @@ pub fn stored_headers(headers: &HeaderMap) -> Vec<(String, Bytes)> {
             )
         })
         .collect()
+}
+
+/// The headers of a backend's answer worth replaying to a repeat of the
+/// request: as [`stored_headers`], without `Set-Cookie` and `private` ones.
+pub fn replayable_headers(headers: &HeaderMap, private: &[HeaderName]) -> Vec<(String, Bytes)> {
+    let mut kept = stored_headers(headers);
+    kept.retain(|(name, _)| {
+        name != http::header::SET_COOKIE.as_str() && !private.iter().any(|p| p.as_str() == name)
+    });
+    kept
 }
 
 /// Collects a backend's answer body for the record, up to the route's limit.

@@ -288,7 +288,7 @@ mod tests {
     fn a_keyed_order_on_an_edge_route_is_replayed_only_when_backends_dedupe() {
         let edge = |dedupes: bool| {
             let text = format!(
-                "[[pools]]\nname = \"p\"\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n[routes.idempotency]\nbackend_dedupes = {dedupes}\n"
+                "[[pools]]\nname = \"p\"\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n[routes.idempotency]\nscope = \"global\"\nbackend_dedupes = {dedupes}\n"
             );
             let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e:?}"));
             let route = config.routes[0].clone();

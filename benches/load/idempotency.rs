@@ -53,7 +53,7 @@ impl Variant {
     /// What is appended to the harness's ordergate config (whose last table
     /// is the one route, `all`).
     fn config(self, redis: Option<SocketAddr>) -> String {
-        let table = "\n[routes.idempotency]\nbackend_dedupes = false\n";
+        let table = "\n[routes.idempotency]\nscope = \"global\"\nbackend_dedupes = false\n";
         match (self, redis) {
             (Variant::Plain, _) => String::new(),
             (Variant::Memory, _) => table.to_owned(),

@@ -353,6 +353,8 @@ pub struct FileIdempotency {
     pub ttl: Option<String>,
     /// `none`, `client_ip`, `header:NAME` or `cookie:NAME`.
     pub scope: Option<String>,
+    /// Answer headers never replayed, besides `Set-Cookie`.
+    pub per_shopper_headers: Option<Vec<String>>,
     /// Whether the order servers honour the key themselves.
     pub backend_dedupes: Option<bool>,
     /// Memory for all records of the route.

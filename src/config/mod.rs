@@ -489,8 +489,12 @@ pub struct IdempotencyConfig {
     pub required: bool,
     /// How long a record is kept. Default: 24h.
     pub ttl: Duration,
-    /// What makes two shoppers' keys distinct. Default: none.
+    /// What makes two shoppers' keys distinct. Required: a credential, or
+    /// `global` said explicitly.
     pub scope: IdempotencyScope,
+    /// Answer headers never replayed, besides `Set-Cookie` (which never is).
+    /// Default: none.
+    pub per_shopper_headers: Vec<HeaderName>,
     /// Whether the order servers honour the key themselves. Default: false.
     pub backend_dedupes: bool,
     /// Memory for all records of the route, answers included. Default: 256 MiB.
@@ -507,8 +511,9 @@ pub struct IdempotencyConfig {
 /// What makes two shoppers' idempotency keys distinct.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyScope {
-    /// Keys are global to the route.
-    None,
+    /// Keys are global to the route (said explicitly: one shopper's key
+    /// replays to another).
+    Global,
     /// The client's IP address.
     ClientIp,
     /// The value of a request header (e.g. an API token).

@@ -205,6 +205,7 @@ const IDEMPOTENCY: &[Field] = &[
     f("required", Kind::Bool),
     f("ttl", Kind::Duration),
     f("scope", Kind::Str),
+    f("per_shopper_headers", Kind::Strs),
     f("backend_dedupes", Kind::Bool),
     f("max_bytes", Kind::Size),
     f("max_response_bytes", Kind::Size),

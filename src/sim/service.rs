@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE, LOCATION};
+use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -148,6 +148,13 @@ fn create_order(headers: &HeaderMap, body: &Bytes, listener: &Listener, fleet: &
         .get("order_id")
         .and_then(Value::as_str)
         .and_then(|id| HeaderValue::try_from(format!("/api/orders/{id}")).ok());
+    // A guest checkout starts a session, as shops do: the answer to a
+    // shopper without one sets it.
+    let has_session = crate::forward::cookies(headers, "session").next().is_some();
+    let session = order
+        .get("order_id")
+        .and_then(Value::as_str)
+        .and_then(|id| HeaderValue::try_from(format!("session=guest-{id}; Path=/; HttpOnly")).ok());
     let mut reply = match outcome {
         Outcome::Created => Reply::new(StatusCode::CREATED, order),
         Outcome::Replayed => Reply::new(StatusCode::OK, order)
@@ -155,6 +162,9 @@ fn create_order(headers: &HeaderMap, body: &Bytes, listener: &Listener, fleet: &
     };
     if let Some(location) = location {
         reply = reply.header(LOCATION, location);
+    }
+    if let (false, Some(session)) = (has_session, session) {
+        reply = reply.header(SET_COOKIE, session);
     }
     reply
 }

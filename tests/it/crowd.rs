@@ -375,7 +375,7 @@ fn a_path_means_the_same_to_ordergate_and_the_backend() {
     let config = format!(
         "{}[[pools]]\nname = \"orders\"\nbackends = {}\n\n\
          [[routes]]\nname = \"checkout\"\npath_prefix = \"/api/orders\"\nmethods = [\"POST\"]\npool = \"orders\"\n\
-         [routes.idempotency]\nrequired = true\nscope = \"none\"\n\n\
+         [routes.idempotency]\nrequired = true\nscope = \"global\"\n\n\
          [[routes]]\nname = \"shop\"\npool = \"orders\"\n\n\
          [[rooms]]\nname = \"sale\"\nroutes = [\"shop\"]\nsecret = \"{SECRET}\"\nmode = \"always\"\nmax_active = 1\n\
          [rooms.bypass]\npaths = [\"/health\"]\n",
@@ -433,7 +433,10 @@ fn a_path_means_the_same_to_ordergate_and_the_backend() {
         );
     }
     let stats = fleet.stats();
-    assert_eq!(stats["orders_created"], 0, "no order reached a backend: {stats}");
+    assert_eq!(
+        stats["orders_created"], 0,
+        "no order reached a backend: {stats}"
+    );
 }
 
 /// What the backend sees of a normalised path (no room in the way).
@@ -453,4 +456,117 @@ fn the_backend_gets_the_normal_path() {
     let seen = echo.json();
     assert_eq!(seen["path"], "/__sim/echo", "{seen}");
     assert_eq!(seen["query"], "next=/../a", "{seen}");
+}
+
+/// One keyed order from the loopback address `source`.
+fn order_from(
+    source: [u8; 4],
+    to: SocketAddr,
+    key: &str,
+    body: &str,
+    cookie: Option<&str>,
+) -> Response {
+    use socket2::{Domain, Socket, Type};
+    use std::io::{Read, Write};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .expect("bind a loopback source address");
+    socket.connect(&to.into()).expect("connect");
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\nContent-Type: application/json\r\nIdempotency-Key: {key}\r\n{cookie}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    parse_response(&raw).expect("an answer")
+}
+
+fn set_cookie(response: &Response) -> Option<&str> {
+    response.header("set-cookie")
+}
+
+/// Row 5: a prober reuses a guest shopper's idempotency key (read off her
+/// screen, or guessed): with the same body it gets a new order of its own,
+/// never her answer or her session cookie; with another body, no 422 that
+/// would say the key exists. Her own retry is a replay without her cookie.
+/// A route without a scope does not pass `check`.
+#[test]
+fn an_idempotency_key_never_reaches_another_shopper() {
+    let fleet = Fleet::start(1);
+    let checkout = "[routes.idempotency]\nscope = \"cookie:session\"\n";
+    let proxy = Proxy::start(&shop(&fleet, free_port(), checkout, ""));
+    // The order servers ignore keys: ordergate is what keeps an order once.
+    fleet.set_mode(fleet.addrs[0], r#"{"ignore_idempotency": true}"#);
+    let (alice, mallory) = ([127, 0, 0, 5], [127, 0, 0, 6]);
+    let body = r#"{"sku":"limited-sneaker"}"#;
+
+    let first = order_from(alice, proxy.addr, "order-1", body, None);
+    assert_eq!(first.status, 201, "{first:?}");
+    let her_session = set_cookie(&first).expect("the guest session").to_string();
+
+    let probe = order_from(mallory, proxy.addr, "order-1", body, None);
+    assert_eq!(
+        probe.status, 201,
+        "a new order of the prober's own: {probe:?}"
+    );
+    assert!(probe.header("idempotency-replayed").is_none(), "{probe:?}");
+    assert_ne!(probe.body, first.body, "not her answer");
+    assert_ne!(
+        set_cookie(&probe),
+        Some(her_session.as_str()),
+        "not her session"
+    );
+    let other_body = order_from(
+        mallory,
+        proxy.addr,
+        "order-1",
+        r#"{"sku":"x"}"#,
+        Some("session=mallory"),
+    );
+    assert_eq!(
+        other_body.status, 201,
+        "no 422 telling the key exists: {other_body:?}"
+    );
+
+    // Her own retry (the answer was lost: no cookie yet) is a replay, and a
+    // replay carries no Set-Cookie.
+    let retry = order_from(alice, proxy.addr, "order-1", body, None);
+    assert_eq!(
+        retry.header("idempotency-replayed"),
+        Some("true"),
+        "{retry:?}"
+    );
+    assert_eq!(retry.body, first.body);
+    assert_eq!(set_cookie(&retry), None, "{retry:?}");
+
+    // `check` wants a scope.
+    let file = crate::support::TempFile::new(
+        "ordergate.toml",
+        &shop(
+            &fleet,
+            free_port(),
+            "[routes.idempotency]\nrequired = true\n",
+            "",
+        ),
+    );
+    let output = std::process::Command::new(crate::support::bin())
+        .args(["check", "-c"])
+        .arg(&file.path)
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("idempotency.scope: is required"),
+        "{stderr}"
+    );
 }

@@ -15,7 +15,7 @@ use crate::support::{
 /// One pool "orders" over the fleet and one route "orders" with `[routes.idempotency]`.
 fn config(fleet: &Fleet, idempotency: &str) -> String {
     format!(
-        "[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\n[routes.idempotency]\n{idempotency}\n",
+        "[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\n[routes.idempotency]\nscope = \"global\"\n{idempotency}\n",
         fleet.backends_toml(&[])
     )
 }
@@ -111,7 +111,7 @@ fn with_deduping_backends_a_lost_answer_is_forwarded_again_with_the_key() {
     let fleet = Fleet::start(2);
     fleet.set_mode(fleet.addrs[0], r#"{"fault": "reset_after_body"}"#);
     let proxy = Proxy::start(&format!(
-        "[[pools]]\nname = \"orders\"\nbackends = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\n[routes.idempotency]\nbackend_dedupes = true\n",
+        "[[pools]]\nname = \"orders\"\nbackends = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\n[routes.idempotency]\nscope = \"global\"\nbackend_dedupes = true\n",
         fleet.addrs[0]
     ));
     let first = order(proxy.addr, Some("dd-1"), r#"{"sku":"tea"}"#).expect("first");

@@ -111,7 +111,7 @@ impl Drop for RedisServer {
 /// with a rate limit of `rate` per second per `x-user`.
 fn config(fleet: &Fleet, redis: &RedisServer, admin_port: u16, rate: u32, timeout: &str) -> String {
     format!(
-        "{admin}[store]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\n\n\n[[pools]]\nname = \"orders\"\nbackends = {backends}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\npath_prefix = \"/api/orders\"\n[routes.idempotency]\n\n[[routes]]\nname = \"limited\"\npool = \"orders\"\npath_prefix = \"/api/limited\"\n[routes.rate_limit]\nrequests_per_second = {rate}\nkey = \"header:x-user\"\n",
+        "{admin}[store]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\n\n\n[[pools]]\nname = \"orders\"\nbackends = {backends}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\npath_prefix = \"/api/orders\"\n[routes.idempotency]\nscope = \"global\"\n\n[[routes]]\nname = \"limited\"\npool = \"orders\"\npath_prefix = \"/api/limited\"\n[routes.rate_limit]\nrequests_per_second = {rate}\nkey = \"header:x-user\"\n",
         admin = admin_section(admin_port),
         url = redis.url(),
         backends = fleet.backends_toml(&[]),
@@ -545,7 +545,7 @@ fn an_instance_that_dies_mid_order_leaves_outcome_unknown_after_its_lease() {
     let (_serial, redis, fleet) = redis_and_orders(1, &["--latency-ms", "1500"]);
     // Lease: the route's timeout (2 s) plus 10 s.
     let body = format!(
-        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"250ms\"\n\n[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\ntimeout = \"2s\"\n[routes.idempotency]\nwait_for_first = \"1s\"\n",
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"250ms\"\n\n[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\ntimeout = \"2s\"\n[routes.idempotency]\nscope = \"global\"\nwait_for_first = \"1s\"\n",
         redis.url(),
         fleet.backends_toml(&[])
     );
@@ -586,7 +586,7 @@ fn a_reload_switches_stores_for_new_records() {
     let port = free_port();
     let admin = SocketAddr::from(([127, 0, 0, 1], port));
     let routes = format!(
-        "[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\n[routes.idempotency]\n",
+        "[[pools]]\nname = \"orders\"\nbackends = {}\n\n[[routes]]\nname = \"orders\"\npool = \"orders\"\n[routes.idempotency]\nscope = \"global\"\n",
         fleet.backends_toml(&[])
     );
     let memory = format!("{}{routes}", admin_section(port));

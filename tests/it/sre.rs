@@ -940,7 +940,7 @@ fn live_metric_names() -> BTreeSet<String> {
     let fleet = Fleet::start(2);
     let port = free_port();
     let config = format!(
-        "{}[[pools]]\nname = \"orders\"\nbackup = \"orders-dr\"\nbackends = [ {{ addr = \"{}\" }} ]\n[pools.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\n[[pools]]\nname = \"orders-dr\"\nbackends = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"checkout\"\npath_prefix = \"/api/orders\"\npool = \"orders\"\n[routes.idempotency]\nheader = \"idempotency-key\"\n[routes.maintenance]\nmessage = \"stock count\"\n\n[[routes]]\nname = \"catalog\"\npool = \"orders\"\n[routes.stale]\nmax_age = \"10m\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"catalog\"]\nsecret = \"a-test-secret-that-is-long-enough-0123456789\"\nmode = \"on_overload\"\nmax_active = 100\n",
+        "{}[[pools]]\nname = \"orders\"\nbackup = \"orders-dr\"\nbackends = [ {{ addr = \"{}\" }} ]\n[pools.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\n[[pools]]\nname = \"orders-dr\"\nbackends = [ {{ addr = \"{}\" }} ]\n\n[[routes]]\nname = \"checkout\"\npath_prefix = \"/api/orders\"\npool = \"orders\"\n[routes.idempotency]\nscope = \"global\"\nheader = \"idempotency-key\"\n[routes.maintenance]\nmessage = \"stock count\"\n\n[[routes]]\nname = \"catalog\"\npool = \"orders\"\n[routes.stale]\nmax_age = \"10m\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"catalog\"]\nsecret = \"a-test-secret-that-is-long-enough-0123456789\"\nmode = \"on_overload\"\nmax_active = 100\n",
         admin_section(port),
         fleet.addrs[0],
         fleet.addrs[1]

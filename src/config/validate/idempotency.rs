@@ -104,6 +104,7 @@ pub(super) fn idempotency(
         required: file.required.unwrap_or(false),
         ttl,
         scope: scope(&format!("{at}.scope"), file.scope.as_deref(), problems),
+        per_shopper_headers: per_shopper_headers(at, file.per_shopper_headers.as_deref(), problems),
         backend_dedupes: file.backend_dedupes.unwrap_or(false),
         max_bytes,
         max_response_bytes: max_response_bytes as usize,
@@ -112,9 +113,50 @@ pub(super) fn idempotency(
     }
 }
 
+/// Header names, each valid.
+fn per_shopper_headers(
+    at: &str,
+    names: Option<&[String]>,
+    problems: &mut Problems,
+) -> Vec<HeaderName> {
+    let names = names.unwrap_or_default();
+    names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| match HeaderName::from_str(name) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                problems.add(
+                    format!("{at}.per_shopper_headers[{i}]"),
+                    format!("{name:?} is not a header name"),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+/// The scope: required, so that one shopper's key never replays to another
+/// unless the config says so.
 fn scope(at: &str, text: Option<&str>, problems: &mut Problems) -> IdempotencyScope {
+    const CHOICES: &str = "\"cookie:NAME\" (e.g. \"cookie:session\"), \"header:NAME\", \"authorization\", \"client_ip\", or \"global\" to share keys between shoppers";
     let scope = match text {
-        None | Some("none") => Some(IdempotencyScope::None),
+        None => {
+            problems.add(
+                at,
+                format!("is required: what keeps two shoppers' keys apart; use {CHOICES}"),
+            );
+            return IdempotencyScope::Global;
+        }
+        Some("none") => {
+            problems.add(
+                at,
+                "\"none\" is now spelled \"global\" (one shopper's key replays to every other); prefer a shopper's credential such as \"cookie:session\"",
+            );
+            return IdempotencyScope::Global;
+        }
+        Some("global") => Some(IdempotencyScope::Global),
+        Some("authorization") => Some(IdempotencyScope::Header(http::header::AUTHORIZATION)),
         Some("client_ip") => Some(IdempotencyScope::ClientIp),
         Some(text) => {
             if let Some(name) = text.strip_prefix("header:") {
@@ -133,10 +175,10 @@ fn scope(at: &str, text: Option<&str>, problems: &mut Problems) -> IdempotencySc
         problems.add(
             at,
             format!(
-                "{:?} is not a scope; use \"none\", \"client_ip\", \"header:NAME\" or \"cookie:NAME\" (e.g. \"cookie:session\")",
+                "{:?} is not a scope; use {CHOICES}",
                 text.unwrap_or_default()
             ),
         );
-        IdempotencyScope::None
+        IdempotencyScope::Global
     })
 }

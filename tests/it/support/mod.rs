@@ -18,13 +18,19 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The binary under test: this build's, or the one `ORDERGATE_UNDER_TEST`
-/// names (to show that a test fails on an older build).
+/// names (to show that a test fails on an older build; the simulated fleet
+/// is always this build's, [`sim_bin`]).
 pub fn bin() -> &'static str {
     static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         std::env::var("ORDERGATE_UNDER_TEST")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_ordergate").to_string())
     });
     &BIN
+}
+
+/// The binary that runs `ordergate sim`: always this build's.
+pub fn sim_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ordergate")
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
@@ -142,7 +148,7 @@ impl Fleet {
     /// to bring a killed fleet back where it was.
     pub fn start_on(addrs: &[SocketAddr], flags: &[&str]) -> Fleet {
         let n = addrs.len();
-        let mut command = Command::new(bin());
+        let mut command = Command::new(sim_bin());
         command.arg("sim");
         for addr in addrs {
             command.args(["--listen", &addr.to_string()]);
