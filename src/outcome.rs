@@ -68,6 +68,9 @@ pub enum Outcome {
     /// The route's waiting room holds the shopper in line (position and
     /// estimated wait in [`RoomPage`]); nothing reached a backend.
     WaitingRoom,
+    /// The waiting room's line holds `max_waiting` shoppers: no place was
+    /// given; nothing reached a backend.
+    LineFull,
     /// The client's request was malformed.
     BadRequest,
     /// The client went away; nothing can be sent (this outcome has no page).
@@ -84,6 +87,7 @@ impl Outcome {
             Outcome::NoHealthyBackend
             | Outcome::Maintenance
             | Outcome::WaitingRoom
+            | Outcome::LineFull
             | Outcome::QueueFull
             | Outcome::QueueTimeout
             | Outcome::Shed => 503,
@@ -123,6 +127,7 @@ impl Outcome {
             | Outcome::QueueTimeout
             | Outcome::Shed => Some(5),
             Outcome::WaitingRoom => Some(10),
+            Outcome::LineFull => Some(60),
             Outcome::ConnectFailed
             | Outcome::UpstreamTimeout
             | Outcome::UpstreamReset

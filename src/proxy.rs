@@ -207,6 +207,7 @@ impl Proxy {
             path: header.uri.path(),
             headers: &header.headers,
             tls: is_tls(session),
+            client_ip: ctx.client_ip,
         };
         let pressure = crate::room::Pressure::of_pool(pool);
         let (view, cookie) = match room.decide(&request, pressure, Instant::now()).await {
@@ -215,6 +216,9 @@ impl Proxy {
                 return Ok(None);
             }
             crate::room::Decision::Wait(view, cookie) => (view, cookie),
+            crate::room::Decision::Full => {
+                return self.reject(session, ctx, Outcome::LineFull).await.map(Some);
+            }
         };
         self.send_room_page(session, ctx, &room.settings.name, view, cookie.as_deref())
             .await?;

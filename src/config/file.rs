@@ -405,6 +405,10 @@ pub struct FileRoom {
     pub admit_per_minute: Option<i64>,
     /// How long a pass lasts after the last request.
     pub session: Option<String>,
+    /// How long a pass lasts at all.
+    pub max_session: Option<String>,
+    /// Most shoppers waiting in line.
+    pub max_waiting: Option<i64>,
     /// How often the waiting page checks again.
     pub refresh: Option<String>,
     /// How long a waiting shopper may go without checking in.

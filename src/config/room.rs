@@ -63,6 +63,13 @@ pub struct RoomConfig {
     /// How long an admitted shopper keeps the pass after their last request.
     /// Default: 5m.
     pub session: Duration,
+    /// How long a pass lasts at all, however busy its holder; then the holder
+    /// queues again (passes cannot be hoarded by keeping them warm).
+    /// Default: 30m; at least `session`.
+    pub max_session: Duration,
+    /// Most shoppers waiting in line (draws included); a newcomer beyond it
+    /// gets the `line_full` page. Default: 1000000.
+    pub max_waiting: u32,
     /// How often the waiting page checks again (sooner when the estimate is
     /// shorter). Default: 10s.
     pub refresh: Duration,

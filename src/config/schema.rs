@@ -280,6 +280,8 @@ const ROOM: &[Field] = &[
     f("max_active", Kind::Int),
     f("admit_per_minute", Kind::Int),
     f("session", Kind::Duration),
+    f("max_session", Kind::Duration),
+    f("max_waiting", Kind::Int),
     f("refresh", Kind::Duration),
     f("ticket_timeout", Kind::Duration),
     f("secret", Kind::Str),

@@ -21,7 +21,13 @@ const BUILTIN_LANGUAGES: [(&str, &str); 2] = [
 ];
 
 /// The page kinds shown with `waiting.html`; every other kind uses `page.html`.
-const WAITING_KINDS: [&str; 4] = ["queue_full", "queue_timeout", "shed", "waiting_room"];
+const WAITING_KINDS: [&str; 5] = [
+    "queue_full",
+    "queue_timeout",
+    "shed",
+    "waiting_room",
+    "line_full",
+];
 
 /// The language used when the client asks for none that exists.
 const DEFAULT_LANGUAGE: &str = "en";

@@ -5,7 +5,7 @@ use super::*;
 const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 /// Every outcome that has a page, with its status and default Retry-After.
-const PAGED: [(Outcome, u16, Option<u32>); 25] = [
+const PAGED: [(Outcome, u16, Option<u32>); 26] = [
     (Outcome::NoRoute, 404, None),
     (Outcome::NoHealthyBackend, 503, Some(5)),
     (Outcome::ConnectFailed, 502, Some(2)),
@@ -29,6 +29,7 @@ const PAGED: [(Outcome, u16, Option<u32>); 25] = [
     (Outcome::AlreadyProcessed, 409, None),
     (Outcome::Maintenance, 503, Some(5)),
     (Outcome::WaitingRoom, 503, Some(10)),
+    (Outcome::LineFull, 503, Some(60)),
     (Outcome::BadRequest, 400, None),
     (Outcome::Internal, 500, None),
 ];
@@ -60,7 +61,13 @@ const NOTHING_ORDERED: [&str; 13] = [
     "rate_limited",
 ];
 
-const WAITING: [&str; 4] = ["queue_full", "queue_timeout", "shed", "waiting_room"];
+const WAITING: [&str; 5] = [
+    "queue_full",
+    "queue_timeout",
+    "shed",
+    "waiting_room",
+    "line_full",
+];
 
 fn request(accept: Option<&'static str>, language: Option<&'static str>) -> HeaderMap {
     let mut map = HeaderMap::new();

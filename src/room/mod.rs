@@ -232,6 +232,8 @@ pub enum Decision {
     Pass(Option<String>),
     /// Answer with the waiting page; set this cookie (a new ticket) on it.
     Wait(View, Option<String>),
+    /// The line holds `max_waiting` shoppers: the `line_full` page.
+    Full,
 }
 
 /// A request as the room sees it.
@@ -245,6 +247,8 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     /// Whether it came over TLS (cookies get `Secure`).
     pub tls: bool,
+    /// The client's address (a pass serves at most a few).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// The longest estimate said, in seconds (11 days): beyond it a number means nothing.
@@ -341,6 +345,8 @@ impl Room {
                 .admit_per_minute
                 .map(|n| f64::from(n) / 60.0 * share),
             session: self.settings.session,
+            max_session: self.settings.max_session,
+            max_waiting: Some(u64::from(self.settings.max_waiting)),
             ticket_timeout: self.settings.ticket_timeout,
         }
     }
@@ -427,6 +433,7 @@ impl Room {
             return Decision::Pass(None);
         }
         let limits = self.limits(control, pressure, now);
+        let client = crate::store::room::client_tag(request.client_ip);
         let epoch = self.line.epoch();
         // The first of the room's cookies that is valid (a browser may hold an
         // old one beside it); otherwise why the first was not.
@@ -442,13 +449,13 @@ impl Room {
         }
         let rejected = match token {
             Ok(Token::Pass { id, .. }) => {
-                if self.line.touch(id, now, self.settings.session).await {
+                if self.line.touch(id, client, now, &limits).await {
                     return Decision::Pass(None);
                 }
                 Some(Invalid::Expired)
             }
             Ok(Token::Ticket { seq, eta, .. }) => {
-                let (found, outcome) = self.line.check_in(seq, now, &limits).await;
+                let (found, outcome) = self.line.check_in(seq, client, now, &limits).await;
                 self.metrics.abandoned(outcome.abandoned);
                 match found {
                     CheckIn::Admitted(admission) => {
@@ -479,7 +486,7 @@ impl Room {
             && limits.open
             && control != Control::Paused
             && !pressure.would_queue;
-        let (arrival, outcome) = self.line.arrive(now, &limits, direct).await;
+        let (arrival, outcome) = self.line.arrive(client, now, &limits, direct).await;
         self.metrics.abandoned(outcome.abandoned);
         let (seq, ahead) = match arrival {
             Arrival::Admitted(admission) => {
@@ -488,6 +495,7 @@ impl Room {
             }
             Arrival::Waiting { seq, ahead } => (seq, Some(ahead)),
             Arrival::Drawn { seq, .. } => (seq, None),
+            Arrival::Full => return Decision::Full,
         };
         let stats = self.line.stats(now, &limits).await;
         self.metrics

@@ -14,6 +14,8 @@ fn settings(mode: RoomMode) -> RoomConfig {
         max_active: Some(2),
         admit_per_minute: None,
         session: Duration::from_secs(300),
+        max_session: Duration::from_secs(1800),
+        max_waiting: 1_000_000,
         refresh: Duration::from_secs(10),
         ticket_timeout: Duration::from_secs(60),
         secret: Secret(SECRET.to_vec()),
@@ -135,10 +137,12 @@ impl Browser {
             path,
             headers: &headers,
             tls: false,
+            client_ip: None,
         };
         let decision = room.decide(&request, pressure, now).await;
         let set = match &decision {
             Decision::Pass(cookie) | Decision::Wait(_, cookie) => cookie.clone(),
+            Decision::Full => None,
         };
         if let Some(set) = set {
             assert!(set.ends_with("; Path=/; HttpOnly; SameSite=Lax"), "{set}");
@@ -267,17 +271,23 @@ async fn bypassed_requests_pass_without_a_cookie() {
 async fn on_overload_the_room_forms_only_when_the_pool_would_queue() {
     let room = room(settings(RoomMode::OnOverload));
     let now = Instant::now();
-    // A calm pool: more shoppers than max_active pass, each with a pass.
-    let mut early: Vec<Browser> = (0..5).map(|_| Browser::default()).collect();
+    // A calm pool: shoppers pass at once, each with a pass, up to
+    // max_active (2): direct passes count against it too.
+    let mut early: Vec<Browser> = (0..2).map(|_| Browser::default()).collect();
     for browser in &mut early {
         assert!(passes(&browser.visit(&room, Pressure::IDLE, now).await));
         assert!(browser.cookie.as_deref().is_some_and(|c| c.contains("=p.")));
     }
+    let mut third = Browser::default();
+    assert_eq!(
+        view(&third.visit(&room, Pressure::IDLE, now).await).position,
+        Some(1)
+    );
     // The pool saturates: newcomers wait, those with a pass go on.
     let busy = pressure(64, 10, 64, 64);
     assert!(busy.would_queue && busy.headroom);
     let mut late = Browser::default();
-    assert_eq!(view(&late.visit(&room, busy, now).await).position, Some(1));
+    assert_eq!(view(&late.visit(&room, busy, now).await).position, Some(2));
     for browser in &mut early {
         assert!(passes(&browser.visit(&room, busy, now).await));
     }
@@ -287,12 +297,16 @@ async fn on_overload_the_room_forms_only_when_the_pool_would_queue() {
     // The estimate still says something, and grows as the stall is measured.
     let mut last = 0;
     for s in 1..=10 {
+        // The third shopper keeps the page open too.
+        let _ = third
+            .visit(&room, stalled, now + Duration::from_secs(30 * s))
+            .await;
         let waiting = view(
             &late
                 .visit(&room, stalled, now + Duration::from_secs(30 * s))
                 .await,
         );
-        assert_eq!(waiting.position, Some(1));
+        assert_eq!(waiting.position, Some(2));
         let estimate = waiting.estimated_wait.unwrap_or(u32::MAX);
         assert!(estimate >= last, "{estimate} after {last}");
         last = estimate;
@@ -302,6 +316,7 @@ async fn on_overload_the_room_forms_only_when_the_pool_would_queue() {
     let none = pressure(0, 0, 64, 0);
     assert!(none.would_queue && !none.headroom);
     // Calm again: the early passes expired, the line moves.
+    assert!(passes(&third.visit(&room, Pressure::IDLE, t).await));
     assert!(passes(&late.visit(&room, Pressure::IDLE, t).await));
 }
 

@@ -674,6 +674,8 @@ fn line_limits(max_active: u64, open: bool) -> Limits {
         max_active: Some(max_active),
         per_second: None,
         session: Duration::from_secs(3600),
+        max_session: Duration::from_secs(7200),
+        max_waiting: None,
         ticket_timeout: Duration::from_secs(3600),
     }
 }
@@ -684,6 +686,7 @@ fn shape_of_arrival(arrival: &Arrival) -> String {
         Arrival::Admitted(a) => format!("admitted #{} waited {}", a.number, a.waited.is_some()),
         Arrival::Waiting { ahead, .. } => format!("waiting, {ahead} ahead"),
         Arrival::Drawn { drawn, .. } => format!("drawn, {drawn} drawn"),
+        Arrival::Full => "full".to_owned(),
     }
 }
 
@@ -698,6 +701,7 @@ fn arrival_id(arrival: &Arrival) -> u64 {
     match arrival {
         Arrival::Admitted(a) => a.pass,
         Arrival::Waiting { seq, .. } | Arrival::Drawn { seq, .. } => *seq,
+        Arrival::Full => 0,
     }
 }
 
@@ -722,11 +726,11 @@ fn the_shared_line_answers_as_the_memory_line_does() {
         for i in 0..20 {
             let closed = line_limits(capacity, false);
             let (m, _) = memory
-                .arrive(tokio::time::Instant::now(), &closed, false)
+                .arrive(1, tokio::time::Instant::now(), &closed, false)
                 .await;
             let line = if i % 2 == 0 { &a } else { &b };
             let (s, _) = line
-                .arrive(tokio::time::Instant::now(), &closed, false)
+                .arrive(1, tokio::time::Instant::now(), &closed, false)
                 .await;
             assert_eq!(shape_of_arrival(&m), shape_of_arrival(&s), "draw {i}");
             held.push((arrival_id(&m), arrival_id(&s)));
@@ -737,10 +741,10 @@ fn the_shared_line_answers_as_the_memory_line_does() {
             let opened = line_limits(0, true);
             for (i, found) in [
                 memory
-                    .check_in(*m_id, tokio::time::Instant::now(), &opened)
+                    .check_in(*m_id, 1, tokio::time::Instant::now(), &opened)
                     .await
                     .0,
-                b.check_in(*s_id, tokio::time::Instant::now(), &opened)
+                b.check_in(*s_id, 1, tokio::time::Instant::now(), &opened)
                     .await
                     .0,
             ]
@@ -767,10 +771,10 @@ fn the_shared_line_answers_as_the_memory_line_does() {
                 0..=3 => {
                     let direct = rng.u32(0..4) == 0;
                     let (m, _) = memory
-                        .arrive(tokio::time::Instant::now(), &limits, direct)
+                        .arrive(1, tokio::time::Instant::now(), &limits, direct)
                         .await;
                     let (s, _) = line
-                        .arrive(tokio::time::Instant::now(), &limits, direct)
+                        .arrive(1, tokio::time::Instant::now(), &limits, direct)
                         .await;
                     assert_eq!(
                         shape_of_arrival(&m),
@@ -782,22 +786,22 @@ fn the_shared_line_answers_as_the_memory_line_does() {
                 4..=7 if !held.is_empty() => {
                     let (m_id, s_id) = held[rng.usize(0..held.len())];
                     let (m, _) = memory
-                        .check_in(m_id, tokio::time::Instant::now(), &limits)
+                        .check_in(m_id, 1, tokio::time::Instant::now(), &limits)
                         .await;
                     let (s, _) = line
-                        .check_in(s_id, tokio::time::Instant::now(), &limits)
+                        .check_in(s_id, 1, tokio::time::Instant::now(), &limits)
                         .await;
                     let (m_shape, s_shape) = (shape_of_check_in(&m), shape_of_check_in(&s));
                     assert_eq!(m_shape, s_shape, "step {step}: check-in");
                     if let (CheckIn::Admitted(m), CheckIn::Admitted(s)) = (m, s) {
                         assert!(
                             memory
-                                .touch(m.pass, tokio::time::Instant::now(), limits.session)
+                                .touch(m.pass, 1, tokio::time::Instant::now(), &limits)
                                 .await,
                             "step {step}"
                         );
                         assert!(
-                            line.touch(s.pass, tokio::time::Instant::now(), limits.session)
+                            line.touch(s.pass, 1, tokio::time::Instant::now(), &limits)
                                 .await,
                             "step {step}"
                         );
@@ -829,13 +833,13 @@ fn the_shared_line_answers_as_the_memory_line_does() {
         assert!(s.active > 5 && s.waiting > 5, "{s:?}");
         // Unknown and foreign ids.
         assert_eq!(
-            a.check_in(12345, tokio::time::Instant::now(), &limits)
+            a.check_in(12345, 1, tokio::time::Instant::now(), &limits)
                 .await
                 .0,
             CheckIn::Unknown
         );
         assert!(
-            !a.touch(12345, tokio::time::Instant::now(), limits.session)
+            !a.touch(12345, 1, tokio::time::Instant::now(), &limits)
                 .await
         );
         // The operator's setting is shared.
@@ -857,30 +861,33 @@ fn the_shared_line_answers_as_the_memory_line_does() {
             Arrival::Waiting { seq, .. } => seq,
             other => panic!("{other:?}"),
         };
-        let quitter = seq(a.arrive(now(), &short, false).await.0);
-        let stayer = seq(a.arrive(now(), &short, false).await.0);
-        let late = seq(b.arrive(now(), &short, false).await.0);
+        let quitter = seq(a.arrive(1, now(), &short, false).await.0);
+        let stayer = seq(a.arrive(1, now(), &short, false).await.0);
+        let late = seq(b.arrive(1, now(), &short, false).await.0);
         assert_eq!(
-            b.check_in(stayer, now(), &short).await.0,
+            b.check_in(stayer, 1, now(), &short).await.0,
             CheckIn::Waiting { ahead: 1 }
         );
         let mut skipped = 0;
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            skipped += b.check_in(stayer, now(), &short).await.1.abandoned;
+            skipped += b.check_in(stayer, 1, now(), &short).await.1.abandoned;
         }
         assert_eq!(skipped, 1, "the quitter, skipped at the head");
         // The late one comes back after its timeout: lost, though not yet
         // at the head.
-        let (found, outcome) = b.check_in(late, now(), &short).await;
+        let (found, outcome) = b.check_in(late, 1, now(), &short).await;
         assert_eq!((found, outcome.abandoned), (CheckIn::Unknown, 1));
-        assert_eq!(b.check_in(late, now(), &short).await.0, CheckIn::Unknown);
-        let (found, outcome) = a.check_in(stayer, now(), &short).await;
+        assert_eq!(b.check_in(late, 1, now(), &short).await.0, CheckIn::Unknown);
+        let (found, outcome) = a.check_in(stayer, 1, now(), &short).await;
         assert_eq!(
             (found, outcome.abandoned),
             (CheckIn::Waiting { ahead: 0 }, 0)
         );
-        assert_eq!(a.check_in(quitter, now(), &short).await.0, CheckIn::Unknown);
+        assert_eq!(
+            a.check_in(quitter, 1, now(), &short).await.0,
+            CheckIn::Unknown
+        );
         let stats = b.stats(now(), &short).await;
         assert_eq!((stats.waiting, stats.abandoned), (1, 2), "{stats:?}");
         assert!(stats.skipped_share > 0.0);
@@ -888,12 +895,12 @@ fn the_shared_line_answers_as_the_memory_line_does() {
             max_active: Some(1),
             ..short
         };
-        match b.check_in(stayer, now(), &open).await.0 {
+        match b.check_in(stayer, 1, now(), &open).await.0 {
             CheckIn::Admitted(admission) => {
                 assert_eq!(admission.number, 1);
                 assert!(admission.waited >= Some(Duration::from_millis(400)));
                 assert!(admission.first);
-                assert!(a.touch(admission.pass, now(), open.session).await);
+                assert!(a.touch(admission.pass, 1, now(), &open).await);
             }
             other => panic!("{other:?}"),
         }

@@ -13,6 +13,8 @@ use crate::config::schema::entry_path;
 use crate::config::{parse_time, Bypass, RoomConfig, RoomMode, Secret};
 
 const DEFAULT_SESSION: Duration = Duration::from_secs(300);
+const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(1800);
+const DEFAULT_MAX_WAITING: u32 = 1_000_000;
 const DEFAULT_REFRESH: Duration = Duration::from_secs(10);
 const DEFAULT_TICKET_TIMEOUT: Duration = Duration::from_secs(60);
 /// Shortest HMAC key: 256 bits, the output size of SHA-256.
@@ -96,6 +98,30 @@ fn room(at: &str, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
         false,
         problems,
     );
+    let max_session = duration_or(
+        &format!("{at}.max_session"),
+        file.max_session.as_deref(),
+        DEFAULT_MAX_SESSION.max(session),
+        false,
+        problems,
+    );
+    if max_session < session {
+        problems.add(
+            format!("{at}.max_session"),
+            format!("{max_session:?} is shorter than session ({session:?}): every pass would end before it idles out; make it at least {session:?}"),
+        );
+    }
+    let max_waiting = match file.max_waiting {
+        None => DEFAULT_MAX_WAITING,
+        Some(n @ 1..=100_000_000) => n as u32,
+        Some(n) => {
+            problems.add(
+                format!("{at}.max_waiting"),
+                format!("{n} is out of range; use a whole number from 1 to 100000000"),
+            );
+            DEFAULT_MAX_WAITING
+        }
+    };
     let refresh = duration_or(
         &format!("{at}.refresh"),
         file.refresh.as_deref(),
@@ -152,6 +178,8 @@ fn room(at: &str, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
         max_active,
         admit_per_minute,
         session,
+        max_session,
+        max_waiting,
         refresh,
         ticket_timeout,
         secret: secret(at, file, problems),

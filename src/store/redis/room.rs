@@ -90,7 +90,11 @@ const SWEEP_BATCH: u32 = 10_000;
 /// second (-1: none), 5 session (µs), 6 ticket_timeout (µs), 7 TTL (ms),
 /// 8 RATE_TAU (s), 9 SKIP_WEIGHT, 10 BURST_SECONDS, 11 SWEEP_EVERY (µs),
 /// 12 MAX_PASSES, 13 SWEEP_BATCH, 14 now (µs since the Unix epoch; empty:
-/// the server's `TIME`, as in production); the operation's own from 15.
+/// the server's `TIME`, as in production), 15 max_session (µs), 16
+/// max_waiting (-1: none), 17 the client's tag; the operation's own from 18.
+///
+/// A pass (`A`) is `number,since µs,client,client,client` (`0`: no client
+/// yet); its last request is its score in `AZ`.
 ///
 /// Replies are arrays of strings: kind, tickets abandoned by this operation,
 /// the head, then the operation's fields.
@@ -111,6 +115,9 @@ local burst = tonumber(ARGV[10])
 local sweep_every = tonumber(ARGV[11])
 local max_passes = tonumber(ARGV[12])
 local sweep_batch = tonumber(ARGV[13])
+local max_session = tonumber(ARGV[15])
+local max_waiting = tonumber(ARGV[16])
+local client = ARGV[17]
 local out = 0
 
 local st = {}
@@ -234,6 +241,45 @@ local function advance()
   busy = waiting() > 0
 end
 
+local function has_room()
+  return max_active < 0 or redis.call('HLEN', A) + redis.call('HLEN', C) < max_active
+end
+";
+
+/// The rules of a pass, shared by the line scripts and [`TOUCH`]: needs
+/// `A`, `AZ`, `I`, `now`, `session`, `max_session` and `client` defined.
+/// `use_pass(key)`: `ok` and the number, `expired` (the pass leaves) or
+/// `foreign` (its clients are others), or `none`.
+const PASS_USE: &str = r"
+local function new_pass(number)
+  return number .. ',' .. I(now) .. ',' .. client .. ',0,0'
+end
+
+local function use_pass(key)
+  local v = redis.call('HGET', A, key)
+  if not v then return 'none' end
+  local seen = tonumber(redis.call('ZSCORE', AZ, key) or '0')
+  local number, since, c1, c2, c3 = string.match(v, '^(%d+),(%d+),(%d+),(%d+),(%d+)$')
+  if not number or now - seen > session or now - tonumber(since) > max_session then
+    redis.call('HDEL', A, key)
+    redis.call('ZREM', AZ, key)
+    return 'expired'
+  end
+  local cs = {c1, c2, c3}
+  local mine = false
+  for i = 1, 3 do
+    if cs[i] == client then mine = true break end
+    if cs[i] == '0' then cs[i] = client mine = true break end
+  end
+  if not mine then return 'foreign' end
+  redis.call('HSET', A, key, number .. ',' .. since .. ',' .. cs[1] .. ',' .. cs[2] .. ',' .. cs[3])
+  redis.call('ZADD', AZ, I(now), key)
+  return 'ok', number
+end
+";
+
+/// The steps of every line script after [`PASS_USE`].
+const PRELUDE_STEPS: &str = r"
 -- Turns a called ticket into a pass: {number, waited µs} or nil.
 local function pick_up(key)
   local v = redis.call('HGET', C, key)
@@ -241,7 +287,7 @@ local function pick_up(key)
   local _, number, joined = string.match(v, '^(%d+),(%d+),(%d+)$')
   redis.call('HDEL', C, key)
   redis.call('ZREM', CZ, key)
-  redis.call('HSET', A, key, number)
+  redis.call('HSET', A, key, new_pass(number))
   redis.call('ZADD', AZ, I(now), key)
   local waited = now - tonumber(joined)
   if waited <= 0 then direct_n = direct_n + 1 else from_line = from_line + 1 end
@@ -254,30 +300,34 @@ local function reply(kind, ...)
 end
 ";
 
-/// ARGV 15 direct (0/1), 16 a draw to take before the opening.
+/// ARGV 18 direct (0/1), 19 a draw to take before the opening.
 /// Replies `admitted` (d: direct or s: ticket, id, number, waited µs or -1),
-/// `waiting` (ticket, ahead), `drawn` (draw, draws) or `taken` (draw again).
+/// `waiting` (ticket, ahead), `drawn` (draw, draws), `taken` (draw again) or
+/// `full` (`max_waiting` wait already).
 static ARRIVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}{PRELUDE}{}",
+        "{}{PRELUDE}{PASS_USE}{PRELUDE_STEPS}{}",
         super::lua_now_us("ARGV[14]"),
         r"
 advance()
-if ARGV[15] == '1' and waiting() == 0 and redis.call('ZCARD', DZ) == 0 then
+if ARGV[18] == '1' and waiting() == 0 and redis.call('ZCARD', DZ) == 0 and has_room() then
   local n = next_direct
   next_direct = next_direct + 1
   local number = next_number
   next_number = next_number + 1
   if redis.call('HLEN', A) < max_passes then
-    redis.call('HSET', A, 'd' .. I(n), I(number))
+    redis.call('HSET', A, 'd' .. I(n), new_pass(I(number)))
     redis.call('ZADD', AZ, I(now), 'd' .. I(n))
   end
   direct_n = direct_n + 1
   return reply('admitted', 'd', I(n), I(number), '-1')
 end
+local in_line = waiting()
+if not open then in_line = redis.call('ZCARD', DZ) end
+if max_waiting >= 0 and in_line >= max_waiting then return reply('full') end
 local v = I(now) .. ',' .. I(now) .. ',0'
 if not open then
-  local draw = ARGV[16]
+  local draw = ARGV[19]
   if redis.call('HEXISTS', D, draw) == 1 or redis.call('HEXISTS', DD, draw) == 1 then
     return reply('taken')
   end
@@ -296,17 +346,17 @@ return reply('waiting', I(seq), I(seq - head))
     ))
 });
 
-/// ARGV 15 `r` (a draw) or `s` (a ticket), 16 its number. Replies
+/// ARGV 18 `r` (a draw) or `s` (a ticket), 19 its number. Replies
 /// `admitted` (s, id, number, waited µs or -1, first 0/1), `waiting` (ahead),
 /// `drawn` (draws) or `unknown`.
 static CHECK_IN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}{PRELUDE}{}",
+        "{}{PRELUDE}{PASS_USE}{PRELUDE_STEPS}{}",
         super::lua_now_us("ARGV[14]"),
         r"
 local seq
-if ARGV[15] == 'r' then
-  local draw = ARGV[16]
+if ARGV[18] == 'r' then
+  local draw = ARGV[19]
   local v = redis.call('HGET', D, draw)
   if v then
     local joined, seen = slot(v)
@@ -328,7 +378,7 @@ if ARGV[15] == 'r' then
     seq = tonumber(placed)
   end
 else
-  seq = tonumber(ARGV[16])
+  seq = tonumber(ARGV[19])
 end
 local key = I(seq)
 -- Refresh the place first (unless it is already lost), so the holder
@@ -349,10 +399,11 @@ if seq >= head and seq < tail then
   end
 end
 advance()
-local number = redis.call('HGET', A, key)
-if number then
-  -- Picked up before (the pass cookie may not have reached the shopper).
-  redis.call('ZADD', AZ, I(now), key)
+if redis.call('HEXISTS', A, key) == 1 then
+  -- Picked up before (the pass cookie may not have reached the shopper):
+  -- the pass's rules hold, so a shared called ticket lets no more in.
+  local state, number = use_pass(key)
+  if state ~= 'ok' then return reply('unknown') end
   return reply('admitted', 's', key, number, '-1', '0')
 end
 local p = pick_up(key)
@@ -367,7 +418,7 @@ return reply('unknown')
 /// busy seconds, skipped share, from line, direct, abandoned).
 static STATS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}{PRELUDE}{}",
+        "{}{PRELUDE}{PASS_USE}{PRELUDE_STEPS}{}",
         super::lua_now_us("ARGV[14]"),
         r"
 advance()
@@ -378,24 +429,23 @@ return reply('stats', I(waiting()), I(redis.call('ZCARD', DZ)), I(redis.call('HL
 });
 
 /// KEYS as the others; ARGV pass key, session (µs), TTL (ms), now (as the
-/// line scripts' ARGV 14: empty for the server's `TIME`). 1: in use (the
-/// session extends), 0: not. Renews every key's TTL, so a line whose
-/// shoppers are all inside does not expire under them.
+/// line scripts' ARGV 14: empty for the server's `TIME`), max_session (µs),
+/// the client's tag. 1: in use (the session extends), 0: not. Renews every
+/// key's TTL, so a line whose shoppers are all inside does not expire under
+/// them.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}{}",
+        "{}{}{PASS_USE}{}",
         super::lua_now_us("ARGV[4]"),
         r"
-local seen = redis.call('ZSCORE', KEYS[6], ARGV[1])
-if not seen then return 0 end
-if now - tonumber(seen) <= tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[6], string.format('%.0f', now), ARGV[1])
-  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ARGV[3]) end
-  return 1
-end
-redis.call('ZREM', KEYS[6], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-return 0
+local A, AZ = KEYS[5], KEYS[6]
+local function I(n) return string.format('%.0f', n) end
+local session, max_session, client = tonumber(ARGV[2]), tonumber(ARGV[5]), ARGV[6]
+",
+        r"
+if use_pass(ARGV[1]) ~= 'ok' then return 0 end
+for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ARGV[3]) end
+return 1
 ",
     ))
 });
@@ -535,7 +585,7 @@ impl RedisLine {
     }
 
     /// The arguments every line script takes (see [`PRELUDE`]).
-    fn limit_args(&self, now: Instant, limits: &Limits) -> Vec<String> {
+    fn limit_args(&self, now: Instant, limits: &Limits, client: u64) -> Vec<String> {
         let longest = limits.session.max(limits.ticket_timeout);
         let ttl = (longest * TTL_FACTOR).max(Duration::from_secs(60));
         let ttl_ms = ttl.as_millis() as u64;
@@ -561,6 +611,12 @@ impl RedisLine {
             MAX_PASSES.to_string(),
             SWEEP_BATCH.to_string(),
             self.now_arg(now),
+            limits.max_session.as_micros().to_string(),
+            limits
+                .max_waiting
+                .map_or(-1, |m| m.min(SHARED_LIMIT) as i64)
+                .to_string(),
+            client.to_string(),
         ]
     }
 
@@ -571,9 +627,10 @@ impl RedisLine {
         script: &Script,
         now: Instant,
         limits: &Limits,
+        client: u64,
         extra: &[&str],
     ) -> Option<Reply> {
-        let mut args = self.limit_args(now, limits);
+        let mut args = self.limit_args(now, limits, client);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let arg_refs: Vec<&[u8]> = args.iter().map(String::as_bytes).collect();
         let fields: Vec<String> = self
@@ -667,11 +724,12 @@ impl RedisLine {
 
     async fn arrive_locally(
         &self,
+        client: u64,
         now: Instant,
         limits: &Limits,
         direct: bool,
     ) -> (Arrival, Outcome) {
-        let (arrival, outcome) = self.local.arrive(now, limits, direct).await;
+        let (arrival, outcome) = self.local.arrive(client, now, limits, direct).await;
         let arrival = match arrival {
             Arrival::Admitted(admission) => Arrival::Admitted(self.local_admission(admission)),
             Arrival::Waiting { seq, ahead } => Arrival::Waiting {
@@ -682,6 +740,7 @@ impl RedisLine {
                 seq: self.local_id(seq),
                 drawn,
             },
+            Arrival::Full => Arrival::Full,
         };
         (arrival, outcome)
     }
@@ -803,11 +862,17 @@ impl RoomLine for RedisLine {
         self.epoch
     }
 
-    async fn arrive(&self, now: Instant, limits: &Limits, direct: bool) -> (Arrival, Outcome) {
+    async fn arrive(
+        &self,
+        client: u64,
+        now: Instant,
+        limits: &Limits,
+        direct: bool,
+    ) -> (Arrival, Outcome) {
         for _ in 0..DRAW_TRIES {
             let draw = fastrand::u64(..DRAW_LIMIT).to_string();
             let Some(reply) = self
-                .run(&ARRIVE, now, limits, &[flag(direct), draw.as_str()])
+                .run(&ARRIVE, now, limits, client, &[flag(direct), draw.as_str()])
                 .await
             else {
                 break;
@@ -827,6 +892,7 @@ impl RoomLine for RedisLine {
                     }
                 }),
                 "taken" => continue,
+                "full" => Some(Arrival::Full),
                 _ => None,
             };
             match arrival {
@@ -835,13 +901,19 @@ impl RoomLine for RedisLine {
             }
         }
         self.missed();
-        self.arrive_locally(now, limits, direct).await
+        self.arrive_locally(client, now, limits, direct).await
     }
 
-    async fn check_in(&self, seq: u64, now: Instant, limits: &Limits) -> (CheckIn, Outcome) {
+    async fn check_in(
+        &self,
+        seq: u64,
+        client: u64,
+        now: Instant,
+        limits: &Limits,
+    ) -> (CheckIn, Outcome) {
         let (kind, number) = match self.route(seq) {
             Id::Local(local) => {
-                let (found, outcome) = self.local.check_in(local, now, limits).await;
+                let (found, outcome) = self.local.check_in(local, client, now, limits).await;
                 let found = match found {
                     CheckIn::Admitted(admission) => {
                         CheckIn::Admitted(self.local_admission(admission))
@@ -856,7 +928,7 @@ impl RoomLine for RedisLine {
         };
         let number_text = number.to_string();
         if let Some(reply) = self
-            .run(&CHECK_IN, now, limits, &[kind, &number_text])
+            .run(&CHECK_IN, now, limits, client, &[kind, &number_text])
             .await
         {
             let outcome = reply.outcome();
@@ -884,9 +956,10 @@ impl RoomLine for RedisLine {
         (found, Outcome::default())
     }
 
-    async fn touch(&self, pass: u64, now: Instant, session: Duration) -> bool {
+    async fn touch(&self, pass: u64, client: u64, now: Instant, limits: &Limits) -> bool {
+        let session = limits.session;
         let key = match self.route(pass) {
-            Id::Local(local) => return self.local.touch(local, now, session).await,
+            Id::Local(local) => return self.local.touch(local, client, now, limits).await,
             Id::Foreign | Id::Draw(_) => return false,
             Id::Ticket(seq) => seq.to_string(),
             Id::Direct(n) => format!("d{n}"),
@@ -898,6 +971,8 @@ impl RoomLine for RedisLine {
         let session_us = session.as_micros().to_string();
         let ttl = ttl_ms.to_string();
         let now_us = self.now_arg(now);
+        let max_session_us = limits.max_session.as_micros().to_string();
+        let client = client.to_string();
         let in_use: Option<i64> = self
             .redis
             .invoke(
@@ -909,6 +984,8 @@ impl RoomLine for RedisLine {
                     session_us.as_bytes(),
                     ttl.as_bytes(),
                     now_us.as_bytes(),
+                    max_session_us.as_bytes(),
+                    client.as_bytes(),
                 ],
             )
             .await;
@@ -921,7 +998,7 @@ impl RoomLine for RedisLine {
     }
 
     async fn stats(&self, now: Instant, limits: &Limits) -> LineStats {
-        if let Some(reply) = self.run(&STATS, now, limits, &[]).await {
+        if let Some(reply) = self.run(&STATS, now, limits, 0, &[]).await {
             if let Some(stats) = reply.stats() {
                 self.seen.lock().drawn = stats.drawn;
                 return stats;
@@ -1038,25 +1115,27 @@ mod tests {
             max_active: Some(1),
             per_second: None,
             session: Duration::from_secs(60),
+            max_session: Duration::from_secs(600),
+            max_waiting: None,
             ticket_timeout: Duration::from_secs(60),
         };
         let now = Instant::now();
-        let (first, _) = a.arrive(now, &limits, false).await;
+        let (first, _) = a.arrive(7, now, &limits, false).await;
         let Arrival::Admitted(pass) = first else {
             panic!("{first:?}")
         };
-        assert!(a.touch(pass.pass, now, limits.session).await);
-        let (second, _) = a.arrive(now, &limits, false).await;
+        assert!(a.touch(pass.pass, 7, now, &limits).await);
+        let (second, _) = a.arrive(7, now, &limits, false).await;
         let Arrival::Waiting { seq, ahead: 0 } = second else {
             panic!("{second:?}")
         };
         assert_eq!(a.route(seq), Id::Local(1));
         assert_eq!(
-            a.check_in(seq, now, &limits).await.0,
+            a.check_in(seq, 7, now, &limits).await.0,
             CheckIn::Waiting { ahead: 0 }
         );
         // A shared pass cannot be checked: let through.
-        assert!(a.touch(1_760_000_000_000 * 1024, now, limits.session).await);
+        assert!(a.touch(1_760_000_000_000 * 1024, 7, now, &limits).await);
         a.set_control(Control::Paused).await;
         assert_eq!(a.control().await, Control::Paused);
     }

@@ -8,7 +8,6 @@
 //! beyond the shoppers really waiting.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -16,7 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     Admission, Arrival, CheckIn, Control, Limits, LineStats, Outcome, RoomLine, BURST_SECONDS,
-    DIRECT_BIT, DRAW_BIT, MAX_PASSES, RATE_TAU, SKIP_WEIGHT, SWEEP_EVERY,
+    DIRECT_BIT, DRAW_BIT, MAX_CLIENTS_PER_PASS, MAX_PASSES, RATE_TAU, SKIP_WEIGHT, SWEEP_EVERY,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +36,46 @@ struct Called {
 struct Active {
     last_seen: Instant,
     number: u64,
+    /// When the pass was given.
+    since: Instant,
+    /// The tags of the clients it was used from (0: none yet).
+    clients: [u64; MAX_CLIENTS_PER_PASS],
+}
+
+impl Active {
+    fn new(now: Instant, number: u64, client: u64) -> Active {
+        let mut clients = [0; MAX_CLIENTS_PER_PASS];
+        clients[0] = client;
+        Active {
+            last_seen: now,
+            number,
+            since: now,
+            clients,
+        }
+    }
+
+    /// Whether the pass has expired: idle past `session`, or older than
+    /// `max_session`.
+    fn expired(&self, now: Instant, limits: &Limits) -> bool {
+        now.saturating_duration_since(self.last_seen) > limits.session
+            || now.saturating_duration_since(self.since) > limits.max_session
+    }
+
+    /// Takes a request from `client`: whether it is one of the pass's own
+    /// (then the session extends).
+    fn used_by(&mut self, client: u64, now: Instant) -> bool {
+        let known = match self.clients.iter().position(|&c| c == client || c == 0) {
+            Some(i) => {
+                self.clients[i] = client;
+                true
+            }
+            None => false,
+        };
+        if known {
+            self.last_seen = now;
+        }
+        known
+    }
 }
 
 /// The admission rate measured while the line was not empty (a line that is
@@ -155,8 +194,7 @@ impl Line {
             return;
         }
         self.last_sweep = now;
-        self.active
-            .retain(|_, a| now.saturating_duration_since(a.last_seen) <= limits.session);
+        self.active.retain(|_, a| !a.expired(now, limits));
         let before = self.called.len();
         self.called
             .retain(|_, c| now.saturating_duration_since(c.at) <= limits.ticket_timeout);
@@ -209,8 +247,7 @@ impl Line {
             if !limits.may_call {
                 break;
             }
-            let on_site = (self.active.len() + self.called.len()) as u64;
-            if limits.max_active.is_some_and(|max| on_site >= max) {
+            if !self.has_room(limits) {
                 break;
             }
             if limits.per_second.is_some() && self.tokens < 1.0 {
@@ -240,16 +277,17 @@ impl Line {
         self.rate.set_busy(self.waiting() > 0);
     }
 
-    /// Turns a called ticket into a pass.
-    fn pick_up(&mut self, seq: u64, now: Instant) -> Option<Admission> {
+    /// Whether the site has room for one more (passes in use plus calls).
+    fn has_room(&self, limits: &Limits) -> bool {
+        let on_site = (self.active.len() + self.called.len()) as u64;
+        limits.max_active.is_none_or(|max| on_site < max)
+    }
+
+    /// Turns a called ticket into a pass for `client`.
+    fn pick_up(&mut self, seq: u64, client: u64, now: Instant) -> Option<Admission> {
         let called = self.called.remove(&seq)?;
-        self.active.insert(
-            seq,
-            Active {
-                last_seen: now,
-                number: called.number,
-            },
-        );
+        self.active
+            .insert(seq, Active::new(now, called.number, client));
         let waited = now.saturating_duration_since(called.joined);
         if waited.is_zero() {
             self.admitted_direct += 1;
@@ -262,6 +300,19 @@ impl Line {
             waited: (!waited.is_zero()).then_some(waited),
             first: true,
         })
+    }
+
+    /// A request on pass `pass` from `client` ([`RoomLine::touch`]); an
+    /// expired pass leaves the site.
+    fn touch(&mut self, pass: u64, client: u64, now: Instant, limits: &Limits) -> bool {
+        let Some(active) = self.active.get_mut(&pass) else {
+            return false;
+        };
+        if active.expired(now, limits) {
+            self.active.remove(&pass);
+            return false;
+        }
+        active.used_by(client, now)
     }
 
     fn stats(&self) -> LineStats {
@@ -313,23 +364,23 @@ impl RoomLine for MemoryLine {
         self.epoch
     }
 
-    async fn arrive(&self, now: Instant, limits: &Limits, direct: bool) -> (Arrival, Outcome) {
+    async fn arrive(
+        &self,
+        client: u64,
+        now: Instant,
+        limits: &Limits,
+        direct: bool,
+    ) -> (Arrival, Outcome) {
         let mut line = self.line.lock();
         let mut outcome = Outcome::default();
         line.advance(now, limits, &mut outcome);
-        if direct && line.waiting() == 0 && line.draws.is_empty() {
+        if direct && line.waiting() == 0 && line.draws.is_empty() && line.has_room(limits) {
             let pass = DIRECT_BIT | line.next_direct;
             line.next_direct += 1;
             let number = line.next_number;
             line.next_number += 1;
             if line.active.len() < MAX_PASSES {
-                line.active.insert(
-                    pass,
-                    Active {
-                        last_seen: now,
-                        number,
-                    },
-                );
+                line.active.insert(pass, Active::new(now, number, client));
             }
             line.admitted_direct += 1;
             let admission = Admission {
@@ -339,6 +390,14 @@ impl RoomLine for MemoryLine {
                 first: true,
             };
             return (Arrival::Admitted(admission), outcome);
+        }
+        let waiting = if limits.open {
+            line.waiting()
+        } else {
+            line.draws.len() as u64
+        };
+        if limits.max_waiting.is_some_and(|max| waiting >= max) {
+            return (Arrival::Full, outcome);
         }
         let slot = Slot {
             joined: now,
@@ -363,14 +422,20 @@ impl RoomLine for MemoryLine {
         let seq = line.tail();
         line.line.push_back(slot);
         line.advance(now, limits, &mut outcome);
-        if let Some(admission) = line.pick_up(seq, now) {
+        if let Some(admission) = line.pick_up(seq, client, now) {
             return (Arrival::Admitted(admission), outcome);
         }
         let ahead = seq.saturating_sub(line.head);
         (Arrival::Waiting { seq, ahead }, outcome)
     }
 
-    async fn check_in(&self, seq: u64, now: Instant, limits: &Limits) -> (CheckIn, Outcome) {
+    async fn check_in(
+        &self,
+        seq: u64,
+        client: u64,
+        now: Instant,
+        limits: &Limits,
+    ) -> (CheckIn, Outcome) {
         let mut line = self.line.lock();
         let mut outcome = Outcome::default();
         let mut seq = seq;
@@ -423,9 +488,13 @@ impl RoomLine for MemoryLine {
             }
         }
         line.advance(now, limits, &mut outcome);
-        if let Some(active) = line.active.get_mut(&seq) {
-            // Picked up before (the pass cookie may not have reached the shopper).
-            active.last_seen = now;
+        if let Some(active) = line.active.get(&seq).copied() {
+            // Picked up before (the pass cookie may not have reached the
+            // shopper): the pass's rules hold, so a called ticket shared with
+            // others lets no more in than a pass would.
+            if !line.touch(seq, client, now, limits) {
+                return (CheckIn::Unknown, outcome);
+            }
             let admission = Admission {
                 pass: seq,
                 number: active.number,
@@ -434,7 +503,7 @@ impl RoomLine for MemoryLine {
             };
             return (CheckIn::Admitted(admission), outcome);
         }
-        if let Some(admission) = line.pick_up(seq, now) {
+        if let Some(admission) = line.pick_up(seq, client, now) {
             return (CheckIn::Admitted(admission), outcome);
         }
         if seq >= line.head && seq < line.tail() {
@@ -444,19 +513,8 @@ impl RoomLine for MemoryLine {
         (CheckIn::Unknown, outcome)
     }
 
-    async fn touch(&self, pass: u64, now: Instant, session: Duration) -> bool {
-        let mut line = self.line.lock();
-        match line.active.get_mut(&pass) {
-            Some(active) if now.saturating_duration_since(active.last_seen) <= session => {
-                active.last_seen = now;
-                true
-            }
-            Some(_) => {
-                line.active.remove(&pass);
-                false
-            }
-            None => false,
-        }
+    async fn touch(&self, pass: u64, client: u64, now: Instant, limits: &Limits) -> bool {
+        self.line.lock().touch(pass, client, now, limits)
     }
 
     async fn stats(&self, now: Instant, limits: &Limits) -> LineStats {

@@ -46,6 +46,10 @@ pub(crate) const BURST_SECONDS: f64 = 0.25;
 pub(crate) const MAX_PASSES: usize = 1_200_000;
 /// Expired passes and uncollected calls are swept at most this often.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Most networks one pass (or called ticket) is used from: a shopper whose
+/// phone moves from Wi-Fi to mobile data keeps it; a pass posted on social
+/// media lets this many in, not everyone.
+pub const MAX_CLIENTS_PER_PASS: usize = 3;
 
 /// What the policy allows the line to do in one operation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,6 +70,12 @@ pub struct Limits {
     pub per_second: Option<f64>,
     /// How long a pass stays valid after its holder's last request.
     pub session: Duration,
+    /// How long a pass stays valid at all, however busy its holder: then the
+    /// holder queues again, so passes cannot be hoarded by keeping them warm.
+    pub max_session: Duration,
+    /// Most tickets waiting (or drawn) at once; beyond it a newcomer is told
+    /// the line is full. `None`: no bound.
+    pub max_waiting: Option<u64>,
     /// How long a waiting shopper may go without checking in (and a called one
     /// without coming) before the place is lost.
     pub ticket_timeout: Duration,
@@ -90,6 +100,8 @@ pub enum Arrival {
         /// Draws so far, this one included.
         drawn: u64,
     },
+    /// `max_waiting` tickets wait already: no place was given.
+    Full,
 }
 
 /// What a ticket holder's check-in finds.
@@ -192,18 +204,34 @@ pub trait RoomLine: Send + Sync + Debug {
     /// and passes carry it, so old ones are not mistaken for new places.
     fn epoch(&self) -> u64;
 
-    /// A new shopper. `direct` (a room that has not formed): admit at once,
-    /// whatever the limits, when nobody waits. Otherwise join the line (a draw
-    /// before the opening), called at once only if nobody waits ahead and the
-    /// limits allow.
-    async fn arrive(&self, now: Instant, limits: &Limits, direct: bool) -> (Arrival, Outcome);
+    /// A new shopper from `client` (a [`client_tag`]). `direct` (a room that
+    /// has not formed): admit at once when nobody waits and `max_active`
+    /// allows. Otherwise join the line (a draw before the opening), called at
+    /// once only if nobody waits ahead and the limits allow; or, with
+    /// `max_waiting` tickets waiting, [`Arrival::Full`].
+    async fn arrive(
+        &self,
+        client: u64,
+        now: Instant,
+        limits: &Limits,
+        direct: bool,
+    ) -> (Arrival, Outcome);
 
-    /// The holder of ticket `seq` checks in.
-    async fn check_in(&self, seq: u64, now: Instant, limits: &Limits) -> (CheckIn, Outcome);
+    /// The holder of ticket `seq` checks in from `client`. A ticket already
+    /// called and picked up answers as its pass would ([`RoomLine::touch`]).
+    async fn check_in(
+        &self,
+        seq: u64,
+        client: u64,
+        now: Instant,
+        limits: &Limits,
+    ) -> (CheckIn, Outcome);
 
-    /// The holder of pass `pass` makes a request: true (and the session
-    /// extends) while the pass is in use.
-    async fn touch(&self, pass: u64, now: Instant, session: Duration) -> bool;
+    /// The holder of pass `pass` makes a request from `client`: true (and the
+    /// session extends) while the pass is in use — within `session` of its
+    /// last request and `max_session` of its admission — and `client` is one
+    /// of the first [`MAX_CLIENTS_PER_PASS`] it was used from.
+    async fn touch(&self, pass: u64, client: u64, now: Instant, limits: &Limits) -> bool;
 
     /// The line now (after calling whoever the limits allow).
     async fn stats(&self, now: Instant, limits: &Limits) -> LineStats;
@@ -213,6 +241,22 @@ pub trait RoomLine: Send + Sync + Debug {
 
     /// Sets the operator's setting.
     async fn set_control(&self, control: Control);
+}
+
+/// Who uses a pass, as a line tells its users apart: a digest of the
+/// client's IPv4 address or IPv6 /64 (privacy addresses rotate within it),
+/// the same in every instance and build, never 0. No address: one tag.
+pub fn client_tag(ip: Option<std::net::IpAddr>) -> u64 {
+    let network: Vec<u8> = match ip {
+        Some(std::net::IpAddr::V4(v4)) => [&[4u8][..], &v4.octets()].concat(),
+        Some(std::net::IpAddr::V6(v6)) => [&[6u8][..], &v6.octets()[..8]].concat(),
+        None => vec![0],
+    };
+    let digest = ring::digest::digest(&ring::digest::SHA256, &network);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    // Lua numbers are doubles: 52 bits stay exact.
+    (u64::from_be_bytes(first) >> 12) | 1
 }
 
 /// What else an operation did, for metrics.

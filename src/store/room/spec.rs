@@ -68,10 +68,27 @@ pub enum Step {
         at: u64,
         /// Whose pass.
         name: &'static str,
-        /// The session.
-        session: Duration,
+        /// The policy's limits (`session`, `max_session`).
+        limits: Limits,
         /// Whether the pass is in use.
         expect: bool,
+    },
+    /// The last pass (or, `ticket`, the called ticket) of `name` is used
+    /// from `clients` other clients, one request each: `admitted` of them
+    /// are let in.
+    Shared {
+        /// Milliseconds after the start.
+        at: u64,
+        /// The policy's limits.
+        limits: Limits,
+        /// Whose pass or ticket.
+        name: &'static str,
+        /// Check in with the ticket instead of using a pass.
+        ticket: bool,
+        /// How many other clients.
+        clients: u64,
+        /// How many of them get in.
+        admitted: u64,
     },
     /// A pass the line never gave out makes a request: not in use.
     TouchNeverIssued {
@@ -125,6 +142,8 @@ pub enum Expect {
         /// Draws so far.
         drawn: u64,
     },
+    /// No place: the line holds `max_waiting` (arrivals only).
+    Full,
     /// The line does not know the ticket (check-ins only).
     Unknown,
     /// Anything (a step that only makes the line move).
@@ -180,7 +199,24 @@ const TWO: Limits = Limits {
     max_active: Some(2),
     per_second: None,
     session: secs(5),
+    max_session: secs(3600),
+    max_waiting: None,
     ticket_timeout: secs(60),
+};
+/// A 5-minute session.
+const LONG: Limits = Limits {
+    session: secs(300),
+    ..TWO
+};
+/// Passes last 20 s at most, however busy.
+const BRIEF: Limits = Limits {
+    max_session: secs(20),
+    ..LONG
+};
+/// At most three waiting.
+const THREE_WAIT: Limits = Limits {
+    max_waiting: Some(3),
+    ..NONE
 };
 /// Nobody may be called (the site is full).
 const NONE: Limits = Limits {
@@ -283,6 +319,123 @@ const fn at_once(number: u64) -> Expect {
 
 /// Every rule of the line.
 pub static CASES: &[Case] = &[
+    Case {
+        name: "a pass shared with many clients lets a few in, and its holder keeps it",
+        steps: &[
+            direct(0, LONG, "pass", at_once(1)),
+            Step::Shared {
+                at: 1_000,
+                limits: LONG,
+                name: "pass",
+                ticket: false,
+                clients: 50,
+                // The holder is one of the three clients a pass serves.
+                admitted: 2,
+            },
+            Step::Touch {
+                at: 2_000,
+                name: "pass",
+                limits: LONG,
+                expect: true,
+            },
+        ],
+    },
+    Case {
+        name: "a called ticket shared with many clients lets no more in than a pass",
+        steps: &[
+            arrive(0, NONE, "t", waiting(0)),
+            check_in(1_000, ONE, "t", called(1, 1_000)),
+            Step::Shared {
+                at: 2_000,
+                limits: ONE,
+                name: "t",
+                ticket: true,
+                clients: 50,
+                admitted: 2,
+            },
+            check_in(
+                3_000,
+                ONE,
+                "t",
+                Expect::Admitted {
+                    number: 1,
+                    waited: None,
+                    first: false,
+                },
+            ),
+        ],
+    },
+    Case {
+        name: "a pass ends at max_session however busy its holder",
+        steps: &[
+            direct(0, BRIEF, "pass", at_once(1)),
+            Step::Touch {
+                at: 10_000,
+                name: "pass",
+                limits: BRIEF,
+                expect: true,
+            },
+            Step::Touch {
+                at: 19_000,
+                name: "pass",
+                limits: BRIEF,
+                expect: true,
+            },
+            Step::Touch {
+                at: 21_000,
+                name: "pass",
+                limits: BRIEF,
+                expect: false,
+            },
+            stats(
+                21_000,
+                BRIEF,
+                Stats {
+                    active: Some(0),
+                    ..ANY
+                },
+            ),
+        ],
+    },
+    Case {
+        name: "direct passes count against max_active",
+        steps: &[
+            direct(0, ONE, "first", at_once(1)),
+            direct(10, ONE, "second", waiting(0)),
+            stats(
+                20,
+                ONE,
+                Stats {
+                    active: Some(1),
+                    waiting: Some(1),
+                    ..ANY
+                },
+            ),
+        ],
+    },
+    Case {
+        name: "past max_waiting a newcomer gets no place",
+        steps: &[
+            Step::Arrive {
+                at: 0,
+                limits: THREE_WAIT,
+                direct: false,
+                name: "w",
+                count: 3,
+                every: 10,
+                expect: waiting(0),
+            },
+            arrive(100, THREE_WAIT, "late", Expect::Full),
+            stats(
+                100,
+                THREE_WAIT,
+                Stats {
+                    waiting: Some(3),
+                    ..ANY
+                },
+            ),
+        ],
+    },
     Case {
         name: "the line is called strictly in order as slots free",
         steps: &[
@@ -451,36 +604,36 @@ pub static CASES: &[Case] = &[
             Step::Touch {
                 at: 300_000,
                 name: "pass",
-                session: secs(300),
+                limits: LONG,
                 expect: true,
             },
             Step::Touch {
                 at: 600_000,
                 name: "pass",
-                session: secs(300),
+                limits: LONG,
                 expect: true,
             },
             Step::Touch {
                 at: 901_000,
                 name: "pass",
-                session: secs(300),
+                limits: LONG,
                 expect: false,
             },
             // Once expired, it stays so.
             Step::Touch {
                 at: 901_000,
                 name: "pass",
-                session: secs(300),
+                limits: LONG,
                 expect: false,
             },
             Step::TouchNeverIssued { at: 0 },
         ],
     },
     Case {
-        name: "direct arrivals pass at once whatever the limits while nobody waits",
+        name: "direct arrivals pass at once while nobody waits and the site has room",
         steps: &[
-            direct(0, NONE, "a", at_once(1)),
-            direct(0, NONE, "b", at_once(2)),
+            direct(0, TWO, "a", at_once(1)),
+            direct(0, TWO, "b", at_once(2)),
             stats(
                 0,
                 NONE,
@@ -496,7 +649,7 @@ pub static CASES: &[Case] = &[
             Step::Touch {
                 at: 1_000,
                 name: "a",
-                session: secs(5),
+                limits: TWO,
                 expect: true,
             },
             stats(
@@ -529,7 +682,7 @@ pub static CASES: &[Case] = &[
             Step::Touch {
                 at: 4_000,
                 name: "a",
-                session: secs(5),
+                limits: TWO,
                 expect: true,
             },
             // a's pass is still in use (last request 4 s ago).
@@ -655,10 +808,13 @@ pub async fn run(case: &Case, line: Arc<dyn RoomLine>) -> Result<(), String> {
                 expect,
             } => {
                 for n in 0..u64::from(count) {
-                    let (arrival, _) = line.arrive(at(first + n * every), &limits, direct).await;
+                    let client = holder(name, n);
+                    let when = at(first + n * every);
+                    let (arrival, _) = line.arrive(client, when, &limits, direct).await;
                     let id = match arrival {
                         Arrival::Admitted(a) => a.pass,
                         Arrival::Waiting { seq, .. } | Arrival::Drawn { seq, .. } => seq,
+                        Arrival::Full => 0,
                     };
                     held.entry(name).or_default().push(id);
                     let want = expect.further(n);
@@ -674,7 +830,8 @@ pub async fn run(case: &Case, line: Arc<dyn RoomLine>) -> Result<(), String> {
                 expect,
             } => {
                 for (n, id) in tickets(&held, name)?.iter().enumerate() {
-                    let (found, _) = line.check_in(*id, at(when), &limits).await;
+                    let client = holder(name, n as u64);
+                    let (found, _) = line.check_in(*id, client, at(when), &limits).await;
                     if !expect.matches_check_in(&found) {
                         return fail(format!("holder {n}: {found:?}, expected {expect:?}"));
                     }
@@ -683,19 +840,44 @@ pub async fn run(case: &Case, line: Arc<dyn RoomLine>) -> Result<(), String> {
             Step::Touch {
                 at: when,
                 name,
-                session,
+                limits,
                 expect,
             } => {
-                let id = *tickets(&held, name)?
-                    .last()
-                    .ok_or_else(|| format!("no pass named {name}"))?;
-                let in_use = line.touch(id, at(when), session).await;
+                let ids = tickets(&held, name)?;
+                let id = *ids.last().ok_or_else(|| format!("no pass named {name}"))?;
+                let client = holder(name, ids.len() as u64 - 1);
+                let in_use = line.touch(id, client, at(when), &limits).await;
                 if in_use != expect {
                     return fail(format!("in use: {in_use}"));
                 }
             }
+            Step::Shared {
+                at: when,
+                limits,
+                name,
+                ticket,
+                clients,
+                admitted,
+            } => {
+                let id = *tickets(&held, name)?
+                    .last()
+                    .ok_or_else(|| format!("nobody named {name}"))?;
+                let mut let_in = 0;
+                for other in 0..clients {
+                    let client = holder("someone else", other);
+                    let_in += u64::from(if ticket {
+                        let (found, _) = line.check_in(id, client, at(when), &limits).await;
+                        matches!(found, CheckIn::Admitted(_))
+                    } else {
+                        line.touch(id, client, at(when), &limits).await
+                    });
+                }
+                if let_in != admitted {
+                    return fail(format!("{let_in} of {clients} other clients let in"));
+                }
+            }
             Step::TouchNeverIssued { at: when } => {
-                if line.touch(12_345, at(when), secs(300)).await {
+                if line.touch(12_345, 1, at(when), &LONG).await {
                     return fail("a pass never given out is in use".to_owned());
                 }
             }
@@ -715,8 +897,9 @@ pub async fn run(case: &Case, line: Arc<dyn RoomLine>) -> Result<(), String> {
                 name,
             } => {
                 let mut places = Vec::new();
-                for id in tickets(&held, name)? {
-                    match line.check_in(*id, at(when), &limits).await.0 {
+                for (n, id) in tickets(&held, name)?.iter().enumerate() {
+                    let client = holder(name, n as u64);
+                    match line.check_in(*id, client, at(when), &limits).await.0 {
                         CheckIn::Waiting { ahead } => places.push(ahead),
                         other => return fail(format!("{other:?}, expected waiting")),
                     }
@@ -740,6 +923,15 @@ pub async fn run(case: &Case, line: Arc<dyn RoomLine>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The client tag of the `n`-th holder of `name`: the same in every step,
+/// never another holder's, within 52 bits (Redis numbers are doubles).
+fn holder(name: &str, n: u64) -> u64 {
+    let named = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (named >> 34) << 20 | ((n + 1) & 0xf_ffff)
 }
 
 fn tickets<'a>(
@@ -791,6 +983,7 @@ impl Expect {
             (_, Arrival::Admitted(admission)) => self.matches_admission(admission),
             (Expect::Waiting { ahead }, Arrival::Waiting { ahead: got, .. }) => ahead == *got,
             (Expect::Drawn { drawn }, Arrival::Drawn { drawn: got, .. }) => drawn == *got,
+            (Expect::Full, Arrival::Full) => true,
             _ => false,
         }
     }
