@@ -570,3 +570,180 @@ fn an_idempotency_key_never_reaches_another_shopper() {
         "{stderr}"
     );
 }
+
+/// A shopper of the room `sale` on one loopback address, keeping the room's
+/// cookie as a browser does.
+struct Shopper {
+    source: [u8; 4],
+    cookie: Option<String>,
+}
+
+impl Shopper {
+    fn at(source: [u8; 4]) -> Shopper {
+        Shopper {
+            source,
+            cookie: None,
+        }
+    }
+
+    /// A product page: whether it got through the room (and the cookie, kept).
+    fn visit(&mut self, proxy: &Proxy) -> bool {
+        let cookie = self.cookie.clone();
+        let mut headers = vec![("accept", "application/json")];
+        if let Some(cookie) = &cookie {
+            headers.push(("cookie", cookie.as_str()));
+        }
+        let answer = request_from(self.source, proxy.addr, "/api/products/1", &headers);
+        if let Some(set) = answer
+            .headers
+            .iter()
+            .find(|(name, value)| name == "set-cookie" && value.starts_with("ordergate_room_sale="))
+        {
+            self.cookie = set.1.split(';').next().map(str::to_owned);
+        }
+        answer.header("x-ordergate-page").is_none()
+    }
+
+    fn holds_pass(&self) -> bool {
+        self.cookie
+            .as_deref()
+            .is_some_and(|c| c.starts_with("ordergate_room_sale=p."))
+    }
+}
+
+fn room_shop(fleet: &Fleet, admin_port: u16, room: &str) -> String {
+    shop(
+        fleet,
+        admin_port,
+        "",
+        &format!(
+            "[[rooms]]\nname = \"sale\"\nroutes = [\"shop\"]\nsecret = \"{SECRET}\"\n{room}\n"
+        ),
+    )
+}
+
+/// Row 1: one shopper's pass, posted on social media, is replayed from 50
+/// other clients: at most two of them get in (a pass serves three networks:
+/// a phone moving from Wi-Fi to mobile data keeps it), the holder keeps it.
+#[test]
+fn a_shared_pass_lets_a_few_in_not_everyone() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let proxy = Proxy::start(&room_shop(
+        &fleet,
+        port,
+        "mode = \"always\"\nmax_active = 3\n",
+    ));
+    let mut owner = Shopper::at([127, 0, 0, 10]);
+    assert!(owner.visit(&proxy) && owner.holds_pass());
+    let mut let_in = 0;
+    for i in 0..50u8 {
+        let mut copier = Shopper {
+            source: [127, 0, 1, i + 1],
+            cookie: owner.cookie.clone(),
+        };
+        // Let in on the shared pass itself (not as a new shopper the room
+        // had space for: that one gets a pass of its own).
+        let passed = copier.visit(&proxy);
+        let_in += usize::from(passed && copier.cookie == owner.cookie);
+    }
+    assert!(let_in <= 2, "{let_in} of 50 got in on one pass");
+    assert!(owner.visit(&proxy), "the holder keeps the pass");
+    let rooms = admin(port, "GET", "/rooms").json();
+    assert!(
+        rooms["rooms"][0]["active"].as_u64().is_some_and(|a| a <= 3),
+        "{rooms}"
+    );
+}
+
+/// Row 2: a bot takes every place and keeps its passes warm; `max_session`
+/// ends them, so the shopper waiting first gets in.
+#[test]
+fn passes_kept_warm_end_at_max_session() {
+    let fleet = Fleet::start(1);
+    let proxy = Proxy::start(&room_shop(
+        &fleet,
+        free_port(),
+        "mode = \"always\"\nmax_active = 3\nsession = \"2s\"\nmax_session = \"3s\"\n",
+    ));
+    let mut bots: Vec<Shopper> = (0..3).map(|i| Shopper::at([127, 0, 2, i + 1])).collect();
+    for bot in &mut bots {
+        assert!(bot.visit(&proxy) && bot.holds_pass());
+    }
+    let mut shopper = Shopper::at([127, 0, 3, 1]);
+    assert!(!shopper.visit(&proxy), "the site is full: she waits");
+    let started = std::time::Instant::now();
+    let admitted = wait_until(Duration::from_secs(8), || {
+        for bot in &mut bots {
+            bot.visit(&proxy);
+        }
+        shopper.visit(&proxy)
+    });
+    assert!(admitted, "she was never let in past the warm passes");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
+}
+
+/// Row 3: in `on_overload` mode, passes given while the pool is calm count
+/// against `max_active`: the fourth shopper waits, and is let in as soon as
+/// the first passes idle out.
+#[test]
+fn direct_passes_count_against_max_active() {
+    let fleet = Fleet::start(1);
+    let proxy = Proxy::start(&room_shop(
+        &fleet,
+        free_port(),
+        "mode = \"on_overload\"\nmax_active = 3\nsession = \"2s\"\n",
+    ));
+    for i in 0..3 {
+        let mut early = Shopper::at([127, 0, 4, i + 1]);
+        assert!(
+            early.visit(&proxy) && early.holds_pass(),
+            "calm: shopper {i} at once"
+        );
+    }
+    let mut fourth = Shopper::at([127, 0, 4, 9]);
+    assert!(
+        !fourth.visit(&proxy),
+        "three passes in use: the fourth waits"
+    );
+    assert!(
+        wait_until(Duration::from_secs(6), || fourth.visit(&proxy)),
+        "the fourth is let in once the early passes idle out"
+    );
+}
+
+/// Row 7 (in part): past `max_waiting`, a newcomer gets the "line is full"
+/// page (JSON or HTML, zh or en, Retry-After), not a place.
+#[test]
+fn past_max_waiting_the_line_is_full() {
+    let fleet = Fleet::start(1);
+    let proxy = Proxy::start(&room_shop(
+        &fleet,
+        free_port(),
+        "mode = \"always\"\nmax_active = 1\nmax_waiting = 5\n",
+    ));
+    let mut inside = Shopper::at([127, 0, 5, 1]);
+    assert!(inside.visit(&proxy));
+    for i in 0..5 {
+        assert!(!Shopper::at([127, 0, 5, 10 + i]).visit(&proxy));
+    }
+    let full = request_from(
+        [127, 0, 5, 99],
+        proxy.addr,
+        "/api/products/1",
+        &[("accept", "application/json")],
+    );
+    assert_eq!(full.status, 503, "{full:?}");
+    assert_eq!(full.header("x-ordergate-page"), Some("line_full"));
+    assert_eq!(full.header("retry-after"), Some("60"));
+    assert!(full.header("set-cookie").is_none(), "no ticket");
+    let zh = request_from(
+        [127, 0, 5, 98],
+        proxy.addr,
+        "/api/products/1",
+        &[("accept", "text/html"), ("accept-language", "zh-CN")],
+    );
+    assert_eq!(zh.header("x-ordergate-page"), Some("line_full"));
+    assert!(zh.text().contains("排队人数已满"), "{}", zh.text());
+}
