@@ -219,6 +219,12 @@ impl Proxy {
             crate::room::Decision::Full => {
                 return self.reject(session, ctx, Outcome::LineFull).await.map(Some);
             }
+            crate::room::Decision::TooManyArrivals => {
+                return self
+                    .reject(session, ctx, Outcome::RateLimited)
+                    .await
+                    .map(Some);
+            }
         };
         self.send_room_page(session, ctx, &room.settings.name, view, cookie.as_deref())
             .await?;

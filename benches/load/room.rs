@@ -383,7 +383,7 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
         ..ProxySpec::new(vec![backend.addr])
     };
     let room = format!(
-        "\n[[rooms]]\nname = \"{ROOM}\"\nroutes = [\"all\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\nadmit_per_minute = {ADMIT_PER_MINUTE}\n[rooms.bypass]\nheader = \"{CALIBRATE_HEADER}\"\n"
+        "\n[[rooms]]\nname = \"{ROOM}\"\nroutes = [\"all\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\n# The simulated crowd comes from one address.\nticket_rate_per_address = 1000000\nadmit_per_minute = {ADMIT_PER_MINUTE}\n[rooms.bypass]\nheader = \"{CALIBRATE_HEADER}\"\n"
     );
     let tweaks = Tweaks {
         edit: Some(Box::new(move |text: String| text + &room)),

@@ -409,6 +409,8 @@ pub struct FileRoom {
     pub max_session: Option<String>,
     /// Most shoppers waiting in line.
     pub max_waiting: Option<i64>,
+    /// New tickets (or passes) one address may get a second.
+    pub ticket_rate_per_address: Option<i64>,
     /// How often the waiting page checks again.
     pub refresh: Option<String>,
     /// How long a waiting shopper may go without checking in.

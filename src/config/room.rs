@@ -70,6 +70,10 @@ pub struct RoomConfig {
     /// Most shoppers waiting in line (draws included); a newcomer beyond it
     /// gets the `line_full` page. Default: 1000000.
     pub max_waiting: u32,
+    /// New tickets (or passes) one client address may get a second, with as
+    /// many again at once; more get the 429 page. Default: 20 (a carrier NAT
+    /// with 100 shoppers arriving within five seconds is not slowed).
+    pub ticket_rate_per_address: u32,
     /// How often the waiting page checks again (sooner when the estimate is
     /// shorter). Default: 10s.
     pub refresh: Duration,

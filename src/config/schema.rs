@@ -282,6 +282,7 @@ const ROOM: &[Field] = &[
     f("session", Kind::Duration),
     f("max_session", Kind::Duration),
     f("max_waiting", Kind::Int),
+    f("ticket_rate_per_address", Kind::Int),
     f("refresh", Kind::Duration),
     f("ticket_timeout", Kind::Duration),
     f("secret", Kind::Str),

@@ -234,6 +234,9 @@ pub enum Decision {
     Wait(View, Option<String>),
     /// The line holds `max_waiting` shoppers: the `line_full` page.
     Full,
+    /// The client's address got `ticket_rate_per_address` new tickets this
+    /// second already: the 429 page.
+    TooManyArrivals,
 }
 
 /// A request as the room sees it.
@@ -271,6 +274,8 @@ pub struct Room {
     metrics: RoomMetrics,
     opens_at: Option<Instant>,
     pace: std::sync::Mutex<Pace>,
+    /// New arrivals per client address (this instance's count).
+    arrivals: crate::ratelimit::MemoryRateLimiter,
 }
 
 impl std::fmt::Debug for Room {
@@ -300,6 +305,7 @@ impl Room {
             metrics,
             opens_at,
             pace: std::sync::Mutex::new(Pace::default()),
+            arrivals: crate::ratelimit::MemoryRateLimiter::new(),
             settings,
         }
     }
@@ -482,6 +488,9 @@ impl Room {
             self.metrics.rejected(reason);
         }
         // A new shopper.
+        if !self.may_arrive(request.client_ip).await {
+            return Decision::TooManyArrivals;
+        }
         let direct = self.settings.mode == RoomMode::OnOverload
             && limits.open
             && control != Control::Paused
@@ -509,6 +518,20 @@ impl Room {
         };
         let value = cookie::encode(&self.key, &self.settings.name, epoch, ticket);
         Decision::Wait(view, Some(self.set_cookie(&value, request.tls)))
+    }
+
+    /// Counts a new arrival of the client's address: whether it is within
+    /// `ticket_rate_per_address` (with as many again at once).
+    async fn may_arrive(&self, client_ip: Option<std::net::IpAddr>) -> bool {
+        use crate::ratelimit::{Quota, RateLimiter};
+        let rate = self.settings.ticket_rate_per_address;
+        let quota = Quota {
+            per_second: rate,
+            burst: rate,
+            max_clients: 100_000,
+        };
+        let address = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        self.arrivals.admit(address.as_bytes(), quota).await
     }
 
     fn pass_cookie(&self, admission: crate::store::room::Admission, tls: bool) -> String {

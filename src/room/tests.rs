@@ -16,6 +16,8 @@ fn settings(mode: RoomMode) -> RoomConfig {
         session: Duration::from_secs(300),
         max_session: Duration::from_secs(1800),
         max_waiting: 1_000_000,
+        // The tests' shoppers share one address (none).
+        ticket_rate_per_address: 1_000_000,
         refresh: Duration::from_secs(10),
         ticket_timeout: Duration::from_secs(60),
         secret: Secret(SECRET.to_vec()),
@@ -142,7 +144,7 @@ impl Browser {
         let decision = room.decide(&request, pressure, now).await;
         let set = match &decision {
             Decision::Pass(cookie) | Decision::Wait(_, cookie) => cookie.clone(),
-            Decision::Full => None,
+            Decision::Full | Decision::TooManyArrivals => None,
         };
         if let Some(set) = set {
             assert!(set.ends_with("; Path=/; HttpOnly; SameSite=Lax"), "{set}");
@@ -446,4 +448,34 @@ async fn extreme_settings_do_not_panic() {
     a.1.visit(&room, Pressure::IDLE, now).await;
     let v = view(&a.2.visit(&room, Pressure::IDLE, now).await);
     assert!(v.estimated_wait.is_some_and(|s| s <= 1_000_000), "{v:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_address_gets_a_bounded_number_of_new_tickets() {
+    let mut config = settings(RoomMode::Always);
+    config.ticket_rate_per_address = 3;
+    let room = room(config);
+    let now = Instant::now();
+    let headers = HeaderMap::new();
+    let from = |ip: [u8; 4]| Request {
+        method: &Method::GET,
+        path: "/checkout",
+        headers: &headers,
+        tls: false,
+        client_ip: Some(std::net::IpAddr::from(ip)),
+    };
+    // The rate and as many again at once: six new shoppers, then refused.
+    let mut refused = 0;
+    for _ in 0..10 {
+        let decision = room
+            .decide(&from([203, 0, 113, 7]), Pressure::IDLE, now)
+            .await;
+        refused += usize::from(matches!(decision, Decision::TooManyArrivals));
+    }
+    assert_eq!(refused, 4);
+    // Another address is not slowed.
+    let other = room
+        .decide(&from([203, 0, 113, 8]), Pressure::IDLE, now)
+        .await;
+    assert!(!matches!(other, Decision::TooManyArrivals));
 }

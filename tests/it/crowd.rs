@@ -747,3 +747,53 @@ fn past_max_waiting_the_line_is_full() {
     assert_eq!(zh.header("x-ordergate-page"), Some("line_full"));
     assert!(zh.text().contains("排队人数已满"), "{}", zh.text());
 }
+
+/// Row 1 (the issue rate): a bot without cookies takes a new ticket with
+/// every request; one address gets `ticket_rate_per_address` (20) a second
+/// and as many again at once, then the 429 page. A carrier NAT with 100
+/// shoppers arriving over five seconds is not slowed.
+#[test]
+fn one_address_cannot_flood_the_line_but_a_carrier_nat_is_not_slowed() {
+    let fleet = Fleet::start(1);
+    let proxy = Proxy::start(&room_shop(
+        &fleet,
+        free_port(),
+        "mode = \"always\"\nmax_active = 1\n",
+    ));
+    let mut inside = Shopper::at([127, 0, 6, 1]);
+    assert!(inside.visit(&proxy));
+
+    let mut refused = 0;
+    for _ in 0..200 {
+        let answer = request_from(
+            [127, 0, 6, 2],
+            proxy.addr,
+            "/api/products/1",
+            &[("accept", "application/json")],
+        );
+        refused += usize::from(answer.status == 429);
+    }
+    assert!(
+        refused >= 150,
+        "{refused} of 200 cookieless arrivals from one address refused"
+    );
+
+    let nat = [127, 0, 6, 3];
+    let started = std::time::Instant::now();
+    let mut slowed = 0;
+    for shopper in 0..100u64 {
+        // Evenly over five seconds.
+        let due = Duration::from_millis(shopper * 50);
+        while started.elapsed() < due {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let answer = request_from(
+            nat,
+            proxy.addr,
+            "/api/products/1",
+            &[("accept", "application/json")],
+        );
+        slowed += usize::from(answer.status == 429);
+    }
+    assert_eq!(slowed, 0, "shoppers behind one carrier NAT were refused");
+}

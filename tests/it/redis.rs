@@ -915,7 +915,7 @@ impl Instance {
     fn start_room(fleet: &Fleet, redis: &RedisServer, timeout: &str, extra: &str) -> Instance {
         let port = free_port();
         let body = format!(
-            "{admin}[store]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\n\n[[pools]]\nname = \"orders\"\nbackends = {backends}\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"sale\"]\nsecret = \"{ROOM_SECRET}\"\nmode = \"always\"\n{extra}\n",
+            "{admin}[store]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\n\n[[pools]]\nname = \"orders\"\nbackends = {backends}\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"sale\"]\nsecret = \"{ROOM_SECRET}\"\nmode = \"always\"\n{}{extra}\n", crate::room::ONE_ADDRESS,
             admin = admin_section(port),
             url = redis.url(),
             backends = fleet.backends_toml(&[]),

@@ -17,6 +17,9 @@ use crate::support::{
 };
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+/// The simulated crowd comes from one loopback address: lift the per-address
+/// bound on new tickets.
+pub(crate) const ONE_ADDRESS: &str = "ticket_rate_per_address = 1000000\n";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -109,7 +112,7 @@ fn room_config(fleet: &Fleet, admin_port: u16, rooms: &str) -> String {
 
 fn room(name: &str, routes: &str, extra: &str) -> String {
     format!(
-        "[[rooms]]\nname = \"{name}\"\nroutes = [{routes}]\nsecret = \"{SECRET}\"\nmode = \"always\"\n{extra}\n"
+        "[[rooms]]\nname = \"{name}\"\nroutes = [{routes}]\nsecret = \"{SECRET}\"\nmode = \"always\"\n{ONE_ADDRESS}{extra}\n"
     )
 }
 
@@ -784,7 +787,7 @@ fn on_overload_the_room_forms_when_the_pool_queues_and_admits_when_it_recovers()
     let fleet = Fleet::start_with(1, &["--latency-ms", "100"]);
     let port = free_port();
     let text = format!(
-        "{}[[pools]]\nname = \"orders\"\nbackends = {}\nmax_in_flight = 4\n[pools.queue]\nmax_waiting = 200\ntimeout = \"1s\"\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"sale\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\nadmit_per_minute = 600\nrefresh = \"1s\"\n[rooms.bypass]\nheader = \"x-load\"\n",
+        "{}[[pools]]\nname = \"orders\"\nbackends = {}\nmax_in_flight = 4\n[pools.queue]\nmax_waiting = 200\ntimeout = \"1s\"\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"sale\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\n{ONE_ADDRESS}admit_per_minute = 600\nrefresh = \"1s\"\n[rooms.bypass]\nheader = \"x-load\"\n",
         admin_section(port),
         fleet.backends_toml(&[])
     );
@@ -882,7 +885,7 @@ fn flash_sale_at_ten_times_capacity_through_the_room() {
     let fleet = Fleet::start_with(1, &["--latency-ms", "50", "--capacity", "8"]);
     let port = free_port();
     let text = format!(
-        "{}[[pools]]\nname = \"orders\"\nbackends = {}\nmax_in_flight = 8\n[pools.queue]\nmax_waiting = 64\ntimeout = \"500ms\"\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"sale\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\nadmit_per_minute = 2400\n",
+        "{}[[pools]]\nname = \"orders\"\nbackends = {}\nmax_in_flight = 8\n[pools.queue]\nmax_waiting = 64\ntimeout = \"500ms\"\n\n[[routes]]\nname = \"sale\"\npath_prefix = \"/api\"\npool = \"orders\"\n\n[[rooms]]\nname = \"sale\"\nroutes = [\"sale\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\n{ONE_ADDRESS}admit_per_minute = 2400\n",
         admin_section(port),
         fleet.backends_toml(&[])
     );

@@ -15,6 +15,7 @@ use crate::config::{parse_time, Bypass, RoomConfig, RoomMode, Secret};
 const DEFAULT_SESSION: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(1800);
 const DEFAULT_MAX_WAITING: u32 = 1_000_000;
+const DEFAULT_TICKET_RATE_PER_ADDRESS: u32 = 20;
 const DEFAULT_REFRESH: Duration = Duration::from_secs(10);
 const DEFAULT_TICKET_TIMEOUT: Duration = Duration::from_secs(60);
 /// Shortest HMAC key: 256 bits, the output size of SHA-256.
@@ -122,6 +123,17 @@ fn room(at: &str, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
             DEFAULT_MAX_WAITING
         }
     };
+    let ticket_rate_per_address = match file.ticket_rate_per_address {
+        None => DEFAULT_TICKET_RATE_PER_ADDRESS,
+        Some(n @ 1..=1_000_000) => n as u32,
+        Some(n) => {
+            problems.add(
+                format!("{at}.ticket_rate_per_address"),
+                format!("{n} is out of range; use a whole number from 1 to 1000000"),
+            );
+            DEFAULT_TICKET_RATE_PER_ADDRESS
+        }
+    };
     let refresh = duration_or(
         &format!("{at}.refresh"),
         file.refresh.as_deref(),
@@ -180,6 +192,7 @@ fn room(at: &str, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
         session,
         max_session,
         max_waiting,
+        ticket_rate_per_address,
         refresh,
         ticket_timeout,
         secret: secret(at, file, problems),
