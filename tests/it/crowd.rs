@@ -797,3 +797,46 @@ fn one_address_cannot_flood_the_line_but_a_carrier_nat_is_not_slowed() {
     }
     assert_eq!(slowed, 0, "shoppers behind one carrier NAT were refused");
 }
+
+/// Row 7: a flood of cookieless arrivals behind a live head ticket, the room
+/// paused: the abandoned tickets leave the line within `ticket_timeout` (and
+/// a sweep), though the head never moves.
+#[test]
+fn abandoned_tickets_behind_a_live_head_leave_the_line() {
+    let fleet = Fleet::start(1);
+    let port = free_port();
+    let proxy = Proxy::start(&room_shop(
+        &fleet,
+        port,
+        "mode = \"always\"\nmax_active = 1\nrefresh = \"1s\"\nticket_timeout = \"2s\"\nticket_rate_per_address = 1000000\n",
+    ));
+    let mut inside = Shopper::at([127, 0, 7, 1]);
+    assert!(inside.visit(&proxy));
+    let mut head = Shopper::at([127, 0, 7, 2]);
+    assert!(!head.visit(&proxy), "the head waits");
+    assert_eq!(admin(port, "POST", "/rooms/sale/pause").status, 200);
+    let mut conn = Conn::open(proxy.addr);
+    for _ in 0..2000 {
+        let answer = conn
+            .request(
+                "GET",
+                "/api/products/1",
+                &[("accept", "application/json")],
+                b"",
+            )
+            .expect("an answer");
+        assert_eq!(answer.header("x-ordergate-page"), Some("waiting_room"));
+    }
+    let length = || admin(port, "GET", "/rooms").json()["rooms"][0]["length"].as_u64();
+    assert_eq!(length(), Some(2001));
+    let left = wait_until(Duration::from_secs(8), || {
+        head.visit(&proxy);
+        length() == Some(1)
+    });
+    assert!(
+        left,
+        "the abandoned tickets are still in line: {:?}",
+        length()
+    );
+    assert!(!head.visit(&proxy), "the head keeps its place");
+}

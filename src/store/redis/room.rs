@@ -77,10 +77,11 @@ const KEEP_PLACES_FOR: Duration = Duration::from_secs(2);
 const TTL_FACTOR: u32 = 4;
 /// The operator's setting lives this long after its last read or write.
 const CONTROL_TTL: Duration = Duration::from_secs(30 * 86_400);
-/// Expired passes and uncollected calls removed by one sweep at most: a
-/// script stays short even when a whole sale's passes expire at once (the
-/// rest go with the next sweep).
-const SWEEP_BATCH: u32 = 10_000;
+/// Expired passes, uncollected calls and abandoned places removed by one
+/// sweep at most, and abandoned places one operation skips at the head: a
+/// script stays short (a few ms) even when a whole sale's passes expire or a
+/// flood of tickets is abandoned at once (the rest go with the next ones).
+const SWEEP_BATCH: u32 = 1_000;
 
 /// Shared by every script: the keys, the clock, the limits and tuning
 /// constants, the state hash (created when missing, at a time-based base),
@@ -99,7 +100,7 @@ const SWEEP_BATCH: u32 = 10_000;
 /// Replies are arrays of strings: kind, tickets abandoned by this operation,
 /// the head, then the operation's fields.
 const PRELUDE: &str = r"
-local S, L, C, CZ, A, AZ, D, DZ, DD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local S, L, C, CZ, A, AZ, D, DZ, DD, LZ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local function I(n) return string.format('%.0f', n) end
 local function F(x) return string.format('%.17g', x) end
 local may_call = ARGV[1] == '1'
@@ -128,7 +129,7 @@ local r_adm, r_busy, r_at, busy, skipped, last_sweep, from_line, direct_n, aband
 if st.head == nil then
   -- A new line (or one that expired or was lost): start above every number
   -- an earlier one gave out.
-  redis.call('DEL', L, C, CZ, A, AZ, D, DZ, DD)
+  redis.call('DEL', L, C, CZ, A, AZ, D, DZ, DD, LZ)
   local base = math.floor(now / 1000) * 1024
   head, tail, gone, next_number, next_direct = base, base, 0, 1, base
   -- A new room lets its first burst in at once.
@@ -155,7 +156,7 @@ local function save()
     'r_adm', F(r_adm), 'r_busy', F(r_busy), 'r_at', I(r_at), 'busy', busy and '1' or '0',
     'skipped', F(skipped), 'last_sweep', I(last_sweep),
     'from_line', I(from_line), 'direct_n', I(direct_n), 'abandoned', I(abandoned))
-  for _, k in ipairs({S, L, C, CZ, A, AZ, D, DZ, DD}) do redis.call('PEXPIRE', k, ttl) end
+  for _, k in ipairs({S, L, C, CZ, A, AZ, D, DZ, DD, LZ}) do redis.call('PEXPIRE', k, ttl) end
 end
 
 local function waiting() return tail - head - gone end
@@ -186,12 +187,31 @@ local function advance()
     drop(C, CZ, lost)
     abandoned = abandoned + #lost
     out = out + #lost
+    -- Abandoned places anywhere in the line leave (a batch at a time); the
+    -- head counts a missing place as gone when it reaches it.
+    local left = redis.call('ZRANGEBYSCORE', LZ, '-inf', '(' .. I(now - timeout), 'LIMIT', 0, sweep_batch)
+    for _, key in ipairs(left) do
+      local v = redis.call('HGET', L, key)
+      if v then
+        local _, _, is_gone = slot(v)
+        if not is_gone then
+          -- (A place marked gone was counted when it was.)
+          gone = gone + 1
+          abandoned = abandoned + 1
+          out = out + 1
+        end
+        redis.call('HDEL', L, key)
+      end
+    end
+    for _, key in ipairs(left) do redis.call('ZREM', LZ, key) end
   end
   if open and redis.call('ZCARD', DZ) > 0 then
     for _, draw in ipairs(redis.call('ZRANGE', DZ, 0, -1)) do
       local v = redis.call('HGET', D, draw)
       if v then
         redis.call('HSET', L, I(tail), v)
+        local _, seen = slot(v)
+        redis.call('ZADD', LZ, I(seen), I(tail))
         redis.call('HSET', DD, draw, I(tail))
         tail = tail + 1
       end
@@ -203,18 +223,24 @@ local function advance()
     tokens = math.min(tokens + elapsed * per_second, math.max(per_second * burst, 1))
   end
   tokens_at = now
-  while head < tail do
+  local skips = 0
+  while head < tail and skips < sweep_batch do
     local key = I(head)
     local v = redis.call('HGET', L, key)
     if not v then
-      -- Never written (cannot happen): nothing to count.
+      -- Removed by the sweep (counted then): one gone place fewer.
       head = head + 1
+      gone = gone - 1
+      skips = skips + 1
+      skipped = skipped + (1 - skipped) * skip_weight
     else
       local joined, seen, is_gone = slot(v)
       -- Abandoned tickets at the head go whether or not anyone may be
       -- called, so positions do not count them.
       if is_gone or now - seen > timeout then
+        skips = skips + 1
         redis.call('HDEL', L, key)
+        redis.call('ZREM', LZ, key)
         head = head + 1
         if is_gone then
           gone = gone - 1
@@ -228,6 +254,7 @@ local function advance()
         if max_active >= 0 and redis.call('HLEN', A) + redis.call('HLEN', C) >= max_active then break end
         if per_second >= 0 and tokens < 1 then break end
         redis.call('HDEL', L, key)
+        redis.call('ZREM', LZ, key)
         head = head + 1
         skipped = skipped - skipped * skip_weight
         if per_second >= 0 then tokens = tokens - 1 end
@@ -337,6 +364,7 @@ if not open then
 end
 local seq = tail
 redis.call('HSET', L, I(seq), v)
+redis.call('ZADD', LZ, I(now), I(seq))
 tail = tail + 1
 advance()
 local p = pick_up(I(seq))
@@ -396,6 +424,10 @@ if seq >= head and seq < tail then
       return reply('unknown')
     end
     redis.call('HSET', L, key, I(joined) .. ',' .. I(now) .. ',0')
+    redis.call('ZADD', LZ, I(now), key)
+  else
+    -- Removed by the sweep: abandoned.
+    return reply('unknown')
   end
 end
 advance()
@@ -529,7 +561,7 @@ impl RedisLine {
     /// The line of room `room` in `redis`; `local` serves while Redis does not
     /// answer (the room's memory line, kept across reloads).
     pub fn new(redis: Arc<Redis>, room: &str, local: Arc<MemoryLine>) -> RedisLine {
-        let keys = ["s", "l", "c", "cz", "a", "az", "d", "dz", "dd"]
+        let keys = ["s", "l", "c", "cz", "a", "az", "d", "dz", "dd", "lz"]
             .iter()
             .map(|part| redis.key(&[b"room", room.as_bytes(), part.as_bytes()]))
             .collect();

@@ -16,10 +16,13 @@ use tokio::time::Instant;
 use super::{
     Admission, Arrival, CheckIn, Control, Limits, LineStats, Outcome, RoomLine, BURST_SECONDS,
     DIRECT_BIT, DRAW_BIT, MAX_CLIENTS_PER_PASS, MAX_PASSES, RATE_TAU, SKIP_WEIGHT, SWEEP_EVERY,
+    SWEEP_LINE_BATCH,
 };
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
+    /// The ticket number (set when the place joins the line).
+    seq: u64,
     joined: Instant,
     last_seen: Instant,
     gone: bool,
@@ -133,9 +136,12 @@ impl BusyRate {
 
 #[derive(Debug)]
 struct Line {
-    /// Ticket number of `line[0]`.
-    head: u64,
+    /// The places, by ticket number (gaps where abandoned ones were removed).
     line: VecDeque<Slot>,
+    /// The ticket number the next place gets.
+    next_seq: u64,
+    /// Where the next sweep of the line looks for abandoned places.
+    cursor: usize,
     /// Tickets in `line` marked gone.
     gone: u64,
     /// Draws before the opening, by draw.
@@ -159,8 +165,9 @@ struct Line {
 impl Line {
     fn new(now: Instant) -> Line {
         Line {
-            head: 0,
             line: VecDeque::new(),
+            next_seq: 0,
+            cursor: 0,
             gone: 0,
             draws: BTreeMap::new(),
             drawn: HashMap::new(),
@@ -180,8 +187,17 @@ impl Line {
         }
     }
 
-    fn tail(&self) -> u64 {
-        self.head + self.line.len() as u64
+    /// Where ticket `seq` is in the line: its index, the places ahead of it.
+    fn index_of(&self, seq: u64) -> Option<usize> {
+        self.line.binary_search_by_key(&seq, |slot| slot.seq).ok()
+    }
+
+    /// A new place at the back; its ticket number.
+    fn push(&mut self, mut slot: Slot) -> u64 {
+        slot.seq = self.next_seq;
+        self.next_seq += 1;
+        self.line.push_back(slot);
+        slot.seq
     }
 
     fn waiting(&self) -> u64 {
@@ -201,6 +217,37 @@ impl Line {
         let lost = (before - self.called.len()) as u64;
         self.abandoned += lost;
         outcome.abandoned += lost as u32;
+        self.sweep_line(now, limits, outcome);
+    }
+
+    /// Marks abandoned places anywhere in the line as gone, a bounded batch
+    /// from where the last sweep stopped, so they leave within
+    /// `ticket_timeout` (and a sweep) even behind a head that waits; once
+    /// half the line is gone, it is compacted and the memory returns.
+    fn sweep_line(&mut self, now: Instant, limits: &Limits, outcome: &mut Outcome) {
+        let len = self.line.len();
+        if len == 0 {
+            return;
+        }
+        // A hundredth of the line at least: a million places are all looked
+        // at within 25 s of sweeps.
+        for _ in 0..SWEEP_LINE_BATCH.max(len / 100).min(len) {
+            let index = self.cursor % len;
+            self.cursor = index + 1;
+            let slot = &mut self.line[index];
+            if !slot.gone && now.saturating_duration_since(slot.last_seen) > limits.ticket_timeout {
+                slot.gone = true;
+                self.gone += 1;
+                self.abandoned += 1;
+                outcome.abandoned += 1;
+            }
+        }
+        if self.gone * 2 > len as u64 && len > 64 {
+            self.line.retain(|slot| !slot.gone);
+            self.line.shrink_to_fit();
+            self.gone = 0;
+            self.cursor = 0;
+        }
     }
 
     /// Sorts the draws into the line at the opening.
@@ -209,8 +256,8 @@ impl Line {
             return;
         }
         for (draw, slot) in std::mem::take(&mut self.draws) {
-            self.drawn.insert(draw, self.tail());
-            self.line.push_back(slot);
+            let seq = self.push(slot);
+            self.drawn.insert(draw, seq);
         }
     }
 
@@ -228,13 +275,19 @@ impl Line {
             self.tokens = (self.tokens + elapsed * rate).min((rate * BURST_SECONDS).max(1.0));
         }
         self.tokens_at = now;
+        let mut skipped = 0;
         while let Some(slot) = self.line.front().copied() {
             // Abandoned tickets at the head go whether or not anyone may be
-            // called, so positions do not count them.
+            // called, so positions do not count them (a batch at a time:
+            // the sweep marks the rest).
             let stale = now.saturating_duration_since(slot.last_seen) > limits.ticket_timeout;
             if slot.gone || stale {
+                if skipped == SWEEP_LINE_BATCH {
+                    break;
+                }
+                skipped += 1;
                 self.line.pop_front();
-                self.head += 1;
+                self.cursor = self.cursor.saturating_sub(1);
                 if slot.gone {
                     self.gone -= 1;
                 } else {
@@ -254,8 +307,8 @@ impl Line {
                 break;
             }
             self.line.pop_front();
-            let seq = self.head;
-            self.head += 1;
+            self.cursor = self.cursor.saturating_sub(1);
+            let seq = slot.seq;
             self.skipped_share -= self.skipped_share * SKIP_WEIGHT;
             if limits.per_second.is_some() {
                 self.tokens -= 1.0;
@@ -400,6 +453,7 @@ impl RoomLine for MemoryLine {
             return (Arrival::Full, outcome);
         }
         let slot = Slot {
+            seq: 0,
             joined: now,
             last_seen: now,
             gone: false,
@@ -419,13 +473,12 @@ impl RoomLine for MemoryLine {
                 outcome,
             );
         }
-        let seq = line.tail();
-        line.line.push_back(slot);
+        let seq = line.push(slot);
         line.advance(now, limits, &mut outcome);
         if let Some(admission) = line.pick_up(seq, client, now) {
             return (Arrival::Admitted(admission), outcome);
         }
-        let ahead = seq.saturating_sub(line.head);
+        let ahead = line.index_of(seq).unwrap_or_default() as u64;
         (Arrival::Waiting { seq, ahead }, outcome)
     }
 
@@ -465,8 +518,7 @@ impl RoomLine for MemoryLine {
         }
         // Refresh the place first (unless it is already lost), so the holder
         // checking in is not taken for one who left.
-        if seq >= line.head && seq < line.tail() {
-            let index = (seq - line.head) as usize;
+        if let Some(index) = line.index_of(seq) {
             let timeout = limits.ticket_timeout;
             let mut lost = false;
             if let Some(slot) = line.line.get_mut(index) {
@@ -506,9 +558,13 @@ impl RoomLine for MemoryLine {
         if let Some(admission) = line.pick_up(seq, client, now) {
             return (CheckIn::Admitted(admission), outcome);
         }
-        if seq >= line.head && seq < line.tail() {
-            let ahead = seq - line.head;
-            return (CheckIn::Waiting { ahead }, outcome);
+        if let Some(ahead) = line.index_of(seq) {
+            return (
+                CheckIn::Waiting {
+                    ahead: ahead as u64,
+                },
+                outcome,
+            );
         }
         (CheckIn::Unknown, outcome)
     }

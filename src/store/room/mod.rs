@@ -46,6 +46,10 @@ pub(crate) const BURST_SECONDS: f64 = 0.25;
 pub(crate) const MAX_PASSES: usize = 1_200_000;
 /// Expired passes and uncollected calls are swept at most this often.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Places one operation looks at for abandoned ones, and abandoned places
+/// it removes from the head at most: every operation does bounded work (the
+/// rest go with the next ones).
+pub(crate) const SWEEP_LINE_BATCH: usize = 2_000;
 /// Most networks one pass (or called ticket) is used from: a shopper whose
 /// phone moves from Wi-Fi to mobile data keeps it; a pass posted on social
 /// media lets this many in, not everyone.

@@ -414,6 +414,42 @@ pub static CASES: &[Case] = &[
         ],
     },
     Case {
+        name: "abandoned tickets behind a live head leave within ticket_timeout",
+        steps: &[
+            arrive(0, NONE, "head", waiting(0)),
+            Step::Arrive {
+                at: 0,
+                limits: NONE,
+                direct: false,
+                name: "quitters",
+                count: 3,
+                every: 0,
+                expect: waiting(1),
+            },
+            check_in(30_000, NONE, "head", waiting(0)),
+            check_in(61_000, NONE, "head", waiting(0)),
+            stats(
+                61_000,
+                NONE,
+                Stats {
+                    waiting: Some(1),
+                    abandoned: Some(3),
+                    ..ANY
+                },
+            ),
+            check_in(62_000, NONE, "quitters", Expect::Unknown),
+            stats(
+                62_000,
+                NONE,
+                Stats {
+                    waiting: Some(1),
+                    abandoned: Some(3),
+                    ..ANY
+                },
+            ),
+        ],
+    },
+    Case {
         name: "past max_waiting a newcomer gets no place",
         steps: &[
             Step::Arrive {
