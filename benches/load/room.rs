@@ -13,6 +13,13 @@
 //! queue length from the admin `GET /rooms`, the admission rate and the ETA
 //! error (actual wait − the first estimate shown, per admitted shopper); the
 //! JSON's samples also carry the room's pace and its pool's queue wait.
+//!
+//! Then a scalper phase, as long, on a fresh proxy: one arrival in ten is a
+//! bot, each from its own loopback address, that hoards three tickets at
+//! once, drops and retakes them (rotating cookies), and shares every pass a
+//! bot gets with all the other bots. It reports the share of admissions and
+//! of orders the bots got (goal: no more than their share of arrivals) and
+//! the honest shoppers' wait and ETA error beside the phase without bots.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -68,6 +75,8 @@ struct Shopper {
     /// When the first request that passed was due (s).
     admitted: Option<f64>,
     steps_done: usize,
+    /// A scalper's bot (the scalper phase).
+    bot: bool,
 }
 
 /// One answer, as much as a shopper needs.
@@ -193,6 +202,125 @@ async fn exchange(shared: &Shared, bytes: &[u8]) -> Answer {
             _ => return answer(b"", Class::Reset),
         }
     }
+}
+
+/// Every `BOT_EVERY`-th arrival of the scalper phase is a bot.
+const BOT_EVERY: usize = 10;
+/// Tickets a bot holds at once.
+const BOT_TICKETS: usize = 3;
+/// A bot drops its tickets and takes new ones after waiting this long.
+const BOT_ROTATE: Duration = Duration::from_secs(8);
+
+/// Passes the bots got, shared between them all.
+#[derive(Default)]
+struct Bots {
+    passes: Mutex<Vec<String>>,
+}
+
+/// One request on a fresh connection from `source` (a bot's own address).
+async fn exchange_from(shared: &Shared, source: [u8; 4], bytes: &[u8]) -> Answer {
+    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+        return answer(b"", Class::Reset);
+    };
+    if socket.bind(SocketAddr::from((source, 0))).is_err() {
+        return answer(b"", Class::Reset);
+    }
+    let Ok(mut stream) = socket.connect(shared.addr).await else {
+        return answer(b"", Class::Reset);
+    };
+    if stream.write_all(bytes).await.is_err() {
+        return answer(b"", Class::Reset);
+    }
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        let eof = match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => true,
+            Ok(_) => false,
+        };
+        match complete_response(&buf, eof) {
+            Ok(Some((class, _, used))) => return answer(&buf[..used], class),
+            Ok(None) if !eof => {}
+            _ => return answer(b"", Class::Reset),
+        }
+    }
+}
+
+/// One bot, from arrival until the end of the run: it checks its hoard of
+/// tickets in turn (a missing one is taken anew), tries the passes other bots
+/// share first, and shares its own.
+async fn scalp(
+    shared: Arc<Shared>,
+    index: usize,
+    arrive: Instant,
+    book: Arc<Mutex<Vec<Shopper>>>,
+    bots: Arc<Bots>,
+) {
+    let source = [127, 1, (index / 250 % 250) as u8, (index % 250 + 1) as u8];
+    let mut me = Shopper {
+        arrived: (arrive - shared.start).as_secs_f64(),
+        bot: true,
+        ..Shopper::default()
+    };
+    let mut tickets: Vec<Option<String>> = vec![None; BOT_TICKETS];
+    let mut pass: Option<String> = None;
+    let (mut due, mut turn, mut since) = (arrive, 0, arrive);
+    while due < shared.end && me.steps_done < STEPS {
+        tokio::time::sleep_until(due).await;
+        let shared_pass = lock(&bots.passes).last().cloned();
+        let (cookie, slot) = match (&pass, shared_pass) {
+            (Some(own), _) => (Some(own.clone()), None),
+            (None, Some(other)) => (Some(other), None),
+            (None, None) => {
+                turn = (turn + 1) % BOT_TICKETS;
+                (tickets[turn].clone(), Some(turn))
+            }
+        };
+        let kind = if me.steps_done == STEPS - 1 {
+            Req::Order
+        } else {
+            Req::Browse
+        };
+        let bytes = request(kind, me.steps_done, cookie.as_deref());
+        let got =
+            tokio::time::timeout_at(due + shared.timeout, exchange_from(&shared, source, &bytes))
+                .await
+                .unwrap_or_else(|_| answer(b"", Class::Timeout));
+        let done = Instant::now();
+        if got.waiting {
+            match slot {
+                Some(k) => tickets[k] = got.cookie.or(tickets[k].take()),
+                // A pass that no longer works for this bot: forget it.
+                None => {
+                    lock(&bots.passes).retain(|p| Some(p) != cookie.as_ref());
+                    pass = None;
+                }
+            }
+            if done.saturating_duration_since(since) > BOT_ROTATE {
+                tickets = vec![None; BOT_TICKETS];
+                since = done;
+            }
+            let wait_s = got.retry_after.unwrap_or(1).max(1);
+            due = done + Duration::from_secs(wait_s) / BOT_TICKETS as u32;
+            continue;
+        }
+        if let Some(new) = got.cookie.filter(|c| c.starts_with("p.")) {
+            lock(&bots.passes).push(new.clone());
+            pass = Some(new);
+        } else if pass.is_none() {
+            pass = cookie;
+        }
+        if me.admitted.is_none() && matches!(got.class, Class::Success { .. }) {
+            me.admitted = Some((due - shared.start).as_secs_f64());
+        }
+        match got.class {
+            Class::Success { .. } => {
+                me.steps_done += 1;
+                due = done + THINK;
+            }
+            _ => due = done + Duration::from_secs(got.retry_after.unwrap_or(1).max(1)),
+        }
+    }
+    lock(&book)[index] = me;
 }
 
 /// One shopper, from arrival until the end of the run.
@@ -366,6 +494,109 @@ fn calibrate(ctx: &Ctx<'_>, addr: SocketAddr, backend: SocketAddr) -> Option<f64
 }
 
 /// Runs the scenario.
+/// The proxy's config gains the room.
+fn room_tweaks() -> Tweaks {
+    let room = format!(
+        "\n[[rooms]]\nname = \"{ROOM}\"\nroutes = [\"all\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\n# The simulated crowd comes from one address.\nticket_rate_per_address = 1000000\nadmit_per_minute = {ADMIT_PER_MINUTE}\n[rooms.bypass]\nheader = \"{CALIBRATE_HEADER}\"\n"
+    );
+    Tweaks {
+        edit: Some(Box::new(move |text: String| text + &room)),
+        ..Tweaks::default()
+    }
+}
+
+/// What the scalper phase measured.
+struct ScalperPhase {
+    honest: usize,
+    bots: usize,
+    honest_admitted: usize,
+    bots_admitted: usize,
+    honest_ordered: usize,
+    bots_ordered: usize,
+    /// Honest shoppers who waited, then were admitted: waits and |ETA
+    /// errors|, sorted.
+    waits: Vec<f64>,
+    abs_errors: Vec<f64>,
+}
+
+/// `part` of `part + other`.
+fn share(part: usize, other: usize) -> f64 {
+    part as f64 / (part + other).max(1) as f64
+}
+
+/// The same sale on a fresh proxy, one arrival in ten a bot.
+fn scalper_phase(ctx: &Ctx<'_>, d: f64, arrivals_per_s: f64) -> Result<ScalperPhase, String> {
+    let backend = Backend::start(&scenarios::sim_flags(50, 0, Some(8)))?;
+    let spec = ProxySpec {
+        overload_guard: true,
+        admin: true,
+        ..ProxySpec::new(vec![backend.addr])
+    };
+    let target = Target::start_tweaked(Kind::Ordergate, &spec, &room_tweaks())?;
+    let total = (arrivals_per_s * d) as usize;
+    let start = Instant::now() + Duration::from_millis(100);
+    let recorder = Recorder::new(
+        "ordergate",
+        start.into_std(),
+        &[("scalpers".to_owned(), scenarios::secs(d), true)],
+        &[Req::Browse, Req::Order],
+    );
+    let shared = Arc::new(Shared {
+        addr: target.addrs[0],
+        idle: Mutex::new(Vec::new()),
+        permits: Semaphore::new(CONNECTIONS),
+        recorder: Mutex::new(recorder),
+        start,
+        end: start + scenarios::secs(d),
+        timeout: ctx.opts.timeout,
+        admitted_latency: Mutex::new(stats::histogram(3)),
+        admitted_counts: Mutex::new((0, 0, 0)),
+    });
+    let book = Arc::new(Mutex::new(vec![Shopper::default(); total]));
+    let bots = Arc::new(Bots::default());
+    ctx.rt.block_on(async {
+        let mut tasks = Vec::with_capacity(total);
+        for i in 0..total {
+            let arrive = start + Duration::from_secs_f64(i as f64 / arrivals_per_s);
+            let (shared, book) = (Arc::clone(&shared), Arc::clone(&book));
+            tasks.push(if i % BOT_EVERY == BOT_EVERY - 1 {
+                tokio::spawn(scalp(shared, i, arrive, book, Arc::clone(&bots)))
+            } else {
+                tokio::spawn(shop(shared, i, arrive, book))
+            });
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+    drop(target);
+    drop(backend);
+    let shoppers = lock(&book).clone();
+    let (bots_in, honest_in): (Vec<&Shopper>, Vec<&Shopper>) = shoppers.iter().partition(|s| s.bot);
+    let mut waits = Vec::new();
+    let mut abs_errors = Vec::new();
+    for s in &honest_in {
+        if let (Some(at), Some(estimate)) = (s.admitted, s.first_estimate) {
+            waits.push(at - s.arrived);
+            abs_errors.push((at - s.arrived - estimate).abs());
+        }
+    }
+    waits.sort_by(f64::total_cmp);
+    abs_errors.sort_by(f64::total_cmp);
+    let admitted = |group: &[&Shopper]| group.iter().filter(|s| s.admitted.is_some()).count();
+    let ordered = |group: &[&Shopper]| group.iter().filter(|s| s.steps_done == STEPS).count();
+    Ok(ScalperPhase {
+        honest: honest_in.len(),
+        bots: bots_in.len(),
+        honest_admitted: admitted(&honest_in),
+        bots_admitted: admitted(&bots_in),
+        honest_ordered: ordered(&honest_in),
+        bots_ordered: ordered(&bots_in),
+        waits,
+        abs_errors,
+    })
+}
+
 pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
     let d = ctx.main_duration(60.0, 10.0, 5.0);
     let arrivals_per_s = OVERLOAD * OVERLOAD_CAPACITY / STEPS as f64;
@@ -382,14 +613,7 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
         admin: true,
         ..ProxySpec::new(vec![backend.addr])
     };
-    let room = format!(
-        "\n[[rooms]]\nname = \"{ROOM}\"\nroutes = [\"all\"]\nsecret = \"{SECRET}\"\nmode = \"on_overload\"\n# The simulated crowd comes from one address.\nticket_rate_per_address = 1000000\nadmit_per_minute = {ADMIT_PER_MINUTE}\n[rooms.bypass]\nheader = \"{CALIBRATE_HEADER}\"\n"
-    );
-    let tweaks = Tweaks {
-        edit: Some(Box::new(move |text: String| text + &room)),
-        ..Tweaks::default()
-    };
-    let target = Target::start_tweaked(Kind::Ordergate, &spec, &tweaks)?;
+    let target = Target::start_tweaked(Kind::Ordergate, &spec, &room_tweaks())?;
     let pid = target.pid().ok_or("ordergate has no process id")?;
     let admin = target.admin.ok_or("ordergate has no admin listener")?;
     let addr = target.addrs[0];
@@ -527,6 +751,16 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
     failures.extend(scenarios::check_raw_errors(&runs, "flash-sale-room"));
     drop(target);
     drop(backend);
+    let scalpers = scalper_phase(ctx, d, arrivals_per_s)?;
+    let bots_arrived = share(scalpers.bots, scalpers.honest);
+    let bots_ordered = share(scalpers.bots_ordered, scalpers.honest_ordered);
+    if bots_ordered > bots_arrived && !ctx.smoke {
+        failures.push(format!(
+            "bots placed {:.1}% of the orders with {:.1}% of arrivals",
+            bots_ordered * 100.0,
+            bots_arrived * 100.0
+        ));
+    }
 
     // Per-second series for the chart and the JSON.
     let seconds = d.ceil() as usize;
@@ -602,6 +836,33 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
     );
     summary.push_str(&chart_note);
     summary.push('\n');
+    let _ = writeln!(
+        summary,
+        "\nScalpers (the same sale on a fresh proxy, one arrival in {BOT_EVERY} a bot on its own \
+         address that hoards {BOT_TICKETS} tickets, retakes them every {} s and shares every pass with \
+         the other bots):\n\n| | without bots | with bots |\n|---|--:|--:|\n\
+         | bots' share of arrivals | — | {:.1}% |\n\
+         | bots' share of admissions (a first request through) / of orders | — | {:.1}% / **{:.1}%** |\n\
+         | honest shoppers admitted / ordered | {} / {ordered} | {} / {} of {} |\n\
+         | honest wait p50 / p90 | {:.1} / {:.1} s | {:.1} / {:.1} s |\n\
+         | honest \\|ETA error\\| p50 / p90 | {:.1} / {:.1} s | {:.1} / {:.1} s |",
+        BOT_ROTATE.as_secs(),
+        bots_arrived * 100.0,
+        share(scalpers.bots_admitted, scalpers.honest_admitted) * 100.0,
+        bots_ordered * 100.0,
+        admitted.len(),
+        scalpers.honest_admitted,
+        scalpers.honest_ordered,
+        scalpers.honest,
+        quantile(&waits, 0.5),
+        quantile(&waits, 0.9),
+        quantile(&scalpers.waits, 0.5),
+        quantile(&scalpers.waits, 0.9),
+        quantile(&abs_errors, 0.5),
+        quantile(&abs_errors, 0.9),
+        quantile(&scalpers.abs_errors, 0.5),
+        quantile(&scalpers.abs_errors, 0.9),
+    );
 
     notes.push(format!(
         "One `ordergate sim` backend, capacity 8 at 50 ms ({OVERLOAD_CAPACITY:.0} req/s); ordergate \
@@ -655,6 +916,16 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
             "admissions_per_second": admissions,
             "eta_error_by_admission_second": eta_series.iter().map(|e| json!({"t_s": e.0, "p10": e.1, "p50": e.2, "p90": e.3})).collect::<Vec<_>>(),
             "samples": series_json,
+            "scalpers": {
+                "bots": scalpers.bots, "honest": scalpers.honest,
+                "bots_admitted": scalpers.bots_admitted, "honest_admitted": scalpers.honest_admitted,
+                "bots_ordered": scalpers.bots_ordered, "honest_ordered": scalpers.honest_ordered,
+                "bot_share_of_arrivals": bots_arrived,
+                "bot_share_of_admissions": share(scalpers.bots_admitted, scalpers.honest_admitted),
+                "bot_share_of_orders": bots_ordered,
+                "honest_wait_s": {"p50": quantile(&scalpers.waits, 0.5), "p90": quantile(&scalpers.waits, 0.9)},
+                "honest_abs_eta_error_s": {"p50": quantile(&scalpers.abs_errors, 0.5), "p90": quantile(&scalpers.abs_errors, 0.9)},
+            },
         }),
         failures,
     })
