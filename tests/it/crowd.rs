@@ -623,8 +623,9 @@ fn room_shop(fleet: &Fleet, admin_port: u16, room: &str) -> String {
 }
 
 /// Row 1: one shopper's pass, posted on social media, is replayed from 50
-/// other clients: at most two of them get in (a pass serves three networks:
-/// a phone moving from Wi-Fi to mobile data keeps it), the holder keeps it.
+/// other clients: at most two of them get in, one at a time (a pass serves
+/// one network at a time and may move twice, so a phone going from Wi-Fi to
+/// mobile data and back keeps it); then it is spent.
 #[test]
 fn a_shared_pass_lets_a_few_in_not_everyone() {
     let fleet = Fleet::start(1);
@@ -648,7 +649,10 @@ fn a_shared_pass_lets_a_few_in_not_everyone() {
         let_in += usize::from(passed && copier.cookie == owner.cookie);
     }
     assert!(let_in <= 2, "{let_in} of 50 got in on one pass");
-    assert!(owner.visit(&proxy), "the holder keeps the pass");
+    assert!(
+        !owner.visit(&proxy),
+        "the spent pass lets nobody in: its holder queues again"
+    );
     let rooms = admin(port, "GET", "/rooms").json();
     assert!(
         rooms["rooms"][0]["active"].as_u64().is_some_and(|a| a <= 3),
@@ -839,4 +843,27 @@ fn abandoned_tickets_behind_a_live_head_leave_the_line() {
         length()
     );
     assert!(!head.visit(&proxy), "the head keeps its place");
+}
+
+/// Row 1, the other side: a shopper whose phone goes from Wi-Fi to mobile
+/// data and back keeps the pass.
+#[test]
+fn a_phone_changing_networks_keeps_its_pass() {
+    let fleet = Fleet::start(1);
+    let proxy = Proxy::start(&room_shop(
+        &fleet,
+        free_port(),
+        "mode = \"always\"\nmax_active = 1\n",
+    ));
+    let mut phone = Shopper::at([127, 0, 8, 1]);
+    assert!(phone.visit(&proxy) && phone.holds_pass());
+    for network in [[127, 0, 9, 1], [127, 0, 8, 1]] {
+        phone.source = network;
+        assert!(phone.visit(&proxy), "on {network:?}");
+    }
+    let mut next = Shopper::at([127, 0, 8, 2]);
+    assert!(
+        !next.visit(&proxy),
+        "the site is still full: the pass is in use"
+    );
 }

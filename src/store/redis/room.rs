@@ -48,7 +48,8 @@ use tokio::time::Instant;
 use super::Redis;
 use crate::store::room::{
     Admission, Arrival, CheckIn, Control, Limits, LineStats, MemoryLine, Outcome, RoomLine,
-    BURST_SECONDS, DIRECT_BIT, DRAW_BIT, MAX_PASSES, RATE_TAU, SKIP_WEIGHT, SWEEP_EVERY,
+    BURST_SECONDS, DIRECT_BIT, DRAW_BIT, MAX_PASSES, MAX_PASS_MOVES, RATE_TAU, SKIP_WEIGHT,
+    SWEEP_EVERY,
 };
 use crate::telemetry::StoreFeature;
 
@@ -94,8 +95,8 @@ const SWEEP_BATCH: u32 = 1_000;
 /// the server's `TIME`, as in production), 15 max_session (µs), 16
 /// max_waiting (-1: none), 17 the client's tag; the operation's own from 18.
 ///
-/// A pass (`A`) is `number,since µs,client,client,client` (`0`: no client
-/// yet); its last request is its score in `AZ`.
+/// A pass (`A`) is `number,since µs,client,moves`: the network it serves
+/// and how often it moved; its last request is its score in `AZ`.
 ///
 /// Replies are arrays of strings: kind, tickets abandoned by this operation,
 /// the head, then the operation's fields.
@@ -274,32 +275,33 @@ end
 ";
 
 /// The rules of a pass, shared by the line scripts and [`TOUCH`]: needs
-/// `A`, `AZ`, `I`, `now`, `session`, `max_session` and `client` defined.
+/// `A`, `AZ`, `I`, `now`, `session`, `max_session` and `client` defined;
+/// [`MAX_PASS_MOVES`] is written in.
 /// `use_pass(key)`: `ok` and the number, `expired` (the pass leaves) or
 /// `foreign` (its clients are others), or `none`.
-const PASS_USE: &str = r"
+static PASS_USE: LazyLock<String> =
+    LazyLock::new(|| format!("local max_moves = {MAX_PASS_MOVES}\n{PASS_USE_BODY}"));
+
+const PASS_USE_BODY: &str = r"
 local function new_pass(number)
-  return number .. ',' .. I(now) .. ',' .. client .. ',0,0'
+  return number .. ',' .. I(now) .. ',' .. client .. ',0'
 end
 
 local function use_pass(key)
   local v = redis.call('HGET', A, key)
   if not v then return 'none' end
   local seen = tonumber(redis.call('ZSCORE', AZ, key) or '0')
-  local number, since, c1, c2, c3 = string.match(v, '^(%d+),(%d+),(%d+),(%d+),(%d+)$')
+  local number, since, holder, moves = string.match(v, '^(%d+),(%d+),(%d+),(%d+)$')
   if not number or now - seen > session or now - tonumber(since) > max_session then
     redis.call('HDEL', A, key)
     redis.call('ZREM', AZ, key)
     return 'expired'
   end
-  local cs = {c1, c2, c3}
-  local mine = false
-  for i = 1, 3 do
-    if cs[i] == client then mine = true break end
-    if cs[i] == '0' then cs[i] = client mine = true break end
+  if holder ~= client then
+    if tonumber(moves) >= max_moves then return 'foreign' end
+    holder, moves = client, I(tonumber(moves) + 1)
   end
-  if not mine then return 'foreign' end
-  redis.call('HSET', A, key, number .. ',' .. since .. ',' .. cs[1] .. ',' .. cs[2] .. ',' .. cs[3])
+  redis.call('HSET', A, key, number .. ',' .. since .. ',' .. holder .. ',' .. moves)
   redis.call('ZADD', AZ, I(now), key)
   return 'ok', number
 end
@@ -333,8 +335,9 @@ end
 /// `full` (`max_waiting` wait already).
 static ARRIVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}{PRELUDE}{PASS_USE}{PRELUDE_STEPS}{}",
+        "{}{PRELUDE}{}{PRELUDE_STEPS}{}",
         super::lua_now_us("ARGV[14]"),
+        &*PASS_USE,
         r"
 advance()
 if ARGV[18] == '1' and waiting() == 0 and redis.call('ZCARD', DZ) == 0 and has_room() then
@@ -379,8 +382,9 @@ return reply('waiting', I(seq), I(seq - head))
 /// `drawn` (draws) or `unknown`.
 static CHECK_IN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}{PRELUDE}{PASS_USE}{PRELUDE_STEPS}{}",
+        "{}{PRELUDE}{}{PRELUDE_STEPS}{}",
         super::lua_now_us("ARGV[14]"),
+        &*PASS_USE,
         r"
 local seq
 if ARGV[18] == 'r' then
@@ -450,8 +454,9 @@ return reply('unknown')
 /// busy seconds, skipped share, from line, direct, abandoned).
 static STATS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}{PRELUDE}{PASS_USE}{PRELUDE_STEPS}{}",
+        "{}{PRELUDE}{}{PRELUDE_STEPS}{}",
         super::lua_now_us("ARGV[14]"),
+        &*PASS_USE,
         r"
 advance()
 return reply('stats', I(waiting()), I(redis.call('ZCARD', DZ)), I(redis.call('HLEN', C)),
@@ -467,13 +472,14 @@ return reply('stats', I(waiting()), I(redis.call('ZCARD', DZ)), I(redis.call('HL
 /// them.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{}{}{PASS_USE}{}",
+        "{}{}{}{}",
         super::lua_now_us("ARGV[4]"),
         r"
 local A, AZ = KEYS[5], KEYS[6]
 local function I(n) return string.format('%.0f', n) end
 local session, max_session, client = tonumber(ARGV[2]), tonumber(ARGV[5]), ARGV[6]
 ",
+        &*PASS_USE,
         r"
 if use_pass(ARGV[1]) ~= 'ok' then return 0 end
 for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ARGV[3]) end

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     Admission, Arrival, CheckIn, Control, Limits, LineStats, Outcome, RoomLine, BURST_SECONDS,
-    DIRECT_BIT, DRAW_BIT, MAX_CLIENTS_PER_PASS, MAX_PASSES, RATE_TAU, SKIP_WEIGHT, SWEEP_EVERY,
+    DIRECT_BIT, DRAW_BIT, MAX_PASSES, MAX_PASS_MOVES, RATE_TAU, SKIP_WEIGHT, SWEEP_EVERY,
     SWEEP_LINE_BATCH,
 };
 
@@ -41,19 +41,20 @@ struct Active {
     number: u64,
     /// When the pass was given.
     since: Instant,
-    /// The tags of the clients it was used from (0: none yet).
-    clients: [u64; MAX_CLIENTS_PER_PASS],
+    /// The tag of the client (network) it serves now.
+    client: u64,
+    /// How often it moved to another network.
+    moves: u8,
 }
 
 impl Active {
     fn new(now: Instant, number: u64, client: u64) -> Active {
-        let mut clients = [0; MAX_CLIENTS_PER_PASS];
-        clients[0] = client;
         Active {
             last_seen: now,
             number,
             since: now,
-            clients,
+            client,
+            moves: 0,
         }
     }
 
@@ -64,20 +65,18 @@ impl Active {
             || now.saturating_duration_since(self.since) > limits.max_session
     }
 
-    /// Takes a request from `client`: whether it is one of the pass's own
-    /// (then the session extends).
+    /// Takes a request from `client`: whether the pass serves it (its
+    /// network, or one it may still move to; then the session extends).
     fn used_by(&mut self, client: u64, now: Instant) -> bool {
-        let known = match self.clients.iter().position(|&c| c == client || c == 0) {
-            Some(i) => {
-                self.clients[i] = client;
-                true
+        if client != self.client {
+            if self.moves >= MAX_PASS_MOVES {
+                return false;
             }
-            None => false,
-        };
-        if known {
-            self.last_seen = now;
+            self.client = client;
+            self.moves += 1;
         }
-        known
+        self.last_seen = now;
+        true
     }
 }
 

@@ -50,10 +50,12 @@ pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// it removes from the head at most: every operation does bounded work (the
 /// rest go with the next ones).
 pub(crate) const SWEEP_LINE_BATCH: usize = 2_000;
-/// Most networks one pass (or called ticket) is used from: a shopper whose
-/// phone moves from Wi-Fi to mobile data keeps it; a pass posted on social
-/// media lets this many in, not everyone.
-pub const MAX_CLIENTS_PER_PASS: usize = 3;
+/// How often a pass (or a called ticket, once picked up) may move to another
+/// network. A pass serves one network at a time: a request from another one
+/// moves it there and the previous one loses it. A shopper whose phone goes
+/// from Wi-Fi to mobile data and back keeps it; a pass posted on social
+/// media serves one copier at a time and is spent after this many moves.
+pub const MAX_PASS_MOVES: u8 = 2;
 
 /// What the policy allows the line to do in one operation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -233,8 +235,9 @@ pub trait RoomLine: Send + Sync + Debug {
 
     /// The holder of pass `pass` makes a request from `client`: true (and the
     /// session extends) while the pass is in use — within `session` of its
-    /// last request and `max_session` of its admission — and `client` is one
-    /// of the first [`MAX_CLIENTS_PER_PASS`] it was used from.
+    /// last request and `max_session` of its admission — and `client` is
+    /// the network it serves, or it may still move there
+    /// ([`MAX_PASS_MOVES`]).
     async fn touch(&self, pass: u64, client: u64, now: Instant, limits: &Limits) -> bool;
 
     /// The line now (after calling whoever the limits allow).
