@@ -1,7 +1,7 @@
 //! What an edge proxy tells the backend about the request: `X-Request-Id`,
-//! `X-Forwarded-For`, `X-Real-IP` and `X-Forwarded-Proto`, all ordergate's own
-//! (what a client sent in them, or in `Forwarded` / `X-Forwarded-Host`, is
-//! dropped). `Host` is passed through unchanged, so backends see the name the
+//! `X-Forwarded-For` and `X-Forwarded-Proto`, all ordergate's own (what a
+//! client sent in them, or in `Forwarded` / `X-Real-IP` /
+//! `X-Forwarded-Host`, is dropped). `Host` is passed through unchanged, so backends see the name the
 //! shopper used.
 
 use std::net::IpAddr;
@@ -38,10 +38,10 @@ fn new_request_id() -> String {
 /// removes them and says itself who the client is (it trusts no peer yet).
 const CLAIMS: [&str; 3] = ["forwarded", "x-forwarded-host", "x-real-ip"];
 
-/// Sets what the backend is told about the request — `X-Forwarded-For` and
-/// `X-Real-IP` (the peer's address), `X-Forwarded-Proto`, `X-Request-Id` —
-/// replacing whatever the client sent, and removes the client's `Forwarded`
-/// and `X-Forwarded-Host`, so a backend never sees a forged client.
+/// Sets what the backend is told about the request — `X-Forwarded-For` (the
+/// peer's address), `X-Forwarded-Proto`, `X-Request-Id` — replacing whatever
+/// the client sent, and removes the client's `Forwarded`, `X-Real-IP` and
+/// `X-Forwarded-Host`, so a backend never sees a forged client.
 pub fn add_headers(
     upstream: &mut RequestHeader,
     client: Option<IpAddr>,
@@ -54,11 +54,7 @@ pub fn add_headers(
         }
     }
     match client {
-        Some(ip) => {
-            let ip = ip.to_string();
-            upstream.insert_header("x-forwarded-for", &ip)?;
-            upstream.insert_header("x-real-ip", ip)?;
-        }
+        Some(ip) => upstream.insert_header("x-forwarded-for", ip.to_string())?,
         None => {
             upstream.remove_header("x-forwarded-for");
         }
@@ -145,7 +141,7 @@ mod tests {
             all.filter_map(|v| v.to_str().ok()).collect::<Vec<_>>()
         };
         assert_eq!(values("x-forwarded-for"), ["127.0.0.9"]);
-        assert_eq!(values("x-real-ip"), ["127.0.0.9"]);
+        assert!(values("x-real-ip").is_empty());
         assert_eq!(values("x-forwarded-proto"), ["http"]);
         assert_eq!(values("x-request-id"), ["r-1"]);
         assert!(values("forwarded").is_empty());
