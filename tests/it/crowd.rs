@@ -303,9 +303,10 @@ fn admin_connections_that_never_finish_are_capped_and_closed() {
     );
 }
 
-/// One request from the loopback address `source` (any of 127.0.0.0/8), as
-/// if from another client.
-fn request_from(source: [u8; 4], to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+/// Sends `raw` (a whole request with `Connection: close`) from the loopback
+/// address `source` (any of 127.0.0.0/8), as if from another client, and
+/// reads the answer.
+fn send_from(source: [u8; 4], to: SocketAddr, raw: &str) -> Response {
     use socket2::{Domain, Socket, Type};
     use std::io::{Read, Write};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
@@ -317,15 +318,20 @@ fn request_from(source: [u8; 4], to: SocketAddr, path: &str, headers: &[(&str, &
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
+    stream.write_all(raw.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read");
+    parse_response(&answer).expect("an answer")
+}
+
+/// One GET from the loopback address `source`.
+fn request_from(source: [u8; 4], to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
     let mut head = format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
-    parse_response(&raw).expect("an answer")
+    send_from(source, to, &head)
 }
 
 /// Row 6: thousands of distinct clients, one request each, on a route limited
@@ -466,28 +472,14 @@ fn order_from(
     body: &str,
     cookie: Option<&str>,
 ) -> Response {
-    use socket2::{Domain, Socket, Type};
-    use std::io::{Read, Write};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    socket
-        .bind(&SocketAddr::from((source, 0)).into())
-        .expect("bind a loopback source address");
-    socket.connect(&to.into()).expect("connect");
-    let mut stream: std::net::TcpStream = socket.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
     let cookie = cookie
         .map(|c| format!("Cookie: {c}\r\n"))
         .unwrap_or_default();
-    let head = format!(
+    let raw = format!(
         "POST /api/orders HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\nContent-Type: application/json\r\nIdempotency-Key: {key}\r\n{cookie}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(head.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
-    parse_response(&raw).expect("an answer")
+    send_from(source, to, &raw)
 }
 
 fn set_cookie(response: &Response) -> Option<&str> {
