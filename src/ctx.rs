@@ -16,6 +16,7 @@ use crate::outcome::Outcome;
 use crate::retry::{Attempt, Failure};
 use crate::route::Route;
 use crate::state::Snapshot;
+use crate::stream::{OpenStream, StreamKind};
 use crate::upstream::{InFlight, Pool};
 
 /// State of one request through the proxy phases.
@@ -77,6 +78,11 @@ pub struct RequestCtx {
     pub stale_recording: Option<Box<crate::stale::Recording>>,
     /// The kept answer sent instead of a backend's (a replay, a stale copy).
     pub kept: Option<KeptKind>,
+    /// The stream the request asks for: it waits by the route's
+    /// `stream_idle_timeout` rather than its pool's `request_timeout`.
+    pub stream: Option<StreamKind>,
+    /// The stream the backend opened, counted open while it lasts.
+    pub open_stream: Option<OpenStream>,
 }
 
 impl RequestCtx {
@@ -108,6 +114,8 @@ impl RequestCtx {
             notice: None,
             stale_recording: None,
             kept: None,
+            stream: None,
+            open_stream: None,
         }
     }
 
@@ -122,6 +130,18 @@ impl RequestCtx {
         let route = snapshot.routes.get(self.route?)?;
         let pool = snapshot.pools.get(self.pool.unwrap_or(route.config.pool))?;
         Some((route, pool))
+    }
+
+    /// The backend's answer opened a stream of `kind`: it is counted open
+    /// while it lasts, and gives back its pool slot and its backend's
+    /// in-flight count now (a stream's quiet minutes are no load to admit by).
+    pub fn stream_opened(&mut self, kind: StreamKind) {
+        let snapshot = Arc::clone(&self.snapshot);
+        if let Some((route, _)) = self.route_and_pool_in(&snapshot) {
+            self.open_stream = Some(route.streams.open(kind));
+        }
+        self.in_flight = None;
+        self.permit = None;
     }
 
     /// Chooses the pool that serves the request: the route's pool, or, while

@@ -10,6 +10,8 @@
 //!                          route      Route by host, path prefix, method    (none → 404 page)
 //!                          ctx        the serving Pool: the route's, or its backup while it is down
 //!                          connection declared body size                    (over → 413 page)
+//!                          stream     a WebSocket, event stream or long poll waits by the
+//!                                     route's stream_idle_timeout
 //!                          route      rate limit per client key             (over → 429 page)
 //!                          maintenance an open window                       (→ 503 maintenance page)
 //!                          room       waiting room: pass, ticket or bypass  (in line → 503 waiting page)
@@ -24,6 +26,7 @@
 //! upstream_request_filter  forward    X-Forwarded-For / -Proto, X-Request-Id
 //! upstream_response_filter upstream   latency, passive health; retry a retryable status;
 //!                          respond    swap a 5xx body for the page
+//!                          stream     an opened stream gives its pool slot back
 //!                          idempotency, stale: start recording the answer (kept at its end)
 //! response_filter          forward    X-Request-Id back to the client; a new room pass
 //! fail_to_proxy            respond    the one place a failure becomes a page (502/503/504/...),
@@ -74,5 +77,6 @@ pub mod sim;
 pub mod stale;
 pub mod state;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 pub mod upstream;

@@ -27,9 +27,10 @@ use crate::respond::{self, Kept, Outcome, PageContext, Sent, BODY_TOO_LARGE};
 use crate::retry::{self, Attempt, Failure, ProxyError};
 use crate::stale::{self, Need};
 use crate::state::State;
+use crate::stream;
 use crate::telemetry::{AccessLogger, AccessRecord, UpstreamResult};
 use crate::upstream::outlier::Signal;
-use crate::upstream::Pick;
+use crate::upstream::{InFlight, Pick};
 
 /// The proxy service: holds the served state.
 #[derive(Debug)]
@@ -139,7 +140,15 @@ impl Proxy {
             return Some(Outcome::BodyTooLarge);
         }
         pool.state.retry_budget.record_request(now);
-        ctx.deadline = Some(now + route.config.timeout);
+        let deadline = now + route.config.timeout;
+        let stream = stream::requested(&request.method, &request.headers, route.config.long_poll);
+        let idle = route.config.stream_idle_timeout;
+        ctx.deadline = Some(deadline);
+        ctx.stream = stream;
+        if stream.is_some() {
+            // The shopper's side of a stream may be quiet as long as the backend's.
+            session.set_read_timeout(Some(idle));
+        }
         None
     }
 
@@ -412,12 +421,13 @@ impl Proxy {
     /// backup pools in turn.
     fn pick(&self, session: &Session, ctx: &mut RequestCtx, timeout: Duration) -> Option<Pick> {
         let headers = &session.req_header().headers;
-        let may_replay = ctx
-            .route_and_pool()
-            .is_some_and(|(route, _)| replay_safe(session, route));
+        let (may_replay, stream_idle) = ctx.route_and_pool().map_or((false, None), |(route, _)| {
+            let stream_idle = ctx.stream.map(|_| route.config.stream_idle_timeout);
+            (replay_safe(session, route), stream_idle)
+        });
         loop {
             let (_, pool) = ctx.route_and_pool()?;
-            let timeout = timeout.min(pool.request_timeout());
+            let timeout = stream::read_timeout(stream_idle, timeout.min(pool.request_timeout()));
             if let Some(pick) = pool.pick(headers, ctx.client_ip, &ctx.tried, timeout) {
                 return Some(pick);
             }
@@ -489,12 +499,19 @@ fn out_of_descriptors(error: &Error) -> bool {
         .is_some_and(crate::telemetry::is_out_of_descriptors)
 }
 
-/// Whether a final (non-1xx) response header already went to the client: then
-/// nothing else can be sent, neither a page nor another backend's answer.
+/// Whether a final (non-1xx) response header, or a protocol switch, already
+/// went to the client: then nothing else can be sent, neither a page nor
+/// another backend's answer.
 fn answer_started(session: &Session) -> bool {
     session
         .response_written()
-        .is_some_and(|r| !r.status.is_informational())
+        .is_some_and(|r| is_final(r.status))
+}
+
+/// A final answer, or `101 Switching Protocols` (after which the connection
+/// carries another protocol).
+fn is_final(status: http::StatusCode) -> bool {
+    !status.is_informational() || status == http::StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// Feeds a failed attempt into passive health and the attempt metrics.
@@ -598,7 +615,7 @@ fn replay_safe(session: &Session, route: &crate::route::Route) -> bool {
 fn final_status(session: &Session, ctx: &RequestCtx) -> u16 {
     session
         .response_written()
-        .filter(|r| !r.status.is_informational())
+        .filter(|r| is_final(r.status))
         .map_or_else(
             || ctx.outcome.map_or(0, Outcome::status),
             |r| r.status.as_u16(),
@@ -785,7 +802,7 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if upstream_response.status.is_informational() {
+        if !is_final(upstream_response.status) {
             // 100 Continue and friends: the final answer is still to come.
             return Ok(());
         }
@@ -806,6 +823,9 @@ impl ProxyHttp for Proxy {
         record_answer(ctx, status, !retryable);
         if intercept {
             return Err(intercept_answer(ctx, status, backend_retry_after));
+        }
+        if let Some(kind) = stream::opened(status, &upstream_response.headers) {
+            ctx.stream_opened(kind);
         }
         Ok(())
     }
@@ -891,10 +911,12 @@ impl ProxyHttp for Proxy {
     // An intercepted 5xx is answered with a page; logging it as an error too
     // would double every backend error in the log. A shopper who closed the
     // connection is no error of the proxy's either (the access log has it).
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
         // Running out of descriptors is logged once per episode (telemetry).
         error.etype() == &INTERCEPTED_STATUS
             || out_of_descriptors(error)
+            // A stream that idled out ended as configured; it is counted.
+            || (ctx.open_stream.is_some() && error.etype() == &ReadTimedout)
             || (error.esource() == &ErrorSource::Downstream && error.etype() == &ConnectionClosed)
     }
 
@@ -933,11 +955,16 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         // The backend's in-flight count ends before the pool slot is handed to
         // the next waiter, so that waiter finds the backend under its cap.
         ctx.in_flight = None;
         ctx.permit = None;
+        if let Some(open) = ctx.open_stream.take() {
+            if error.is_some_and(|e| e.etype() == &ReadTimedout) {
+                open.idled_out();
+            }
+        }
         if let Some(keyed) = ctx.keyed.take() {
             if let Some((route, _)) = ctx.route_and_pool() {
                 if let Some(edge) = &route.idempotency {
@@ -967,6 +994,11 @@ impl ProxyHttp for Proxy {
 /// counted as a failure).
 fn record_answer(ctx: &mut RequestCtx, status: u16, record_health: bool) {
     ctx.outcome = None;
+    ctx.upstream_time = ctx.in_flight.as_ref().map(InFlight::elapsed);
+    if ctx.stream == Some(stream::StreamKind::LongPoll) {
+        // A long poll's answer is slow by design: no latency sample.
+        return;
+    }
     if let (Some(in_flight), Some((_, pool))) = (&ctx.in_flight, ctx.route_and_pool()) {
         let latency = in_flight.elapsed();
         if record_health {
@@ -982,7 +1014,6 @@ fn record_answer(ctx: &mut RequestCtx, status: u16, record_health: bool) {
                 latency,
             );
         }
-        ctx.upstream_time = Some(latency);
         if let Some(permit) = ctx.permit.as_mut() {
             permit.record(latency, status >= 500);
         }

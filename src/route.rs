@@ -20,6 +20,7 @@ use crate::idempotency::RouteIdempotency;
 use crate::live::LiveState;
 use crate::ratelimit::{self, RateLimiter};
 use crate::stale::StaleCache;
+use crate::stream::RouteStreams;
 use crate::telemetry::{Metrics, RouteMetrics};
 
 /// How much longer than a route's timeout a shared idempotency record may
@@ -40,6 +41,8 @@ pub struct Route {
     pub stale_copies: Option<Arc<StaleCache>>,
     /// Metric handles.
     pub metrics: RouteMetrics,
+    /// Metric handles of the route's streams.
+    pub streams: RouteStreams,
 }
 
 impl Route {
@@ -102,6 +105,7 @@ impl RouteTable {
                     live.stale(&c.name, config)
                 }),
                 metrics: metrics.route(&c.name),
+                streams: RouteStreams::new(metrics, &c.name),
                 config: c.clone(),
             })
             .collect();

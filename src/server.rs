@@ -107,12 +107,13 @@ fn exit_when_drained(
         std::thread::sleep(DRAIN_POLL);
     }
     let cut = state.requests_in_flight();
+    let streams_cut = crate::stream::open_now();
     let finished = state
         .metrics
         .requests_answered()
         .saturating_sub(answered_before);
     log::info!(
-        "shutdown complete after {:.2}s: {finished} request{} finished, {cut} cut at the end of the grace period",
+        "shutdown complete after {:.2}s: {finished} request{} finished, {cut} cut at the end of the grace period ({streams_cut} of them open streams)",
         started.elapsed().as_secs_f64(),
         if finished == 1 { "" } else { "s" }
     );

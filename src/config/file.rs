@@ -319,6 +319,10 @@ pub struct FileRoute {
     pub maintenance: Option<FileMaintenance>,
     /// `[routes.stale]`.
     pub stale: Option<FileStale>,
+    /// Idle limit of WebSockets, event streams and long polls.
+    pub stream_idle_timeout: Option<String>,
+    /// Every request on the route is a long poll.
+    pub long_poll: Option<bool>,
 }
 
 /// `[routes.stale]`.

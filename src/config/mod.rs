@@ -451,6 +451,14 @@ pub struct RouteConfig {
     pub maintenance: Option<MaintenanceConfig>,
     /// Stale answers for reads when the backends fail. Default: off.
     pub stale: Option<StaleConfig>,
+    /// How long a stream (a WebSocket, an event stream, a long poll) may stay
+    /// idle in either direction, its answer head included; it replaces the
+    /// pool's `request_timeout` and the route's `timeout` for streams.
+    /// Default: 5m.
+    pub stream_idle_timeout: Duration,
+    /// Every request on the route is a long poll: it waits for its answer as a
+    /// stream does (`stream_idle_timeout`). Default: false.
+    pub long_poll: bool,
 }
 
 /// `[routes.stale]`: the last good answer to each read, served (marked stale)

@@ -254,6 +254,8 @@ const ROUTE: &[Field] = &[
         Kind::Table("routes.maintenance", MAINTENANCE),
     ),
     f("stale", Kind::Table("routes.stale", STALE)),
+    f("stream_idle_timeout", Kind::Duration),
+    f("long_poll", Kind::Bool),
 ];
 
 const ADMIN: &[Field] = &[

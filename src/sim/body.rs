@@ -50,6 +50,10 @@ pub(crate) struct SimBody {
     pause: Option<Pin<Box<Sleep>>>,
     /// Released as soon as the last chunk is handed to hyper.
     hold: Hold,
+    /// Sent chunked, as an event stream is (hyper is not told the length).
+    streamed: bool,
+    /// The next chunk goes without a pause (an event stream's first).
+    immediate: bool,
 }
 
 impl SimBody {
@@ -76,6 +80,16 @@ impl SimBody {
         Self::from_chunks(chunks, Some(SLOW_INTERVAL))
     }
 
+    /// An event stream: `events` sent chunked, the first at once, then one
+    /// every `gap`.
+    pub(crate) fn events(events: VecDeque<Bytes>, gap: Duration) -> Self {
+        SimBody {
+            streamed: true,
+            immediate: true,
+            ..Self::from_chunks(events, Some(gap))
+        }
+    }
+
     fn from_chunks(chunks: VecDeque<Bytes>, pace: Option<Duration>) -> Self {
         let remaining = chunks.iter().map(|c| c.len() as u64).sum();
         SimBody {
@@ -84,6 +98,8 @@ impl SimBody {
             pace,
             pause: None,
             hold: Hold::default(),
+            streamed: false,
+            immediate: false,
         }
     }
 
@@ -116,7 +132,7 @@ impl Body for SimBody {
         if this.chunks.is_empty() {
             return Poll::Ready(None);
         }
-        if let Some(interval) = this.pace {
+        if let Some(interval) = this.pace.filter(|_| !std::mem::take(&mut this.immediate)) {
             let pause = this
                 .pause
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)));
@@ -140,6 +156,10 @@ impl Body for SimBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.streamed {
+            // Unknown to hyper: the answer is sent chunked.
+            return SizeHint::default();
+        }
         SizeHint::with_exact(self.remaining)
     }
 }

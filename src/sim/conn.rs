@@ -129,7 +129,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, listener: Arc<Listener>, fle
     let mut connection = Box::pin(
         http1::Builder::new()
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), handler),
+            .serve_connection(TokioIo::new(stream), handler)
+            .with_upgrades(),
     );
 
     let how = tokio::select! {

@@ -20,6 +20,8 @@
 //! | `GET /__sim/stats` | requests and accepted connections per listener, orders created, idempotent replays, requests in flight |
 //! | `GET`/`PUT /__sim/mode` | this listener's mode; `PUT` changes it (or every listener's with `"all": true`) |
 //! | `POST /__sim/reset` | forgets orders and counters, restores the command-line modes |
+//! | `GET /__sim/events?count=N&gap_ms=M` | `text/event-stream`: `N` events (default 3), the first at once, then one every `M` ms (default 1000) |
+//! | `GET /__sim/ws` | a WebSocket upgrade; echoes every message, answers pings |
 //!
 //! The `/__sim/*` endpoints always answer at once, whatever the mode.
 
@@ -30,8 +32,10 @@ mod fleet;
 mod mode;
 mod orders;
 mod service;
+mod streams;
 #[cfg(test)]
 mod tests;
+pub mod websocket;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -38,6 +38,13 @@ pub(crate) async fn handle(
     fleet: Arc<Fleet>,
     control: Arc<ConnControl>,
 ) -> Result<Response<SimBody>, Infallible> {
+    let path = request.uri().path();
+    if path == "/__sim/events" {
+        return Ok(super::streams::events(&request));
+    }
+    if path == "/__sim/ws" {
+        return Ok(super::streams::websocket_echo(request));
+    }
     let response = if request.uri().path().starts_with(SIM_PREFIX) {
         control_endpoint(request, &listener, &fleet)
             .await

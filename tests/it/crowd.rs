@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::support::conn::Conn;
 use crate::support::{
-    admin, admin_section, free_port, parse_response, request, wait_until, Fleet, Proxy, Response,
+    admin, admin_section, free_port, metric_value, parse_response, request, wait_until, Fleet,
+    Proxy, Response,
 };
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
@@ -240,13 +241,6 @@ fn a_web_page_cannot_close_the_shop_through_the_admin_api() {
         assert_eq!(own.status, 200, "{}: {}", case("own page"), own.text());
         assert_eq!(read("/rooms")["rooms"][0]["control"], "closed");
     }
-}
-
-/// The value of one series in Prometheus text.
-fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series}"))
 }
 
 /// Row 9: connections that never finish their request head are closed after

@@ -22,4 +22,5 @@ mod room;
 mod room_line;
 mod sre;
 mod stale;
+mod streams;
 mod trust;

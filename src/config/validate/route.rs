@@ -17,6 +17,9 @@ use crate::config::{Priority, RateKey, RateLimitConfig, RetryConfig, RetryOn, Ro
 
 pub(super) const DEFAULT_MAX_BODY_BYTES: u64 = MIB;
 pub(super) const DEFAULT_RATE_LIMIT_MAX_CLIENTS: u32 = 250_000;
+/// Envoy's `stream_idle_timeout` default: long enough for an order-status
+/// page's quiet minutes, short enough that a vanished client's stream ends.
+pub(super) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub(super) fn routes(
     files: &[FileRoute],
@@ -197,6 +200,14 @@ pub(super) fn route(
             .stale
             .as_ref()
             .map(|table| super::stale::stale(&format!("{at}.stale"), table, problems)),
+        stream_idle_timeout: duration_or(
+            &format!("{at}.stream_idle_timeout"),
+            file.stream_idle_timeout.as_deref(),
+            DEFAULT_STREAM_IDLE_TIMEOUT,
+            false,
+            problems,
+        ),
+        long_poll: file.long_poll.unwrap_or(false),
     }
 }
 

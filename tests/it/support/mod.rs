@@ -245,6 +245,14 @@ pub fn admin_section(port: u16) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n")
 }
 
+/// The value of one series (name and labels, as Prometheus writes them) in
+/// Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series}"))
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
