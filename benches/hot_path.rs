@@ -199,7 +199,10 @@ fn parsed_request(headers: &[(&str, &str)]) -> pingora::http::RequestHeader {
 }
 
 fn forwarding_headers(c: &mut Criterion) {
-    let client = Some(std::net::IpAddr::from([203, 0, 113, 7]));
+    let client = ordergate::client::Client {
+        ip: Some(std::net::IpAddr::from([203, 0, 113, 7])),
+        ..Default::default()
+    };
     let load_generator = parsed_request(&[("Host", "shop.example")]);
     let browser = parsed_request(&[
         ("Host", "shop.example"),
@@ -224,8 +227,7 @@ fn forwarding_headers(c: &mut Criterion) {
                 let mut upstream = request.clone();
                 ordergate::forward::add_headers(
                     &mut upstream,
-                    client,
-                    false,
+                    &client,
                     "4f2a9c0d1e2f3a4b5c6d7e8f9a0b1c2d",
                 )
                 .expect("headers");

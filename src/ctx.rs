@@ -1,6 +1,6 @@
 //! Per-request context: what one request carries from phase to phase.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use pingora::http::RequestHeader;
 use tokio::time::Instant;
 
 use crate::admission::Permit;
+use crate::client::Client;
 use crate::idempotency::KeyedRequest;
 use crate::kept::KeptKind;
 use crate::outcome::Outcome;
@@ -28,8 +29,9 @@ pub struct RequestCtx {
     pub started: Instant,
     /// The request id, sent upstream and back to the client.
     pub request_id: String,
-    /// The client's address (of the TCP connection), looked up once.
-    pub client_ip: Option<IpAddr>,
+    /// The shopper's address (the connection's peer, or the client a trusted
+    /// proxy names) and scheme, found once ([`crate::client`]).
+    pub client: Client,
     /// The matched route, as an index into `snapshot.routes`.
     pub route: Option<usize>,
     /// The pool serving the request, as an index into `snapshot.pools`: the
@@ -92,7 +94,7 @@ impl RequestCtx {
             snapshot,
             started: Instant::now(),
             request_id: String::new(),
-            client_ip: None,
+            client: Client::default(),
             route: None,
             pool: None,
             deadline: None,

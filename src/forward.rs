@@ -1,13 +1,16 @@
 //! What an edge proxy tells the backend about the request: `X-Request-Id`,
-//! `X-Forwarded-For` and `X-Forwarded-Proto`, all ordergate's own (what a
-//! client sent in them, or in `Forwarded` / `X-Real-IP` /
-//! `X-Forwarded-Host`, is dropped). `Host` is passed through unchanged, so backends see the name the
-//! shopper used.
-
-use std::net::IpAddr;
+//! `X-Forwarded-For` and `X-Forwarded-Proto`. From a client they are
+//! ordergate's own: what the client sent in them, or in `Forwarded` /
+//! `X-Real-IP` / `X-Forwarded-Host`, is dropped. From a trusted proxy
+//! (`server.trusted_proxies`, see `client`) they are the proxy's word, kept:
+//! ordergate appends the proxy's address to its `X-Forwarded-For` and keeps
+//! its `X-Forwarded-Proto`. `Host` is passed through unchanged, so backends
+//! see the name the shopper used.
 
 use http::{HeaderMap, HeaderValue};
 use pingora::http::RequestHeader;
+
+use crate::client::Client;
 
 /// Longest client-supplied request id that is kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -38,30 +41,47 @@ fn new_request_id() -> String {
 /// removes them and says itself who the client is (it trusts no peer yet).
 const CLAIMS: [&str; 3] = ["forwarded", "x-forwarded-host", "x-real-ip"];
 
-/// Sets what the backend is told about the request — `X-Forwarded-For` (the
-/// peer's address), `X-Forwarded-Proto`, `X-Request-Id` — replacing whatever
-/// the client sent, and removes the client's `Forwarded`, `X-Real-IP` and
-/// `X-Forwarded-Host`, so a backend never sees a forged client.
+/// Sets what the backend is told about the request — `X-Forwarded-For`,
+/// `X-Forwarded-Proto`, `X-Request-Id`. From a client, whatever it sent in
+/// them is replaced and its `Forwarded`, `X-Real-IP` and `X-Forwarded-Host`
+/// removed, so a backend never sees a forged client; from a trusted proxy
+/// its chain is kept and the proxy's address appended.
 pub fn add_headers(
     upstream: &mut RequestHeader,
-    client: Option<IpAddr>,
-    tls: bool,
+    client: &Client,
     request_id: &str,
 ) -> pingora::Result<()> {
-    for claim in CLAIMS {
-        if upstream.headers.contains_key(claim) {
-            upstream.remove_header(claim);
+    match client.proxy {
+        Some(proxy) => {
+            let chain = match upstream.headers.get("x-forwarded-for") {
+                Some(chain) => format!("{}, {proxy}", String::from_utf8_lossy(chain.as_bytes())),
+                None => proxy.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", chain)?;
+            if !upstream.headers.contains_key("x-forwarded-proto") {
+                upstream.insert_header("x-forwarded-proto", proto(client.https))?;
+            }
         }
-    }
-    match client {
-        Some(ip) => upstream.insert_header("x-forwarded-for", ip.to_string())?,
         None => {
-            upstream.remove_header("x-forwarded-for");
+            for claim in CLAIMS {
+                if upstream.headers.contains_key(claim) {
+                    upstream.remove_header(claim);
+                }
+            }
+            match client.ip {
+                Some(ip) => upstream.insert_header("x-forwarded-for", ip.to_string())?,
+                None => {
+                    upstream.remove_header("x-forwarded-for");
+                }
+            }
+            upstream.insert_header("x-forwarded-proto", proto(client.https))?;
         }
     }
-    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-    upstream.insert_header("x-forwarded-proto", proto)?;
     upstream.insert_header("x-request-id", request_id)
+}
+
+fn proto(https: bool) -> HeaderValue {
+    HeaderValue::from_static(if https { "https" } else { "http" })
 }
 
 fn is_sane_request_id(id: &[u8]) -> bool {
@@ -105,6 +125,7 @@ pub fn request_host(request: &RequestHeader) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn keeps_a_sane_request_id_and_replaces_others() {
@@ -134,8 +155,11 @@ mod tests {
         ] {
             request.append_header(name, value).expect("header");
         }
-        let client = Some(IpAddr::from([127, 0, 0, 9]));
-        add_headers(&mut request, client, false, "r-1").expect("headers");
+        let client = Client {
+            ip: Some(IpAddr::from([127, 0, 0, 9])),
+            ..Client::default()
+        };
+        add_headers(&mut request, &client, "r-1").expect("headers");
         let values = |name: &str| {
             let all = request.headers.get_all(name).iter();
             all.filter_map(|v| v.to_str().ok()).collect::<Vec<_>>()
@@ -151,8 +175,37 @@ mod tests {
         unknown
             .append_header("X-Forwarded-For", "203.0.113.66")
             .expect("header");
-        add_headers(&mut unknown, None, true, "r-2").expect("headers");
+        let nobody = Client {
+            https: true,
+            ..Client::default()
+        };
+        add_headers(&mut unknown, &nobody, "r-2").expect("headers");
         assert!(unknown.headers.get("x-forwarded-for").is_none());
+    }
+
+    #[test]
+    fn a_trusted_proxys_chain_is_kept_and_extended() {
+        let mut request = RequestHeader::build("GET", b"/", None).expect("request");
+        for (name, value) in [
+            ("X-Forwarded-For", "203.0.113.66, 198.51.100.2"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "shop.example"),
+        ] {
+            request.append_header(name, value).expect("header");
+        }
+        let via_cdn = Client {
+            ip: Some(IpAddr::from([198, 51, 100, 2])),
+            proxy: Some(IpAddr::from([10, 0, 0, 5])),
+            https: true,
+        };
+        add_headers(&mut request, &via_cdn, "r-3").expect("headers");
+        let value = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(
+            value("x-forwarded-for"),
+            Some("203.0.113.66, 198.51.100.2, 10.0.0.5")
+        );
+        assert_eq!(value("x-forwarded-proto"), Some("https"));
+        assert_eq!(value("x-forwarded-host"), Some("shop.example"));
     }
 
     #[test]

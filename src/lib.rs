@@ -3,9 +3,11 @@
 //! A request's way through the proxy (pingora phases → modules):
 //!
 //! ```text
-//! (each connection)        connection header and keep-alive timeouts around pingora's HTTP/1 reads
+//! (each connection)        accept     a PROXY protocol header from a trusted balancer names the client
+//!                          connection header and keep-alive timeouts around pingora's HTTP/1 reads
 //! new_ctx                  state      hold the current config Snapshot for the whole request
-//! request_filter           forward    request id
+//! request_filter           client     the shopper's address: the peer, or whom a trusted proxy names
+//!                          forward    request id
 //!                          connection request head size                     (over → 431 page)
 //!                          route      Route by host, path prefix, method    (none → 404 page)
 //!                          ctx        the serving Pool: the route's, or its backup while it is down
@@ -49,9 +51,11 @@
 //! each route's live state (rate-limit counts, idempotency records, stale
 //! copies, waiting-room lines) in `live::LiveState`, both outliving snapshots.
 
+pub mod accept;
 pub mod admin;
 pub mod admission;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod ctx;
@@ -65,6 +69,7 @@ pub mod outcome;
 pub mod pages;
 pub mod path;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod reload;
 pub mod respond;

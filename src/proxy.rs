@@ -111,7 +111,13 @@ impl Proxy {
     /// the route and its serving pool, and the limits on what the shopper
     /// sent; the page to answer with when one of them fails.
     fn classify(&self, session: &mut Session, ctx: &mut RequestCtx) -> Option<Outcome> {
-        ctx.client_ip = client_ip(session);
+        let client = crate::client::identify(
+            peer_ip(session),
+            is_tls(session),
+            &session.req_header().headers,
+            &ctx.snapshot.trust,
+        );
+        ctx.client = client;
         ctx.request_id = forward::request_id(
             session
                 .req_header()
@@ -158,7 +164,7 @@ impl Proxy {
             return false;
         };
         route
-            .over_rate_limit(&session.req_header().headers, ctx.client_ip)
+            .over_rate_limit(&session.req_header().headers, ctx.client.ip)
             .await
     }
 
@@ -183,7 +189,7 @@ impl Proxy {
         }
         let now = SystemTime::now();
         let headers = &session.req_header().headers;
-        match rules.decide(&self.state.maintenance, headers, ctx.client_ip, now) {
+        match rules.decide(&self.state.maintenance, headers, ctx.client.ip, now) {
             maintenance::Decision::Pass => Ok(None),
             maintenance::Decision::Closed(window) => {
                 ctx.retry_after = Some(window.retry_after(now));
@@ -215,8 +221,8 @@ impl Proxy {
             method: &header.method,
             path: header.uri.path(),
             headers: &header.headers,
-            tls: is_tls(session),
-            client_ip: ctx.client_ip,
+            tls: ctx.client.https,
+            client_ip: ctx.client.ip,
         };
         let pressure = crate::room::Pressure::of_pool(pool);
         let (view, cookie) = match room.decide(&request, pressure, Instant::now()).await {
@@ -285,7 +291,7 @@ impl Proxy {
             &route.config.name,
             &request.method,
             &request.headers,
-            ctx.client_ip,
+            ctx.client.ip,
         ) {
             Ok(Some(key)) => key,
             Ok(None) => return Ok(None),
@@ -428,7 +434,7 @@ impl Proxy {
         loop {
             let (_, pool) = ctx.route_and_pool()?;
             let timeout = stream::read_timeout(stream_idle, timeout.min(pool.request_timeout()));
-            if let Some(pick) = pool.pick(headers, ctx.client_ip, &ctx.tried, timeout) {
+            if let Some(pick) = pool.pick(headers, ctx.client.ip, &ctx.tried, timeout) {
                 return Some(pick);
             }
             if !ctx.move_to_backup(may_replay) {
@@ -438,7 +444,8 @@ impl Proxy {
     }
 }
 
-fn client_ip(session: &Session) -> Option<IpAddr> {
+/// The connection's peer (after a PROXY protocol header, the address it named).
+fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|addr| addr.as_inet())
@@ -784,16 +791,11 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forward::add_headers(
-            upstream_request,
-            ctx.client_ip,
-            is_tls(session),
-            &ctx.request_id,
-        )
+        forward::add_headers(upstream_request, &ctx.client, &ctx.request_id)
     }
 
     async fn upstream_response_filter(
@@ -1045,6 +1047,7 @@ fn access_record<'a>(
     AccessRecord {
         time: crate::telemetry::now_rfc3339(),
         request_id: &ctx.request_id,
+        client: ctx.client.ip,
         route: route.map(|(r, _)| r.config.name.as_str()),
         pool: route.map(|(_, p)| p.name.as_str()),
         backend: ctx.tried.last().map(|addr| addr.to_string()),

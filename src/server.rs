@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ListenerConfig;
 use pingora::prelude::*;
@@ -22,8 +23,9 @@ use pingora::server::{
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
+use crate::accept::{BeforeTls, Expectations, Policy, ProxyProtocolApp};
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, ProxyProtocol, TlsConfig};
 use crate::connection::Connections;
 use crate::proxy::Proxy;
 use crate::reload::ReloadWatcher;
@@ -283,6 +285,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     };
     let listen = config.server.listen.clone();
     let read_buffer = config.server.read_buffer;
+    let proxy_protocol = config.server.proxy_protocol;
     let shutdown_delay = config.server.shutdown_delay;
     let tls = config.server.tls.clone();
     let admin_config = config.admin.clone();
@@ -312,35 +315,34 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         move || limits_state.connection_limits(),
         state.metrics.connections_closed.clone(),
     );
-    let mut proxy = Service::new("ordergate proxy".to_string(), app);
-    // Every shopper connection holds a read buffer of this size while idle.
-    let buffers = L4BufferSettings {
-        read: Some(read_buffer),
-        write: None,
+    let proxy_state = Arc::clone(&state);
+    let expectations = Arc::new(Expectations::new(
+        listen
+            .iter()
+            .map(|addr| (*addr, proxy_protocol))
+            .chain(tls.iter().map(|t| (t.listen, t.proxy_protocol))),
+        move |peer| {
+            let snapshot = proxy_state.snapshot();
+            Policy {
+                trusted: snapshot.trust.trusts(peer),
+                timeout: snapshot.limits.header_timeout,
+            }
+        },
+        &state.metrics,
+    ));
+    let listeners = Listeners {
+        listen: &listen,
+        tls: &tls,
+        read_buffer,
+        state: &state,
     };
-    for addr in &listen {
-        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+    // Only a listener that expects a PROXY header pays for reading one.
+    if proxy_protocol != ProxyProtocol::Off {
+        let app = ProxyProtocolApp::new(app, Arc::clone(&expectations));
+        server.add_service(listeners.service(app, &expectations)?);
+    } else {
+        server.add_service(listeners.service(app, &expectations)?);
     }
-    for listener in &tls {
-        // The certificate was loaded and checked with the config; the resolver
-        // serves it and takes a renewed one on reload. pingora never reads the
-        // files itself (it would panic on a bad one).
-        let resolver = state
-            .cert_resolver(listener.listen)
-            .ok_or_else(|| format!("TLS listener {}: no certificate loaded", listener.listen))?;
-        let mut settings = TlsSettings::intermediate("", "")
-            .map_err(|e| format!("TLS listener {}: {e}", listener.listen))?;
-        settings.set_cert_resolver(resolver);
-        if listener.http2 {
-            settings.enable_h2();
-        }
-        proxy.add_listener(
-            ListenerConfig::tcp(listener.listen.to_string())
-                .tls(settings)
-                .l4_buffer(buffers),
-        );
-    }
-    server.add_service(proxy);
     server.add_service(background_service(
         "listener check",
         ListenerCheck {
@@ -377,6 +379,63 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         }),
     });
     Ok(())
+}
+
+/// The shopper listeners of the proxy service, plaintext and TLS.
+struct Listeners<'a> {
+    listen: &'a [SocketAddr],
+    tls: &'a [TlsConfig],
+    read_buffer: usize,
+    state: &'a Arc<State>,
+}
+
+impl Listeners<'_> {
+    /// The proxy service serving `app` on every listener; TLS listeners that
+    /// expect a PROXY header read it before the handshake.
+    fn service<A: ServerApp + Send + Sync + 'static>(
+        &self,
+        app: A,
+        expectations: &Arc<Expectations>,
+    ) -> Result<Service<A>, String> {
+        let mut proxy = Service::new("ordergate proxy".to_string(), app);
+        // Every shopper connection holds a read buffer of this size while idle.
+        let buffers = L4BufferSettings {
+            read: Some(self.read_buffer),
+            write: None,
+        };
+        for addr in self.listen {
+            proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+        }
+        for listener in self.tls {
+            // The certificate was loaded and checked with the config; the resolver
+            // serves it and takes a renewed one on reload. pingora never reads the
+            // files itself (it would panic on a bad one).
+            let resolver = self.state.cert_resolver(listener.listen).ok_or_else(|| {
+                format!("TLS listener {}: no certificate loaded", listener.listen)
+            })?;
+            let mut settings = TlsSettings::intermediate("", "")
+                .map_err(|e| format!("TLS listener {}: {e}", listener.listen))?;
+            settings.set_cert_resolver(resolver);
+            if listener.http2 {
+                settings.enable_h2();
+            }
+            proxy.add_listener(
+                ListenerConfig::tcp(listener.listen.to_string())
+                    .tls(settings)
+                    .l4_buffer(buffers),
+            );
+        }
+        if self
+            .tls
+            .iter()
+            .any(|t| t.proxy_protocol != ProxyProtocol::Off)
+        {
+            proxy
+                .endpoints()
+                .set_pre_tls_callback(Arc::new(BeforeTls(Arc::clone(expectations))));
+        }
+        Ok(proxy)
+    }
 }
 
 /// Fails early, with a clear message, when a listen address is taken or not ours.

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use strum::IntoEnumIterator;
 
 use crate::config::tls::CertResolver;
-use crate::config::{Config, Pages};
+use crate::config::{Config, Pages, ProxyProtocol};
 use crate::live::LiveState;
 use crate::outcome::PAGE_KINDS;
 use crate::retry::{Failure, Stop};
@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub rooms: crate::room::Rooms,
     /// `[maintenance]`: a configured window for every route.
     pub maintenance: Option<crate::config::MaintenanceConfig>,
+    /// Whose word is taken for the client's address (`client`).
+    pub trust: crate::config::TrustConfig,
 }
 
 /// The result of the last reload attempt, for the admin status.
@@ -377,17 +379,22 @@ fn fixed_changes(running: &Config, new: &Config) -> Vec<String> {
             running.server.threads, new.server.threads
         ));
     }
-    let tls_listeners = |config: &Config| -> Vec<(SocketAddr, bool)> {
+    let tls_listeners = |config: &Config| -> Vec<(SocketAddr, bool, ProxyProtocol)> {
         config
             .server
             .tls
             .iter()
-            .map(|t| (t.listen, t.http2))
+            .map(|t| (t.listen, t.http2, t.proxy_protocol))
             .collect()
     };
     if tls_listeners(running) != tls_listeners(new) {
         notes.push(format!(
-            "server.tls listeners changed (addresses or http2) but listeners cannot change live; certificates can, and were; {upgrade}"
+            "server.tls listeners changed (addresses, http2 or proxy_protocol) but listeners cannot change live; certificates can, and were; {upgrade}"
+        ));
+    }
+    if running.server.proxy_protocol != new.server.proxy_protocol {
+        notes.push(format!(
+            "server.proxy_protocol changed but listeners are set up at start; trusted_proxies did change live; {upgrade}"
         ));
     }
     if running.server.upstream_keepalive != new.server.upstream_keepalive {
@@ -459,6 +466,7 @@ impl Snapshot {
             limits: crate::connection::Limits::from(&config.server),
             rooms: crate::room::Rooms::new(&config.rooms, live, metrics),
             maintenance: config.maintenance.clone(),
+            trust: config.server.trust.clone(),
         }
     }
 }

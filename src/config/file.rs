@@ -110,6 +110,8 @@ pub struct FileTls {
     pub key: String,
     /// Offer HTTP/2 by ALPN.
     pub http2: Option<bool>,
+    /// PROXY protocol header before the handshake.
+    pub proxy_protocol: Option<String>,
 }
 
 /// `[pools.queue]`.
@@ -174,6 +176,12 @@ pub struct FileServer {
     pub merge_slashes: Option<bool>,
     /// `reject` or `keep`: paths with `%2F`, `%5C` or `\`.
     pub escaped_slashes: Option<String>,
+    /// Networks whose PROXY header and forwarded headers are believed.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// The header a trusted proxy names the client in.
+    pub client_ip_header: Option<String>,
+    /// PROXY protocol header on the `listen` listeners.
+    pub proxy_protocol: Option<String>,
 }
 
 /// `[[pools]]`.

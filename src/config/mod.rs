@@ -183,6 +183,52 @@ pub struct TlsConfig {
     pub cert_key: tls::CertKey,
     /// Offer HTTP/2 by ALPN. Default: true.
     pub http2: bool,
+    /// The PROXY protocol header expected before the TLS handshake. Default: off.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `proxy_protocol`: the header an L4 balancer (HAProxy `send-proxy`, a cloud
+/// load balancer) sends first on each connection, naming the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    /// No header: the connection's peer is the client.
+    #[default]
+    Off,
+    /// The text header (`PROXY TCP4 ...`).
+    V1,
+    /// The binary header.
+    V2,
+    /// Either version, told apart by its first bytes.
+    Auto,
+}
+
+/// `[server] trusted_proxies` and `client_ip_header`: whose word ordergate
+/// takes for the client's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustConfig {
+    /// Peers whose PROXY protocol header and forwarded headers are believed
+    /// (CDN, L4 balancer, a proxy in front). Default: none.
+    pub proxies: Vec<Cidr>,
+    /// The header a trusted peer names the client in: `x-forwarded-for`
+    /// (read right to left, trusted hops skipped) or a one-address header
+    /// such as `cf-connecting-ip`. Default: `x-forwarded-for`.
+    pub client_ip_header: http::header::HeaderName,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            proxies: Vec::new(),
+            client_ip_header: http::header::HeaderName::from_static("x-forwarded-for"),
+        }
+    }
+}
+
+impl TrustConfig {
+    /// Whether `ip` is a trusted proxy.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.proxies.iter().any(|cidr| cidr.contains(ip))
+    }
 }
 
 /// `[server]`: listeners and process settings.
@@ -222,6 +268,10 @@ pub struct ServerConfig {
     pub pages: Pages,
     /// How request paths are normalised before routing (see `path`).
     pub path: PathPolicy,
+    /// Whose word is taken for the client's address.
+    pub trust: TrustConfig,
+    /// The PROXY protocol header expected on the `listen` listeners. Default: off.
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// `[server] merge_slashes` and `escaped_slashes`: how a request's path is

@@ -102,6 +102,7 @@ const TLS: &[Field] = &[
     f("cert", Kind::Str),
     f("key", Kind::Str),
     f("http2", Kind::Bool),
+    f("proxy_protocol", Kind::Str),
 ];
 
 const SERVER: &[Field] = &[
@@ -118,6 +119,9 @@ const SERVER: &[Field] = &[
     f("read_buffer", Kind::Size),
     f("merge_slashes", Kind::Bool),
     f("escaped_slashes", Kind::Str),
+    f("trusted_proxies", Kind::Strs),
+    f("client_ip_header", Kind::Str),
+    f("proxy_protocol", Kind::Str),
 ];
 
 const BACKEND: &[Field] = &[
@@ -498,7 +502,7 @@ mod tests {
         assert_eq!(
             found,
             [
-                "server.frobnicate: unknown key; [server] takes: listen, threads, grace_period, shutdown_delay, upstream_keepalive, pages, tls, max_request_header_bytes, header_timeout, keepalive_timeout, read_buffer, merge_slashes, escaped_slashes",
+                "server.frobnicate: unknown key; [server] takes: listen, threads, grace_period, shutdown_delay, upstream_keepalive, pages, tls, max_request_header_bytes, header_timeout, keepalive_timeout, read_buffer, merge_slashes, escaped_slashes, trusted_proxies, client_ip_header, proxy_protocol",
                 "server.threds: unknown key; did you mean `threads`?",
             ]
         );

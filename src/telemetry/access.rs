@@ -20,6 +20,9 @@ pub struct AccessRecord<'a> {
     pub time: String,
     /// The request id.
     pub request_id: &'a str,
+    /// The shopper's address (the connection's peer, or the client a
+    /// trusted proxy names).
+    pub client: Option<std::net::IpAddr>,
     /// Route name, or null when none matched.
     pub route: Option<&'a str>,
     /// Pool name.
@@ -174,6 +177,7 @@ mod tests {
         let record = |id| AccessRecord {
             time: now_rfc3339(),
             request_id: id,
+            client: None,
             route: None,
             pool: None,
             backend: None,

@@ -213,7 +213,8 @@ proptest! {
         for (name, value) in &headers {
             upstream.append_header(name.clone(), value.clone()).expect("any header is kept");
         }
-        prop_assert!(forward::add_headers(&mut upstream, client_ip, false, &id).is_ok());
+        let shopper = ordergate::client::Client { ip: client_ip, ..Default::default() };
+        prop_assert!(forward::add_headers(&mut upstream, &shopper, &id).is_ok());
         let forwarded_for = upstream.headers.get_all("x-forwarded-for").iter().count();
         prop_assert_eq!(forwarded_for, usize::from(client_ip.is_some()));
         let pages = Pages::builtin();

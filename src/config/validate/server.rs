@@ -240,6 +240,7 @@ pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) ->
         1,
         problems,
     ) as usize;
+    let trust = super::trust::trust(file, problems);
     let mut tls = Vec::new();
     for (i, entry) in file.tls.iter().flatten().enumerate() {
         let at = format!("server.tls[{i}]");
@@ -283,6 +284,12 @@ pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) ->
                 None
             }
         };
+        let proxy_protocol = super::trust::proxy_protocol(
+            &format!("{at}.proxy_protocol"),
+            entry.proxy_protocol.as_deref(),
+            &trust,
+            problems,
+        );
         if let (Some(listen), Some(cert_key)) = (listen_addr, cert_key) {
             tls.push(TlsConfig {
                 listen,
@@ -290,6 +297,7 @@ pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) ->
                 key,
                 cert_key,
                 http2: entry.http2.unwrap_or(true),
+                proxy_protocol,
             });
         }
     }
@@ -338,6 +346,13 @@ pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) ->
         read_buffer,
         pages,
         path: path_policy(file, problems),
+        proxy_protocol: super::trust::proxy_protocol(
+            "server.proxy_protocol",
+            file.proxy_protocol.as_deref(),
+            &trust,
+            problems,
+        ),
+        trust,
     }
 }
 
