@@ -74,6 +74,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod respond;
 pub mod retry;
+pub mod rewrite;
 pub mod room;
 pub mod route;
 pub mod secret;

@@ -25,6 +25,7 @@ use crate::outcome::{INTERCEPTED_STATUS, RETRYABLE_STATUS};
 use crate::path;
 use crate::respond::{self, Kept, Outcome, PageContext, Sent, BODY_TOO_LARGE};
 use crate::retry::{self, Attempt, Failure, ProxyError};
+use crate::rewrite;
 use crate::stale::{self, Need};
 use crate::state::State;
 use crate::stream;
@@ -156,6 +157,39 @@ impl Proxy {
             session.set_read_timeout(Some(idle));
         }
         None
+    }
+
+    /// A plain-HTTP request on a route that wants HTTPS: `Some(true)` when it
+    /// got its redirect (or the `bad_request` page), `None` to go on.
+    async fn https_redirect(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<bool>> {
+        let Some((route, _)) = ctx.route_and_pool() else {
+            return Ok(None);
+        };
+        let port = ctx.snapshot.https_port;
+        match rewrite::https_redirect(&route.config, ctx.client.https, session.req_header(), port) {
+            None => Ok(None),
+            Some(Err(())) => self
+                .reject(session, ctx, Outcome::BadRequest)
+                .await
+                .map(Some),
+            Some(Ok((status, location))) => {
+                let forced_close = self.forced_close(ctx);
+                let sent = respond::send_redirect(
+                    session,
+                    status,
+                    &location,
+                    &ctx.request_id,
+                    forced_close,
+                )
+                .await?;
+                ctx.bytes_sent += sent.bytes;
+                Ok(Some(true))
+            }
+        }
     }
 
     /// Counts the request against its route's rate limit; whether it is over.
@@ -653,6 +687,9 @@ impl ProxyHttp for Proxy {
         if let Some(outcome) = self.classify(session, ctx) {
             return self.reject(session, ctx, outcome).await;
         }
+        if let Some(answered) = self.https_redirect(session, ctx).await? {
+            return Ok(answered);
+        }
         if self.over_rate_limit(session, ctx).await {
             return self.reject(session, ctx, Outcome::RateLimited).await;
         }
@@ -795,7 +832,11 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forward::add_headers(upstream_request, &ctx.client, &ctx.request_id)
+        forward::add_headers(upstream_request, &ctx.client, &ctx.request_id)?;
+        match ctx.route_and_pool() {
+            Some((route, _)) => rewrite::upstream_request(&route.config, upstream_request),
+            None => Ok(()),
+        }
     }
 
     async fn upstream_response_filter(
@@ -867,6 +908,15 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some((route, _)) = ctx.route_and_pool() {
+            let hsts = ctx.snapshot.hsts.as_ref();
+            rewrite::response(
+                &route.config.response_headers,
+                hsts,
+                ctx.client.https,
+                response,
+            )?;
+        }
         if let Some(cookie) = ctx.room_cookie.take() {
             // A waiting room's new pass, on the admitted shopper's first answer.
             response.append_header(http::header::SET_COOKIE, cookie)?;

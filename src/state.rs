@@ -43,6 +43,10 @@ pub struct Snapshot {
     pub maintenance: Option<crate::config::MaintenanceConfig>,
     /// Whose word is taken for the client's address (`client`).
     pub trust: crate::config::TrustConfig,
+    /// The port HTTPS redirects name (`rewrite`).
+    pub https_port: u16,
+    /// `Strict-Transport-Security` on answers over HTTPS (`rewrite`).
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// The result of the last reload attempt, for the admin status.
@@ -467,6 +471,8 @@ impl Snapshot {
             rooms: crate::room::Rooms::new(&config.rooms, live, metrics),
             maintenance: config.maintenance.clone(),
             trust: config.server.trust.clone(),
+            https_port: config.server.https_port,
+            hsts: config.server.hsts.clone(),
         }
     }
 }

@@ -176,6 +176,12 @@ pub struct FileServer {
     pub merge_slashes: Option<bool>,
     /// `reject` or `keep`: paths with `%2F`, `%5C` or `\`.
     pub escaped_slashes: Option<String>,
+    /// Redirect plain-HTTP requests to HTTPS (every route's default).
+    pub https_redirect: Option<bool>,
+    /// The port HTTPS redirects name.
+    pub https_port: Option<i64>,
+    /// `[server.hsts]`.
+    pub hsts: Option<FileHsts>,
     /// Networks whose PROXY header and forwarded headers are believed.
     pub trusted_proxies: Option<Vec<String>>,
     /// The header a trusted proxy names the client in.
@@ -327,10 +333,40 @@ pub struct FileRoute {
     pub maintenance: Option<FileMaintenance>,
     /// `[routes.stale]`.
     pub stale: Option<FileStale>,
+    /// Redirect plain-HTTP requests to HTTPS.
+    pub https_redirect: Option<bool>,
+    /// Strip the path prefix from the path the backend gets.
+    pub strip_prefix: Option<bool>,
+    /// `[routes.request_headers]`.
+    pub request_headers: Option<FileHeaderRules>,
+    /// `[routes.response_headers]`.
+    pub response_headers: Option<FileHeaderRules>,
     /// Idle limit of WebSockets, event streams and long polls.
     pub stream_idle_timeout: Option<String>,
     /// Every request on the route is a long poll.
     pub long_poll: Option<bool>,
+}
+
+/// `[server.hsts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHsts {
+    /// How long browsers remember to use HTTPS.
+    pub max_age: Option<String>,
+    /// The rule covers subdomains.
+    pub include_subdomains: Option<bool>,
+    /// Ask to be preloaded into browsers.
+    pub preload: Option<bool>,
+}
+
+/// `[routes.request_headers]`, `[routes.response_headers]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeaderRules {
+    /// Headers set (replacing what was there).
+    pub set: Option<std::collections::BTreeMap<String, String>>,
+    /// Headers removed.
+    pub remove: Option<Vec<String>>,
 }
 
 /// `[routes.stale]`.

@@ -270,6 +270,13 @@ pub struct ServerConfig {
     pub path: PathPolicy,
     /// Whose word is taken for the client's address.
     pub trust: TrustConfig,
+    /// Plain-HTTP requests get a redirect to HTTPS, on every route that does
+    /// not say otherwise. Default: false.
+    pub https_redirect: bool,
+    /// The port HTTPS redirects name (omitted when 443). Default: 443.
+    pub https_port: u16,
+    /// `Strict-Transport-Security` on answers over HTTPS. Default: none.
+    pub hsts: Option<http::HeaderValue>,
     /// The PROXY protocol header expected on the `listen` listeners. Default: off.
     pub proxy_protocol: ProxyProtocol,
 }
@@ -509,6 +516,24 @@ pub struct RouteConfig {
     /// Every request on the route is a long poll: it waits for its answer as a
     /// stream does (`stream_idle_timeout`). Default: false.
     pub long_poll: bool,
+    /// A plain-HTTP request gets a redirect to HTTPS. Default:
+    /// `server.https_redirect` (false).
+    pub https_redirect: bool,
+    /// The backend gets the path without `path_prefix`. Default: false.
+    pub strip_prefix: bool,
+    /// Headers set on or removed from the request to the backend.
+    pub request_headers: HeaderRules,
+    /// Headers set on or removed from the backend's answer.
+    pub response_headers: HeaderRules,
+}
+
+/// Headers a route sets (replacing what was there) and removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderRules {
+    /// Set, in order, after the removals.
+    pub set: Vec<(HeaderName, http::HeaderValue)>,
+    /// Removed.
+    pub remove: Vec<HeaderName>,
 }
 
 /// `[routes.stale]`: the last good answer to each read, served (marked stale)

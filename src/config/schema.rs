@@ -39,6 +39,8 @@ enum Kind {
     Tables(&'static str, &'static [Field]),
     /// A table of names to whole numbers.
     IntMap,
+    /// A table of names to strings.
+    StrMap,
     /// An RFC 3339 time: a TOML date-time or a string.
     Time,
 }
@@ -65,6 +67,7 @@ impl Kind {
                 format!("a list of tables: write [[{name}]] before each entry")
             }
             Kind::IntMap => "a table of whole numbers, e.g. { critical = 50 }".to_string(),
+            Kind::StrMap => "a table of strings, e.g. { \"x-shop\" = \"cn\" }".to_string(),
             Kind::Time => "an RFC 3339 time, e.g. \"2026-12-01T02:00:00Z\"".to_string(),
         }
     }
@@ -80,6 +83,7 @@ impl Kind {
             (Kind::Table(..), Value::Table(_)) => true,
             (Kind::Tables(..), Value::Array(items)) => items.iter().all(Value::is_table),
             (Kind::IntMap, Value::Table(map)) => map.values().all(Value::is_integer),
+            (Kind::StrMap, Value::Table(map)) => map.values().all(Value::is_str),
             (Kind::Time, Value::String(_) | Value::Datetime(_)) => true,
             _ => false,
         }
@@ -105,6 +109,14 @@ const TLS: &[Field] = &[
     f("proxy_protocol", Kind::Str),
 ];
 
+const HSTS: &[Field] = &[
+    f("max_age", Kind::Duration),
+    f("include_subdomains", Kind::Bool),
+    f("preload", Kind::Bool),
+];
+
+const HEADER_RULES: &[Field] = &[f("set", Kind::StrMap), f("remove", Kind::Strs)];
+
 const SERVER: &[Field] = &[
     f("listen", Kind::Strs),
     f("threads", Kind::Int),
@@ -119,6 +131,9 @@ const SERVER: &[Field] = &[
     f("read_buffer", Kind::Size),
     f("merge_slashes", Kind::Bool),
     f("escaped_slashes", Kind::Str),
+    f("https_redirect", Kind::Bool),
+    f("https_port", Kind::Int),
+    f("hsts", Kind::Table("server.hsts", HSTS)),
     f("trusted_proxies", Kind::Strs),
     f("client_ip_header", Kind::Str),
     f("proxy_protocol", Kind::Str),
@@ -260,6 +275,16 @@ const ROUTE: &[Field] = &[
     f("stale", Kind::Table("routes.stale", STALE)),
     f("stream_idle_timeout", Kind::Duration),
     f("long_poll", Kind::Bool),
+    f("https_redirect", Kind::Bool),
+    f("strip_prefix", Kind::Bool),
+    f(
+        "request_headers",
+        Kind::Table("routes.request_headers", HEADER_RULES),
+    ),
+    f(
+        "response_headers",
+        Kind::Table("routes.response_headers", HEADER_RULES),
+    ),
 ];
 
 const ADMIN: &[Field] = &[
@@ -502,7 +527,7 @@ mod tests {
         assert_eq!(
             found,
             [
-                "server.frobnicate: unknown key; [server] takes: listen, threads, grace_period, shutdown_delay, upstream_keepalive, pages, tls, max_request_header_bytes, header_timeout, keepalive_timeout, read_buffer, merge_slashes, escaped_slashes, trusted_proxies, client_ip_header, proxy_protocol",
+                "server.frobnicate: unknown key; [server] takes: listen, threads, grace_period, shutdown_delay, upstream_keepalive, pages, tls, max_request_header_bytes, header_timeout, keepalive_timeout, read_buffer, merge_slashes, escaped_slashes, https_redirect, https_port, hsts, trusted_proxies, client_ip_header, proxy_protocol",
                 "server.threds: unknown key; did you mean `threads`?",
             ]
         );
@@ -537,6 +562,10 @@ mod tests {
             Kind::Table(_, fields) => Value::Table(sample_table(fields)),
             Kind::Tables(_, fields) => Value::Array(vec![Value::Table(sample_table(fields))]),
             Kind::IntMap => Value::Table(Table::from_iter([("a".to_string(), Value::Integer(1))])),
+            Kind::StrMap => Value::Table(Table::from_iter([(
+                "x-a".to_string(),
+                Value::String("x".to_string()),
+            )])),
             Kind::Time => Value::String("2026-12-01T02:00:00Z".to_string()),
         }
     }

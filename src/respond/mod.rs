@@ -403,6 +403,25 @@ pub async fn send_kept(
     send_rendered(session, false, header, answer.body.clone(), forced_close).await
 }
 
+/// Sends a redirect of ordergate's own (`rewrite::https_redirect`): no
+/// body, this request's `X-Request-Id`; the connection follows the rule of
+/// every answer of ordergate's.
+pub async fn send_redirect(
+    session: &mut Session,
+    status: u16,
+    location: &str,
+    request_id: &str,
+    forced_close: bool,
+) -> Result<Sent> {
+    let mut header = ResponseHeader::build(status, Some(3))?;
+    header.insert_header(http::header::LOCATION, location)?;
+    header.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    if let Ok(id) = http::HeaderValue::from_str(request_id) {
+        header.insert_header("x-request-id", id)?;
+    }
+    send_rendered(session, false, header, Bytes::new(), forced_close).await
+}
+
 /// Whether the request declares a body small enough to read before a page.
 fn small_body(session: &Session) -> bool {
     crate::connection::declared_length(&session.req_header().headers)

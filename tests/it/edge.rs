@@ -285,3 +285,122 @@ impl Drop for HaProxy {
         let _ = self.child.wait();
     }
 }
+
+/// Plain HTTP is sent to HTTPS (301 for GET, 308 for POST, the query kept);
+/// a request a trusted TLS-terminating proxy says is HTTPS is served, with
+/// `Strict-Transport-Security`; a route may opt out.
+#[test]
+fn plain_http_is_redirected_to_https_and_hsts_rides_on_https_answers() {
+    let fleet = Fleet::start(1);
+    let admin_port = free_port();
+    let config = format!(
+        "{}\n[[routes]]\nname = \"health\"\npool = \"orders\"\npath_prefix = \"/health\"\nhttps_redirect = false\n",
+        shop(&fleet, admin_port, "")
+    );
+    let proxy = Proxy::try_start_with(
+        "grace_period = \"0s\"\nhttps_redirect = true\nhttps_port = 8443\ntrusted_proxies = [\"127.0.0.2\"]\n\
+         [server.hsts]\nmax_age = \"8760h\"\ninclude_subdomains = true",
+        &config,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let get = proxy.send(
+        "GET",
+        "/api/products/1?x=1",
+        &[("host", "shop.test:8080")],
+        b"",
+    );
+    assert_eq!(get.status, 301, "{}", get.text());
+    assert_eq!(
+        get.header("location"),
+        Some("https://shop.test:8443/api/products/1?x=1")
+    );
+    let post = proxy.send(
+        "POST",
+        "/api/orders",
+        &[("host", "shop.test"), ("content-type", "application/json")],
+        b"{}",
+    );
+    assert_eq!(post.status, 308);
+    assert_eq!(
+        post.header("location"),
+        Some("https://shop.test:8443/api/orders")
+    );
+    assert_eq!(proxy.get("/health").status, 200, "the route opted out");
+    assert!(proxy
+        .get("/health")
+        .header("strict-transport-security")
+        .is_none());
+
+    let via_tls_proxy = get_from(
+        [127, 0, 0, 2],
+        proxy.addr,
+        "/api/products/1",
+        &[("x-forwarded-proto", "https")],
+    );
+    assert_eq!(via_tls_proxy.status, 200, "{}", via_tls_proxy.text());
+    assert_eq!(
+        via_tls_proxy.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    // The same claim from anyone else is not believed.
+    let forged = get_from(
+        [127, 0, 0, 3],
+        proxy.addr,
+        "/api/products/1",
+        &[("x-forwarded-proto", "https")],
+    );
+    assert_eq!(forged.status, 301);
+}
+
+/// A route strips its prefix from the path the backend gets, and sets and
+/// removes request and answer headers.
+#[test]
+fn a_route_strips_its_prefix_and_rewrites_headers() {
+    let fleet = Fleet::start(1);
+    let admin_port = free_port();
+    let route = "path_prefix = \"/shop\"\nstrip_prefix = true\n\
+                 [routes.request_headers]\nset = { \"x-storefront\" = \"cn\" }\nremove = [\"x-debug\"]\n\
+                 [routes.response_headers]\nset = { \"x-frame-options\" = \"DENY\" }\nremove = [\"x-sim-backend\"]\n";
+    let proxy = Proxy::start(&shop(&fleet, admin_port, route));
+    let echo = proxy.send("GET", "/shop/__sim/echo?q=1", &[("x-debug", "1")], b"");
+    assert_eq!(echo.status, 200, "{}", echo.text());
+    let seen = echo.json();
+    assert_eq!(seen["path"], "/__sim/echo");
+    assert_eq!(seen["headers"]["x-storefront"], "cn");
+    assert!(seen["headers"]["x-debug"].is_null(), "{seen}");
+    assert_eq!(echo.header("x-frame-options"), Some("DENY"));
+    assert!(echo.header("x-sim-backend").is_none());
+}
+
+/// `check` refuses header rules it cannot honour.
+#[test]
+fn check_refuses_rules_on_headers_ordergate_owns() {
+    for (route, says) in [
+        (
+            "[routes.request_headers]\nremove = [\"x-forwarded-for\"]",
+            "set by pingora or ordergate",
+        ),
+        (
+            "[routes.response_headers]\nset = { \"content-length\" = \"1\" }",
+            "set by pingora or ordergate",
+        ),
+        (
+            "[routes.request_headers]\nset = { \"bad header\" = \"x\" }",
+            "is not a header name",
+        ),
+    ] {
+        let config = format!(
+            "[[pools]]\nname = \"p\"\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n\n[[routes]]\nname = \"r\"\npool = \"p\"\n{route}\n"
+        );
+        let file = TempFile::new("ordergate.toml", &config);
+        let output = Command::new(crate::support::bin())
+            .args(["check", "-c"])
+            .arg(&file.path)
+            .output()
+            .expect("run check");
+        let said = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "{route}: {said}");
+        assert!(said.contains(says), "{route}: {said}");
+    }
+}

@@ -6,6 +6,7 @@
 mod idempotency;
 mod maintenance;
 mod pool;
+mod rewrite;
 mod room;
 mod route;
 mod server;
@@ -51,7 +52,13 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
         .collect();
     check_unique_pool_names(&file.pools, &mut problems);
     pool::backups(&file.pools, &mut pools, &mut problems);
-    let routes = routes(&file.routes, &file.pools, base, &mut problems);
+    let routes = routes(
+        &file.routes,
+        &file.pools,
+        base,
+        server.https_redirect,
+        &mut problems,
+    );
     let rooms = room::rooms(&file.rooms, &file.routes, &mut problems);
     let pages_dirs = file
         .server

@@ -21,10 +21,12 @@ pub(super) const DEFAULT_RATE_LIMIT_MAX_CLIENTS: u32 = 250_000;
 /// page's quiet minutes, short enough that a vanished client's stream ends.
 pub(super) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The routes; `https_redirect` is `server.https_redirect`, each route's default.
 pub(super) fn routes(
     files: &[FileRoute],
     pools: &[FilePool],
     base: &Path,
+    https_redirect: bool,
     problems: &mut Problems,
 ) -> Vec<RouteConfig> {
     if files.is_empty() {
@@ -45,7 +47,7 @@ pub(super) fn routes(
                 "this route name is already used by an earlier route; route names must be unique",
             );
         }
-        let route = route(&at, file, pools, base, problems);
+        let route = route(&at, file, pools, base, https_redirect, problems);
         let matcher = (
             route.host.clone(),
             route.path_prefix.clone(),
@@ -71,6 +73,7 @@ pub(super) fn route(
     file: &FileRoute,
     pools: &[FilePool],
     base: &Path,
+    https_redirect: bool,
     problems: &mut Problems,
 ) -> RouteConfig {
     let pool = match pools.iter().position(|p| p.name == file.pool) {
@@ -208,6 +211,18 @@ pub(super) fn route(
             problems,
         ),
         long_poll: file.long_poll.unwrap_or(false),
+        https_redirect: file.https_redirect.unwrap_or(https_redirect),
+        strip_prefix: file.strip_prefix.unwrap_or(false),
+        request_headers: super::rewrite::header_rules(
+            &format!("{at}.request_headers"),
+            file.request_headers.as_ref(),
+            problems,
+        ),
+        response_headers: super::rewrite::header_rules(
+            &format!("{at}.response_headers"),
+            file.response_headers.as_ref(),
+            problems,
+        ),
     }
 }
 

@@ -346,6 +346,9 @@ pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) ->
         read_buffer,
         pages,
         path: path_policy(file, problems),
+        https_redirect: file.https_redirect.unwrap_or(false),
+        https_port: super::rewrite::https_port(file.https_port, problems),
+        hsts: super::rewrite::hsts(file.hsts.as_ref(), problems),
         proxy_protocol: super::trust::proxy_protocol(
             "server.proxy_protocol",
             file.proxy_protocol.as_deref(),
