@@ -3,6 +3,7 @@
 //! A request's way through the proxy (pingora phases → modules):
 //!
 //! ```text
+//! (each TLS handshake)     sni        the certificate for the client's server name (or the default)
 //! (each connection)        connection header and keep-alive timeouts around pingora's HTTP/1 reads
 //! new_ctx                  state      hold the current config Snapshot for the whole request
 //! request_filter           forward    request id
@@ -74,6 +75,7 @@ pub mod route;
 pub mod secret;
 pub mod server;
 pub mod sim;
+pub mod sni;
 pub mod stale;
 pub mod state;
 pub mod store;

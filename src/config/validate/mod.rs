@@ -13,6 +13,7 @@ mod stale;
 mod store;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod values;
 
 use std::path::Path;
