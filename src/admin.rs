@@ -5,7 +5,7 @@
 //! | `GET /` or `/ui` | the status page: HTML that polls `/status` every 2 s (no token needed for the page itself; it asks for one when `/status` does) |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when every listener accepts connections, 503 before that and while shutting down |
-//! | `GET /status` | JSON: config generation and source, last reload, pools, backends, queues |
+//! | `GET /status` | JSON: config generation and source, last reload, pools, backends, queues, TLS certificates (names and expiry) |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /reload` | re-read the config file; 200 with the generation, or 422 with every error |
 //! | `POST /backends/{pool}/{addr}/drain` | no new requests to the backend; those in flight finish |
@@ -506,6 +506,7 @@ fn status(state: &State) -> Value {
         "routes": snapshot.routes.iter().map(|r| r.config.name.clone()).collect::<Vec<_>>(),
         "maintenance": maintenance::windows(state),
         "store": state.store_status(),
+        "tls": state.tls_status(),
         "route_stats": snapshot
             .routes
             .iter()

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! (each connection)        accept     a PROXY protocol header from a trusted balancer names the client
-//!                          connection header and keep-alive timeouts around pingora's HTTP/1 reads
+//! (each TLS handshake)     sni        the certificate for the client's server name (or the default)
+//! (each connection)        connection header and keep-alive timeouts around pingora's HTTP/1 reads
 //! new_ctx                  state      hold the current config Snapshot for the whole request
 //! request_filter           client     the shopper's address: the peer, or whom a trusted proxy names
 //!                          forward    request id
@@ -80,6 +81,7 @@ pub mod route;
 pub mod secret;
 pub mod server;
 pub mod sim;
+pub mod sni;
 pub mod stale;
 pub mod state;
 pub mod store;

@@ -30,15 +30,14 @@ impl ReloadWatcher {
     }
 
     /// The files whose change means a reload: the config file, every page
-    /// file, and the certificates and keys of the TLS listeners (a renewed
+    /// file, and every certificate and key of the TLS listeners (a renewed
     /// certificate is served without a restart).
     fn watched(&self) -> Vec<PathBuf> {
         let config = self.state.config();
         let mut paths: Vec<PathBuf> = self.state.source().cloned().into_iter().collect();
         paths.extend(config.pages_dirs.iter().cloned());
         for tls in &config.server.tls {
-            paths.push(tls.cert.clone());
-            paths.push(tls.key.clone());
+            paths.extend(tls.files().map(Path::to_path_buf));
         }
         paths
     }

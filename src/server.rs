@@ -407,9 +407,9 @@ impl Listeners<'_> {
             proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
         }
         for listener in self.tls {
-            // The certificate was loaded and checked with the config; the resolver
-            // serves it and takes a renewed one on reload. pingora never reads the
-            // files itself (it would panic on a bad one).
+            // The certificates were loaded and checked with the config; the
+            // resolver picks one per handshake by SNI and takes a reloaded set.
+            // pingora never reads the files itself (it would panic on a bad one).
             let resolver = self.state.cert_resolver(listener.listen).ok_or_else(|| {
                 format!("TLS listener {}: no certificate loaded", listener.listen)
             })?;

@@ -14,12 +14,12 @@ use std::sync::{Arc, Weak};
 use arc_swap::ArcSwap;
 use strum::IntoEnumIterator;
 
-use crate::config::tls::CertResolver;
 use crate::config::{Config, Pages, ProxyProtocol};
 use crate::live::LiveState;
 use crate::outcome::PAGE_KINDS;
 use crate::retry::{Failure, Stop};
 use crate::route::RouteTable;
+use crate::sni::{CertResolver, ListenerStatus};
 use crate::telemetry::Metrics;
 use crate::upstream::{Pool, Registry};
 
@@ -121,7 +121,7 @@ impl State {
             .server
             .tls
             .iter()
-            .map(|t| (t.listen, Arc::new(CertResolver::new(&t.cert_key))))
+            .map(|t| (t.listen, Arc::new(CertResolver::new(t))))
             .collect();
         State {
             current: ArcSwap::from_pointee(snapshot),
@@ -310,24 +310,24 @@ impl State {
         outcome
     }
 
-    /// Serves the certificates of a new config on the TLS listeners that stay;
-    /// says which changed.
+    /// Serves the certificates of a new config on the TLS listeners that stay,
+    /// each listener's whole set at once; says what changed.
     fn renew_certificates(&self, config: &Config) -> Vec<String> {
         let mut notes = Vec::new();
         for listener in &config.server.tls {
-            let Some(resolver) = self.cert_resolver(listener.listen) else {
-                continue;
-            };
-            if resolver.replace(&listener.cert_key) {
-                notes.push(format!(
-                    "TLS listener {}: serving the new certificate from {} (valid until {})",
-                    listener.listen,
-                    listener.cert.display(),
-                    listener.cert_key.not_after()
-                ));
+            if let Some(resolver) = self.cert_resolver(listener.listen) {
+                notes.extend(resolver.replace(listener));
             }
         }
         notes
+    }
+
+    /// The certificates each TLS listener serves now.
+    pub fn tls_status(&self) -> Vec<ListenerStatus> {
+        self.tls
+            .iter()
+            .map(|(_, resolver)| resolver.status())
+            .collect()
     }
 
     /// Admin weight overrides outlive reloads: say where one hides the file's weight.

@@ -108,10 +108,26 @@ pub struct FileTls {
     /// Private key (PEM).
     #[serde(default)]
     pub key: String,
+    /// More certificates, chosen by SNI.
+    pub certificates: Option<Vec<FileTlsCertificate>>,
+    /// Refuse handshakes whose SNI matches no certificate.
+    pub strict_sni: Option<bool>,
     /// Offer HTTP/2 by ALPN.
     pub http2: Option<bool>,
     /// PROXY protocol header before the handshake.
     pub proxy_protocol: Option<String>,
+}
+
+/// `[[server.tls.certificates]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTlsCertificate {
+    /// Certificate chain (PEM).
+    #[serde(default)]
+    pub cert: String,
+    /// Private key (PEM).
+    #[serde(default)]
+    pub key: String,
 }
 
 /// `[pools.queue]`.

@@ -174,13 +174,21 @@ pub enum AccessLog {
 pub struct TlsConfig {
     /// Where shoppers connect with TLS.
     pub listen: SocketAddr,
-    /// Certificate chain, PEM.
+    /// The default certificate's chain, PEM: served when the client's server
+    /// name (SNI) matches no certificate, or it sends none.
     pub cert: std::path::PathBuf,
     /// Private key, PEM.
     pub key: std::path::PathBuf,
     /// The certificate chain and key as read (and checked) when the config was
     /// validated.
     pub cert_key: tls::CertKey,
+    /// `[[server.tls.certificates]]`: more certificates, each chosen by the
+    /// names of its subjectAltName. Default: none.
+    pub certificates: Vec<TlsCertificate>,
+    /// Refuse a handshake whose server name matches no certificate's names, or
+    /// that sends none, instead of serving the default certificate (as HAProxy
+    /// `strict-sni`). Default: false.
+    pub strict_sni: bool,
     /// Offer HTTP/2 by ALPN. Default: true.
     pub http2: bool,
     /// The PROXY protocol header expected before the TLS handshake. Default: off.
@@ -229,6 +237,29 @@ impl TrustConfig {
     pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
         self.proxies.iter().any(|cidr| cidr.contains(ip))
     }
+}
+
+impl TlsConfig {
+    /// Every certificate and key file of the listener: the default's first.
+    pub fn files(&self) -> impl Iterator<Item = &std::path::Path> {
+        [self.cert.as_path(), self.key.as_path()].into_iter().chain(
+            self.certificates
+                .iter()
+                .flat_map(|c| [c.cert.as_path(), c.key.as_path()]),
+        )
+    }
+}
+
+/// `[[server.tls.certificates]]`: a certificate a TLS listener serves to the
+/// server names of its subjectAltName.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsCertificate {
+    /// Certificate chain, PEM.
+    pub cert: std::path::PathBuf,
+    /// Private key, PEM.
+    pub key: std::path::PathBuf,
+    /// The chain and key as read and checked with the config.
+    pub cert_key: tls::CertKey,
 }
 
 /// `[server]`: listeners and process settings.
@@ -769,12 +800,22 @@ impl Config {
         for tls in &self.server.tls {
             let _ = writeln!(
                 out,
-                "TLS listener {}: {} (valid until {}), http2 {}",
+                "TLS listener {}: {} (valid until {}), http2 {}{}",
                 tls.listen,
                 tls.cert.display(),
                 tls.cert_key.not_after(),
-                if tls.http2 { "on" } else { "off" }
+                if tls.http2 { "on" } else { "off" },
+                if tls.strict_sni { ", strict SNI" } else { "" }
             );
+            for certificate in &tls.certificates {
+                let _ = writeln!(
+                    out,
+                    "  for {}: {} (valid until {})",
+                    certificate.cert_key.names().join(", "),
+                    certificate.cert.display(),
+                    certificate.cert_key.not_after()
+                );
+            }
         }
         let _ = writeln!(out, "routes ({}):", self.routes.len());
         for route in &self.routes {

@@ -101,10 +101,17 @@ const fn f(name: &'static str, kind: Kind) -> Field {
     Field { name, kind }
 }
 
+const TLS_CERTIFICATE: &[Field] = &[f("cert", Kind::Str), f("key", Kind::Str)];
+
 const TLS: &[Field] = &[
     f("listen", Kind::Str),
     f("cert", Kind::Str),
     f("key", Kind::Str),
+    f(
+        "certificates",
+        Kind::Tables("server.tls.certificates", TLS_CERTIFICATE),
+    ),
+    f("strict_sni", Kind::Bool),
     f("http2", Kind::Bool),
     f("proxy_protocol", Kind::Str),
 ];

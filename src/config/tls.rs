@@ -3,18 +3,19 @@
 //! They are loaded and checked when the config is validated — the certificate
 //! parses, the key parses, the key belongs to the certificate, the certificate
 //! is valid today — so `ordergate check`, the start and every reload catch a bad
-//! file with its name and the reason, and nothing later can panic on one. A
-//! listener serves through a [`CertResolver`] that a reload can swap: a renewed
-//! certificate (same paths, new files) is served from the next handshake on.
+//! file with its name and the reason, and nothing later can panic on one. The
+//! DNS names of the certificate's subjectAltName are read here too: they are
+//! the server names (SNI) it is chosen for. A listener serves through
+//! [`crate::sni::CertResolver`], which a reload swaps: a renewed certificate
+//! (same paths, new files) is served from the next handshake on.
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 /// A certificate chain with its private key, checked to belong together.
@@ -23,6 +24,12 @@ pub struct CertKey {
     certified: Arc<CertifiedKey>,
     /// When the end-entity certificate expires, as the certificate says it.
     not_after: String,
+    /// The same instant, for machines (`/status`).
+    expires: SystemTime,
+    /// The server names it is chosen for, from its subjectAltName.
+    names: Vec<String>,
+    /// DNS names of its subjectAltName that no server name can match.
+    unusable: Vec<String>,
 }
 
 impl CertKey {
@@ -35,6 +42,26 @@ impl CertKey {
     pub fn not_after(&self) -> &str {
         &self.not_after
     }
+
+    /// When the certificate expires, as a time.
+    pub fn expires(&self) -> SystemTime {
+        self.expires
+    }
+
+    /// The DNS names of the end-entity certificate's subjectAltName, in lower
+    /// case without a trailing dot, each once, in the certificate's order:
+    /// exact names (`www.shop.example`) and wildcards (`*.shop.example`). The
+    /// subject's common name is not one of them (clients ignore it too).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// DNS names of the subjectAltName that are not served because no server
+    /// name can match them: a `*` that is not a whole leftmost label
+    /// (`w*.shop.example`, `*`), as rustls/webpki clients refuse them too.
+    pub fn unusable_names(&self) -> &[String] {
+        &self.unusable
+    }
 }
 
 impl fmt::Debug for CertKey {
@@ -42,6 +69,7 @@ impl fmt::Debug for CertKey {
         f.debug_struct("CertKey")
             .field("certificates", &self.certified.cert.len())
             .field("not_after", &self.not_after)
+            .field("names", &self.names)
             .finish()
     }
 }
@@ -80,7 +108,7 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<CertKey, (File, String)
     let key_pem = read(key_path).map_err(|e| (File::Key, e))?;
     let chain = certificates(cert_path, &cert_pem, &key_pem).map_err(|e| (File::Cert, e))?;
     let key = private_key(key_path, &key_pem, &cert_pem).map_err(|e| (File::Key, e))?;
-    let not_after = check_dates(cert_path, &chain).map_err(|e| (File::Cert, e))?;
+    let inspected = inspect(cert_path, &chain).map_err(|e| (File::Cert, e))?;
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider.key_provider.load_private_key(key).map_err(|e| {
         (
@@ -117,7 +145,10 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<CertKey, (File, String)
     }
     Ok(CertKey {
         certified: Arc::new(certified),
-        not_after,
+        not_after: inspected.not_after,
+        expires: inspected.expires,
+        names: inspected.names,
+        unusable: inspected.unusable,
     })
 }
 
@@ -186,11 +217,24 @@ fn private_key(path: &Path, pem: &[u8], cert_pem: &[u8]) -> Result<PrivateKeyDer
     }
 }
 
+/// What the end-entity certificate says about itself.
+struct Inspected {
+    not_after: String,
+    expires: SystemTime,
+    names: Vec<String>,
+    unusable: Vec<String>,
+}
+
 /// Every certificate of the chain must parse and be valid now; returns when
-/// the end-entity certificate expires.
-fn check_dates(path: &Path, chain: &[CertificateDer<'static>]) -> Result<String, String> {
+/// the end-entity certificate expires and the names it serves.
+fn inspect(path: &Path, chain: &[CertificateDer<'static>]) -> Result<Inspected, String> {
     let now = x509_parser::time::ASN1Time::now();
-    let mut end_entity_not_after = String::new();
+    let mut inspected = Inspected {
+        not_after: String::new(),
+        expires: SystemTime::UNIX_EPOCH,
+        names: Vec::new(),
+        unusable: Vec::new(),
+    };
     for (i, der) in chain.iter().enumerate() {
         let which = if i == 0 {
             "the certificate".to_string()
@@ -217,37 +261,50 @@ fn check_dates(path: &Path, chain: &[CertificateDer<'static>]) -> Result<String,
             ));
         }
         if i == 0 {
-            end_entity_not_after = validity.not_after.to_string();
+            inspected.not_after = validity.not_after.to_string();
+            // Valid now, so after the epoch.
+            let seconds = u64::try_from(validity.not_after.timestamp()).unwrap_or(0);
+            inspected.expires = SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+            let san = cert.subject_alternative_name().map_err(|e| {
+                format!(
+                    "{}: the subjectAltName of the certificate cannot be read: {e}",
+                    path.display()
+                )
+            })?;
+            for name in san.iter().flat_map(|san| &san.value.general_names) {
+                if let x509_parser::extensions::GeneralName::DNSName(name) = name {
+                    let name = normalize(name);
+                    let list = if servable(&name) {
+                        &mut inspected.names
+                    } else {
+                        &mut inspected.unusable
+                    };
+                    if !list.contains(&name) {
+                        list.push(name);
+                    }
+                }
+            }
         }
     }
-    Ok(end_entity_not_after)
+    Ok(inspected)
 }
 
-/// Hands every TLS handshake of a listener its certificate; a reload swaps it.
-#[derive(Debug)]
-pub struct CertResolver {
-    current: ArcSwap<CertifiedKey>,
+/// Lower case, without the trailing dot of a fully qualified name: the form
+/// rustls hands the resolver a client's server name in.
+fn normalize(name: &str) -> String {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.to_ascii_lowercase()
 }
 
-impl CertResolver {
-    /// A resolver serving `cert_key`.
-    pub fn new(cert_key: &CertKey) -> CertResolver {
-        CertResolver {
-            current: ArcSwap::new(cert_key.certified()),
-        }
-    }
-
-    /// Serves `cert_key` from the next handshake on; returns whether it differs
-    /// from the one served so far.
-    pub fn replace(&self, cert_key: &CertKey) -> bool {
-        let old = self.current.swap(cert_key.certified());
-        old.cert != cert_key.certified.cert
-    }
-}
-
-impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+/// An exact name, or a wildcard whose `*` is the whole leftmost label of at
+/// least two labels (`*.shop.example`); never an empty label.
+fn servable(name: &str) -> bool {
+    let exact = |name: &str| {
+        !name.is_empty() && !name.contains('*') && name.split('.').all(|label| !label.is_empty())
+    };
+    match name.strip_prefix("*.") {
+        Some(parent) => exact(parent),
+        None => exact(name),
     }
 }
 
@@ -337,5 +394,28 @@ mod tests {
             error.contains("old.pem") && error.contains("expired on") && error.contains("2021"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_served_names_are_the_dns_names_of_the_subject_alt_name() {
+        let files = Files::new("names");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec![
+            "WWW.Shop.Test.".to_string(),
+            "*.api.shop.test".to_string(),
+            "www.shop.test".to_string(),
+            "w*.bad.test".to_string(),
+        ])
+        .expect("params");
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let cert = params.self_signed(&key).expect("certificate");
+        let cert_path = files.write("names.pem", &cert.pem());
+        let key_path = files.write("names.key", &key.serialize_pem());
+        let loaded = load(&cert_path, &key_path).expect("loads");
+        assert_eq!(loaded.names(), ["www.shop.test", "*.api.shop.test"]);
+        assert_eq!(loaded.unusable_names(), ["w*.bad.test"]);
+        assert!(loaded.expires() > SystemTime::now());
     }
 }

@@ -21,6 +21,7 @@ mod redis;
 mod resilience;
 mod room;
 mod room_line;
+mod sni;
 mod sre;
 mod stale;
 mod streams;

@@ -14,6 +14,7 @@ mod stale;
 mod store;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod trust;
 mod values;
 

@@ -1,6 +1,6 @@
-//! `[server]`, `[admin]` and `[log]`: listeners (which must not overlap), TLS
-//! certificates, timeouts and sizes of shopper connections, the admin API and
-//! the access log.
+//! `[server]`, `[admin]` and `[log]`: listeners (which must not overlap; TLS
+//! listeners and their certificates are checked in `tls`), timeouts and sizes
+//! of shopper connections, the admin API and the access log.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -10,9 +10,7 @@ use std::time::Duration;
 use super::values::{count, duration_or, load_pages, size, socket_addr, KIB, MIB};
 use super::Problems;
 use crate::config::file::{FileAdmin, FileLog, FileServer};
-use crate::config::{
-    AccessLog, AdminConfig, EscapedSlashes, Pages, PathPolicy, ServerConfig, TlsConfig,
-};
+use crate::config::{AccessLog, AdminConfig, EscapedSlashes, Pages, PathPolicy, ServerConfig};
 
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub(super) const DEFAULT_THREADS: usize = 2;
@@ -241,66 +239,13 @@ pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) ->
         problems,
     ) as usize;
     let trust = super::trust::trust(file, problems);
-    let mut tls = Vec::new();
-    for (i, entry) in file.tls.iter().flatten().enumerate() {
-        let at = format!("server.tls[{i}]");
-        let mut missing = false;
-        for (key, value) in [
-            ("listen", &entry.listen),
-            ("cert", &entry.cert),
-            ("key", &entry.key),
-        ] {
-            if value.is_empty() {
-                problems.add(
-                    format!("{at}.{key}"),
-                    "is required: a TLS listener needs listen, cert and key",
-                );
-                missing = true;
-            }
-        }
-        if missing {
-            continue;
-        }
-        let listen_addr = match socket_addr(&entry.listen) {
-            Ok(addr) if seen.insert(addr) => Some(addr),
-            Ok(_) => {
-                problems.add(
-                    format!("{at}.listen"),
-                    format!("{:?} is already a listener", entry.listen),
-                );
-                None
-            }
-            Err(message) => {
-                problems.add(format!("{at}.listen"), message);
-                None
-            }
-        };
-        let cert = base.join(&entry.cert);
-        let key = base.join(&entry.key);
-        let cert_key = match crate::config::tls::load(&cert, &key) {
-            Ok(cert_key) => Some(cert_key),
-            Err((file, message)) => {
-                problems.add(format!("{at}.{}", file.key_name()), message);
-                None
-            }
-        };
-        let proxy_protocol = super::trust::proxy_protocol(
-            &format!("{at}.proxy_protocol"),
-            entry.proxy_protocol.as_deref(),
-            &trust,
-            problems,
-        );
-        if let (Some(listen), Some(cert_key)) = (listen_addr, cert_key) {
-            tls.push(TlsConfig {
-                listen,
-                cert,
-                key,
-                cert_key,
-                http2: entry.http2.unwrap_or(true),
-                proxy_protocol,
-            });
-        }
-    }
+    let tls = super::tls::listeners(
+        file.tls.as_deref().unwrap_or_default(),
+        base,
+        &mut seen,
+        &trust,
+        problems,
+    );
     let pages = match &file.pages {
         None => Pages::builtin(),
         Some(dir) => load_pages("server.pages", base, dir, problems).unwrap_or_else(Pages::builtin),
