@@ -254,9 +254,9 @@ mod tests {
     fn names_are_checked_as_rustls_sends_them() {
         assert!(check_sni("orders.internal").is_ok());
         assert!(check_sni("10.0.0.7").is_ok());
-        assert!(check_sni("").unwrap_err().contains("is empty"));
+        assert!(check_sni("").expect_err("an error").contains("is empty"));
         assert!(check_sni("orders internal")
-            .unwrap_err()
+            .expect_err("an error")
             .contains("not a host name"));
     }
 
@@ -268,14 +268,15 @@ mod tests {
         let bundle = load_ca(&dir.write("ca.pem", &two)).expect("loads");
         assert_eq!(bundle.certs.len(), 2);
 
-        let key = load_ca(&dir.write("key.pem", &ca.signing_key.serialize_pem())).unwrap_err();
+        let key =
+            load_ca(&dir.write("key.pem", &ca.signing_key.serialize_pem())).expect_err("an error");
         assert!(key.contains("key.pem holds a private key"), "{key}");
-        let junk = load_ca(&dir.write("junk.pem", "hello")).unwrap_err();
+        let junk = load_ca(&dir.write("junk.pem", "hello")).expect_err("an error");
         assert!(junk.contains("holds no PEM certificate"), "{junk}");
-        let missing = load_ca(&dir.0.join("none.pem")).unwrap_err();
+        let missing = load_ca(&dir.0.join("none.pem")).expect_err("an error");
         assert!(missing.contains("cannot read"), "{missing}");
         let damaged = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        let bad = load_ca(&dir.write("bad.pem", damaged)).unwrap_err();
+        let bad = load_ca(&dir.write("bad.pem", damaged)).expect_err("an error");
         assert!(bad.contains("certificate 1 of 1"), "{bad}");
     }
 
@@ -294,7 +295,7 @@ mod tests {
             Ok(())
         );
         assert!(!format!("{client:?}").contains("key:"), "{client:?}");
-        let (file, message) = load_client(&cert, &wrong).unwrap_err();
+        let (file, message) = load_client(&cert, &wrong).expect_err("an error");
         assert_eq!(client_key_name(file), "client_key");
         assert!(message.contains("not the key"), "{message}");
     }

@@ -86,6 +86,12 @@ fn start_due_probes(pools: &[Pool], tls: &OnceLock<Arc<TransportConnector>>) -> 
                         connector: Arc::clone(
                             tls.get_or_init(|| Arc::new(TransportConnector::new(None))),
                         ),
+                        // The name the backends serve, as a request's Host would be.
+                        host: settings
+                            .config()
+                            .sni
+                            .clone()
+                            .unwrap_or_else(|| backend.addr.to_string()),
                     }
                 }
             };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::connectors::TransportConnector;
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -111,6 +111,9 @@ pub enum Target {
         peer: Box<HttpPeer>,
         /// The connector (it holds the system's CA certificates).
         connector: Arc<TransportConnector>,
+        /// The `Host` of an HTTP probe that sets none: the pool's `tls.sni`,
+        /// else the backend's address.
+        host: String,
     },
 }
 
@@ -139,20 +142,17 @@ async fn probe_inner(target: &Target, probe: &Probe) -> Result<(), String> {
                 .map_err(|e| format!("connect: {e}"))?;
             exchange(stream, &addr.to_string(), probe).await
         }
-        Target::Tls { peer, connector } => {
+        Target::Tls {
+            peer,
+            connector,
+            host,
+        } => {
             // A TCP probe passes on a finished handshake: what a request needs.
             let stream = connector
                 .new_stream(peer.as_ref())
                 .await
                 .map_err(|e| format!("TLS connect: {e}"))?;
-            // The name the backend serves, when there is one, as a request's
-            // Host would be.
-            let host = if peer.sni.is_empty() {
-                peer.address().to_string()
-            } else {
-                peer.sni.clone()
-            };
-            exchange(stream, &host, probe).await.map_err(|why| {
+            exchange(stream, host, probe).await.map_err(|why| {
                 if why == "status 400" {
                     // nginx's answer to a missing or refused client certificate.
                     format!("{why} (a TLS backend answers 400 when it wants a client certificate it did not get or accept: check tls.client_cert)")

@@ -22,7 +22,7 @@ use crate::config::UpstreamTlsConfig;
 /// A pool's TLS settings, built once per snapshot and put on every peer.
 pub struct PeerTls {
     config: UpstreamTlsConfig,
-    /// Empty when no name is set (`verify = false` only): no SNI is sent.
+    /// Empty when no name is set (`verify = false` only).
     sni: String,
     ca: Option<Arc<CaType>>,
     client: Option<Arc<CertKey>>,
@@ -72,7 +72,16 @@ impl PeerTls {
 
     /// A TLS peer for `addr` with these settings.
     pub fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, true, self.sni.clone());
+        // Without a name (verify = false only) the backend's IP stands in:
+        // pingora 0.9.1's rustls connector means an empty name to skip SNI and
+        // every check, but then fails every handshake parsing it as a server
+        // name. rustls sends no SNI for an IP, and nothing is checked anyway.
+        let sni = if self.sni.is_empty() {
+            addr.ip().to_string()
+        } else {
+            self.sni.clone()
+        };
+        let mut peer = HttpPeer::new(addr, true, sni);
         peer.options.verify_cert = self.config.verify;
         peer.options.verify_hostname = self.config.verify;
         peer.options.ca = self.ca.clone();
@@ -166,7 +175,11 @@ mod tests {
 
         let unchecked = PeerTls::new(&tls(&files, "{ verify = false }")).peer(addr);
         assert!(unchecked.tls());
-        assert_eq!(unchecked.sni(), "");
+        assert_eq!(
+            unchecked.sni(),
+            "127.0.0.1",
+            "a name rustls can parse, sent as no SNI"
+        );
         assert!(!unchecked.options.verify_cert);
         assert!(unchecked.get_ca().is_none() && unchecked.get_client_cert_key().is_none());
     }

@@ -164,7 +164,7 @@ pub(super) fn tls(
         // certificate checks at all": never let that happen by omission.
         fail(
             "sni",
-            "is required while verify = true: backends are IP:PORT, so there is no name to check their certificates against (without one, pingora would check nothing); set tls.sni to the name on the backends' certificate, e.g. \"orders.internal\" (or verify = false to not check certificates)".to_string(),
+            "is required while verify = true: backends are IP:PORT, so there is no name to check their certificates against; set tls.sni to the name on the backends' certificate, e.g. \"orders.internal\" (or verify = false to not check certificates)".to_string(),
         );
     }
     let mut ca = None;
