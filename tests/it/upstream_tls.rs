@@ -169,7 +169,7 @@ http {{
         ssl_client_certificate {ca};
         ssl_verify_client on;
         location = /health {{ return 200 "up\n"; }}
-        location / {{ return 200 "order for $ssl_client_s_dn\n"; }}
+        location / {{ return 200 "order for $ssl_client_s_dn on connection $connection\n"; }}
     }}
 }}
 "#,
@@ -285,6 +285,22 @@ fn mutual_tls_serves_and_a_wrong_ca_or_no_client_certificate_is_a_page() {
         order.text().contains(CLIENT_DN),
         "nginx saw the client certificate: {}",
         order.text()
+    );
+    // Kept-alive TLS connections are reused: a handshake is not paid per order.
+    let connections: std::collections::HashSet<String> = (0..5)
+        .map(|i| {
+            let text = proxy.get(&format!("/good/orders/{i}")).text();
+            text.rsplit(' ')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        connections.len() <= 2,
+        "five orders on {} connections: {connections:?}",
+        connections.len()
     );
 
     // (2) A CA that did not sign the backend's certificate: never healthy,
