@@ -6,8 +6,8 @@
 # Both first install what a fresh Debian machine with only Rust lacks: cmake
 # (pingora's zlib-ng is built with it), a C compiler, kill(1) (procps) and
 # prlimit(1) (util-linux); `test` also chromium (the status page and waiting
-# room page tests), redis-server (the shared store tests) and haproxy (the
-# PROXY protocol tests).
+# room page tests), redis-server (the shared store tests), haproxy (the PROXY
+# protocol tests) and nginx (the TLS to backends tests).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -55,6 +55,8 @@ case "${1:-}" in
     command -v redis-server >/dev/null 2>&1 || install_packages redis-server
     # tests/it/edge.rs puts a real HAProxy in front (send-proxy-v2).
     command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || install_packages haproxy
+    # tests/it/upstream_tls.rs runs a real nginx with TLS and client certificates.
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || install_packages nginx
     cargo test --lib --bins --tests
     ;;
   peers)

@@ -5,7 +5,7 @@
 //! | `GET /` or `/ui` | the status page: HTML that polls `/status` every 2 s (no token needed for the page itself; it asks for one when `/status` does) |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when every listener accepts connections, 503 before that and while shutting down |
-//! | `GET /status` | JSON: config generation and source, last reload, pools, backends, queues, TLS certificates (names and expiry) |
+//! | `GET /status` | JSON: config generation and source, last reload, pools (with their TLS to backends), backends, queues, TLS listeners' certificates (names and expiry) |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /reload` | re-read the config file; 200 with the generation, or 422 with every error |
 //! | `POST /backends/{pool}/{addr}/drain` | no new requests to the backend; those in flight finish |
@@ -47,7 +47,7 @@ mod maintenance;
 mod rooms;
 
 use crate::admission::Priority;
-use crate::config::AdminConfig;
+use crate::config::{AdminConfig, UpstreamTlsConfig};
 use crate::state::State;
 use crate::upstream::{Availability, Backend, Pool};
 
@@ -449,6 +449,17 @@ fn backend_status(
     })
 }
 
+/// A pool's TLS to its backends: names and paths, never key material.
+fn upstream_tls_status(tls: &UpstreamTlsConfig) -> Value {
+    json!({
+        "sni": tls.sni,
+        "verify": tls.verify,
+        "ca_file": tls.ca.as_ref().map(|ca| ca.path.display().to_string()),
+        "client_cert": tls.client.as_ref().map(|c| c.cert_path.display().to_string()),
+        "client_cert_not_after": tls.client.as_ref().map(|c| c.not_after()),
+    })
+}
+
 fn status(state: &State) -> Value {
     let snapshot = state.snapshot();
     let now = Instant::now();
@@ -480,6 +491,7 @@ fn status(state: &State) -> Value {
                 "panic": pool.state.panicking.load(std::sync::atomic::Ordering::Relaxed),
                 "health_checked": pool.health().is_some(),
                 "slow_start_s": pool.slow_start().as_secs_f64(),
+                "tls": pool.tls().map(|tls| upstream_tls_status(tls.config())),
                 "queue": {
                     "in_use": admission.in_use,
                     "waiting": waiting,

@@ -1,5 +1,5 @@
 //! Reload triggers: `SIGHUP`, and a change of the config file, of a pages
-//! directory or of a TLS certificate or key (polled, debounced). The admin API's `POST /reload` is the third.
+//! directory or of a TLS certificate, key or CA file (polled, debounced). The admin API's `POST /reload` is the third.
 //! Each calls [`State::reload`], which keeps the old config when the new one is
 //! invalid.
 
@@ -30,14 +30,23 @@ impl ReloadWatcher {
     }
 
     /// The files whose change means a reload: the config file, every page
-    /// file, and every certificate and key of the TLS listeners (a renewed
-    /// certificate is served without a restart).
+    /// file, every certificate and key of the TLS listeners (a renewed
+    /// certificate is served without a restart) and the CA files and client
+    /// certificates of pools' TLS.
     fn watched(&self) -> Vec<PathBuf> {
         let config = self.state.config();
         let mut paths: Vec<PathBuf> = self.state.source().cloned().into_iter().collect();
         paths.extend(config.pages_dirs.iter().cloned());
         for tls in &config.server.tls {
             paths.extend(tls.files().map(Path::to_path_buf));
+        }
+        // A renewed client certificate or CA file of a pool, too.
+        for tls in config.pools.iter().filter_map(|p| p.tls.as_ref()) {
+            paths.extend(tls.ca.iter().map(|ca| ca.path.clone()));
+            if let Some(client) = &tls.client {
+                paths.push(client.cert_path.clone());
+                paths.push(client.key_path.clone());
+            }
         }
         paths
     }

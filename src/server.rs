@@ -289,6 +289,9 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     let shutdown_delay = config.server.shutdown_delay;
     let tls = config.server.tls.clone();
     let admin_config = config.admin.clone();
+    for warning in config.warnings() {
+        log::warn!("{warning}");
+    }
     let state = Arc::new(State::new(config, options.source));
     // The admin listener first: a shopper listener on its address then fails
     // the check below (`ordergate check` reports it too).

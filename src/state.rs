@@ -276,7 +276,10 @@ impl State {
             Ok(config) => {
                 let mut warnings = fixed_changes(&self.started_with, &config);
                 warnings.extend(self.overrides_kept(&config));
-                let applied = self.renew_certificates(&config);
+                let mut applied = self.renew_certificates(&config);
+                let (unchecked, changed) = upstream_tls_changes(&self.config(), &config);
+                warnings.extend(unchecked);
+                applied.extend(changed);
                 (Ok(self.apply(config)), warnings, applied)
             }
             Err(errors) => (Err(errors), Vec::new(), Vec::new()),
@@ -365,6 +368,38 @@ impl State {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
     }
+}
+
+/// Pools whose TLS to backends a reload changes (all of it applies live: pingora
+/// takes it per connection): warnings for those that stop checking
+/// certificates, and notes for every change.
+fn upstream_tls_changes(running: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
+    let (mut warnings, mut notes) = (Vec::new(), Vec::new());
+    for pool in &new.pools {
+        let old = running
+            .pools
+            .iter()
+            .find(|p| p.name == pool.name)
+            .and_then(|p| p.tls.as_ref());
+        if old == pool.tls.as_ref() {
+            continue;
+        }
+        let now = pool
+            .tls
+            .as_ref()
+            .map_or("plain HTTP".to_string(), |tls| tls.describe());
+        notes.push(format!(
+            "pool {}: backends are now reached with {now}; new connections use it, and idle connections made before are not reused",
+            pool.name
+        ));
+        if pool.tls.as_ref().is_some_and(|tls| !tls.verify) {
+            warnings.push(format!(
+                "pool {}: tls.verify = false: the backends' certificates are NOT checked",
+                pool.name
+            ));
+        }
+    }
+    (warnings, notes)
 }
 
 /// Settings that need a restart or graceful upgrade to change, described for the

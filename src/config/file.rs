@@ -244,6 +244,24 @@ pub struct FilePool {
     pub backup: Option<String>,
     /// How long the pool must be able to serve before traffic comes back from its backup.
     pub failback_after: Option<String>,
+    /// `[pools.tls]`: TLS to the pool's backends.
+    pub tls: Option<FileUpstreamTls>,
+}
+
+/// `[pools.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamTls {
+    /// Server name sent and checked.
+    pub sni: Option<String>,
+    /// CA certificates (PEM) the backends' certificates must chain to.
+    pub ca_file: Option<String>,
+    /// Whether the backends' certificates are checked.
+    pub verify: Option<bool>,
+    /// Client certificate chain (PEM).
+    pub client_cert: Option<String>,
+    /// The client certificate's private key (PEM).
+    pub client_key: Option<String>,
 }
 
 /// `[pools.health]`.

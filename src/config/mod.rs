@@ -17,6 +17,7 @@ mod room;
 mod schema;
 mod store;
 pub mod tls;
+mod upstream_tls;
 mod validate;
 
 use std::fmt;
@@ -31,6 +32,7 @@ pub use crate::pages::Pages;
 pub use admission::{AdmissionConfig, LimitConfig, Priority};
 pub use room::{Bypass, RoomConfig, RoomMode, Secret};
 pub use store::{RedisConfig, StoreConfig};
+pub use upstream_tls::{CaBundle, ClientCert, UpstreamTlsConfig};
 
 pub use duration::{parse_duration, parse_time};
 pub use file::FileConfig;
@@ -375,6 +377,9 @@ pub struct PoolConfig {
     /// How long this pool must be able to serve, unbroken, before its traffic
     /// comes back from the backup. Default: 10s.
     pub failback_after: Duration,
+    /// `[pools.tls]`: TLS to every backend of the pool, health probes
+    /// included. Default: none (plain HTTP).
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// `[pools.health]`: active probes of every backend of a pool.
@@ -887,15 +892,36 @@ impl Config {
             };
             let _ = writeln!(
                 out,
-                "  {:<16} {}, connect {:?}, request {:?}, {}: {}",
+                "  {:<16} {}, connect {:?}, request {:?}, {}{}: {}",
                 pool.name,
                 balance,
                 pool.connect_timeout,
                 pool.request_timeout,
                 health,
+                pool.tls
+                    .as_ref()
+                    .map_or(String::new(), |tls| format!(", {}", tls.describe())),
                 backends.join(", ")
             );
         }
+        for warning in self.warnings() {
+            let _ = writeln!(out, "warning: {warning}");
+        }
         out
+    }
+
+    /// Settings that are allowed but weaken something, for the log at start
+    /// and after a reload, and for `ordergate check`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.pools
+            .iter()
+            .filter(|pool| pool.tls.as_ref().is_some_and(|tls| !tls.verify))
+            .map(|pool| {
+                format!(
+                    "pool {}: tls.verify = false: the backends' certificates are NOT checked, so anyone on the path to them can pose as them and read the orders",
+                    pool.name
+                )
+            })
+            .collect()
     }
 }

@@ -185,6 +185,14 @@ const QUEUE: &[Field] = &[
     f("reserved", Kind::IntMap),
 ];
 
+const UPSTREAM_TLS: &[Field] = &[
+    f("sni", Kind::Str),
+    f("ca_file", Kind::Str),
+    f("verify", Kind::Bool),
+    f("client_cert", Kind::Str),
+    f("client_key", Kind::Str),
+];
+
 const POOL: &[Field] = &[
     f("name", Kind::Str),
     f("balance", Kind::Str),
@@ -205,6 +213,7 @@ const POOL: &[Field] = &[
     f("queue", Kind::Table("pools.queue", QUEUE)),
     f("backup", Kind::Str),
     f("failback_after", Kind::Duration),
+    f("tls", Kind::Table("pools.tls", UPSTREAM_TLS)),
 ];
 
 const RETRY: &[Field] = &[

@@ -104,21 +104,33 @@ impl File {
 /// Reads and checks a certificate chain and its key. The error names the file
 /// and says what is wrong with it, in words an operator can act on.
 pub fn load(cert_path: &Path, key_path: &Path) -> Result<CertKey, (File, String)> {
+    load_with_key(cert_path, key_path).map(|(cert_key, _)| cert_key)
+}
+
+/// [`load`], also giving the private key as read, for a client certificate
+/// (pingora takes the key as DER, not as a signing key).
+pub(super) fn load_with_key(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(CertKey, PrivateKeyDer<'static>), (File, String)> {
     let cert_pem = read(cert_path).map_err(|e| (File::Cert, e))?;
     let key_pem = read(key_path).map_err(|e| (File::Key, e))?;
     let chain = certificates(cert_path, &cert_pem, &key_pem).map_err(|e| (File::Cert, e))?;
     let key = private_key(key_path, &key_pem, &cert_pem).map_err(|e| (File::Key, e))?;
     let inspected = inspect(cert_path, &chain).map_err(|e| (File::Cert, e))?;
     let provider = rustls::crypto::ring::default_provider();
-    let signing = provider.key_provider.load_private_key(key).map_err(|e| {
-        (
-            File::Key,
-            format!(
-                "{}: the private key cannot be used: {e}",
-                key_path.display()
-            ),
-        )
-    })?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| {
+            (
+                File::Key,
+                format!(
+                    "{}: the private key cannot be used: {e}",
+                    key_path.display()
+                ),
+            )
+        })?;
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
@@ -143,20 +155,23 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<CertKey, (File, String)
             ))
         }
     }
-    Ok(CertKey {
-        certified: Arc::new(certified),
-        not_after: inspected.not_after,
-        expires: inspected.expires,
-        names: inspected.names,
-        unusable: inspected.unusable,
-    })
+    Ok((
+        CertKey {
+            certified: Arc::new(certified),
+            not_after: inspected.not_after,
+            expires: inspected.expires,
+            names: inspected.names,
+            unusable: inspected.unusable,
+        },
+        key,
+    ))
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
+pub(super) fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-fn holds_key(pem: &[u8]) -> bool {
+pub(super) fn holds_key(pem: &[u8]) -> bool {
     PrivateKeyDer::from_pem_slice(pem).is_ok()
 }
 

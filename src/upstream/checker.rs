@@ -2,14 +2,16 @@
 //! pool with `[pools.health]` in the current snapshot, each on its own schedule
 //! (interval plus jitter), and logs each change of health once.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::connectors::TransportConnector;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::time::Instant;
 
+use super::health::Target;
 use super::Pool;
 
 /// How often the checker looks for probes that are due while some pool has
@@ -28,6 +30,9 @@ pub trait PoolSource: Send + Sync {
 /// Probes backends of the pools its source gives.
 pub struct HealthChecker {
     pools: Arc<dyn PoolSource>,
+    /// pingora's connector for probes of TLS pools, made at the first one: it
+    /// loads the system's CA certificates, as the proxy's own connector does.
+    tls: OnceLock<Arc<TransportConnector>>,
 }
 
 impl std::fmt::Debug for HealthChecker {
@@ -39,7 +44,10 @@ impl std::fmt::Debug for HealthChecker {
 impl HealthChecker {
     /// A checker of the pools `pools` gives at each look.
     pub fn new(pools: Arc<dyn PoolSource>) -> HealthChecker {
-        HealthChecker { pools }
+        HealthChecker {
+            pools,
+            tls: OnceLock::new(),
+        }
     }
 
     /// Starts the probes that are due, each as its own task; returns whether any
@@ -47,13 +55,14 @@ impl HealthChecker {
     fn start_due_probes(&self) -> bool {
         let mut probing = false;
         self.pools
-            .with_pools(&mut |pools| probing = start_due_probes(pools));
+            .with_pools(&mut |pools| probing = start_due_probes(pools, &self.tls));
         probing
     }
 }
 
 /// Starts the due probes of `pools`; returns whether any pool has probes.
-fn start_due_probes(pools: &[Pool]) -> bool {
+/// Probes of a TLS pool connect through `tls` (made when first needed).
+fn start_due_probes(pools: &[Pool], tls: &OnceLock<Arc<TransportConnector>>) -> bool {
     let mut probing = false;
     let now = Instant::now();
     for pool in pools {
@@ -67,8 +76,27 @@ fn start_due_probes(pools: &[Pool]) -> bool {
             }
             let backend = Arc::clone(backend);
             let config = config.clone();
+            let target = match pool.tls() {
+                None => Target::Tcp(backend.addr),
+                Some(settings) => {
+                    let mut peer = settings.peer(backend.addr);
+                    peer.options.connection_timeout = Some(config.timeout);
+                    Target::Tls {
+                        peer: Box::new(peer),
+                        connector: Arc::clone(
+                            tls.get_or_init(|| Arc::new(TransportConnector::new(None))),
+                        ),
+                        // The name the backends serve, as a request's Host would be.
+                        host: settings
+                            .config()
+                            .sni
+                            .clone()
+                            .unwrap_or_else(|| backend.addr.to_string()),
+                    }
+                }
+            };
             tokio::spawn(async move {
-                let result = super::health::probe(backend.addr, &config).await;
+                let result = super::health::probe(&target, &config).await;
                 if let Some(health) = backend.record_probe_result(&result, &config) {
                     match result {
                         Ok(()) => log::info!(

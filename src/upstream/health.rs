@@ -1,10 +1,14 @@
 //! Active health checks: the per-backend state machine (rise and fall thresholds)
-//! and the probes themselves (HTTP/1.1 or TCP connect).
+//! and the probes themselves (HTTP/1.1 or TCP connect; over the pool's TLS for
+//! a pool with `[pools.tls]`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pingora::connectors::TransportConnector;
+use pingora::upstreams::peer::HttpPeer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{HealthConfig, Probe};
@@ -95,18 +99,76 @@ pub fn next_probe_delay(config: &HealthConfig) -> Duration {
     config.interval + Duration::from_nanos(fastrand::u64(0..=jitter_nanos))
 }
 
+/// Where a probe connects.
+pub enum Target {
+    /// The backend's address, plain TCP.
+    Tcp(SocketAddr),
+    /// The backend as the pool's requests reach it: through pingora's
+    /// connector with the pool's TLS (name, certificate checks, CA, client
+    /// certificate), so a probe passes only where a request could connect.
+    Tls {
+        /// The pool's peer for the backend.
+        peer: Box<HttpPeer>,
+        /// The connector (it holds the system's CA certificates).
+        connector: Arc<TransportConnector>,
+        /// The `Host` of an HTTP probe that sets none: the pool's `tls.sni`,
+        /// else the backend's address.
+        host: String,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(addr) => write!(f, "Tcp({addr})"),
+            Target::Tls { peer, .. } => write!(f, "Tls({peer})"),
+        }
+    }
+}
+
 /// Probes a backend once; `Ok` when it passes, `Err` says why not.
-pub async fn probe(addr: SocketAddr, config: &HealthConfig) -> Result<(), String> {
-    match tokio::time::timeout(config.timeout, probe_inner(addr, &config.probe)).await {
+pub async fn probe(target: &Target, config: &HealthConfig) -> Result<(), String> {
+    match tokio::time::timeout(config.timeout, probe_inner(target, &config.probe)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {:?}", config.timeout)),
     }
 }
 
-async fn probe_inner(addr: SocketAddr, probe: &Probe) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn probe_inner(target: &Target, probe: &Probe) -> Result<(), String> {
+    match target {
+        Target::Tcp(addr) => {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            exchange(stream, &addr.to_string(), probe).await
+        }
+        Target::Tls {
+            peer,
+            connector,
+            host,
+        } => {
+            // A TCP probe passes on a finished handshake: what a request needs.
+            let stream = connector
+                .new_stream(peer.as_ref())
+                .await
+                .map_err(|e| format!("TLS connect: {e}"))?;
+            exchange(stream, host, probe).await.map_err(|why| {
+                if why == "status 400" {
+                    // nginx's answer to a missing or refused client certificate.
+                    format!("{why} (a TLS backend answers 400 when it wants a client certificate it did not get or accept: check tls.client_cert)")
+                } else {
+                    why
+                }
+            })
+        }
+    }
+}
+
+/// The HTTP probe's request and the status of its answer, on a connected stream.
+async fn exchange<S>(mut stream: S, default_host: &str, probe: &Probe) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let Probe::Http {
         method,
         path,
@@ -116,7 +178,7 @@ async fn probe_inner(addr: SocketAddr, probe: &Probe) -> Result<(), String> {
     else {
         return Ok(());
     };
-    let host = host.clone().unwrap_or_else(|| addr.to_string());
+    let host = host.as_deref().unwrap_or(default_host);
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ordergate-health\r\nConnection: close\r\n\r\n"
     );
@@ -124,6 +186,7 @@ async fn probe_inner(addr: SocketAddr, probe: &Probe) -> Result<(), String> {
         .write_all(request.as_bytes())
         .await
         .map_err(|e| format!("send: {e}"))?;
+    stream.flush().await.map_err(|e| format!("send: {e}"))?;
     // The status line fits in the first read of a sane server; read a little more
     // only when it does not.
     let mut head = Vec::with_capacity(256);
@@ -244,9 +307,10 @@ mod tests {
             },
             ..config(1, 1)
         };
-        assert_eq!(probe(addr, &http).await, Ok(()));
-        assert_eq!(probe(addr, &http).await, Err("status 503".to_string()));
-        let closed = SocketAddr::from(([127, 0, 0, 1], 1));
-        assert!(probe(closed, &config(1, 1)).await.is_err());
+        let target = Target::Tcp(addr);
+        assert_eq!(probe(&target, &http).await, Ok(()));
+        assert_eq!(probe(&target, &http).await, Err("status 503".to_string()));
+        let closed = Target::Tcp(SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert!(probe(&closed, &config(1, 1)).await.is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod failover;
 pub mod health;
 pub mod outlier;
 mod pool;
+pub mod tls;
 
 pub use backend::{Availability, Backend, InFlight, PoolState, ProbeReport, Registry};
 pub use balance::key_hash;

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::balance::{key_hash, Balancer};
 use super::outlier::Signal;
+use super::tls::PeerTls;
 use super::{Availability, Backend, InFlight, PoolState, Registry};
 use crate::config::{Balance, HashKey, HealthConfig, OutlierConfig, PoolConfig};
 use crate::telemetry::{BackendMetrics, Metrics, UpstreamResult};
@@ -49,6 +50,7 @@ pub struct Pool {
     retry_budget: crate::config::RetryBudgetConfig,
     backup: Option<usize>,
     failback_after: Duration,
+    tls: Option<PeerTls>,
 }
 
 /// A backend picked for one attempt.
@@ -105,7 +107,13 @@ impl Pool {
             retry_budget: config.retry_budget.clone(),
             backup: config.backup,
             failback_after: config.failback_after,
+            tls: config.tls.as_ref().map(PeerTls::new),
         }
+    }
+
+    /// The pool's TLS to its backends, if it speaks TLS to them.
+    pub fn tls(&self) -> Option<&PeerTls> {
+        self.tls.as_ref()
     }
 
     /// The pool that takes this pool's traffic when none of its backends can,
@@ -389,10 +397,13 @@ impl Pool {
         }
     }
 
-    /// The pingora peer for a backend of this pool, with the pool's connect timeout;
+    /// The pingora peer for a backend of this pool, with the pool's TLS and connect timeout;
     /// `timeout` bounds each wait for the backend to send more of its answer.
     fn peer(&self, backend: &Backend, timeout: Duration) -> HttpPeer {
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let mut peer = match &self.tls {
+            Some(tls) => tls.peer(backend.addr),
+            None => HttpPeer::new(backend.addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(self.connect_timeout.min(timeout));
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);

@@ -26,3 +26,4 @@ mod sre;
 mod stale;
 mod streams;
 mod trust;
+mod upstream_tls;

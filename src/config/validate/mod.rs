@@ -49,7 +49,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
         .pools
         .iter()
         .enumerate()
-        .map(|(i, pool)| self::pool(i, pool, &mut problems))
+        .map(|(i, pool)| self::pool(i, pool, base, &mut problems))
         .collect();
     check_unique_pool_names(&file.pools, &mut problems);
     pool::backups(&file.pools, &mut pools, &mut problems);

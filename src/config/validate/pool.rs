@@ -2,6 +2,7 @@
 //! retry budget and the admission queue.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,12 +14,12 @@ use super::values::{
 };
 use super::Problems;
 use crate::config::file::{
-    FileBackend, FileHealth, FileOutlier, FilePool, FileQueue, FileRetryBudget,
+    FileBackend, FileHealth, FileOutlier, FilePool, FileQueue, FileRetryBudget, FileUpstreamTls,
 };
 use crate::config::schema::entry_path;
 use crate::config::{
     AdmissionConfig, BackendConfig, Balance, HashKey, HealthConfig, LimitConfig, OutlierConfig,
-    PoolConfig, Probe, RetryBudgetConfig,
+    PoolConfig, Probe, RetryBudgetConfig, UpstreamTlsConfig,
 };
 
 pub(super) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -27,7 +28,12 @@ pub(super) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const MAX_WEIGHT: i64 = 1000;
 pub(super) const DEFAULT_MAX_IN_FLIGHT: u32 = 256;
 
-pub(super) fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> PoolConfig {
+pub(super) fn pool(
+    index: usize,
+    file: &FilePool,
+    base: &Path,
+    problems: &mut Problems,
+) -> PoolConfig {
     let at = entry_path("pools", index, &file.name);
     check_name(&at, &file.name, problems);
     let balance = balance(&at, file, problems);
@@ -127,7 +133,78 @@ pub(super) fn pool(index: usize, file: &FilePool, problems: &mut Problems) -> Po
             true,
             problems,
         ),
+        tls: file
+            .tls
+            .as_ref()
+            .and_then(|t| tls(&format!("{at}.tls"), t, base, problems)),
     }
+}
+
+/// `[pools.tls]`; `None` when something is wrong (and reported). Files are
+/// taken relative to the config file's directory.
+pub(super) fn tls(
+    at: &str,
+    file: &FileUpstreamTls,
+    base: &Path,
+    problems: &mut Problems,
+) -> Option<UpstreamTlsConfig> {
+    use crate::config::upstream_tls::{check_sni, client_key_name, load_ca, load_client};
+    let mut ok = true;
+    let mut fail = |key: &str, message: String| {
+        problems.add(format!("{at}.{key}"), message);
+        ok = false;
+    };
+    let verify = file.verify.unwrap_or(true);
+    if let Some(sni) = &file.sni {
+        if let Err(message) = check_sni(sni) {
+            fail("sni", message);
+        }
+    } else if verify {
+        // pingora's rustls connector takes an empty name as "no SNI and no
+        // certificate checks at all": never let that happen by omission.
+        fail(
+            "sni",
+            "is required while verify = true: backends are IP:PORT, so there is no name to check their certificates against; set tls.sni to the name on the backends' certificate, e.g. \"orders.internal\" (or verify = false to not check certificates)".to_string(),
+        );
+    }
+    let mut ca = None;
+    match file.ca_file.as_deref() {
+        None => {}
+        Some(_) if !verify => fail(
+            "ca_file",
+            "is not used with verify = false (certificates are not checked); remove it or set verify = true".to_string(),
+        ),
+        Some("") => fail(
+            "ca_file",
+            "is empty; write the path of the CA certificates (PEM) the backends' certificates chain to".to_string(),
+        ),
+        Some(path) => match load_ca(&base.join(path)) {
+            Ok(bundle) => ca = Some(bundle),
+            Err(message) => fail("ca_file", message),
+        },
+    }
+    let mut client = None;
+    match (file.client_cert.as_deref(), file.client_key.as_deref()) {
+        (None, None) => {}
+        (Some(_), None) => fail(
+            "client_key",
+            "is required with client_cert: write the path of the client certificate's private key (PEM)".to_string(),
+        ),
+        (None, Some(_)) => fail(
+            "client_cert",
+            "is required with client_key: write the path of the client certificate (PEM)".to_string(),
+        ),
+        (Some(cert), Some(key)) => match load_client(&base.join(cert), &base.join(key)) {
+            Ok(loaded) => client = Some(loaded),
+            Err((which, message)) => fail(client_key_name(which), message),
+        },
+    }
+    ok.then(|| UpstreamTlsConfig {
+        sni: file.sni.clone(),
+        verify,
+        ca,
+        client,
+    })
 }
 
 /// Resolves `pools[].backup` to pool indexes; an unknown pool, a pool that is

@@ -183,3 +183,81 @@ fn backups_must_exist_and_not_form_a_cycle() {
     assert!(errors(&pools("backup = \"a\"", "", ""))[0].contains("its own backup"));
     assert!(errors(&pools("backup = \"dr\"", "", ""))[0].contains("\"dr\" is not defined"));
 }
+
+#[test]
+fn pool_tls_loads_its_files_relative_to_the_config_and_refuses_unchecked_by_omission() {
+    let dir = std::env::temp_dir().join(format!("ordergate-pool-tls-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("certs")).expect("dir");
+    let pair = rcgen::generate_simple_self_signed(vec!["orders.internal".to_string()])
+        .expect("certificate");
+    std::fs::write(dir.join("certs/ca.pem"), pair.cert.pem()).expect("write");
+    std::fs::write(dir.join("certs/client.pem"), pair.cert.pem()).expect("write");
+    std::fs::write(
+        dir.join("certs/client.key"),
+        pair.signing_key.serialize_pem(),
+    )
+    .expect("write");
+    let config = |tls: &str| {
+        format!(
+            "[[pools]]\nname = \"orders\"\nbackends = [ {{ addr = \"127.0.0.1:9443\" }} ]\n{tls}\n[[routes]]\nname = \"r\"\npool = \"orders\"\n"
+        )
+    };
+    let errors = |tls: &str| match Config::from_toml_in(&config(tls), &dir) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    };
+
+    let good = Config::from_toml_in(
+        &config("[pools.tls]\nsni = \"orders.internal\"\nca_file = \"certs/ca.pem\"\nclient_cert = \"certs/client.pem\"\nclient_key = \"certs/client.key\""),
+        &dir,
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let tls = good.pools[0].tls.as_ref().expect("tls");
+    assert!(tls.verify, "verify defaults to true");
+    assert_eq!(tls.sni.as_deref(), Some("orders.internal"));
+    assert_eq!(
+        tls.ca.as_ref().map(|ca| ca.path.clone()),
+        Some(dir.join("certs/ca.pem"))
+    );
+    assert!(tls.client.is_some());
+    assert!(good.warnings().is_empty());
+    assert!(good.summary().contains("TLS to orders.internal (CA "));
+
+    let unchecked = Config::from_toml_in(&config("tls = { verify = false }"), &dir)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(unchecked.warnings()[0].contains("NOT checked"));
+    assert!(unchecked.summary().contains("warning: pool orders"));
+
+    let without_sni = errors("tls = {}");
+    assert_eq!(without_sni.len(), 1, "{without_sni:?}");
+    assert!(
+        without_sni[0].starts_with("pools[0] \"orders\".tls.sni: is required while verify = true")
+            && without_sni[0].contains("set tls.sni to the name on the backends' certificate"),
+        "{without_sni:?}"
+    );
+    let missing = errors("tls = { sni = \"orders.internal\", ca_file = \"certs/none.pem\" }");
+    assert!(
+        missing[0].starts_with("pools[0] \"orders\".tls.ca_file: cannot read")
+            && missing[0].contains("certs/none.pem"),
+        "{missing:?}"
+    );
+    let half = errors("tls = { sni = \"orders.internal\", client_cert = \"certs/client.pem\" }");
+    assert!(
+        half[0].starts_with("pools[0] \"orders\".tls.client_key: is required with client_cert"),
+        "{half:?}"
+    );
+    let swapped = errors(
+        "tls = { sni = \"orders.internal\", client_cert = \"certs/client.key\", client_key = \"certs/client.pem\" }",
+    );
+    assert!(swapped[0].contains("swapped"), "{swapped:?}");
+    let useless = errors("tls = { verify = false, ca_file = \"certs/ca.pem\" }");
+    assert!(
+        useless[0].starts_with("pools[0] \"orders\".tls.ca_file: is not used with verify = false"),
+        "{useless:?}"
+    );
+    let bad_name = errors("tls = { sni = \"orders internal\" }");
+    assert!(bad_name[0].contains("is not a host name"), "{bad_name:?}");
+    let typo = errors("tls = { sni = \"orders.internal\", verfy = true }");
+    assert!(typo[0].contains("did you mean `verify`?"), "{typo:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
