@@ -460,6 +460,34 @@ fn upstream_tls_status(tls: &UpstreamTlsConfig) -> Value {
     })
 }
 
+/// Where ordergate stands at the edge: whose word it takes for the client's
+/// address, the PROXY protocol its listeners expect, HTTPS redirects, HSTS.
+fn edge_status(config: &crate::config::Config) -> Value {
+    let server = &config.server;
+    json!({
+        "trusted_proxies": server.trust.proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "client_ip_header": server.trust.client_ip_header.as_str(),
+        "proxy_protocol": server.proxy_protocol.as_str(),
+        "tls_proxy_protocol": server
+            .tls
+            .iter()
+            .map(|t| json!({ "listen": t.listen.to_string(), "proxy_protocol": t.proxy_protocol.as_str() }))
+            .collect::<Vec<_>>(),
+        "https_redirect": server.https_redirect,
+        "https_port": server.https_port,
+        "hsts": server.hsts.as_ref().and_then(|v| v.to_str().ok()),
+    })
+}
+
+/// A route's header rules: the names only (a value may be a credential for
+/// the backend).
+fn header_rules_status(rules: &crate::config::HeaderRules) -> Value {
+    json!({
+        "set": rules.set.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
+        "remove": rules.remove.iter().map(http::HeaderName::as_str).collect::<Vec<_>>(),
+    })
+}
+
 fn status(state: &State) -> Value {
     let snapshot = state.snapshot();
     let now = Instant::now();
@@ -519,6 +547,7 @@ fn status(state: &State) -> Value {
         "maintenance": maintenance::windows(state),
         "store": state.store_status(),
         "tls": state.tls_status(),
+        "edge": edge_status(&state.config()),
         "route_stats": snapshot
             .routes
             .iter()
@@ -529,6 +558,12 @@ fn status(state: &State) -> Value {
                     "pool": snapshot.pools.get(route.config.pool).map(|p| p.name.as_str()),
                     "serving_pool": snapshot.pools.get(serving_pool(&snapshot.pools, route.config.pool)).map(|p| p.name.as_str()),
                     "priority": route.config.priority.as_str(),
+                    "stream_idle_timeout_s": route.config.stream_idle_timeout.as_secs_f64(),
+                    "long_poll": route.config.long_poll,
+                    "https_redirect": route.config.https_redirect,
+                    "strip_prefix": route.config.strip_prefix,
+                    "request_headers": header_rules_status(&route.config.request_headers),
+                    "response_headers": header_rules_status(&route.config.response_headers),
                     "totals": totals,
                 })
             })

@@ -114,6 +114,12 @@ fn prefix_match(net: &[u8], ip: &[u8], prefix: u8) -> bool {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
 impl std::str::FromStr for Cidr {
     type Err = String;
 
@@ -210,6 +216,18 @@ pub enum ProxyProtocol {
     V2,
     /// Either version, told apart by its first bytes.
     Auto,
+}
+
+impl ProxyProtocol {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+            ProxyProtocol::Auto => "auto",
+        }
+    }
 }
 
 /// `[server] trusted_proxies` and `client_ip_header`: whose word ordergate

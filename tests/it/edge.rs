@@ -109,6 +109,10 @@ fn a_trusted_proxys_forwarded_for_names_the_client_and_a_forged_one_is_ignored()
         429,
         "the same shopper again"
     );
+    let edge = &admin(admin_port, "GET", "/status").json()["edge"];
+    assert_eq!(edge["trusted_proxies"], serde_json::json!(["127.0.0.2/32"]));
+    assert_eq!(edge["client_ip_header"], "x-forwarded-for");
+    assert_eq!(edge["proxy_protocol"], "off");
 }
 
 /// A real HAProxy in front sends `send-proxy-v2`: the backend is told the
@@ -370,6 +374,18 @@ fn a_route_strips_its_prefix_and_rewrites_headers() {
     assert!(seen["headers"]["x-debug"].is_null(), "{seen}");
     assert_eq!(echo.header("x-frame-options"), Some("DENY"));
     assert!(echo.header("x-sim-backend").is_none());
+    let status = admin(admin_port, "GET", "/status").json();
+    let route = &status["route_stats"][0];
+    assert_eq!(route["strip_prefix"], true);
+    assert_eq!(
+        route["request_headers"]["set"],
+        serde_json::json!(["x-storefront"])
+    );
+    assert_eq!(
+        route["response_headers"]["remove"],
+        serde_json::json!(["x-sim-backend"])
+    );
+    assert_eq!(route["stream_idle_timeout_s"], 300.0);
 }
 
 /// `check` refuses header rules it cannot honour.
