@@ -9,7 +9,10 @@
 #   benches/ab-cpu.sh OLD_BINARY NEW_BINARY [ROUNDS] [SECONDS]
 #
 # AB_ROUTE, when set, is TOML appended to the one route (e.g. a rate limit:
-# AB_ROUTE=$'[routes.rate_limit]\nrequests_per_second = 1000000').
+# AB_ROUTE=$'[routes.rate_limit]\nrequests_per_second = 1000000'); AB_SERVER
+# is appended to [server]. AB_ROUTE_B and AB_SERVER_B, when set, replace them
+# for B only: one binary twice then measures a feature on against off
+# (AB_SERVER_B='trusted_proxies = ["127.0.0.1"]' benches/ab-cpu.sh X X).
 #
 # Needs wrk, nginx and taskset (apt-get install wrk nginx util-linux).
 # Sends traffic only to 127.0.0.1 and stops by itself.
@@ -58,13 +61,18 @@ taskset -c 1 "$nginx_bin" -c "$dir/nginx.conf" -p "$dir" &
 pids+=($!)
 
 start_proxy() { # binary name -> pid on stdout, port in $dir/name.port
-  local bin=$1 name=$2 port
+  local bin=$1 name=$2 port server_extra=${AB_SERVER:-} route_extra=${AB_ROUTE:-}
+  if [ "$name" = b ]; then
+    server_extra=${AB_SERVER_B-$server_extra}
+    route_extra=${AB_ROUTE_B-$route_extra}
+  fi
   port=$(free_port)
   cat >"$dir/$name.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$port"]
 threads = 1
 grace_period = "0s"
+$server_extra
 
 [log]
 access = "off"
@@ -78,7 +86,7 @@ backends = [ { addr = "127.0.0.1:$backend" } ]
 [[routes]]
 name = "all"
 pool = "orders"
-${AB_ROUTE:-}
+$route_extra
 EOF
   echo "$port" >"$dir/$name.port"
   taskset -c 0 "$bin" run --config "$dir/$name.toml" >"$dir/$name.log" 2>&1 &
