@@ -70,16 +70,17 @@ impl PeerTls {
         &self.config
     }
 
-    /// A TLS peer for `addr` with these settings.
-    pub fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {
-        // Without a name (verify = false only) the backend's IP stands in:
+    /// A TLS peer for `addr` with these settings; `name` is the DNS name the
+    /// address was resolved from, the SNI when `tls.sni` sets none.
+    pub fn peer(&self, addr: std::net::SocketAddr, name: Option<&str>) -> HttpPeer {
+        // Without any name (verify = false only) the backend's IP stands in:
         // pingora 0.9.1's rustls connector means an empty name to skip SNI and
         // every check, but then fails every handshake parsing it as a server
         // name. rustls sends no SNI for an IP, and nothing is checked anyway.
-        let sni = if self.sni.is_empty() {
-            addr.ip().to_string()
-        } else {
-            self.sni.clone()
+        let sni = match (self.sni.is_empty(), name) {
+            (false, _) => self.sni.clone(),
+            (true, Some(name)) => name.to_string(),
+            (true, None) => addr.ip().to_string(),
         };
         let mut peer = HttpPeer::new(addr, true, sni);
         peer.options.verify_cert = self.config.verify;
@@ -153,7 +154,7 @@ mod tests {
             "{ sni = \"orders.internal\", ca_file = \"ca.pem\", client_cert = \"client.pem\", client_key = \"client.key\" }",
         );
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9443));
-        let peer = PeerTls::new(&full).peer(addr);
+        let peer = PeerTls::new(&full).peer(addr, None);
         assert!(peer.tls());
         assert_eq!(peer.sni(), "orders.internal");
         assert!(peer.options.verify_cert && peer.options.verify_hostname);
@@ -165,15 +166,15 @@ mod tests {
             &files,
             "{ sni = \"orders.internal\", ca_file = \"other-ca.pem\", client_cert = \"client.pem\", client_key = \"client.key\" }",
         );
-        let other = PeerTls::new(&other_ca).peer(addr);
+        let other = PeerTls::new(&other_ca).peer(addr, None);
         assert_ne!(peer.reuse_hash(), other.reuse_hash());
         assert_eq!(
             peer.reuse_hash(),
-            PeerTls::new(&full).peer(addr).reuse_hash(),
+            PeerTls::new(&full).peer(addr, None).reuse_hash(),
             "the same settings share connections"
         );
 
-        let unchecked = PeerTls::new(&tls(&files, "{ verify = false }")).peer(addr);
+        let unchecked = PeerTls::new(&tls(&files, "{ verify = false }")).peer(addr, None);
         assert!(unchecked.tls());
         assert_eq!(
             unchecked.sni(),
