@@ -140,7 +140,7 @@ mod tests {
 
     fn tls(files: &Files, table: &str) -> UpstreamTlsConfig {
         let text = format!(
-            "[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"127.0.0.1:9443\" }} ]\ntls = {table}\n[[routes]]\nname = \"r\"\npool = \"p\"\n"
+            "[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"orders.internal:9443\" }} ]\ntls = {table}\n[[routes]]\nname = \"r\"\npool = \"p\"\n"
         );
         let config = Config::from_toml_in(&text, &files.0).unwrap_or_else(|e| panic!("{e:?}"));
         config.pools[0].tls.clone().expect("tls")
@@ -183,5 +183,21 @@ mod tests {
         );
         assert!(!unchecked.options.verify_cert);
         assert!(unchecked.get_ca().is_none() && unchecked.get_client_cert_key().is_none());
+
+        // A backend resolved from a name is reached with that name, unless
+        // tls.sni sets one for the pool.
+        let by_name = PeerTls::new(&tls(&files, "{ ca_file = \"ca.pem\" }"));
+        let named = by_name.peer(addr, Some("orders.internal"));
+        assert_eq!(named.sni(), "orders.internal");
+        assert!(named.options.verify_cert && named.options.verify_hostname);
+        assert_ne!(
+            named.reuse_hash(),
+            by_name.peer(addr, Some("other.internal")).reuse_hash(),
+            "connections checked for one name never serve another"
+        );
+        assert_eq!(
+            PeerTls::new(&full).peer(addr, Some("other.internal")).sni(),
+            "orders.internal"
+        );
     }
 }
