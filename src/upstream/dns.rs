@@ -142,11 +142,29 @@ impl Resolutions {
         served
     }
 
-    /// The names of `config` whose lookup is due at `now`; forgets names the
-    /// config no longer has.
-    fn due(&self, config: &Config, now: Instant) -> Vec<(String, DnsTarget)> {
+    /// Forgets the names `config` no longer has; returns them.
+    fn forget_removed(&self, config: &Config) -> Vec<(String, DnsTarget)> {
         let mut names = self.names.lock();
-        let wanted: Vec<(String, DnsTarget)> = config
+        let removed: Vec<(String, DnsTarget)> = names
+            .keys()
+            .filter(|(pool, target)| {
+                !config
+                    .pools
+                    .iter()
+                    .any(|p| p.name == *pool && p.named.iter().any(|n| n.target == *target))
+            })
+            .cloned()
+            .collect();
+        for key in &removed {
+            names.remove(key);
+        }
+        removed
+    }
+
+    /// The names of `config` whose lookup is due at `now`.
+    fn due(&self, config: &Config, now: Instant) -> Vec<(String, DnsTarget)> {
+        let names = self.names.lock();
+        config
             .pools
             .iter()
             .flat_map(|pool| {
@@ -154,10 +172,6 @@ impl Resolutions {
                     .iter()
                     .map(|n| (pool.name.clone(), n.target.clone()))
             })
-            .collect();
-        names.retain(|key, _| wanted.contains(key));
-        wanted
-            .into_iter()
             .filter(|key| {
                 names
                     .get(key)
@@ -399,6 +413,18 @@ pub trait DnsHost: Send + Sync {
 /// some name's addresses changed.
 async fn resolve_due(host: &dyn DnsHost, resolver: &mut Option<(DnsConfig, TokioResolver)>) {
     let config = host.dns_config();
+    let removed = host.resolutions().forget_removed(&config);
+    if !removed.is_empty() {
+        // A name a reload removed leaves no series behind.
+        let metrics = host.dns_metrics();
+        for (pool, target) in removed {
+            let label = target.to_string();
+            let labels = [pool.as_str(), label.as_str()];
+            let _ = metrics.addresses.remove_label_values(&labels);
+            let _ = metrics.failures.remove_label_values(&labels);
+            let _ = metrics.changes.remove_label_values(&labels);
+        }
+    }
     let due = host.resolutions().due(&config, Instant::now());
     if due.is_empty() {
         return;
@@ -639,6 +665,15 @@ mod tests {
             &metrics
         ));
         assert!(resolutions.get("p", &host).expect("known").error.is_none());
+
+        let mut smaller = config.clone();
+        smaller.pools[0].named.remove(1);
+        assert_eq!(
+            resolutions.forget_removed(&smaller),
+            vec![("p".to_string(), srv.clone())]
+        );
+        assert!(resolutions.get("p", &srv).is_none());
+        assert_eq!(resolutions.served(&smaller.pools[0]).len(), 2);
     }
 
     #[test]
