@@ -4,7 +4,6 @@
 //! all on one port, so one name can point at any of them.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -315,5 +314,41 @@ fn a_pool_whose_only_name_does_not_resolve_starts_and_says_so() {
         "{:?}",
         proxy.logs()
     );
-    let _keep: PathBuf = file.path.clone();
+}
+
+#[test]
+fn a_request_in_flight_on_a_removed_address_finishes_there() {
+    let port = free_port();
+    let (old, new) = (at(7, port), at(8, port));
+    let fleet = Fleet::start_on(&[old, new], &[]);
+    let Some(dns) = Dnsmasq::start(&format!("{} orders.test\n", old.ip()), &[]) else {
+        return;
+    };
+    let admin_port = free_port();
+    let proxy = Proxy::start(&config(
+        &dns,
+        admin_port,
+        &format!("[ {{ addr = \"orders.test:{port}\" }} ]"),
+    ));
+    fleet.set_mode(old, r#"{"latency_ms":2500}"#);
+    let addr = proxy.addr;
+    let slow = std::thread::spawn(move || crate::support::get(addr, "/api/products/1"));
+    assert!(
+        wait_until(Duration::from_secs(5), || fleet.in_flight() == 1),
+        "the slow request never reached {old}"
+    );
+    dns.set_hosts(&format!("{} orders.test\n", new.ip()));
+    assert!(
+        wait_until(Duration::from_secs(5), || proxy
+            .get("/api/products/1")
+            .backend()
+            == new),
+        "ordergate never sent traffic to {new}"
+    );
+    let answer = slow
+        .join()
+        .expect("the slow request's thread")
+        .expect("an answer, not a reset");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.backend(), old, "it finished where it started");
 }
