@@ -7,7 +7,8 @@
 # (pingora's zlib-ng is built with it), a C compiler, kill(1) (procps) and
 # prlimit(1) (util-linux); `test` also chromium (the status page and waiting
 # room page tests), redis-server (the shared store tests), haproxy (the PROXY
-# protocol tests) and nginx (the TLS to backends tests).
+# protocol tests), nginx (the TLS to backends tests) and dnsmasq (the backends
+# by name tests).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -57,6 +58,8 @@ case "${1:-}" in
     command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || install_packages haproxy
     # tests/it/upstream_tls.rs runs a real nginx with TLS and client certificates.
     command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || install_packages nginx
+    # tests/it/dns.rs resolves backends by name from a real dnsmasq.
+    command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || install_packages dnsmasq
     cargo test --lib --bins --tests
     ;;
   peers)

@@ -446,7 +446,41 @@ fn backend_status(
         "config_weight": pool.config_weight(index),
         "weight_override": backend.weight_override(),
         "max_in_flight": max_in_flight,
+        "dns_name": pool.backend_name(index),
     })
+}
+
+/// The backend names of a pool: what each resolved to, when, the TTL in use,
+/// and whether the last lookup failed.
+fn dns_status(state: &State, config: &crate::config::Config, pool: &str) -> Vec<Value> {
+    let time = |t: Option<std::time::SystemTime>| {
+        t.map(|t| {
+            chrono::DateTime::<chrono::Utc>::from(t)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+    };
+    config
+        .pools
+        .iter()
+        .filter(|p| p.name == pool)
+        .flat_map(|p| p.named.iter())
+        .map(|named| {
+            let r = state
+                .resolutions()
+                .get(pool, &named.target)
+                .unwrap_or_default();
+            json!({
+                "name": named.target.to_string(),
+                "addresses": r.addresses.iter().map(|a| a.addr.to_string()).collect::<Vec<_>>(),
+                "last_resolved": time(r.resolved_at),
+                "last_attempt": time(r.attempted_at),
+                "ttl_s": r.ttl.as_secs_f64(),
+                "failing": r.error.is_some(),
+                "error": r.error,
+                "addresses_dropped": r.dropped,
+            })
+        })
+        .collect()
 }
 
 /// A pool's TLS to its backends: names and paths, never key material.
@@ -490,6 +524,7 @@ fn header_rules_status(rules: &crate::config::HeaderRules) -> Value {
 
 fn status(state: &State) -> Value {
     let snapshot = state.snapshot();
+    let config = state.config();
     let now = Instant::now();
     let attempts = state.metrics.attempt_totals();
     let route_names: Vec<&str> = snapshot
@@ -520,6 +555,7 @@ fn status(state: &State) -> Value {
                 "health_checked": pool.health().is_some(),
                 "slow_start_s": pool.slow_start().as_secs_f64(),
                 "tls": pool.tls().map(|tls| upstream_tls_status(tls.config())),
+                "dns": dns_status(state, &config, &pool.name),
                 "queue": {
                     "in_use": admission.in_use,
                     "waiting": waiting,

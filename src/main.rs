@@ -141,6 +141,11 @@ fn check(path: &Path) -> Result<(), String> {
     let config = load(path)?;
     println!("{}: ok", path.display());
     print!("{}", config.summary());
+    // Names that do not resolve now are warnings: DNS may be fixed before
+    // (or after) ordergate starts, and ordergate keeps asking.
+    for warning in ordergate::upstream::dns::unresolvable(&config) {
+        println!("WARNING: {warning}");
+    }
     Ok(())
 }
 

@@ -32,6 +32,7 @@ use crate::reload::ReloadWatcher;
 use crate::state::State;
 use crate::telemetry::{AccessLogReopen, AccessLogger};
 use crate::upstream::checker::{HealthChecker, PoolSource};
+use crate::upstream::dns::{DnsHost, DnsResolver};
 
 /// How to start.
 #[derive(Debug, Default)]
@@ -226,6 +227,21 @@ pub fn raise_open_files_limit() {
     }
 }
 
+/// Looks up every backend name once before serving, so the first requests
+/// find their backends; a name that does not resolve is logged and looked up
+/// again by the resolver service, it does not stop the start.
+fn resolve_names_at_start(state: &Arc<State>) -> Result<(), String> {
+    if state.config().pools.iter().all(|p| p.named.is_empty()) {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the first DNS lookups: {e}"))?;
+    runtime.block_on(crate::upstream::dns::resolve_at_start(&**state));
+    Ok(())
+}
+
 /// SIGUSR1 reopens the access log file (logrotate's `postrotate`). The handler
 /// is installed before the server starts, on a thread of its own, so the
 /// signal's default action (exit) never applies while ordergate serves.
@@ -293,6 +309,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         log::warn!("{warning}");
     }
     let state = Arc::new(State::new(config, options.source));
+    resolve_names_at_start(&state)?;
     // The admin listener first: a shopper listener on its address then fails
     // the check below (`ordergate check` reports it too).
     let admin = admin_config
@@ -355,6 +372,10 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     server.add_service(background_service(
         "health checker",
         HealthChecker::new(Arc::clone(&state) as Arc<dyn PoolSource>),
+    ));
+    server.add_service(background_service(
+        "dns resolver",
+        DnsResolver::new(Arc::clone(&state) as Arc<dyn DnsHost>),
     ));
     server.add_service(background_service(
         "reload watcher",

@@ -21,6 +21,7 @@ use crate::retry::{Failure, Stop};
 use crate::route::RouteTable;
 use crate::sni::{CertResolver, ListenerStatus};
 use crate::telemetry::Metrics;
+use crate::upstream::dns::{DnsHost, Resolutions};
 use crate::upstream::{Pool, Registry};
 
 /// Everything a request needs from the config, compiled for serving.
@@ -71,6 +72,9 @@ pub struct ReloadStatus {
     /// Changes made through the admin API (weight overrides) since the start;
     /// they rebuild the snapshot but are not config generations.
     pub admin_changes: u64,
+    /// Answers that changed the addresses of a backend name since the start;
+    /// they rebuild the snapshot too, and are not config generations either.
+    pub dns_changes: u64,
 }
 
 /// The current snapshot and the live state it is built from.
@@ -80,6 +84,8 @@ pub struct State {
     config: ArcSwap<Config>,
     started_with: Config,
     registry: Registry,
+    /// The answers of backend names (outlive snapshots, as the registry does).
+    resolutions: Resolutions,
     /// Records that outlive requests and snapshots (idempotency).
     live: LiveState,
     generation: AtomicU64,
@@ -105,9 +111,10 @@ impl State {
     /// Builds the first snapshot from a validated config read from `source`.
     pub fn new(config: Config, source: Option<PathBuf>) -> State {
         let registry = Registry::default();
+        let resolutions = Resolutions::default();
         let live = LiveState::default();
         let metrics = Metrics::new();
-        let snapshot = Snapshot::build(&config, &registry, &live, &metrics, 1);
+        let snapshot = Snapshot::build(&config, &registry, &resolutions, &live, &metrics, 1);
         metrics.config_generation.set(1);
         metrics.config_last_reload_success.set(1);
         let status = ReloadStatus {
@@ -128,6 +135,7 @@ impl State {
             config: ArcSwap::from_pointee(config.clone()),
             started_with: config,
             registry,
+            resolutions,
             live,
             generation: AtomicU64::new(1),
             source,
@@ -230,6 +238,7 @@ impl State {
         let snapshot = Snapshot::build(
             &config,
             &self.registry,
+            &self.resolutions,
             &self.live,
             &self.metrics,
             generation,
@@ -256,6 +265,21 @@ impl State {
             status.admin_changes = changes;
         }
         changes
+    }
+
+    /// Rebuilds the snapshot from the current config after an answer changed
+    /// the addresses of a backend name. Like [`State::rebuild`], not a config
+    /// generation.
+    pub fn rebuild_for_dns(&self) {
+        let _serial = self.reload_lock.lock();
+        let config = Config::clone(&self.config());
+        self.swap(config, self.generation.load(Ordering::Relaxed));
+        self.reload_status.lock().dns_changes += 1;
+    }
+
+    /// The answers of backend names (for `/status`).
+    pub fn resolutions(&self) -> &Resolutions {
+        &self.resolutions
     }
 
     /// Re-reads the config file and applies it if valid. Returns the new
@@ -475,6 +499,7 @@ impl Snapshot {
     fn build(
         config: &Config,
         registry: &Registry,
+        resolutions: &Resolutions,
         live: &LiveState,
         metrics: &Metrics,
         generation: u64,
@@ -482,7 +507,7 @@ impl Snapshot {
         let pools: Vec<Pool> = config
             .pools
             .iter()
-            .map(|pool| Pool::new(pool, registry, metrics))
+            .map(|pool| Pool::new(pool, &resolutions.served(pool), registry, metrics))
             .collect();
         for pool in &pools {
             // The real limit from the start, not "unbounded until the first request".
@@ -509,6 +534,24 @@ impl Snapshot {
             https_port: config.server.https_port,
             hsts: config.server.hsts.clone(),
         }
+    }
+}
+
+impl DnsHost for State {
+    fn dns_config(&self) -> Arc<Config> {
+        self.config()
+    }
+
+    fn resolutions(&self) -> &Resolutions {
+        &self.resolutions
+    }
+
+    fn dns_metrics(&self) -> Arc<crate::telemetry::DnsMetrics> {
+        self.metrics.registered(crate::telemetry::DnsMetrics::new)
+    }
+
+    fn addresses_changed(&self) {
+        self.rebuild_for_dns();
     }
 }
 

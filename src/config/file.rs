@@ -29,6 +29,22 @@ pub struct FileConfig {
     pub maintenance: Option<FileMaintenance>,
     /// `[store]`: where shared records live.
     pub store: Option<FileStore>,
+    /// `[dns]`: the resolver for backends given by name.
+    pub dns: Option<FileDns>,
+}
+
+/// `[dns]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    /// Name servers, `IP:PORT`.
+    pub servers: Option<Vec<String>>,
+    /// Shortest time an answer is kept.
+    pub min_ttl: Option<String>,
+    /// Longest time an answer is kept.
+    pub max_ttl: Option<String>,
+    /// Longest wait for one answer.
+    pub timeout: Option<String>,
 }
 
 /// `[store]`.
@@ -322,9 +338,11 @@ pub struct FileRetryBudget {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileBackend {
-    /// `IP:PORT`.
+    /// `IP:PORT` or `name:PORT`.
     #[serde(default)]
     pub addr: String,
+    /// An SRV record's name, instead of `addr`.
+    pub srv: Option<String>,
     /// Relative weight.
     pub weight: Option<i64>,
     /// Concurrent requests to this backend.

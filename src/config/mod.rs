@@ -11,6 +11,7 @@
 //! reported together, grouped by the part of the file they are in.
 
 mod admission;
+mod dns;
 mod duration;
 mod file;
 mod room;
@@ -30,6 +31,7 @@ use http::Method;
 
 pub use crate::pages::Pages;
 pub use admission::{AdmissionConfig, LimitConfig, Priority};
+pub use dns::{is_host_name, DnsConfig, DnsTarget, NamedBackend};
 pub use room::{Bypass, RoomConfig, RoomMode, Secret};
 pub use store::{RedisConfig, StoreConfig};
 pub use upstream_tls::{CaBundle, ClientCert, UpstreamTlsConfig};
@@ -58,6 +60,8 @@ pub struct Config {
     pub maintenance: Option<MaintenanceConfig>,
     /// `[store]`: where records shared by instances live. Default: memory.
     pub store: StoreConfig,
+    /// `[dns]`: how backends given by name are resolved.
+    pub dns: DnsConfig,
 }
 
 /// `[maintenance]` / `[routes.maintenance]`: a planned maintenance window.
@@ -373,8 +377,11 @@ pub struct PoolConfig {
     pub request_timeout: Duration,
     /// How long an idle connection to a backend stays open for reuse. Default: 60s.
     pub idle_timeout: Duration,
-    /// The backends, in file order.
+    /// The backends given as `IP:PORT`, in file order.
     pub backends: Vec<BackendConfig>,
+    /// The backends given by name (`name:port` or `srv`), in file order; the
+    /// snapshot serves each address they resolve to as a backend.
+    pub named: Vec<NamedBackend>,
     /// Active health checks; `None`: backends are taken as healthy (passive checks still apply).
     pub health: Option<HealthConfig>,
     /// Passive outlier detection.
@@ -877,6 +884,21 @@ impl Config {
                 room.session
             );
         }
+        if self.pools.iter().any(|p| !p.named.is_empty()) {
+            let servers: Vec<String> = self.dns.servers.iter().map(|s| s.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "dns: {}, TTL held to {:?}..{:?}, timeout {:?}",
+                if servers.is_empty() {
+                    "the system's servers (/etc/resolv.conf)".to_string()
+                } else {
+                    format!("servers {}", servers.join(", "))
+                },
+                self.dns.min_ttl,
+                self.dns.max_ttl,
+                self.dns.timeout
+            );
+        }
         if let StoreConfig::Redis(redis) = &self.store {
             let _ = writeln!(
                 out,
@@ -898,6 +920,10 @@ impl Config {
                 .backends
                 .iter()
                 .map(|b| format!("{} (weight {})", b.addr, b.weight))
+                .chain(pool.named.iter().map(|n| match n.weight {
+                    Some(weight) => format!("{} (by DNS, weight {weight} each)", n.target),
+                    None => format!("{} (by DNS)", n.target),
+                }))
                 .collect();
             let health = match &pool.health {
                 Some(HealthConfig {

@@ -148,6 +148,7 @@ const SERVER: &[Field] = &[
 
 const BACKEND: &[Field] = &[
     f("addr", Kind::Str),
+    f("srv", Kind::Str),
     f("weight", Kind::Int),
     f("max_in_flight", Kind::Int),
 ];
@@ -348,6 +349,13 @@ const STORE: &[Field] = &[
     f("pool_size", Kind::Int),
 ];
 
+const DNS: &[Field] = &[
+    f("servers", Kind::Strs),
+    f("min_ttl", Kind::Duration),
+    f("max_ttl", Kind::Duration),
+    f("timeout", Kind::Duration),
+];
+
 const ROOT: &[Field] = &[
     f("server", Kind::Table("server", SERVER)),
     f("pools", Kind::Tables("pools", POOL)),
@@ -357,6 +365,7 @@ const ROOT: &[Field] = &[
     f("log", Kind::Table("log", LOG)),
     f("maintenance", Kind::Table("maintenance", MAINTENANCE)),
     f("store", Kind::Table("store", STORE)),
+    f("dns", Kind::Table("dns", DNS)),
 ];
 
 /// The key path of an entry of `pools` or `routes`: `pools[0] "orders"`, or

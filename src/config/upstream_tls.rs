@@ -22,8 +22,9 @@ use super::tls::{self, File};
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamTlsConfig {
     /// The name sent as SNI and that the backends' certificates must be valid
-    /// for. Required while `verify` is on (backends are `IP:PORT`, so there is
-    /// no other name); none with `verify = false`: no SNI is sent.
+    /// for. Required while `verify` is on and some backend is `IP:PORT` (there
+    /// is no other name); without it, a backend given by name is reached with
+    /// its own name, and an IP backend (`verify = false` only) with no SNI.
     pub sni: Option<String>,
     /// Whether the backends' certificates are checked: a chain to `ca_file`
     /// (or the system's roots), valid now, for `sni`. Default: true.

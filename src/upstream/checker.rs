@@ -70,7 +70,7 @@ fn start_due_probes(pools: &[Pool], tls: &OnceLock<Arc<TransportConnector>>) -> 
             continue;
         };
         probing = true;
-        for backend in pool.backends() {
+        for (index, backend) in pool.backends().iter().enumerate() {
             if !backend.probe_due(now, config) {
                 continue;
             }
@@ -79,7 +79,8 @@ fn start_due_probes(pools: &[Pool], tls: &OnceLock<Arc<TransportConnector>>) -> 
             let target = match pool.tls() {
                 None => Target::Tcp(backend.addr),
                 Some(settings) => {
-                    let mut peer = settings.peer(backend.addr);
+                    let name = pool.backend_name(index);
+                    let mut peer = settings.peer(backend.addr, name);
                     peer.options.connection_timeout = Some(config.timeout);
                     Target::Tls {
                         peer: Box::new(peer),
@@ -91,6 +92,7 @@ fn start_due_probes(pools: &[Pool], tls: &OnceLock<Arc<TransportConnector>>) -> 
                             .config()
                             .sni
                             .clone()
+                            .or_else(|| name.map(str::to_string))
                             .unwrap_or_else(|| backend.addr.to_string()),
                     }
                 }

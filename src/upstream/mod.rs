@@ -10,6 +10,7 @@ mod backend;
 mod balance;
 mod budget;
 pub mod checker;
+pub mod dns;
 pub mod failover;
 pub mod health;
 pub mod outlier;

@@ -11,6 +11,7 @@ use pingora::upstreams::peer::HttpPeer;
 use tokio::time::Instant;
 
 use super::balance::{key_hash, Balancer};
+use super::dns::Served;
 use super::outlier::Signal;
 use super::tls::PeerTls;
 use super::{Availability, Backend, InFlight, PoolState, Registry};
@@ -37,6 +38,8 @@ pub struct Pool {
     config_weights: Vec<u32>,
     /// Most requests in flight per backend.
     caps: Vec<u32>,
+    /// The DNS name each backend was resolved from (`None`: given as `IP:PORT`).
+    names: Vec<Option<Arc<str>>>,
     metrics: Vec<BackendMetrics>,
     panics: prometheus::IntCounter,
     balancer: Balancer,
@@ -65,19 +68,24 @@ pub struct Pick {
 }
 
 impl Pool {
-    /// Builds a pool from its config, reusing live state from the registry.
-    /// A weight set through the admin API overrides the config's.
-    pub fn new(config: &PoolConfig, registry: &Registry, metrics: &Metrics) -> Pool {
-        let backends: Vec<Arc<Backend>> = config
-            .backends
+    /// Builds a pool from its config and the backends it serves (its
+    /// `IP:PORT` backends and the addresses its names resolve to), reusing
+    /// live state from the registry. A weight set through the admin API
+    /// overrides the config's.
+    pub fn new(
+        config: &PoolConfig,
+        served: &[Served],
+        registry: &Registry,
+        metrics: &Metrics,
+    ) -> Pool {
+        let backends: Vec<Arc<Backend>> = served
             .iter()
-            .map(|b| registry.backend(&config.name, b.addr))
+            .map(|b| registry.backend(&config.name, b.config.addr))
             .collect();
-        let weights: Vec<u32> = config
-            .backends
+        let weights: Vec<u32> = served
             .iter()
             .zip(&backends)
-            .map(|(c, live)| live.weight_override().unwrap_or(c.weight))
+            .map(|(c, live)| live.weight_override().unwrap_or(c.config.weight))
             .collect();
         let hash_key = match &config.balance {
             Balance::ConsistentHash(key) => Some(key.clone()),
@@ -88,7 +96,8 @@ impl Pool {
             state: registry.pool(&config.name, &config.admission),
             hash_key,
             balancer: Balancer::new(&config.balance, &backends, &weights),
-            caps: config.backends.iter().map(|b| b.max_in_flight).collect(),
+            caps: served.iter().map(|b| b.config.max_in_flight).collect(),
+            names: served.iter().map(|b| b.name.clone()).collect(),
             metrics: backends
                 .iter()
                 .map(|b| metrics.backend(&config.name, &b.addr.to_string()))
@@ -96,7 +105,7 @@ impl Pool {
             panics: metrics.pool_panics(&config.name),
             backends,
             weights,
-            config_weights: config.backends.iter().map(|b| b.weight).collect(),
+            config_weights: served.iter().map(|b| b.config.weight).collect(),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             idle_timeout: config.idle_timeout,
@@ -162,6 +171,11 @@ impl Pool {
     /// The pool's backends, in config order.
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// The DNS name the backend at `index` was resolved from, if any.
+    pub fn backend_name(&self, index: usize) -> Option<&str> {
+        self.names.get(index).and_then(|n| n.as_deref())
     }
 
     /// The weight the config file gives the backend at `index` (an admin
@@ -316,7 +330,7 @@ impl Pool {
             .or_else(|| pick(&|i| candidate(i, false, false)))?;
         let backend = &self.backends[index];
         Some(Pick {
-            peer: self.peer(backend, timeout),
+            peer: self.peer(index, timeout),
             in_flight: backend.start_request(),
             panic,
         })
@@ -399,9 +413,10 @@ impl Pool {
 
     /// The pingora peer for a backend of this pool, with the pool's TLS and connect timeout;
     /// `timeout` bounds each wait for the backend to send more of its answer.
-    fn peer(&self, backend: &Backend, timeout: Duration) -> HttpPeer {
+    fn peer(&self, index: usize, timeout: Duration) -> HttpPeer {
+        let backend = &self.backends[index];
         let mut peer = match &self.tls {
-            Some(tls) => tls.peer(backend.addr),
+            Some(tls) => tls.peer(backend.addr, self.backend_name(index)),
             None => HttpPeer::new(backend.addr, false, String::new()),
         };
         peer.options.connection_timeout = Some(self.connect_timeout.min(timeout));
@@ -426,7 +441,13 @@ mod tests {
             list.join(", ")
         );
         let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e:?}"));
-        Pool::new(&config.pools[0], &Registry::default(), &Metrics::new())
+        let served = crate::upstream::dns::Resolutions::default().served(&config.pools[0]);
+        Pool::new(
+            &config.pools[0],
+            &served,
+            &Registry::default(),
+            &Metrics::new(),
+        )
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

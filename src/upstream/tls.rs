@@ -70,16 +70,17 @@ impl PeerTls {
         &self.config
     }
 
-    /// A TLS peer for `addr` with these settings.
-    pub fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {
-        // Without a name (verify = false only) the backend's IP stands in:
+    /// A TLS peer for `addr` with these settings; `name` is the DNS name the
+    /// address was resolved from, the SNI when `tls.sni` sets none.
+    pub fn peer(&self, addr: std::net::SocketAddr, name: Option<&str>) -> HttpPeer {
+        // Without any name (verify = false only) the backend's IP stands in:
         // pingora 0.9.1's rustls connector means an empty name to skip SNI and
         // every check, but then fails every handshake parsing it as a server
         // name. rustls sends no SNI for an IP, and nothing is checked anyway.
-        let sni = if self.sni.is_empty() {
-            addr.ip().to_string()
-        } else {
-            self.sni.clone()
+        let sni = match (self.sni.is_empty(), name) {
+            (false, _) => self.sni.clone(),
+            (true, Some(name)) => name.to_string(),
+            (true, None) => addr.ip().to_string(),
         };
         let mut peer = HttpPeer::new(addr, true, sni);
         peer.options.verify_cert = self.config.verify;
@@ -139,7 +140,7 @@ mod tests {
 
     fn tls(files: &Files, table: &str) -> UpstreamTlsConfig {
         let text = format!(
-            "[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"127.0.0.1:9443\" }} ]\ntls = {table}\n[[routes]]\nname = \"r\"\npool = \"p\"\n"
+            "[[pools]]\nname = \"p\"\nbackends = [ {{ addr = \"orders.internal:9443\" }} ]\ntls = {table}\n[[routes]]\nname = \"r\"\npool = \"p\"\n"
         );
         let config = Config::from_toml_in(&text, &files.0).unwrap_or_else(|e| panic!("{e:?}"));
         config.pools[0].tls.clone().expect("tls")
@@ -153,7 +154,7 @@ mod tests {
             "{ sni = \"orders.internal\", ca_file = \"ca.pem\", client_cert = \"client.pem\", client_key = \"client.key\" }",
         );
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9443));
-        let peer = PeerTls::new(&full).peer(addr);
+        let peer = PeerTls::new(&full).peer(addr, None);
         assert!(peer.tls());
         assert_eq!(peer.sni(), "orders.internal");
         assert!(peer.options.verify_cert && peer.options.verify_hostname);
@@ -165,15 +166,15 @@ mod tests {
             &files,
             "{ sni = \"orders.internal\", ca_file = \"other-ca.pem\", client_cert = \"client.pem\", client_key = \"client.key\" }",
         );
-        let other = PeerTls::new(&other_ca).peer(addr);
+        let other = PeerTls::new(&other_ca).peer(addr, None);
         assert_ne!(peer.reuse_hash(), other.reuse_hash());
         assert_eq!(
             peer.reuse_hash(),
-            PeerTls::new(&full).peer(addr).reuse_hash(),
+            PeerTls::new(&full).peer(addr, None).reuse_hash(),
             "the same settings share connections"
         );
 
-        let unchecked = PeerTls::new(&tls(&files, "{ verify = false }")).peer(addr);
+        let unchecked = PeerTls::new(&tls(&files, "{ verify = false }")).peer(addr, None);
         assert!(unchecked.tls());
         assert_eq!(
             unchecked.sni(),
@@ -182,5 +183,21 @@ mod tests {
         );
         assert!(!unchecked.options.verify_cert);
         assert!(unchecked.get_ca().is_none() && unchecked.get_client_cert_key().is_none());
+
+        // A backend resolved from a name is reached with that name, unless
+        // tls.sni sets one for the pool.
+        let by_name = PeerTls::new(&tls(&files, "{ ca_file = \"ca.pem\" }"));
+        let named = by_name.peer(addr, Some("orders.internal"));
+        assert_eq!(named.sni(), "orders.internal");
+        assert!(named.options.verify_cert && named.options.verify_hostname);
+        assert_ne!(
+            named.reuse_hash(),
+            by_name.peer(addr, Some("other.internal")).reuse_hash(),
+            "connections checked for one name never serve another"
+        );
+        assert_eq!(
+            PeerTls::new(&full).peer(addr, Some("other.internal")).sni(),
+            "orders.internal"
+        );
     }
 }

@@ -9,6 +9,7 @@ mod backup;
 mod check;
 mod connections;
 mod crowd;
+mod dns;
 mod edge;
 mod hostile;
 mod idempotency;

@@ -3,6 +3,7 @@
 //! the config file (`server`, `pool`, `route`); the checks of single values
 //! they share are in `values`.
 
+mod dns;
 mod idempotency;
 mod maintenance;
 mod pool;
@@ -73,6 +74,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
         .as_ref()
         .map(|m| maintenance::maintenance("maintenance", m, &mut problems));
     let store = store::store(file.store.as_ref(), &mut problems);
+    let dns = dns::dns(file.dns.as_ref(), &mut problems);
     if problems.0.is_empty() {
         Ok(Config {
             server,
@@ -84,6 +86,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
             pages_dirs,
             maintenance,
             store,
+            dns,
         })
     } else {
         Err(problems.0)

@@ -18,8 +18,9 @@ use crate::config::file::{
 };
 use crate::config::schema::entry_path;
 use crate::config::{
-    AdmissionConfig, BackendConfig, Balance, HashKey, HealthConfig, LimitConfig, OutlierConfig,
-    PoolConfig, Probe, RetryBudgetConfig, UpstreamTlsConfig,
+    is_host_name, AdmissionConfig, BackendConfig, Balance, DnsTarget, HashKey, HealthConfig,
+    LimitConfig, NamedBackend, OutlierConfig, PoolConfig, Probe, RetryBudgetConfig,
+    UpstreamTlsConfig,
 };
 
 pub(super) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,27 +73,34 @@ pub(super) fn pool(
         problems,
     );
     let mut backends = Vec::new();
+    let mut named = Vec::new();
     let mut seen = HashSet::new();
+    let mut seen_names = HashSet::new();
     for (i, entry) in file.backends.iter().enumerate() {
-        if let Some(backend) = backend(
+        let key = if entry.srv.is_some() { "srv" } else { "addr" };
+        let twice = |problems: &mut Problems, what: &str| {
+            problems.add(
+                format!("{at}.backends[{i}].{key}"),
+                format!("{what:?} is listed twice in this pool; raise its weight instead"),
+            );
+        };
+        match backend(
             &format!("{at}.backends[{i}]"),
             entry,
             max_in_flight,
             problems,
         ) {
-            if seen.insert(backend.addr) {
-                backends.push(backend);
-            } else {
-                problems.add(
-                    format!("{at}.backends[{i}].addr"),
-                    format!(
-                        "{:?} is listed twice in this pool; raise its weight instead",
-                        entry.addr
-                    ),
-                );
+            Some(Parsed::Addr(backend)) if seen.insert(backend.addr) => backends.push(backend),
+            Some(Parsed::Addr(_)) => twice(problems, &entry.addr),
+            Some(Parsed::Named(backend)) if seen_names.insert(backend.target.clone()) => {
+                named.push(backend);
             }
+            Some(Parsed::Named(backend)) => twice(problems, &backend.target.to_string()),
+            None => {}
         }
     }
+    // Named backends give the TLS name (SNI) themselves; IP backends have none.
+    let by_name_only = backends.is_empty() && !named.is_empty();
     PoolConfig {
         name: file.name.clone(),
         balance,
@@ -100,6 +108,7 @@ pub(super) fn pool(
         request_timeout,
         idle_timeout,
         backends,
+        named,
         health: file
             .health
             .as_ref()
@@ -136,7 +145,7 @@ pub(super) fn pool(
         tls: file
             .tls
             .as_ref()
-            .and_then(|t| tls(&format!("{at}.tls"), t, base, problems)),
+            .and_then(|t| tls(&format!("{at}.tls"), t, base, by_name_only, problems)),
     }
 }
 
@@ -146,6 +155,7 @@ pub(super) fn tls(
     at: &str,
     file: &FileUpstreamTls,
     base: &Path,
+    by_name_only: bool,
     problems: &mut Problems,
 ) -> Option<UpstreamTlsConfig> {
     use crate::config::upstream_tls::{check_sni, client_key_name, load_ca, load_client};
@@ -159,12 +169,12 @@ pub(super) fn tls(
         if let Err(message) = check_sni(sni) {
             fail("sni", message);
         }
-    } else if verify {
+    } else if verify && !by_name_only {
         // pingora's rustls connector takes an empty name as "no SNI and no
         // certificate checks at all": never let that happen by omission.
         fail(
             "sni",
-            "is required while verify = true: backends are IP:PORT, so there is no name to check their certificates against; set tls.sni to the name on the backends' certificate, e.g. \"orders.internal\" (or verify = false to not check certificates)".to_string(),
+            "is required while verify = true: some backends are IP:PORT, so there is no name to check their certificates against; set tls.sni to the name on the backends' certificate, e.g. \"orders.internal\" (or verify = false to not check certificates)".to_string(),
         );
     }
     let mut ca = None;
@@ -625,12 +635,18 @@ pub(super) fn hash_key(text: &str) -> Result<HashKey, String> {
     Err(format!("{text:?} is not a hash key; {usage}"))
 }
 
-pub(super) fn backend(
+/// A backend as validated: an address, or a name to resolve.
+enum Parsed {
+    Addr(BackendConfig),
+    Named(NamedBackend),
+}
+
+fn backend(
     at: &str,
     file: &FileBackend,
     pool_max_in_flight: u32,
     problems: &mut Problems,
-) -> Option<BackendConfig> {
+) -> Option<Parsed> {
     let max_in_flight = count(
         &format!("{at}.max_in_flight"),
         file.max_in_flight,
@@ -639,8 +655,8 @@ pub(super) fn backend(
         problems,
     );
     let weight = match file.weight {
-        None => 1,
-        Some(w @ 1..=MAX_WEIGHT) => w as u32,
+        None => None,
+        Some(w @ 1..=MAX_WEIGHT) => Some(w as u32),
         Some(w) => {
             problems.add(
                 format!("{at}.weight"),
@@ -648,26 +664,80 @@ pub(super) fn backend(
                     "{w} is out of range; use 1 to {MAX_WEIGHT} (remove the backend to send it nothing)"
                 ),
             );
-            1
+            None
         }
     };
+    if let Some(srv) = &file.srv {
+        if !file.addr.is_empty() {
+            problems.add(
+                format!("{at}.srv"),
+                "is set beside addr; a backend is either addr = \"IP:PORT\" / \"name:PORT\" or srv = \"_http._tcp.name\", not both",
+            );
+            return None;
+        }
+        if !is_host_name(srv) {
+            problems.add(
+                format!("{at}.srv"),
+                format!("{srv:?} is not a DNS name; write the SRV record's name, e.g. \"_http._tcp.orders.internal\""),
+            );
+            return None;
+        }
+        return Some(Parsed::Named(NamedBackend {
+            target: DnsTarget::Srv {
+                name: srv.trim_end_matches('.').to_string(),
+            },
+            weight,
+            max_in_flight,
+        }));
+    }
     if file.addr.is_empty() {
         problems.add(
             format!("{at}.addr"),
-            "is required: the backend's IP:PORT, e.g. \"127.0.0.1:9001\"",
+            "is required: the backend's IP:PORT or name:PORT, e.g. \"127.0.0.1:9001\" or \"orders.internal:8080\" (or srv = \"_http._tcp.orders.internal\")",
         );
         return None;
     }
-    match socket_addr(&file.addr) {
-        Ok(addr) => Some(BackendConfig {
+    if let Ok(addr) = socket_addr(&file.addr) {
+        return Some(Parsed::Addr(BackendConfig {
             addr,
+            weight: weight.unwrap_or(1),
+            max_in_flight,
+        }));
+    }
+    match host_port(file.addr.trim()) {
+        Ok((name, port)) => Some(Parsed::Named(NamedBackend {
+            target: DnsTarget::Host { name, port },
             weight,
             max_in_flight,
-        }),
+        })),
         Err(message) => {
             problems.add(format!("{at}.addr"), message);
             None
         }
+    }
+}
+
+/// `name:PORT` of a backend given by name.
+fn host_port(text: &str) -> Result<(String, u16), String> {
+    let Some((name, port)) = text.rsplit_once(':') else {
+        return Err(if is_host_name(text) {
+            format!("{text:?} has no port; write name:PORT, e.g. \"{text}:8080\"")
+        } else {
+            format!("{text:?} is neither IP:PORT nor name:PORT; write e.g. \"127.0.0.1:9001\" or \"orders.internal:8080\"")
+        });
+    };
+    if !is_host_name(name) || name.contains(':') {
+        // Looks like an address (or is no name at all): say what an address needs.
+        return Err(socket_addr(text).err().unwrap_or_default().replace(
+            "is not an IP:PORT address",
+            "is neither IP:PORT nor name:PORT",
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok((name.trim_end_matches('.').to_string(), port)),
+        _ => Err(format!(
+            "{text:?}: {port:?} is not a port; write name:PORT with a port from 1 to 65535, e.g. \"{name}:8080\""
+        )),
     }
 }
 

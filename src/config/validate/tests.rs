@@ -261,3 +261,73 @@ fn pool_tls_loads_its_files_relative_to_the_config_and_refuses_unchecked_by_omis
     assert!(typo[0].contains("did you mean `verify`?"), "{typo:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn backends_by_name_and_dns_settings() {
+    let config = |backends: &str, extra: &str| {
+        format!(
+            "{extra}\n[[pools]]\nname = \"orders\"\nbackends = [ {backends} ]\n[[routes]]\nname = \"r\"\npool = \"orders\"\n"
+        )
+    };
+    let errors = |backends: &str, extra: &str| match Config::from_toml(&config(backends, extra)) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    let good = Config::from_toml(&config(
+        "{ addr = \"127.0.0.1:9001\" }, { addr = \"orders.internal:8080\", weight = 2 }, { srv = \"_http._tcp.orders.internal\" }",
+        "[dns]\nservers = [\"127.0.0.1:5353\"]\nmin_ttl = \"2s\"\nmax_ttl = \"30s\"\ntimeout = \"500ms\"",
+    ))
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let pool = &good.pools[0];
+    assert_eq!(pool.backends.len(), 1);
+    assert_eq!(pool.named.len(), 2);
+    assert_eq!(pool.named[0].target.to_string(), "orders.internal:8080");
+    assert_eq!(pool.named[0].weight, Some(2));
+    assert_eq!(pool.named[1].weight, None, "SRV weight unless set");
+    assert_eq!(good.dns.servers[0].to_string(), "127.0.0.1:5353");
+    assert_eq!(good.dns.min_ttl, std::time::Duration::from_secs(2));
+    assert!(good
+        .summary()
+        .contains("srv _http._tcp.orders.internal (by DNS)"));
+
+    let no_port = errors("{ addr = \"orders.internal\" }", "");
+    assert!(no_port[0].contains("has no port"), "{no_port:?}");
+    let bad_name = errors("{ addr = \"orders internal:80\" }", "");
+    assert!(
+        bad_name[0].contains("neither IP:PORT nor name:PORT"),
+        "{bad_name:?}"
+    );
+    let bad_ip = errors("{ addr = \"10.0.0.300:80\" }", "");
+    assert!(
+        bad_ip[0].contains("neither IP:PORT nor name:PORT"),
+        "{bad_ip:?}"
+    );
+    let bad_port = errors("{ addr = \"orders.internal:0\" }", "");
+    assert!(bad_port[0].contains("is not a port"), "{bad_port:?}");
+    let both = errors("{ addr = \"a.b:1\", srv = \"_http._tcp.a.b\" }", "");
+    assert!(both[0].contains("not both"), "{both:?}");
+    let twice = errors("{ addr = \"a.b:1\" }, { addr = \"a.b:1\" }", "");
+    assert!(twice[0].contains("listed twice"), "{twice:?}");
+    let ttls = errors(
+        "{ addr = \"a.b:1\" }",
+        "[dns]\nmin_ttl = \"10s\"\nmax_ttl = \"5s\"\nservers = [\"localhost\"]",
+    );
+    assert_eq!(ttls.len(), 2, "{ttls:?}");
+
+    // TLS: every backend by name gives the SNI; an IP backend still needs one.
+    let by_name = Config::from_toml(
+        &config("{ addr = \"orders.internal:8443\" }", "")
+            .replace("[[routes]]", "tls = { verify = false }\n[[routes]]"),
+    );
+    assert!(by_name.is_ok());
+    let text = "[[pools]]\nname = \"orders\"\nbackends = [ { addr = \"orders.internal:8443\" } ]\ntls = {}\n[[routes]]\nname = \"r\"\npool = \"orders\"\n";
+    assert!(Config::from_toml(text).is_ok(), "sni defaults to the names");
+    let mixed = text.replace(
+        "{ addr = \"orders.internal:8443\" }",
+        "{ addr = \"orders.internal:8443\" }, { addr = \"127.0.0.1:8443\" }",
+    );
+    assert!(
+        Config::from_toml(&mixed).is_err(),
+        "an IP backend has no name"
+    );
+}
