@@ -1,21 +1,11 @@
 //! `ordergate check`: every shipped config passes, and a broken one gets every
 //! problem reported in one run with exit 1.
 
-use std::process::Command;
-
-use crate::support::{bin, TempFile};
+use crate::support::TempFile;
 
 fn check(path: &std::path::Path) -> (bool, String, String) {
-    let output = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(path)
-        .output()
-        .expect("run ordergate check");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let checked = crate::support::check(path);
+    (checked.ok, checked.stdout, checked.stderr)
 }
 
 #[test]

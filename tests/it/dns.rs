@@ -292,13 +292,9 @@ fn a_pool_whose_only_name_does_not_resolve_starts_and_says_so() {
             free_port()
         ),
     );
-    let output = Command::new(crate::support::bin())
-        .args(["check", "-c"])
-        .arg(&file.path)
-        .output()
-        .expect("run ordergate check");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "a warning, not an error: {stdout}");
+    let checked = crate::support::check(&file.path);
+    let stdout = checked.stdout;
+    assert!(checked.ok, "a warning, not an error: {stdout}");
     assert!(
         stdout.contains("WARNING: pool orders: backend nowhere.test:8080 does not resolve now"),
         "{stdout}"

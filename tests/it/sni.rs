@@ -5,7 +5,6 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 
-use crate::support::{admin, admin_section, bin, free_port, wait_until, Fleet, Proxy, TempFile};
+use crate::support::{admin, admin_section, free_port, wait_until, Fleet, Proxy, TempFile};
 
 /// Accepts whatever certificate the server shows (it is what the test looks
 /// at); still checks the handshake signature, so the key matches it.
@@ -334,18 +333,6 @@ fn certificates_are_chosen_by_sni_and_a_reload_swaps_the_whole_set() {
     );
 }
 
-fn check(config: &Path) -> (bool, String) {
-    let output = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(config)
-        .output()
-        .expect("run ordergate check");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_reports_a_name_claimed_twice_and_a_certificate_without_names() {
     let files = TempFile::new("README", "certificates of the sni check test");
@@ -369,7 +356,7 @@ fn check_reports_a_name_claimed_twice_and_a_certificate_without_names() {
         ),
     )
     .expect("write config");
-    let (ok, stderr) = check(&config);
+    let crate::support::Checked { ok, stderr, .. } = crate::support::check(&config);
     assert!(!ok, "check must fail:\n{stderr}");
     assert!(stderr.contains("2 problems"), "{stderr}");
     let duplicate = stderr

@@ -7,7 +7,7 @@
 //!
 //! nginx is not installed by the tests: `./dev.sh test` installs it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use rcgen::{
 use serde_json::Value;
 
 use crate::support::programs::find;
-use crate::support::{admin, admin_section, bin, free_port, wait_until, Proxy, TempFile};
+use crate::support::{admin, admin_section, free_port, wait_until, Proxy, TempFile};
 
 /// The name on the backend's certificate.
 const NAME: &str = "orders.internal";
@@ -415,18 +415,6 @@ fn a_reload_that_changes_the_ca_reuses_no_connection_checked_under_the_old_one()
     assert_eq!(again.status, 200, "{}", again.text());
 }
 
-fn check(config: &Path) -> (bool, String) {
-    let output = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(config)
-        .output()
-        .expect("run ordergate check");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_refuses_unchecked_tls_missing_files_and_half_a_client_certificate() {
     let pki = Pki::new("check");
@@ -459,7 +447,7 @@ fn check_refuses_unchecked_tls_missing_files_and_half_a_client_certificate() {
     ]
     .concat();
     let file = TempFile::new("tls.toml", &config);
-    let (ok, stderr) = check(&file.path);
+    let crate::support::Checked { ok, stderr, .. } = crate::support::check(&file.path);
     assert!(!ok, "check must fail:\n{stderr}");
     for expected in [
         "3 problems",
@@ -479,13 +467,9 @@ fn check_refuses_unchecked_tls_missing_files_and_half_a_client_certificate() {
         "good.toml",
         &pool("orders", backend, &pki.tls(&pki.ca), false),
     );
-    let output = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&good.path)
-        .output()
-        .expect("run ordergate check");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
+    let good = crate::support::check(&good.path);
+    let stdout = good.stdout;
+    assert!(good.ok, "{stdout}");
     assert!(
         stdout.contains("TLS to orders.internal (CA ") && stdout.contains("client certificate"),
         "{stdout}"

@@ -245,6 +245,30 @@ pub fn admin_section(port: u16) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n")
 }
 
+/// What `ordergate check` said of a config file.
+pub struct Checked {
+    /// Whether it exited 0.
+    pub ok: bool,
+    /// Its report (and warnings).
+    pub stdout: String,
+    /// Its problems.
+    pub stderr: String,
+}
+
+/// Runs `ordergate check -c path`.
+pub fn check(path: &std::path::Path) -> Checked {
+    let output = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("run ordergate check");
+    Checked {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 /// The value of one series (name and labels, as Prometheus writes them) in
 /// Prometheus text.
 pub fn metric_value(text: &str, series: &str) -> f64 {
