@@ -336,6 +336,74 @@ pub struct ServerConfig {
     pub proxy_protocol: ProxyProtocol,
 }
 
+impl ServerConfig {
+    /// One line for `check`: whose word is taken for the client's address,
+    /// and the HTTPS rules.
+    fn edge_summary(&self) -> String {
+        let trusted = if self.trust.proxies.is_empty() {
+            "none (the peer is the client)".to_string()
+        } else {
+            let proxies: Vec<String> = self.trust.proxies.iter().map(ToString::to_string).collect();
+            format!(
+                "{} (client from {})",
+                proxies.join(", "),
+                self.trust.client_ip_header
+            )
+        };
+        let mut proxy_protocol = vec![format!("listen {}", self.proxy_protocol.as_str())];
+        proxy_protocol.extend(
+            self.tls
+                .iter()
+                .map(|t| format!("{} {}", t.listen, t.proxy_protocol.as_str())),
+        );
+        format!(
+            "edge: trusted proxies {trusted}; PROXY protocol {}; HTTPS redirect {}{}; HSTS {}",
+            proxy_protocol.join(", "),
+            if self.https_redirect { "on" } else { "off" },
+            if self.https_redirect && self.https_port != 443 {
+                format!(" (port {})", self.https_port)
+            } else {
+                String::new()
+            },
+            self.hsts
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("off")
+        )
+    }
+}
+
+impl RouteConfig {
+    /// One line for `check`: streams, redirects, prefix and header rules.
+    fn edge_summary(&self) -> String {
+        let names = |rules: &[(HeaderName, http::HeaderValue)]| -> String {
+            rules
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let removed = |rules: &[HeaderName]| -> String {
+            rules
+                .iter()
+                .map(HeaderName::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        format!(
+            "streams idle {:?}{}; https_redirect {}; strip_prefix {}; request headers set [{}] remove [{}]; answer headers set [{}] remove [{}]",
+            self.stream_idle_timeout,
+            if self.long_poll { ", long poll" } else { "" },
+            self.https_redirect,
+            self.strip_prefix,
+            names(&self.request_headers.set),
+            removed(&self.request_headers.remove),
+            names(&self.response_headers.set),
+            removed(&self.response_headers.remove),
+        )
+    }
+}
+
 /// `[server] merge_slashes` and `escaped_slashes`: how a request's path is
 /// normalised before anything looks at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -847,6 +915,7 @@ impl Config {
                 );
             }
         }
+        let _ = writeln!(out, "{}", self.server.edge_summary());
         let _ = writeln!(out, "routes ({}):", self.routes.len());
         for route in &self.routes {
             let methods = match &route.methods {
@@ -866,6 +935,7 @@ impl Config {
                 methods,
                 self.pools[route.pool].name
             );
+            let _ = writeln!(out, "    {}", route.edge_summary());
         }
         for room in &self.rooms {
             let _ = writeln!(

@@ -251,6 +251,20 @@ fn check_refuses_unusable_trust_settings() {
             checked.stderr
         );
     }
+    let good = TempFile::new(
+        "ordergate.toml",
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\nproxy_protocol = \"v2\"\n\n\
+         [[pools]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n\n\
+         [[routes]]\nname = \"r\"\npool = \"p\"\nstrip_prefix = true\n",
+    );
+    let checked = crate::support::check(&good.path);
+    assert!(checked.ok, "{}", checked.stderr);
+    for says in [
+        "edge: trusted proxies 10.0.0.0/8 (client from x-forwarded-for); PROXY protocol listen v2",
+        "streams idle 300s; https_redirect false; strip_prefix true",
+    ] {
+        assert!(checked.stdout.contains(says), "{says}: {}", checked.stdout);
+    }
 }
 
 /// HAProxy in TCP mode on `front`, sending each connection to `to` with a
