@@ -10,13 +10,20 @@
 //!
 //! Keys, under `{key_prefix}room:{name}:`: `s` (a hash: head, tail, counters,
 //! token bucket, rate estimator), `l` (the places, ticket → `joined,seen,gone`),
-//! `c` and `cz` (calls not picked up, and their call times for sweeping), `a`
-//! and `az` (passes → admission number, and their last use for expiry), `d`,
-//! `dz` and `dd` (draws before the opening, their order, and where each was
-//! placed), and `control` (the operator's setting). Every key has a TTL of
-//! [`TTL_FACTOR`] × the longer of `session` and `ticket_timeout`, renewed by
-//! every operation, so an abandoned room cleans itself; `control` lives
-//! [`CONTROL_TTL`].
+//! `lz` (the places by last check-in, for sweeping), `c` and `cz` (calls not
+//! picked up, and their call times for sweeping), `a` and `az` (passes →
+//! admission number, and their last use for expiry), `d`, `dz` and `dd`
+//! (draws before the opening, their order, and where each was placed), `o`
+//! (the draws of an opening not yet written into the line, in their order:
+//! their places are kept from the opening instant), and `control` (the
+//! operator's setting). Every key has a TTL of [`TTL_FACTOR`] × the longer
+//! of `session` and `ticket_timeout`, renewed by every operation, so an
+//! abandoned room cleans itself; `control` lives [`CONTROL_TTL`].
+//!
+//! Every script does bounded work whatever the line's length: a sweep and
+//! the head's work (draws written in, tickets skipped or called) are each a
+//! batch of at most [`SWEEP_BATCH`] entries, every other step is O(1) or
+//! O(log n).
 //!
 //! Ticket numbers are unique across Redis restarts: a line whose keys do not
 //! exist starts at `unix ms × 1024`, above every number an earlier line (with
@@ -78,11 +85,18 @@ const KEEP_PLACES_FOR: Duration = Duration::from_secs(2);
 const TTL_FACTOR: u32 = 4;
 /// The operator's setting lives this long after its last read or write.
 const CONTROL_TTL: Duration = Duration::from_secs(30 * 86_400);
-/// Expired passes, uncollected calls and abandoned places removed by one
-/// sweep at most, and abandoned places one operation skips at the head: a
-/// script stays short (a few ms) even when a whole sale's passes expire or a
-/// flood of tickets is abandoned at once (the rest go with the next ones).
-const SWEEP_BATCH: u32 = 1_000;
+/// Entries one operation works through at most, twice: expired passes,
+/// uncollected calls and abandoned places removed by a sweep (together), and
+/// draws written into the line at the opening, tickets skipped at the head
+/// and tickets called (together); each entry is a few Redis commands. A
+/// script stays short (measured by `cargo bench --bench redis_line`) even
+/// when a whole sale's passes expire, a flood of tickets is abandoned, a
+/// million draws are placed at the opening or a large `max_active` frees up
+/// at once: the rest go with the next operations (a sweep that filled its
+/// batch goes on with the next one, not [`SWEEP_EVERY`] later), and a line
+/// long enough to need many batches gets many operations (a million
+/// shoppers checking in every 10 s make 100 000 a second).
+const SWEEP_BATCH: u32 = 50;
 
 /// Shared by every script: the keys, the clock, the limits and tuning
 /// constants, the state hash (created when missing, at a time-based base),
@@ -101,7 +115,7 @@ const SWEEP_BATCH: u32 = 1_000;
 /// Replies are arrays of strings: kind, tickets abandoned by this operation,
 /// the head, then the operation's fields.
 const PRELUDE: &str = r"
-local S, L, C, CZ, A, AZ, D, DZ, DD, LZ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local S, L, C, CZ, A, AZ, D, DZ, DD, LZ, O = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local function I(n) return string.format('%.0f', n) end
 local function F(x) return string.format('%.17g', x) end
 local may_call = ARGV[1] == '1'
@@ -127,10 +141,14 @@ local raw = redis.call('HGETALL', S)
 for i = 1, #raw, 2 do st[raw[i]] = raw[i + 1] end
 local head, tail, gone, next_number, next_direct, tokens, tokens_at
 local r_adm, r_busy, r_at, busy, skipped, last_sweep, from_line, direct_n, abandoned
+-- At the opening: the place of the next draw to write into the line, and
+-- how many are still to write (their places are kept, behind the head).
+local o_base, o_left = tonumber(st.o_base or '0'), tonumber(st.o_left or '0')
 if st.head == nil then
   -- A new line (or one that expired or was lost): start above every number
   -- an earlier one gave out.
-  redis.call('DEL', L, C, CZ, A, AZ, D, DZ, DD, LZ)
+  redis.call('DEL', L, C, CZ, A, AZ, D, DZ, DD, LZ, O)
+  o_base, o_left = 0, 0
   local base = math.floor(now / 1000) * 1024
   head, tail, gone, next_number, next_direct = base, base, 0, 1, base
   -- A new room lets its first burst in at once.
@@ -156,8 +174,9 @@ local function save()
     'tokens', tk, 'tokens_at', I(tokens_at),
     'r_adm', F(r_adm), 'r_busy', F(r_busy), 'r_at', I(r_at), 'busy', busy and '1' or '0',
     'skipped', F(skipped), 'last_sweep', I(last_sweep),
-    'from_line', I(from_line), 'direct_n', I(direct_n), 'abandoned', I(abandoned))
-  for _, k in ipairs({S, L, C, CZ, A, AZ, D, DZ, DD, LZ}) do redis.call('PEXPIRE', k, ttl) end
+    'from_line', I(from_line), 'direct_n', I(direct_n), 'abandoned', I(abandoned),
+    'o_base', I(o_base), 'o_left', I(o_left))
+  for _, k in ipairs({S, L, C, CZ, A, AZ, D, DZ, DD, LZ, O}) do redis.call('PEXPIRE', k, ttl) end
 end
 
 local function waiting() return tail - head - gone end
@@ -172,6 +191,11 @@ local function drop(hash, zset, members)
   for _, m in ipairs(members) do redis.call('ZREM', zset, m) end
 end
 
+-- What one script may still do (an operation may advance twice): a sweep,
+-- and `steps` entries of the head's work.
+local swept = false
+local steps = sweep_batch
+
 local function advance()
   local dt = (now - r_at) / 1000000
   if dt > 0 then
@@ -181,16 +205,30 @@ local function advance()
     if busy then r_busy = r_busy + tau * (1 - decay) end
     r_at = now
   end
-  if now - last_sweep >= sweep_every then
-    last_sweep = now
-    drop(A, AZ, redis.call('ZRANGEBYSCORE', AZ, '-inf', '(' .. I(now - session), 'LIMIT', 0, sweep_batch))
-    local lost = redis.call('ZRANGEBYSCORE', CZ, '-inf', '(' .. I(now - timeout), 'LIMIT', 0, sweep_batch)
+  if not swept and now - last_sweep >= sweep_every then
+    -- One batch for the three (the rest go with the next operations).
+    swept = true
+    local budget = sweep_batch
+    local expired = redis.call('ZRANGEBYSCORE', AZ, '-inf', '(' .. I(now - session), 'LIMIT', 0, budget)
+    drop(A, AZ, expired)
+    budget = budget - #expired
+    local lost = {}
+    if budget > 0 then
+      lost = redis.call('ZRANGEBYSCORE', CZ, '-inf', '(' .. I(now - timeout), 'LIMIT', 0, budget)
+    end
     drop(C, CZ, lost)
+    budget = budget - #lost
     abandoned = abandoned + #lost
     out = out + #lost
     -- Abandoned places anywhere in the line leave (a batch at a time); the
     -- head counts a missing place as gone when it reaches it.
-    local left = redis.call('ZRANGEBYSCORE', LZ, '-inf', '(' .. I(now - timeout), 'LIMIT', 0, sweep_batch)
+    local left = {}
+    if budget > 0 then
+      left = redis.call('ZRANGEBYSCORE', LZ, '-inf', '(' .. I(now - timeout), 'LIMIT', 0, budget)
+    end
+    budget = budget - #left
+    -- A full batch may have left some behind: the next operation sweeps on.
+    if budget > 0 then last_sweep = now end
     for _, key in ipairs(left) do
       local v = redis.call('HGET', L, key)
       if v then
@@ -206,40 +244,66 @@ local function advance()
     end
     for _, key in ipairs(left) do redis.call('ZREM', LZ, key) end
   end
-  if open and redis.call('ZCARD', DZ) > 0 then
-    for _, draw in ipairs(redis.call('ZRANGE', DZ, 0, -1)) do
+  -- The work of the head, in `steps`: draws written into the line,
+  -- tickets skipped, tickets called.
+  if open and o_left == 0 and redis.call('ZCARD', DZ) > 0 then
+    -- The opening: the draws take the next places now, in draw order, ahead
+    -- of everyone later (`O` keeps that order while they are written in).
+    o_left = redis.call('ZCARD', DZ)
+    redis.call('RENAME', DZ, O)
+    o_base = tail
+    tail = tail + o_left
+  end
+  if o_left > 0 and steps > 0 then
+    local batch = redis.call('ZRANGE', O, 0, math.min(o_left, steps) - 1)
+    for _, draw in ipairs(batch) do
+      local key = I(o_base)
       local v = redis.call('HGET', D, draw)
       if v then
-        redis.call('HSET', L, I(tail), v)
+        redis.call('HSET', L, key, v)
         local _, seen = slot(v)
-        redis.call('ZADD', LZ, I(seen), I(tail))
-        redis.call('HSET', DD, draw, I(tail))
-        tail = tail + 1
+        redis.call('ZADD', LZ, I(seen), key)
+        redis.call('HDEL', D, draw)
+      else
+        -- (Lost with its key: the head passes its place as gone.)
+        gone = gone + 1
       end
+      redis.call('HSET', DD, draw, key)
+      o_base = o_base + 1
     end
-    redis.call('DEL', D, DZ)
+    if #batch > 0 then
+      redis.call('ZREMRANGEBYRANK', O, 0, #batch - 1)
+      o_left = o_left - #batch
+    else
+      -- (`O` was lost: the places left pass as gone.)
+      gone = gone + o_left
+      o_base = o_base + o_left
+      o_left = 0
+    end
+    steps = steps - #batch
   end
   if per_second >= 0 then
     local elapsed = math.max(now - tokens_at, 0) / 1000000
     tokens = math.min(tokens + elapsed * per_second, math.max(per_second * burst, 1))
   end
   tokens_at = now
-  local skips = 0
-  while head < tail and skips < sweep_batch do
+  local on_site
+  -- Draws not yet written in wait for the next operation.
+  while head < tail and steps > 0 and (o_left == 0 or head < o_base) do
     local key = I(head)
     local v = redis.call('HGET', L, key)
     if not v then
       -- Removed by the sweep (counted then): one gone place fewer.
       head = head + 1
       gone = gone - 1
-      skips = skips + 1
+      steps = steps - 1
       skipped = skipped + (1 - skipped) * skip_weight
     else
       local joined, seen, is_gone = slot(v)
       -- Abandoned tickets at the head go whether or not anyone may be
       -- called, so positions do not count them.
       if is_gone or now - seen > timeout then
-        skips = skips + 1
+        steps = steps - 1
         redis.call('HDEL', L, key)
         redis.call('ZREM', LZ, key)
         head = head + 1
@@ -252,15 +316,21 @@ local function advance()
         skipped = skipped + (1 - skipped) * skip_weight
       else
         if not may_call then break end
-        if max_active >= 0 and redis.call('HLEN', A) + redis.call('HLEN', C) >= max_active then break end
+        if max_active >= 0 then
+          -- (Counted once: only calls add to it while the head moves.)
+          on_site = on_site or redis.call('HLEN', A) + redis.call('HLEN', C)
+          if on_site >= max_active then break end
+        end
         if per_second >= 0 and tokens < 1 then break end
         redis.call('HDEL', L, key)
         redis.call('ZREM', LZ, key)
         head = head + 1
+        steps = steps - 1
         skipped = skipped - skipped * skip_weight
         if per_second >= 0 then tokens = tokens - 1 end
         redis.call('HSET', C, key, I(now) .. ',' .. I(next_number) .. ',' .. I(joined))
         redis.call('ZADD', CZ, I(now), key)
+        if on_site then on_site = on_site + 1 end
         next_number = next_number + 1
         if joined < now then r_adm = r_adm + 1 end
       end
@@ -391,10 +461,17 @@ if ARGV[18] == 'r' then
   local draw = ARGV[19]
   local v = redis.call('HGET', D, draw)
   if v then
-    local joined, seen = slot(v)
+    local joined, seen, is_gone = slot(v)
+    if is_gone then return reply('unknown') end
     if now - seen > timeout then
-      redis.call('HDEL', D, draw)
-      redis.call('ZREM', DZ, draw)
+      if redis.call('ZSCORE', O, draw) then
+        -- Its place is kept in the opening's order: lost, marked.
+        redis.call('HSET', D, draw, I(joined) .. ',' .. I(seen) .. ',1')
+        gone = gone + 1
+      else
+        redis.call('HDEL', D, draw)
+        redis.call('ZREM', DZ, draw)
+      end
       abandoned = abandoned + 1
       out = out + 1
       return reply('unknown')
@@ -402,7 +479,12 @@ if ARGV[18] == 'r' then
     redis.call('HSET', D, draw, I(joined) .. ',' .. I(now) .. ',0')
     advance()
     local placed = redis.call('HGET', DD, draw)
-    if not placed then return reply('drawn', I(redis.call('ZCARD', DZ))) end
+    if not placed then
+      -- Opened, not yet written into the line: its place is known.
+      local rank = redis.call('ZRANK', O, draw)
+      if rank then return reply('waiting', I(o_base + rank - head)) end
+      return reply('drawn', I(redis.call('ZCARD', DZ)))
+    end
     seq = tonumber(placed)
   else
     local placed = redis.call('HGET', DD, draw)
@@ -545,7 +627,7 @@ struct LocalDraws {
 #[derive(Debug)]
 pub struct RedisLine {
     redis: Arc<Redis>,
-    /// s, l, c, cz, a, az, d, dz, dd (see the module doc).
+    /// s, l, c, cz, a, az, d, dz, dd, lz, o (see the module doc).
     keys: Vec<Vec<u8>>,
     control_key: Vec<u8>,
     epoch: u64,
@@ -567,7 +649,7 @@ impl RedisLine {
     /// The line of room `room` in `redis`; `local` serves while Redis does not
     /// answer (the room's memory line, kept across reloads).
     pub fn new(redis: Arc<Redis>, room: &str, local: Arc<MemoryLine>) -> RedisLine {
-        let keys = ["s", "l", "c", "cz", "a", "az", "d", "dz", "dd", "lz"]
+        let keys = ["s", "l", "c", "cz", "a", "az", "d", "dz", "dd", "lz", "o"]
             .iter()
             .map(|part| redis.key(&[b"room", room.as_bytes(), part.as_bytes()]))
             .collect();

@@ -615,6 +615,39 @@ pub static CASES: &[Case] = &[
         ],
     },
     Case {
+        // The Redis line writes the draws into the line a batch at a time
+        // (so that no operation places a million): the places are the
+        // same.
+        name: "an opening of more draws than one operation writes in keeps every place",
+        steps: &[
+            Step::Arrive {
+                at: 0,
+                limits: CLOSED,
+                direct: false,
+                name: "draws",
+                count: 1_000,
+                every: 0,
+                expect: Expect::Drawn { drawn: 1 },
+            },
+            arrive(1_000, OPENED, "late", waiting(1_000)),
+            Step::Shuffled {
+                at: 1_000,
+                limits: OPENED,
+                name: "draws",
+            },
+            arrive(1_000, OPENED, "later", waiting(1_001)),
+            stats(
+                1_000,
+                OPENED,
+                Stats {
+                    drawn: Some(0),
+                    waiting: Some(1_002),
+                    ..ANY
+                },
+            ),
+        ],
+    },
+    Case {
         name: "a draw whose holder stopped checking in before the opening is lost",
         steps: &[
             arrive(0, CLOSED, "draw", Expect::Drawn { drawn: 1 }),
