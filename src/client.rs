@@ -54,7 +54,7 @@ pub fn identify(
         proxy: None,
         https: tls,
     };
-    let Some(proxy) = peer.filter(|ip| !trust.proxies.is_empty() && trust.trusts(*ip)) else {
+    let Some(proxy) = peer.filter(|ip| trust.trusts(*ip)) else {
         return direct;
     };
     let claimed = if trust.client_ip_header.as_str() == "x-forwarded-for" {

@@ -25,7 +25,7 @@ use crate::outcome::{INTERCEPTED_STATUS, RETRYABLE_STATUS};
 use crate::path;
 use crate::respond::{self, Kept, Outcome, PageContext, Sent, BODY_TOO_LARGE};
 use crate::retry::{self, Attempt, Failure, ProxyError};
-use crate::rewrite;
+use crate::rewrite::{self, Https};
 use crate::stale::{self, Need};
 use crate::state::State;
 use crate::stream;
@@ -112,13 +112,12 @@ impl Proxy {
     /// the route and its serving pool, and the limits on what the shopper
     /// sent; the page to answer with when one of them fails.
     fn classify(&self, session: &mut Session, ctx: &mut RequestCtx) -> Option<Outcome> {
-        let client = crate::client::identify(
+        ctx.client = crate::client::identify(
             peer_ip(session),
             is_tls(session),
             &session.req_header().headers,
             &ctx.snapshot.trust,
         );
-        ctx.client = client;
         ctx.request_id = forward::request_id(
             session
                 .req_header()
@@ -171,12 +170,12 @@ impl Proxy {
         };
         let port = ctx.snapshot.https_port;
         match rewrite::https_redirect(&route.config, ctx.client.https, session.req_header(), port) {
-            None => Ok(None),
-            Some(Err(())) => self
+            Https::Serve => Ok(None),
+            Https::BadHost => self
                 .reject(session, ctx, Outcome::BadRequest)
                 .await
                 .map(Some),
-            Some(Ok((status, location))) => {
+            Https::Redirect { status, location } => {
                 let forced_close = self.forced_close(ctx);
                 let sent = respond::send_redirect(
                     session,

@@ -9,28 +9,42 @@
 //! (which carry their own fixed headers). A route without rules costs a
 //! branch per phase.
 
-use http::header::HeaderName;
 use http::{HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{HeaderRules, RouteConfig};
 
-/// Where a plain-HTTP request on a redirecting route goes: the status
-/// (301 for GET and HEAD, 308 for the rest, so a browser repeats a POST with
-/// its body) and the `Location`. `None` when the request is not to be
-/// redirected; `Err` when its host cannot be put in a `Location` (the
-/// `bad_request` page: the header would be the client's to forge).
+/// What a request gets from the route's HTTPS rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Https {
+    /// Served as it came: already HTTPS, or the route does not redirect.
+    Serve,
+    /// Sent to HTTPS: 301 for GET and HEAD, 308 for the rest (so a browser
+    /// repeats a POST with its body).
+    Redirect {
+        /// 301 or 308.
+        status: u16,
+        /// `https://host[:port]/path?query`.
+        location: String,
+    },
+    /// Its host cannot be put in a `Location` (the `bad_request` page: the
+    /// header would be the client's to forge).
+    BadHost,
+}
+
+/// Where a request on `route` goes, given whether it came over HTTPS and
+/// the port HTTPS redirects name.
 pub fn https_redirect(
     route: &RouteConfig,
     https: bool,
     request: &RequestHeader,
     https_port: u16,
-) -> Option<Result<(u16, String), ()>> {
+) -> Https {
     if https || !route.https_redirect {
-        return None;
+        return Https::Serve;
     }
     let Some(host) = crate::forward::request_host(request).and_then(bare_host) else {
-        return Some(Err(()));
+        return Https::BadHost;
     };
     let target = request.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let location = if https_port == 443 {
@@ -43,7 +57,7 @@ pub fn https_redirect(
     } else {
         308
     };
-    Some(Ok((status, location)))
+    Https::Redirect { status, location }
 }
 
 /// The host of a `Host` value without its port, when it is a plain name or
@@ -112,12 +126,10 @@ pub fn response(
         response.insert_header(name.clone(), value.clone())?;
     }
     if let Some(hsts) = hsts.filter(|_| https) {
-        response.insert_header(STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
     }
     Ok(())
 }
-
-const STRICT_TRANSPORT_SECURITY: HeaderName = http::header::STRICT_TRANSPORT_SECURITY;
 
 #[cfg(test)]
 mod tests {
@@ -145,20 +157,31 @@ mod tests {
         let get = request("GET", "/shop/cart?x=1", "shop.example:8080");
         assert_eq!(
             https_redirect(&on, false, &get, 443),
-            Some(Ok((301, "https://shop.example/shop/cart?x=1".to_string())))
+            Https::Redirect {
+                status: 301,
+                location: "https://shop.example/shop/cart?x=1".to_string()
+            }
         );
         let post = request("POST", "/shop/orders", "[2001:db8::1]:80");
         assert_eq!(
             https_redirect(&on, false, &post, 8443),
-            Some(Ok((
-                308,
-                "https://[2001:db8::1]:8443/shop/orders".to_string()
-            )))
+            Https::Redirect {
+                status: 308,
+                location: "https://[2001:db8::1]:8443/shop/orders".to_string()
+            }
         );
-        assert_eq!(https_redirect(&on, true, &get, 443), None, "already HTTPS");
-        assert_eq!(https_redirect(&route(""), false, &get, 443), None, "off");
+        assert_eq!(
+            https_redirect(&on, true, &get, 443),
+            Https::Serve,
+            "already HTTPS"
+        );
+        assert_eq!(
+            https_redirect(&route(""), false, &get, 443),
+            Https::Serve,
+            "off"
+        );
         let smuggled = request("GET", "/", "evil.example/x?");
-        assert_eq!(https_redirect(&on, false, &smuggled, 443), Some(Err(())));
+        assert_eq!(https_redirect(&on, false, &smuggled, 443), Https::BadHost);
         assert_eq!(bare_host("a b"), None);
         assert_eq!(bare_host("shop.example"), Some("shop.example"));
     }

@@ -208,22 +208,32 @@ pub fn read_timeout(stream_idle: Option<Duration>, attempt: Duration) -> Duratio
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    let upgrade = headers
-        .get_all(http::header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("websocket"));
-    upgrade && has_token(headers, http::header::CONNECTION, "upgrade")
+    list_has(headers, http::header::UPGRADE, |token| {
+        token.trim().eq_ignore_ascii_case("websocket")
+    }) && list_has(headers, http::header::CONNECTION, |token| {
+        token.trim().eq_ignore_ascii_case("upgrade")
+    })
 }
 
 fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    list_has(headers, http::header::ACCEPT, |item| {
+        media_type_is(item, "text/event-stream")
+    })
+}
+
+/// Whether an item of the comma-separated header `name` (every line of it)
+/// satisfies `wanted`.
+fn list_has(
+    headers: &HeaderMap,
+    name: http::header::HeaderName,
+    wanted: impl Fn(&str) -> bool,
+) -> bool {
     headers
-        .get_all(http::header::ACCEPT)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|item| media_type_is(item, "text/event-stream"))
+        .any(wanted)
 }
 
 /// Whether a media type (with or without parameters) is `expected`.
@@ -232,15 +242,6 @@ fn media_type_is(value: &str, expected: &str) -> bool {
         .split(';')
         .next()
         .is_some_and(|media| media.trim().eq_ignore_ascii_case(expected))
-}
-
-fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
