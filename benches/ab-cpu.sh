@@ -21,73 +21,14 @@ a=${1:?usage: ab-cpu.sh OLD_BINARY NEW_BINARY [ROUNDS] [SECONDS]}
 b=${2:?usage: ab-cpu.sh OLD_BINARY NEW_BINARY [ROUNDS] [SECONDS]}
 rounds=${3:-6}
 seconds=${4:-5}
-for tool in wrk nginx taskset; do
-  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
-    echo "ab-cpu: $tool is missing (apt-get install wrk nginx util-linux)" >&2
-    exit 1
-  }
-done
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-backend=$(free_port)
-cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $dir/nginx-error.log;
-pid $dir/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $dir;
-  server {
-    listen 127.0.0.1:$backend;
-    location / { return 200 '{"ok":true}'; }
-  }
-}
-EOF
-taskset -c 1 "$nginx_bin" -c "$dir/nginx.conf" -p "$dir" &
-pids+=($!)
+source "$(dirname "$0")/ab-common.sh"
+need_tools wrk nginx taskset
+start_backend taskset -c 1
 
 start_proxy() { # binary name -> pid on stdout, port in $dir/name.port
-  local bin=$1 name=$2 port server_extra=${AB_SERVER:-} route_extra=${AB_ROUTE:-}
-  if [ "$name" = b ]; then
-    server_extra=${AB_SERVER_B-$server_extra}
-    route_extra=${AB_ROUTE_B-$route_extra}
-  fi
+  local bin=$1 name=$2 port
   port=$(free_port)
-  cat >"$dir/$name.toml" <<EOF
-[server]
-listen = ["127.0.0.1:$port"]
-threads = 1
-grace_period = "0s"
-$server_extra
-
-[log]
-access = "off"
-
-[[pools]]
-name = "orders"
-connect_timeout = "1s"
-request_timeout = "10s"
-backends = [ { addr = "127.0.0.1:$backend" } ]
-
-[[routes]]
-name = "all"
-pool = "orders"
-$route_extra
-EOF
+  write_config "$name" "$port" "$dir/$name.toml"
   echo "$port" >"$dir/$name.port"
   taskset -c 0 "$bin" run --config "$dir/$name.toml" >"$dir/$name.log" 2>&1 &
   echo $!
@@ -102,11 +43,7 @@ pids+=("$pid_a")
 pid_b=$(start_proxy "$b" b)
 pids+=("$pid_b")
 for name in a b; do
-  port=$(cat "$dir/$name.port")
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_listening "$(cat "$dir/$name.port")"
 done
 hz=$(getconf CLK_TCK)
 

@@ -22,44 +22,9 @@ a=${1:?usage: instructions.sh BINARY_A BINARY_B [FEW] [MANY]}
 b=${2:?usage: instructions.sh BINARY_A BINARY_B [FEW] [MANY]}
 few=${3:-200}
 many=${4:-1200}
-for tool in valgrind nginx python3; do
-  command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || {
-    echo "instructions: $tool is missing (apt-get install valgrind nginx python3)" >&2
-    exit 1
-  }
-done
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-backend=$(free_port)
-cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $dir/nginx-error.log;
-pid $dir/nginx.pid;
-events { worker_connections 64; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $dir;
-  server {
-    listen 127.0.0.1:$backend;
-    location / { return 200 '{"ok":true}'; }
-  }
-}
-EOF
-"$nginx_bin" -c "$dir/nginx.conf" -p "$dir" &
-pids+=($!)
+source "$(dirname "$0")/ab-common.sh"
+need_tools valgrind nginx python3
+start_backend
 
 cat >"$dir/client.py" <<'EOF'
 import http.client, sys
@@ -75,39 +40,14 @@ EOF
 
 # Instructions of one run of `bin` serving `n` requests (config of side `name`).
 instructions() {
-  local bin=$1 name=$2 n=$3 port server_extra=${AB_SERVER:-} route_extra=${AB_ROUTE:-}
-  if [ "$name" = b ]; then
-    server_extra=${AB_SERVER_B-$server_extra}
-    route_extra=${AB_ROUTE_B-$route_extra}
-  fi
+  local bin=$1 name=$2 n=$3 port
   port=$(free_port)
-  cat >"$dir/$name.toml" <<EOF
-[server]
-listen = ["127.0.0.1:$port"]
-threads = 1
-grace_period = "0s"
-$server_extra
-
-[log]
-access = "off"
-
-[[pools]]
-name = "orders"
-backends = [ { addr = "127.0.0.1:$backend" } ]
-
-[[routes]]
-name = "all"
-pool = "orders"
-$route_extra
-EOF
+  write_config "$name" "$port" "$dir/$name.toml"
   local out="$dir/$name-$n.callgrind"
   valgrind --tool=callgrind --callgrind-out-file="$out" \
     "$bin" run --config "$dir/$name.toml" >"$dir/$name-$n.log" 2>&1 &
   local pid=$!
-  for _ in $(seq 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_listening "$port"
   python3 "$dir/client.py" "$port" "$n"
   kill -TERM "$pid"
   wait "$pid" || true
