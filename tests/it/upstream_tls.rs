@@ -286,8 +286,10 @@ fn mutual_tls_serves_and_a_wrong_ca_or_no_client_certificate_is_a_page() {
         "nginx saw the client certificate: {}",
         order.text()
     );
-    // Kept-alive TLS connections are reused: a handshake is not paid per order.
-    let connections: std::collections::HashSet<String> = (0..5)
+    // Kept-alive TLS connections are reused: a handshake is not paid per
+    // order. Each of the proxy's two worker threads keeps its own, and a
+    // probe may hold one for a moment: ten orders on at most four.
+    let connections: std::collections::HashSet<String> = (0..10)
         .map(|i| {
             let text = proxy.get(&format!("/good/orders/{i}")).text();
             text.rsplit(' ')
@@ -298,8 +300,8 @@ fn mutual_tls_serves_and_a_wrong_ca_or_no_client_certificate_is_a_page() {
         })
         .collect();
     assert!(
-        connections.len() <= 2,
-        "five orders on {} connections: {connections:?}",
+        connections.len() <= 4,
+        "ten orders on {} connections: {connections:?}",
         connections.len()
     );
 
