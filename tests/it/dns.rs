@@ -22,11 +22,8 @@ struct Dnsmasq {
 impl Dnsmasq {
     /// Starts dnsmasq serving `hosts` (hosts-file lines) and `srv` records
     /// (`--srv-host` values), or `None` (the test is skipped) when it cannot be had.
-    fn start(hosts: &str, srv: &[String]) -> Option<Dnsmasq> {
-        let Some(program) = ensure(&["dnsmasq"], "dnsmasq") else {
-            eprintln!("SKIPPED: dnsmasq is not installed and apt-get could not install it");
-            return None;
-        };
+    fn start(hosts: &str, srv: &[String]) -> Dnsmasq {
+        let program = ensure(&["dnsmasq"], "dnsmasq").expect("dnsmasq (./dev.sh test installs it)");
         let hosts = TempFile::new("hosts", hosts);
         let port = free_port();
         let pid_file = hosts.path.with_file_name("dnsmasq.pid");
@@ -59,7 +56,7 @@ impl Dnsmasq {
             wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
             "dnsmasq did not listen on {addr}"
         );
-        Some(dns)
+        dns
     }
 
     /// The `[dns]` table pointing ordergate at this server.
@@ -113,9 +110,7 @@ fn a_name_follows_dns_changes_and_keeps_its_last_answer_when_dns_fails() {
     let port = free_port();
     let (old, new) = (at(2, port), at(3, port));
     let _fleet = Fleet::start_on(&[old, new], &[]);
-    let Some(mut dns) = Dnsmasq::start(&format!("{} orders.test\n", old.ip()), &[]) else {
-        return;
-    };
+    let mut dns = Dnsmasq::start(&format!("{} orders.test\n", old.ip()), &[]);
     let admin_port = free_port();
     let proxy = Proxy::start(&config(
         &dns,
@@ -216,12 +211,10 @@ fn srv_gives_port_and_weight_and_a_late_name_joins_when_it_resolves() {
         format!("_http._tcp.orders.test,light.test,{},0,10", light.port()),
         format!("_http._tcp.orders.test,heavy.test,{},0,30", heavy.port()),
     ];
-    let Some(dns) = Dnsmasq::start(
+    let dns = Dnsmasq::start(
         &format!("{} light.test\n{} heavy.test\n", light.ip(), heavy.ip()),
         &srv,
-    ) else {
-        return;
-    };
+    );
     let admin_port = free_port();
     let proxy = Proxy::start(&config(
         &dns,
@@ -280,9 +273,7 @@ fn srv_gives_port_and_weight_and_a_late_name_joins_when_it_resolves() {
 
 #[test]
 fn a_pool_whose_only_name_does_not_resolve_starts_and_says_so() {
-    let Some(dns) = Dnsmasq::start("", &[]) else {
-        return;
-    };
+    let dns = Dnsmasq::start("", &[]);
     let admin_port = free_port();
     let text = config(&dns, admin_port, "[ { addr = \"nowhere.test:8080\" } ]");
     let file = TempFile::new(
@@ -317,9 +308,7 @@ fn a_request_in_flight_on_a_removed_address_finishes_there() {
     let port = free_port();
     let (old, new) = (at(7, port), at(8, port));
     let fleet = Fleet::start_on(&[old, new], &[]);
-    let Some(dns) = Dnsmasq::start(&format!("{} orders.test\n", old.ip()), &[]) else {
-        return;
-    };
+    let dns = Dnsmasq::start(&format!("{} orders.test\n", old.ip()), &[]);
     let admin_port = free_port();
     let proxy = Proxy::start(&config(
         &dns,
