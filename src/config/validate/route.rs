@@ -1,7 +1,8 @@
 //! `[[routes]]`: matching, the pool, the deadline, retries, priority, rate
 //! limits, pages and the body limit.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -36,7 +37,9 @@ pub(super) fn routes(
         );
     }
     let mut names = HashSet::new();
-    let mut matchers = Vec::new();
+    // What each route matches (the prefix without its trailing `/`, the
+    // methods as a set) → the first route that matches it.
+    let mut matchers: HashMap<_, usize> = HashMap::new();
     let mut routes = Vec::new();
     for (i, file) in files.iter().enumerate() {
         let at = entry_path("routes", i, &file.name);
@@ -48,21 +51,30 @@ pub(super) fn routes(
             );
         }
         let route = route(&at, file, pools, base, https_redirect, problems);
+        let methods: Option<BTreeSet<&str>> = route
+            .methods
+            .as_ref()
+            .map(|m| m.iter().map(Method::as_str).collect());
         let matcher = (
             route.host.clone(),
-            route.path_prefix.clone(),
-            route.methods.clone(),
+            route.path_prefix.trim_end_matches('/').to_owned(),
+            methods.map(|m| m.into_iter().map(str::to_owned).collect::<Vec<_>>()),
         );
-        if let Some(earlier) = matchers.iter().position(|m| *m == matcher) {
-            problems.add(
-                &at,
-                format!(
-                    "matches exactly the same requests as routes[{earlier}] {:?}, so it would never be used; change its host, path_prefix or methods",
-                    files[earlier].name
-                ),
-            );
+        match matchers.entry(matcher) {
+            Entry::Occupied(earlier) => {
+                let earlier = *earlier.get();
+                problems.add(
+                    &at,
+                    format!(
+                        "matches exactly the same requests as routes[{earlier}] {:?}, so it would never be used; change its host, path_prefix or methods",
+                        files[earlier].name
+                    ),
+                );
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(i);
+            }
         }
-        matchers.push(matcher);
         routes.push(route);
     }
     routes
