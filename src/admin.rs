@@ -337,8 +337,7 @@ fn backend_action(
                 .and_then(|v| v.parse::<u32>().ok());
             match value {
                 Some(weight @ 0..=1000) => {
-                    backend.set_weight_override(weight);
-                    let admin_changes = state.rebuild();
+                    let admin_changes = state.set_weight(&backend, weight);
                     let config_weight = state
                         .config()
                         .pools

@@ -22,7 +22,7 @@ use crate::route::RouteTable;
 use crate::sni::{CertResolver, ListenerStatus};
 use crate::telemetry::Metrics;
 use crate::upstream::dns::{DnsHost, Resolutions};
-use crate::upstream::{Pool, Registry};
+use crate::upstream::{Backend, Pool, Registry};
 
 /// Everything a request needs from the config, compiled for serving.
 #[derive(Debug)]
@@ -252,18 +252,20 @@ impl State {
         self.config.store(Arc::new(config));
     }
 
-    /// Rebuilds the snapshot from the current config after a change through
-    /// the admin API (a weight override). The config generation stays: the
-    /// file did not change. Returns the number of admin changes so far.
-    pub fn rebuild(&self) -> u64 {
+    /// Serves a backend with a weight set through the admin API (0: the
+    /// config's again). The override outlives reloads; the serving pool takes
+    /// it at once, without a new snapshot (the config generation stays: the
+    /// file did not change). Returns the number of admin changes so far.
+    pub fn set_weight(&self, backend: &Backend, weight: u32) -> u64 {
+        // After a reload in progress, which reads overrides as it builds.
         let _serial = self.reload_lock.lock();
-        let config = Config::clone(&self.config());
-        self.swap(config, self.generation.load(Ordering::Relaxed));
-        let changes = self.admin_changes.fetch_add(1, Ordering::Relaxed) + 1;
-        {
-            let mut status = self.reload_status.lock();
-            status.admin_changes = changes;
+        backend.set_weight_override(weight);
+        let snapshot = self.snapshot();
+        if let Some(pool) = snapshot.pools.iter().find(|p| p.name == backend.pool) {
+            pool.set_weight(backend.addr, weight);
         }
+        let changes = self.admin_changes.fetch_add(1, Ordering::Relaxed) + 1;
+        self.reload_status.lock().admin_changes = changes;
         changes
     }
 
@@ -608,10 +610,20 @@ mod tests {
         );
         drop(first);
         assert_eq!(state.requests_in_flight(), 1);
-        // An admin rebuild keeps the generation and still counts holders.
-        assert_eq!(state.rebuild(), 1);
+        // An admin weight keeps the snapshot and its generation.
+        let backend = Arc::clone(&state.snapshot().pools[0].backends()[0]);
+        assert_eq!(state.set_weight(&backend, 7), 1);
         assert_eq!(state.snapshot().generation, 2);
+        assert_eq!(
+            state.snapshot().pools[0].weight_and_cap(0).map(|w| w.0),
+            Some(7)
+        );
         assert_eq!(state.requests_in_flight(), 1);
+        assert_eq!(state.set_weight(&backend, 0), 2);
+        assert_eq!(
+            state.snapshot().pools[0].weight_and_cap(0).map(|w| w.0),
+            state.snapshot().pools[0].config_weight(0)
+        );
         drop(second);
         assert_eq!(state.requests_in_flight(), 0);
     }

@@ -2,7 +2,7 @@
 //! requests in flight, latency, active health, ejection, and drain.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,22 @@ const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 const FAILURE_RATE_ALPHA: f64 = 0.1;
 /// How much a failure rate of 1 inflates a backend's least-request cost.
 const FAILURE_COST: f64 = 10.0;
+
+/// Bumped whenever some backend's availability changes by an event (drain,
+/// a change of health, an ejection, a probe that ends one), so that pools
+/// can keep counts of their serving backends instead of asking each backend
+/// on every request. Rare enough that one process-wide counter will do.
+static AVAILABILITY_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The current [`AVAILABILITY_EPOCH`]: a pool's counts taken at an older one
+/// are stale.
+pub(super) fn availability_epoch() -> u64 {
+    AVAILABILITY_EPOCH.load(Ordering::Acquire)
+}
+
+fn availability_changed() {
+    AVAILABILITY_EPOCH.fetch_add(1, Ordering::AcqRel);
+}
 
 /// One backend's live state: what balancing and health decisions read.
 #[derive(Debug)]
@@ -116,7 +132,9 @@ impl Backend {
 
     /// Drains the backend (no new requests; those in flight finish) or undrains it.
     pub fn set_drained(&self, drained: bool) {
-        self.drained.store(drained, Ordering::Relaxed);
+        if self.drained.swap(drained, Ordering::Relaxed) != drained {
+            availability_changed();
+        }
     }
 
     /// Whether the backend is drained.
@@ -222,8 +240,8 @@ impl Backend {
     pub fn record_probe(&self, passed: bool, config: &HealthConfig) -> Option<Health> {
         let now = Instant::now();
         let mut status = self.status.lock();
-        if passed {
-            status.outlier.probe_passed(now);
+        if passed && status.outlier.probe_passed(now) {
+            availability_changed();
         }
         let change = status.health.record(passed, config);
         if change == Some(Health::Healthy) {
@@ -231,6 +249,7 @@ impl Backend {
         }
         if change.is_some() {
             status.health_changed = Some(now);
+            availability_changed();
         }
         if passed {
             status.last_probe = Some((now, None));
@@ -292,7 +311,9 @@ impl Backend {
 
     /// Ejects the backend; returns for how long.
     pub fn eject(&self, config: &OutlierConfig) -> Duration {
-        self.status.lock().outlier.eject(Instant::now(), config)
+        let time = self.status.lock().outlier.eject(Instant::now(), config);
+        availability_changed();
+        time
     }
 }
 

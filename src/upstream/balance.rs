@@ -1,10 +1,18 @@
 //! Balancing algorithms. Each picks an index into a pool's backend list among the
 //! backends a caller accepts (healthy, not yet tried, ...). Tables are built once per
-//! snapshot; the counters they compare (in flight, latency) live in [`Backend`] and
-//! so survive reloads.
+//! snapshot in O(backends × log); a pick is O(1) or O(log backends) while most
+//! backends are accepted. The counters they compare (in flight, latency) live in
+//! [`Backend`] and so survive reloads; weights are read as served now, so an
+//! admin weight change needs no new snapshot.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use super::Backend;
 use crate::config::Balance;
@@ -13,67 +21,93 @@ use crate::config::Balance;
 const RING_POINTS_PER_WEIGHT: u64 = 160;
 /// Upper bound on ring points for one backend, whatever its weight.
 const RING_POINTS_MAX: u64 = 16_000;
+/// Virtual time one turn of a backend of weight 1 takes in the round-robin
+/// schedule; a backend of weight w takes `TURN / w`. Divisible by every
+/// weight up to 16 and large enough that rounding the others is invisible.
+const TURN: u128 = 720_720 << 32;
 
 /// The per-snapshot tables of one pool's algorithm.
 #[derive(Debug)]
 pub(super) enum Balancer {
-    /// Smooth weighted round robin, precomputed as a schedule of indices.
-    RoundRobin {
-        schedule: Vec<usize>,
-        next: AtomicUsize,
-    },
+    /// Smooth weighted round robin as earliest deadline first: each backend
+    /// has the virtual time of its next turn, `TURN / weight` after its last.
+    RoundRobin(Mutex<BinaryHeap<Reverse<(u128, usize)>>>),
     /// Weighted random over cumulative weights.
-    Random { cumulative: Vec<u64> },
+    Random(ArcSwap<Vec<u64>>),
     /// Power of two choices on requests in flight per unit of weight.
     LeastRequest,
     /// Power of two choices on peak-EWMA cost per unit of weight.
     PeakEwma,
     /// A ring of (point, index), sorted by point.
-    ConsistentHash { ring: Vec<(u64, usize)> },
+    ConsistentHash(ArcSwap<Vec<(u64, usize)>>),
 }
 
 impl Balancer {
     pub(super) fn new(balance: &Balance, backends: &[Arc<Backend>], weights: &[u32]) -> Balancer {
         match balance {
-            Balance::RoundRobin => Balancer::RoundRobin {
-                schedule: smooth_schedule(weights),
-                next: AtomicUsize::new(0),
-            },
-            Balance::Random => Balancer::Random {
-                cumulative: weights
+            Balance::RoundRobin => Balancer::RoundRobin(Mutex::new(
+                // Each backend's first turn half a turn in: heavy backends
+                // do not all go first.
+                weights
                     .iter()
-                    .scan(0u64, |sum, w| {
-                        *sum += u64::from(*w);
-                        Some(*sum)
-                    })
+                    .enumerate()
+                    .map(|(i, w)| Reverse((turn(*w) / 2, i)))
                     .collect(),
-            },
+            )),
+            Balance::Random => Balancer::Random(ArcSwap::from_pointee(cumulative(weights))),
             Balance::LeastRequest => Balancer::LeastRequest,
             Balance::PeakEwma => Balancer::PeakEwma,
-            Balance::ConsistentHash(_) => Balancer::ConsistentHash {
-                ring: ring(backends, weights),
-            },
+            Balance::ConsistentHash(_) => {
+                Balancer::ConsistentHash(ArcSwap::from_pointee(ring(backends, weights)))
+            }
+        }
+    }
+
+    /// Takes the pool's weights as they are now. Round robin and the
+    /// two-choices algorithms read weights on each pick and need nothing;
+    /// random redoes its sums and consistent hashing its ring, for this pool
+    /// only.
+    pub(super) fn reweigh(&self, backends: &[Arc<Backend>], weights: &[u32]) {
+        match self {
+            Balancer::Random(sums) => sums.store(Arc::new(cumulative(weights))),
+            Balancer::ConsistentHash(points) => points.store(Arc::new(ring(backends, weights))),
+            Balancer::RoundRobin(_) | Balancer::LeastRequest | Balancer::PeakEwma => {}
         }
     }
 
     /// Picks the index of a backend `ok` accepts. `hash` is the request key's hash for consistent
-    /// hashing; without one, that algorithm falls back to round robin order.
+    /// hashing; without one, that algorithm falls back to a random start.
     pub(super) fn pick(
         &self,
         backends: &[Arc<Backend>],
-        weights: &[u32],
+        weights: &[AtomicU32],
         hash: Option<u64>,
         ok: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
         let n = backends.len();
+        let weight = |i: usize| weights[i].load(Ordering::Relaxed).max(1);
         match self {
-            // Each skipped slot takes the next turn of the shared counter, so the
-            // share of a backend that cannot take traffic spreads evenly over
-            // the others instead of falling to its neighbour in the schedule.
-            Balancer::RoundRobin { schedule, next } => (0..schedule.len())
-                .map(|_| schedule[next.fetch_add(1, Ordering::Relaxed) % schedule.len()])
-                .find(|&i| ok(i)),
-            Balancer::Random { cumulative } => {
+            // A backend that cannot take traffic loses its turn, so its share
+            // spreads over the others in proportion to theirs instead of
+            // falling to its neighbour.
+            Balancer::RoundRobin(schedule) => {
+                let mut schedule = schedule.lock();
+                for _ in 0..n {
+                    let mut next = schedule.peek_mut()?;
+                    let (at, i) = next.0;
+                    next.0 = (at + turn(weight(i)), i);
+                    drop(next);
+                    if ok(i) {
+                        return Some(i);
+                    }
+                }
+                drop(schedule);
+                // n turns went to backends that cannot take traffic (heavy
+                // ones can have several in a row): look at each once.
+                scan_from(fastrand::usize(0..n.max(1)), n, ok)
+            }
+            Balancer::Random(sums) => {
+                let cumulative = sums.load();
                 let total = cumulative.last().copied().unwrap_or(0);
                 if total > 0 {
                     let point = fastrand::u64(0..total);
@@ -85,22 +119,39 @@ impl Balancer {
                 scan_from(fastrand::usize(0..n.max(1)), n, ok)
             }
             Balancer::LeastRequest => two_choices(n, ok, |i| {
-                backends[i].least_request_cost() / f64::from(weights[i])
+                backends[i].least_request_cost() / f64::from(weight(i))
             }),
             Balancer::PeakEwma => {
-                two_choices(n, ok, |i| backends[i].ewma_cost() / f64::from(weights[i]))
+                two_choices(n, ok, |i| backends[i].ewma_cost() / f64::from(weight(i)))
             }
-            Balancer::ConsistentHash { ring } => match hash {
+            Balancer::ConsistentHash(points) => match hash {
                 Some(hash) => {
+                    let ring = points.load();
                     let start = ring.partition_point(|&(point, _)| point < hash);
-                    (0..ring.len())
+                    let found = (0..ring.len())
                         .map(|step| ring[(start + step) % ring.len()].1)
-                        .find(|&i| ok(i))
+                        .find(|&i| ok(i));
+                    found
                 }
                 None => scan_from(fastrand::usize(0..n.max(1)), n, ok),
             },
         }
     }
+}
+
+/// The virtual time one turn of a backend of this weight takes.
+fn turn(weight: u32) -> u128 {
+    TURN / u128::from(weight.max(1))
+}
+
+fn cumulative(weights: &[u32]) -> Vec<u64> {
+    weights
+        .iter()
+        .scan(0u64, |sum, w| {
+            *sum += u64::from(*w);
+            Some(*sum)
+        })
+        .collect()
 }
 
 /// The first accepted index at or after `start`, wrapping around.
@@ -127,46 +178,20 @@ fn two_choices(n: usize, ok: impl Fn(usize) -> bool, cost: impl Fn(usize) -> f64
     }
 }
 
-/// Smooth weighted round robin (as nginx): over one cycle each backend appears
-/// `weight` times, spread out rather than in runs.
-fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
-    let divisor = weights.iter().copied().fold(0, gcd).max(1);
-    let weights: Vec<i64> = weights.iter().map(|w| i64::from(w / divisor)).collect();
-    let total: i64 = weights.iter().sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut schedule = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        for (c, w) in current.iter_mut().zip(&weights) {
-            *c += w;
-        }
-        let Some((best, _)) = current
-            .iter()
-            .enumerate()
-            .max_by_key(|&(i, c)| (*c, -(i as i64)))
-        else {
-            break;
-        };
-        current[best] -= total;
-        schedule.push(best);
-    }
-    schedule
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
+/// Each backend's points on the ring: the hash of its address and the
+/// point's number, without building a string per point.
 fn ring(backends: &[Arc<Backend>], weights: &[u32]) -> Vec<(u64, usize)> {
     let mut ring = Vec::new();
     for (i, (backend, weight)) in backends.iter().zip(weights).enumerate() {
         let points = (u64::from(*weight) * RING_POINTS_PER_WEIGHT).min(RING_POINTS_MAX);
-        let addr = backend.addr.to_string();
+        let mut key = backend.addr.to_string().into_bytes();
+        key.push(b'#');
+        let stem = key.len();
         for point in 0..points {
-            ring.push((key_hash(format!("{addr}#{point}").as_bytes()), i));
+            key.truncate(stem);
+            // Writing to a Vec cannot fail.
+            let _ = write!(key, "{point}");
+            ring.push((key_hash(&key), i));
         }
     }
     ring.sort_unstable();
@@ -203,30 +228,80 @@ mod tests {
         (registry, list)
     }
 
+    fn served(weights: &[u32]) -> Vec<AtomicU32> {
+        weights.iter().map(|w| AtomicU32::new(*w)).collect()
+    }
+
     fn counts(
         balancer: &Balancer,
         list: &[Arc<Backend>],
         weights: &[u32],
         rounds: usize,
     ) -> Vec<usize> {
+        let weights = served(weights);
         let mut counts = vec![0; list.len()];
         for _ in 0..rounds {
             let i = balancer
-                .pick(list, weights, None, &|_| true)
+                .pick(list, &weights, None, &|_| true)
                 .expect("a pick");
             counts[i] += 1;
         }
         counts
     }
 
+    fn sequence(weights: &[u32], picks: usize) -> Vec<usize> {
+        let (_r, list) = backends(weights.len() as u16);
+        let balancer = Balancer::new(&Balance::RoundRobin, &list, weights);
+        let weights = served(weights);
+        (0..picks)
+            .map(|_| {
+                balancer
+                    .pick(&list, &weights, None, &|_| true)
+                    .expect("a pick")
+            })
+            .collect()
+    }
+
     #[test]
     fn round_robin_follows_weights_exactly_and_spreads_them() {
-        assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
-        assert_eq!(smooth_schedule(&[2, 4]), vec![1, 0, 1]);
+        assert_eq!(sequence(&[5, 1, 1], 7), vec![0, 0, 0, 1, 2, 0, 0]);
+        assert_eq!(sequence(&[2, 4], 6), vec![1, 0, 1, 1, 0, 1]);
         let (_r, list) = backends(3);
         let weights = [1, 2, 3];
         let balancer = Balancer::new(&Balance::RoundRobin, &list, &weights);
         assert_eq!(counts(&balancer, &list, &weights, 600), vec![100, 200, 300]);
+        // Weights that do not divide the turn evenly still come out exact
+        // over a cycle.
+        let odd = [7, 13, 1000];
+        let (_r, list) = backends(3);
+        let balancer = Balancer::new(&Balance::RoundRobin, &list, &odd);
+        assert_eq!(counts(&balancer, &list, &odd, 1020 * 5), vec![35, 65, 5000]);
+    }
+
+    #[test]
+    fn weights_apply_from_the_next_pick_without_a_new_table() {
+        let (_r, list) = backends(2);
+        for balance in [Balance::RoundRobin, Balance::Random, Balance::LeastRequest] {
+            let balancer = Balancer::new(&balance, &list, &[1, 1]);
+            let weights = served(&[1, 1]);
+            weights[1].store(9, Ordering::Relaxed);
+            balancer.reweigh(&list, &[1, 9]);
+            // Let the old turns pass, then count.
+            for _ in 0..20 {
+                balancer.pick(&list, &weights, None, &|_| true);
+            }
+            let mut on_heavy = 0;
+            // Least request compares in-flight counts: keep each in flight.
+            let mut held = Vec::new();
+            for _ in 0..1000 {
+                let busy = balancer
+                    .pick(&list, &weights, None, &|_| true)
+                    .expect("a pick");
+                held.push(list[busy].start_request());
+                on_heavy += usize::from(busy == 1);
+            }
+            assert!(on_heavy > 800, "{balance:?}: {on_heavy}");
+        }
     }
 
     #[test]
@@ -236,7 +311,9 @@ mod tests {
         let balancer = Balancer::new(&Balance::RoundRobin, &list, &weights);
         let mut counts = [0; 3];
         for _ in 0..300 {
-            let pick = balancer.pick(&list, &weights, None, &|i| list[i].addr.port() != 9000);
+            let pick = balancer.pick(&list, &served(&weights), None, &|i| {
+                list[i].addr.port() != 9000
+            });
             counts[pick.expect("a pick")] += 1;
         }
         assert_eq!(counts, [0, 150, 150]);
@@ -266,11 +343,13 @@ mod tests {
             let balancer = Balancer::new(&balance, &list, &weights);
             for round in 0..50 {
                 let hash = Some(key_hash(&[round]));
-                let pick = balancer.pick(&list, &weights, hash, &|i| list[i].addr.port() == 9001);
+                let pick = balancer.pick(&list, &served(&weights), hash, &|i| {
+                    list[i].addr.port() == 9001
+                });
                 assert_eq!(pick, Some(1), "{balance:?}");
             }
             assert_eq!(
-                balancer.pick(&list, &weights, None, &|_| false),
+                balancer.pick(&list, &served(&weights), None, &|_| false),
                 None,
                 "{balance:?}"
             );
@@ -308,9 +387,11 @@ mod tests {
         let mut per_backend = [0; 4];
         for k in 0..keys {
             let hash = Some(key_hash(format!("cart-{k}").as_bytes()));
-            let old = before.pick(&list, &[1; 4], hash, &|_| true).expect("pick");
+            let old = before
+                .pick(&list, &served(&[1; 4]), hash, &|_| true)
+                .expect("pick");
             let new = after
-                .pick(&list[..3], &[1; 3], hash, &|_| true)
+                .pick(&list[..3], &served(&[1; 3]), hash, &|_| true)
                 .expect("pick");
             per_backend[old] += 1;
             if old != new {

@@ -104,10 +104,13 @@ impl OutlierState {
     }
 
     /// A probe passed: an ejected backend whose time is up may return.
-    pub fn probe_passed(&mut self, now: Instant) {
-        if self.ejected_until.is_some_and(|until| now >= until) {
+    /// Returns true when this ends its wait for a probe.
+    pub fn probe_passed(&mut self, now: Instant) -> bool {
+        if self.awaiting_probe && self.ejected_until.is_some_and(|until| now >= until) {
             self.awaiting_probe = false;
+            return true;
         }
+        false
     }
 }
 

@@ -1,8 +1,9 @@
 //! A Pool as served: its backends (live entries from the registry), its balancing
 //! tables, its health and outlier settings, and its timeouts.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use http::HeaderMap;
 use pingora::upstreams::peer::HttpPeer;
 use tokio::time::Instant;
 
+use super::backend::availability_epoch;
 use super::balance::{key_hash, Balancer};
 use super::dns::Served;
 use super::outlier::Signal;
@@ -18,8 +20,9 @@ use super::{Availability, Backend, InFlight, PoolState, Registry};
 use crate::config::{Balance, HashKey, HealthConfig, OutlierConfig, PoolConfig};
 use crate::telemetry::{BackendMetrics, Metrics, UpstreamResult};
 
-/// Pools up to this many backends keep a pick's working state on the stack.
-const SMALL_POOL: usize = 32;
+/// The longest a pool trusts its counts of serving backends without a look
+/// at each (ejections also end by time, and the counts know when).
+const COUNTS_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Share of traffic a backend gets at the very start of its slow start.
 const SLOW_START_FLOOR: f64 = 0.1;
@@ -33,7 +36,10 @@ pub struct Pool {
     pub state: Arc<PoolState>,
     hash_key: Option<HashKey>,
     backends: Vec<Arc<Backend>>,
-    weights: Vec<u32>,
+    /// Each backend's index by address.
+    positions: HashMap<SocketAddr, usize>,
+    /// Weights as served: the config's, or an admin override.
+    weights: Vec<AtomicU32>,
     /// Weights as the config file gives them, before admin overrides.
     config_weights: Vec<u32>,
     /// Most requests in flight per backend.
@@ -43,6 +49,8 @@ pub struct Pool {
     metrics: Vec<BackendMetrics>,
     panics: prometheus::IntCounter,
     balancer: Balancer,
+    /// What [`Pool::counts`] last found, and until when it holds.
+    counts: parking_lot::Mutex<Option<(Counts, u64, Instant)>>,
     connect_timeout: Duration,
     request_timeout: Duration,
     idle_timeout: Duration,
@@ -54,6 +62,19 @@ pub struct Pool {
     backup: Option<usize>,
     failback_after: Duration,
     tls: Option<PeerTls>,
+}
+
+/// How many of a pool's backends can take traffic, and their caps.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Backends that can take traffic.
+    serving: usize,
+    /// Backends an operator drained.
+    drained: usize,
+    /// The in-flight caps of the serving backends, summed.
+    serving_cap: usize,
+    /// The same over every backend but drained ones (panic mode).
+    panic_cap: usize,
 }
 
 /// A backend picked for one attempt.
@@ -96,6 +117,12 @@ impl Pool {
             state: registry.pool(&config.name, &config.admission),
             hash_key,
             balancer: Balancer::new(&config.balance, &backends, &weights),
+            counts: parking_lot::Mutex::new(None),
+            positions: backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b.addr, i))
+                .collect(),
             caps: served.iter().map(|b| b.config.max_in_flight).collect(),
             names: served.iter().map(|b| b.name.clone()).collect(),
             metrics: backends
@@ -104,7 +131,7 @@ impl Pool {
                 .collect(),
             panics: metrics.pool_panics(&config.name),
             backends,
-            weights,
+            weights: weights.into_iter().map(AtomicU32::new).collect(),
             config_weights: served.iter().map(|b| b.config.weight).collect(),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
@@ -186,30 +213,41 @@ impl Pool {
 
     /// The weight and in-flight cap of the backend at `index`, as served.
     pub fn weight_and_cap(&self, index: usize) -> Option<(u32, u32)> {
-        Some((*self.weights.get(index)?, *self.caps.get(index)?))
+        Some((
+            self.weights.get(index)?.load(Ordering::Relaxed),
+            *self.caps.get(index)?,
+        ))
+    }
+
+    /// Serves the backend at `addr` with a new weight (an admin override, or
+    /// 0 for the config's) from the next pick on, without a new snapshot.
+    /// Returns false when the pool has no such backend.
+    pub fn set_weight(&self, addr: SocketAddr, weight: u32) -> bool {
+        let Some(&index) = self.positions.get(&addr) else {
+            return false;
+        };
+        let weight = match weight {
+            0 => self.config_weights[index],
+            w => w,
+        };
+        self.weights[index].store(weight, Ordering::Relaxed);
+        let now: Vec<u32> = self
+            .weights
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect();
+        self.balancer.reweigh(&self.backends, &now);
+        true
     }
 
     /// Requests the pool can have in flight now: the sum of the in-flight caps of
     /// backends that can take traffic (of all but drained ones in panic mode).
     pub fn capacity(&self) -> usize {
-        let now = Instant::now();
-        let (mut serving, mut drained, mut serving_cap, mut panic_cap) = (0, 0, 0, 0);
-        for (backend, cap) in self.backends.iter().zip(&self.caps) {
-            let cap = *cap as usize;
-            match backend.availability(now, self.health.as_ref()) {
-                Availability::Serving(_) => {
-                    serving += 1;
-                    serving_cap += cap;
-                    panic_cap += cap;
-                }
-                Availability::Drained => drained += 1,
-                _ => panic_cap += cap,
-            }
-        }
-        if self.in_panic(serving, drained) {
-            panic_cap
+        let counts = self.counts(Instant::now());
+        if self.in_panic(&counts) {
+            counts.panic_cap
         } else {
-            serving_cap
+            counts.serving_cap
         }
     }
 
@@ -217,22 +255,50 @@ impl Pool {
     /// drained, with room): panic mode does not count, since a pool whose
     /// backends are all down is not able to serve.
     pub fn can_serve(&self) -> bool {
-        let now = Instant::now();
-        self.backends.iter().zip(&self.caps).any(|(backend, cap)| {
-            *cap > 0
-                && matches!(
-                    backend.availability(now, self.health.as_ref()),
-                    Availability::Serving(_)
-                )
-        })
+        self.counts(Instant::now()).serving_cap > 0
+    }
+
+    /// How many backends serve, how many are drained, and their caps: kept
+    /// until a backend's availability changes (or an ejection runs out), so
+    /// that a request does not ask every backend of a large pool.
+    fn counts(&self, now: Instant) -> Counts {
+        let epoch = availability_epoch();
+        let mut cached = self.counts.lock();
+        if let Some((counts, at_epoch, until)) = *cached {
+            if at_epoch == epoch && now < until {
+                return counts;
+            }
+        }
+        let mut counts = Counts::default();
+        let mut until = now + COUNTS_MAX_AGE;
+        for (backend, cap) in self.backends.iter().zip(&self.caps) {
+            let cap = *cap as usize;
+            match backend.availability(now, self.health.as_ref()) {
+                Availability::Serving(_) => {
+                    counts.serving += 1;
+                    counts.serving_cap += cap;
+                    counts.panic_cap += cap;
+                }
+                Availability::Drained => counts.drained += 1,
+                Availability::Ejected => {
+                    counts.panic_cap += cap;
+                    if let Some(end) = backend.ejected_until().filter(|end| *end > now) {
+                        until = until.min(end);
+                    }
+                }
+                Availability::Unhealthy(_) => counts.panic_cap += cap,
+            }
+        }
+        *cached = Some((counts, epoch, until));
+        counts
     }
 
     /// Whether so few backends can take traffic that the pool spreads over all.
     /// Drained backends do not count: an operator's drain is no sign that the
     /// health checks are wrong, and must not push traffic onto down backends.
-    fn in_panic(&self, serving: usize, drained: usize) -> bool {
-        let counted = self.backends.len().saturating_sub(drained);
-        serving * 100 < usize::from(self.panic_threshold) * counted
+    fn in_panic(&self, counts: &Counts) -> bool {
+        let counted = self.backends.len().saturating_sub(counts.drained);
+        counts.serving * 100 < usize::from(self.panic_threshold) * counted
     }
 
     /// How long a backend that comes back ramps up to its full share
@@ -289,35 +355,25 @@ impl Pool {
         timeout: Duration,
     ) -> Option<Pick> {
         let now = Instant::now();
-        let availability = |b: &Arc<Backend>| match b.availability(now, self.health.as_ref()) {
-            Availability::Serving(since) => Some(since),
-            _ => None,
-        };
-        // On the stack for the usual pool sizes: a pick runs on every request.
-        let mut small = [None; SMALL_POOL];
-        let large: Vec<Option<Duration>>;
-        let serving: &[Option<Duration>] = if self.backends.len() <= SMALL_POOL {
-            for (slot, backend) in small.iter_mut().zip(&self.backends) {
-                *slot = availability(backend);
-            }
-            &small[..self.backends.len()]
-        } else {
-            large = self.backends.iter().map(availability).collect();
-            &large
-        };
-        let up = serving.iter().filter(|s| s.is_some()).count();
-        let drained = self.backends.iter().filter(|b| b.is_drained()).count();
-        let panic = self.in_panic(up, drained);
-        self.note_panic(panic, up);
+        let counts = self.counts(now);
+        let panic = self.in_panic(&counts);
+        self.note_panic(panic, counts.serving);
 
-        // Never a drained backend or one at its in-flight cap, even in panic mode.
+        // Never a drained backend or one at its in-flight cap, even in panic
+        // mode. Each candidate is asked about itself only: a pick costs the
+        // same in a pool of 3 and of 2 000.
         let candidate = |i: usize, avoid_tried: bool, ramp: bool| {
             let backend = &self.backends[i];
-            let open = !backend.is_drained() && backend.in_flight() < self.caps[i] as usize;
-            let usable = panic || serving[i].is_some();
-            let fresh = !avoid_tried || !tried.contains(&backend.addr);
-            let ramped = !ramp || serving[i].is_none_or(|since| self.passes_slow_start(since));
-            open && usable && fresh && ramped
+            if backend.is_drained()
+                || backend.in_flight() >= self.caps[i] as usize
+                || (avoid_tried && tried.contains(&backend.addr))
+            {
+                return false;
+            }
+            match backend.availability(now, self.health.as_ref()) {
+                Availability::Serving(since) => !ramp || self.passes_slow_start(since),
+                _ => panic,
+            }
         };
         let hash = self.request_hash(headers, client_ip);
         let ramp = self.hash_key.is_none() && !self.slow_start.is_zero();
@@ -375,10 +431,9 @@ impl Pool {
         latency: Duration,
     ) {
         if let Some(metrics) = self
-            .backends
-            .iter()
-            .position(|b| std::ptr::eq(&**b, backend))
-            .and_then(|i| self.metrics.get(i))
+            .positions
+            .get(&backend.addr)
+            .and_then(|&i| self.metrics.get(i))
         {
             metrics.attempt(result);
         }
