@@ -45,6 +45,8 @@ mod profile;
 mod report;
 #[path = "load/room.rs"]
 mod room;
+#[path = "load/scale.rs"]
+mod scale;
 #[path = "load/scenarios.rs"]
 mod scenarios;
 #[path = "load/soak.rs"]
@@ -90,7 +92,10 @@ scenarios:
                    capacity for 60 s (--quick: 10 s) through a [[rooms]] waiting room: backend
                    utilisation, raw errors, admitted shoppers' p99, queue length, admission rate
                    and ETA error over time (flash-sale-room-line.svg)
-  smoke            every scenario but connections and tls for about 1 s (soak 20 s), ordergate
+  scale            in-process: ns per route classification from 1 to 10 000 routes, pool build
+                   and pick per algorithm from 3 to 2 000 backends, a reload of 2 000
+                   backends and 10 000 routes, records curves (--quick: smaller)
+  smoke            every scenario but connections, tls and scale for about 1 s (soak 20 s), ordergate
                    only unless --targets; exit 1 on raw errors
 
 options:

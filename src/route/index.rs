@@ -15,6 +15,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use http::Method;
 
 /// What one route matches: its host (lower case), its path prefix and its
@@ -57,6 +59,10 @@ impl Matcher {
     }
 }
 
+// A seeded fast hash rather than SipHash: the tables are filled from the
+// config only, so a request (host and path are the client's) can look up but
+// never crowd a bucket.
+
 /// The prefix as the index keys it: without its trailing slashes.
 fn key(prefix: &str) -> &str {
     prefix.trim_end_matches('/')
@@ -74,7 +80,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 struct HostRoutes {
     /// Prefix (without trailing `/`) → the routes with it, most specific
     /// first (those listing methods, then file order).
-    by_prefix: HashMap<Box<str>, Vec<usize>>,
+    by_prefix: HashMap<Box<str>, Vec<usize>, RandomState>,
     /// The prefix lengths in use, longest first.
     lengths: Vec<usize>,
 }
@@ -110,7 +116,7 @@ impl HostRoutes {
 /// The index over a table's matchers.
 #[derive(Debug, Default)]
 pub struct RouteIndex {
-    by_host: HashMap<Box<str>, HostRoutes>,
+    by_host: HashMap<Box<str>, HostRoutes, RandomState>,
     any_host: HostRoutes,
 }
 

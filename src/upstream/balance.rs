@@ -21,6 +21,12 @@ use crate::config::Balance;
 const RING_POINTS_PER_WEIGHT: u64 = 160;
 /// Upper bound on ring points for one backend, whatever its weight.
 const RING_POINTS_MAX: u64 = 16_000;
+/// Upper bound on a ring's points (4 MiB): a pool whose weights add up to
+/// more than `RING_POINTS / RING_POINTS_PER_WEIGHT` gets fewer points per
+/// unit of weight (at least one a backend), so that 2 000 backends of
+/// weight 1 000 build in milliseconds, not seconds. Pools under it keep
+/// exactly the points they always had, so no cart moves on an upgrade.
+const RING_POINTS: u64 = 1 << 18;
 /// Virtual time one turn of a backend of weight 1 takes in the round-robin
 /// schedule; a backend of weight w takes `TURN / w`. Divisible by every
 /// weight up to 16 and large enough that rounding the others is invisible.
@@ -181,9 +187,15 @@ fn two_choices(n: usize, ok: impl Fn(usize) -> bool, cost: impl Fn(usize) -> f64
 /// Each backend's points on the ring: the hash of its address and the
 /// point's number, without building a string per point.
 fn ring(backends: &[Arc<Backend>], weights: &[u32]) -> Vec<(u64, usize)> {
-    let mut ring = Vec::new();
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    let per_weight = if total * RING_POINTS_PER_WEIGHT <= RING_POINTS {
+        RING_POINTS_PER_WEIGHT as f64
+    } else {
+        RING_POINTS as f64 / total as f64
+    };
+    let mut ring = Vec::with_capacity(RING_POINTS.min(total * RING_POINTS_PER_WEIGHT) as usize);
     for (i, (backend, weight)) in backends.iter().zip(weights).enumerate() {
-        let points = (u64::from(*weight) * RING_POINTS_PER_WEIGHT).min(RING_POINTS_MAX);
+        let points = ((f64::from(*weight) * per_weight) as u64).clamp(1, RING_POINTS_MAX);
         let mut key = backend.addr.to_string().into_bytes();
         key.push(b'#');
         let stem = key.len();
@@ -374,6 +386,22 @@ mod tests {
         list[1].observe(std::time::Duration::from_millis(5), false);
         let balancer = Balancer::new(&Balance::PeakEwma, &list, &weights);
         assert_eq!(counts(&balancer, &list, &weights, 100), vec![0, 100]);
+    }
+
+    #[test]
+    fn a_large_pools_ring_stays_bounded_and_keeps_every_backend() {
+        let (_r, list) = backends(2000);
+        let heavy: Vec<u32> = (0..2000).map(|i| 1 + i % 1000).collect();
+        let points = ring(&list, &heavy);
+        assert!(points.len() as u64 <= RING_POINTS + 2000, "{}", points.len());
+        let mut per_backend = vec![0u32; list.len()];
+        for (_, i) in &points {
+            per_backend[*i] += 1;
+        }
+        assert!(per_backend.iter().all(|&p| p >= 1));
+        assert!(per_backend[999] > 100 * per_backend[0], "weight 1000 against 1");
+        // A small pool keeps 160 points per unit of weight.
+        assert_eq!(ring(&list[..3], &[1, 2, 3]).len(), 960);
     }
 
     #[test]
