@@ -24,6 +24,10 @@ use crate::telemetry::Metrics;
 use crate::upstream::dns::{DnsHost, Resolutions};
 use crate::upstream::{Backend, Pool, Registry};
 
+/// Marks a route whose counters exist at zero ([`Metrics::prime_route`]).
+#[derive(Clone)]
+struct RoutePrimed;
+
 /// Everything a request needs from the config, compiled for serving.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -519,7 +523,11 @@ impl Snapshot {
         let retried: Vec<&str> = Failure::iter().map(Failure::as_str).collect();
         let denied: Vec<&str> = Stop::iter().map(Stop::as_str).collect();
         for route in &config.routes {
-            metrics.prime_route(&route.name, &retried, &denied, &PAGE_KINDS);
+            // Once per route name, not on every reload.
+            metrics.handles(&route.name, || {
+                metrics.prime_route(&route.name, &retried, &denied, &PAGE_KINDS);
+                RoutePrimed
+            });
         }
         metrics.prime_route(Metrics::UNROUTED, &[], &[], &PAGE_KINDS);
         // Before the routes: they take their records' store from it.

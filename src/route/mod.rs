@@ -106,15 +106,15 @@ impl RouteTable {
                         settings.max_bytes,
                         c.timeout + IDEMPOTENCY_LEASE_MARGIN,
                     ),
-                    metrics: metrics.idempotency(&c.name),
+                    metrics: metrics.handles(&c.name, || metrics.idempotency(&c.name)),
                     settings,
                 }),
                 stale_copies: c.stale.as_ref().map(|config| {
                     metrics.prime_stale(&c.name);
                     live.stale(&c.name, config)
                 }),
-                metrics: metrics.route(&c.name),
-                streams: RouteStreams::new(metrics, &c.name),
+                metrics: metrics.handles(&c.name, || metrics.route(&c.name)),
+                streams: metrics.handles(&c.name, || RouteStreams::new(metrics, &c.name)),
                 config: c.clone(),
             })
             .collect();

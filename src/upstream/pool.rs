@@ -127,7 +127,12 @@ impl Pool {
             names: served.iter().map(|b| b.name.clone()).collect(),
             metrics: backends
                 .iter()
-                .map(|b| metrics.backend(&config.name, &b.addr.to_string()))
+                .map(|b| {
+                    let addr = b.addr.to_string();
+                    metrics.handles(&format!("{}\0{addr}", config.name), || {
+                        metrics.backend(&config.name, &addr)
+                    })
+                })
                 .collect(),
             panics: metrics.pool_panics(&config.name),
             backends,
