@@ -29,7 +29,7 @@ pub(crate) const ALL: [&str; 10] = [
 ];
 
 /// Scenarios only run when named (too long or too heavy for `smoke`).
-pub(crate) const NAMED_ONLY: [&str; 2] = ["connections", "tls"];
+pub(crate) const NAMED_ONLY: [&str; 3] = ["connections", "tls", "records"];
 
 /// The scenarios that measure the cost of a request or a connection (where
 /// the pingora floor runs by default).
@@ -320,6 +320,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, name: &str) -> Result<ScenarioResult, String> {
         "tls" => crate::tls::run(ctx),
         "idempotency" => crate::idempotency::run(ctx),
         "flash-sale-room" => crate::room::run(ctx),
+        "records" => crate::records::run(ctx),
         other => Err(format!(
             "unknown scenario {other:?}; use one of: {}, {}, smoke",
             ALL.join(", "),
