@@ -181,8 +181,6 @@ const FLAG_GROWTH: f64 = 3.0;
 fn ns(v: f64) -> String {
     if !v.is_finite() {
         "–".to_owned()
-    } else if v >= 10_000.0 {
-        format!("{:.0}", v)
     } else if v >= 100.0 {
         format!("{v:.0}")
     } else {
@@ -224,7 +222,7 @@ impl Curve {
             for m in &medians {
                 let here = m.get(i).copied().unwrap_or(f64::NAN);
                 let first = m.first().copied().unwrap_or(f64::NAN);
-                if i == 0 || !(first > 0.0) {
+                if i == 0 || first.is_nan() || first <= 0.0 {
                     let _ = write!(out, " {} |", ns(here));
                 } else {
                     let _ = write!(out, " {} ({:.1}×) |", ns(here), here / first);
