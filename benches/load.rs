@@ -41,6 +41,8 @@ mod idempotency;
 mod procs;
 #[path = "load/profile.rs"]
 mod profile;
+#[path = "load/records.rs"]
+mod records;
 #[path = "load/report.rs"]
 mod report;
 #[path = "load/room.rs"]

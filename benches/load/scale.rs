@@ -13,7 +13,8 @@
 //! - **reload**: 2 000 backends in 20 pools and 10 000 routes, from the file
 //!   to the new snapshot serving (`State::reload`, what `POST /reload` runs),
 //!   split into parsing and validating, and building the snapshot;
-//! - **records**: see `records.rs`.
+//! - **records**: idempotency records, stale copies and rooms as they grow
+//!   (`records.rs`, also alone as the `records` scenario).
 //!
 //! Each figure is the median of several batches, so a busy moment of the
 //! machine moves it less; compare the rows of one run.
@@ -60,6 +61,8 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
     summary.push_str(&text);
     let (text, reload_json) = reload(quick, &mut failures)?;
     summary.push_str(&text);
+    let (text, records_json) = crate::records::curves(ctx)?;
+    summary.push_str(&text);
 
     Ok(ScenarioResult {
         name: "scale".to_owned(),
@@ -73,6 +76,7 @@ pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
             "routes": routes_json,
             "backends": backends_json,
             "reload": reload_json,
+            "records": records_json,
         }),
         failures,
     })

@@ -29,7 +29,7 @@ pub(crate) const ALL: [&str; 10] = [
 ];
 
 /// Scenarios only run when named (too long or too heavy for `smoke`).
-pub(crate) const NAMED_ONLY: [&str; 3] = ["connections", "tls", "scale"];
+pub(crate) const NAMED_ONLY: [&str; 4] = ["connections", "tls", "scale", "records"];
 
 /// The scenarios that measure the cost of a request or a connection (where
 /// the pingora floor runs by default).
@@ -321,6 +321,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, name: &str) -> Result<ScenarioResult, String> {
         "scale" => crate::scale::run(ctx),
         "idempotency" => crate::idempotency::run(ctx),
         "flash-sale-room" => crate::room::run(ctx),
+        "records" => crate::records::run(ctx),
         other => Err(format!(
             "unknown scenario {other:?}; use one of: {}, {}, smoke",
             ALL.join(", "),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use moka::Expiry;
 use parking_lot::Mutex;
@@ -91,6 +92,12 @@ impl MemoryIdempotency {
         let counter = Arc::clone(&evictions);
         let records = Cache::builder()
             .max_capacity(max_bytes)
+            // Least recently used first, as `max_bytes` promises. moka's
+            // default (TinyLFU) turns away a new record that is not yet used
+            // more often than the one it would evict: at the budget, the
+            // record of a request in flight would vanish, and a repeat of it
+            // be forwarded again.
+            .eviction_policy(EvictionPolicy::lru())
             .weigher(|key: &RecordKey, record: &Arc<Record>| record.weight(key))
             .expire_after(RecordTtl)
             .eviction_listener(move |_key, _record, cause| {
@@ -336,5 +343,31 @@ mod tests {
         assert!(store.evictions() > 0);
         let resized = store.resized(1 << 20);
         assert!(resized.size_bytes() > 0, "records survive a resize");
+    }
+
+    #[tokio::test]
+    async fn a_full_store_evicts_the_least_recently_used_never_the_newest() {
+        // About 50 records of 1 KiB fit; 200 go through it.
+        let store = MemoryIdempotency::new(64 * 1024);
+        let fp = [1; 32];
+        let body = "x".repeat(1024);
+        for i in 0..200 {
+            let k = key(&format!("k{i}"));
+            assert!(matches!(
+                store.get_or_begin(&k, &fp, TTL).await,
+                Begin::First
+            ));
+            // The budget is enforced in between: the record in flight must
+            // stay, or a repeat of its request would be forwarded again.
+            store.size_bytes();
+            store.complete(&k, Some(answer(&body))).await;
+            store.size_bytes();
+            assert!(
+                matches!(store.peek(&k, &fp), Some(Begin::Done(_))),
+                "record k{i} was dropped as it was stored"
+            );
+        }
+        assert!(store.peek(&key("k0"), &fp).is_none(), "the oldest went");
+        assert!(store.evictions() >= 150, "{}", store.evictions());
     }
 }
