@@ -94,8 +94,22 @@ impl RouteTable {
     /// Compiles validated routes into a table, with metric handles and their
     /// live state.
     pub fn new(configs: &[RouteConfig], metrics: &Metrics, live: &LiveState) -> RouteTable {
-        let mut routes: Vec<Route> = configs
-            .iter()
+        // Most specific first; a stable sort keeps file order among equals.
+        // The order is found on indices: a route is over a kilobyte, and
+        // 10 000 of them moved through a merge sort would cost a reload
+        // tens of milliseconds.
+        let mut order: Vec<usize> = (0..configs.len()).collect();
+        order.sort_by_key(|&i| {
+            let c = &configs[i];
+            (
+                c.host.is_none(),
+                std::cmp::Reverse(c.path_prefix.trim_end_matches('/').len()),
+                c.methods.is_none(),
+            )
+        });
+        let routes: Vec<Route> = order
+            .into_iter()
+            .map(|i| &configs[i])
             .map(|c| Route {
                 rate_limiter: c.rate_limit.as_ref().map(|_| live.rate_limiter(&c.name)),
                 idempotency: c.idempotency.clone().map(|settings| RouteIdempotency {
@@ -118,14 +132,6 @@ impl RouteTable {
                 config: c.clone(),
             })
             .collect();
-        // A stable sort keeps file order among equals.
-        routes.sort_by_key(|r| {
-            (
-                r.config.host.is_none(),
-                std::cmp::Reverse(r.config.path_prefix.trim_end_matches('/').len()),
-                r.config.methods.is_none(),
-            )
-        });
         let matchers: Vec<Matcher> = routes
             .iter()
             .map(|r| Matcher {
