@@ -128,7 +128,10 @@ fn config_text(routes: usize, pools: usize, per_pool: usize, balance: &str) -> S
         );
         for b in 0..per_pool {
             let n = p * per_pool + b;
-            let addr = SocketAddr::from(([127, 1 + (n / 60_000) as u8, 0, 1], 1024 + (n % 60_000) as u16));
+            let addr = SocketAddr::from((
+                [127, 1 + (n / 60_000) as u8, 0, 1],
+                1024 + (n % 60_000) as u16,
+            ));
             let weight = n % 1000 + 1;
             let _ = write!(text, "{{ addr = \"{addr}\", weight = {weight} }},");
         }

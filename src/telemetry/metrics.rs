@@ -694,7 +694,11 @@ impl Metrics {
     /// The handles of type `T` made for `name` (a route, a pool's backend):
     /// `make` runs the first time only; every later snapshot and reload
     /// shares them. Series are never removed, so neither are the handles.
-    pub fn handles<T: Clone + Send + Sync + 'static>(&self, name: &str, make: impl FnOnce() -> T) -> T {
+    pub fn handles<T: Clone + Send + Sync + 'static>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> T,
+    ) -> T {
         let key = (TypeId::of::<T>(), Box::<str>::from(name));
         if let Some(found) = self.handles.lock().get(&key) {
             if let Some(found) = found.downcast_ref::<T>() {
@@ -703,9 +707,7 @@ impl Metrics {
         }
         // Made outside the lock: `make` may ask for other handles.
         let made = make();
-        self.handles
-            .lock()
-            .insert(key, Arc::new(made.clone()));
+        self.handles.lock().insert(key, Arc::new(made.clone()));
         made
     }
 

@@ -393,13 +393,20 @@ mod tests {
         let (_r, list) = backends(2000);
         let heavy: Vec<u32> = (0..2000).map(|i| 1 + i % 1000).collect();
         let points = ring(&list, &heavy);
-        assert!(points.len() as u64 <= RING_POINTS + 2000, "{}", points.len());
+        assert!(
+            points.len() as u64 <= RING_POINTS + 2000,
+            "{}",
+            points.len()
+        );
         let mut per_backend = vec![0u32; list.len()];
         for (_, i) in &points {
             per_backend[*i] += 1;
         }
         assert!(per_backend.iter().all(|&p| p >= 1));
-        assert!(per_backend[999] > 100 * per_backend[0], "weight 1000 against 1");
+        assert!(
+            per_backend[999] > 100 * per_backend[0],
+            "weight 1000 against 1"
+        );
         // A small pool keeps 160 points per unit of weight.
         assert_eq!(ring(&list[..3], &[1, 2, 3]).len(), 960);
     }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::{
     Admission, Arrival, CheckIn, Control, Limits, LineStats, Outcome, RoomLine, BURST_SECONDS,
     DIRECT_BIT, DRAW_BIT, MAX_PASSES, MAX_PASS_MOVES, RATE_TAU, SKIP_WEIGHT, SWEEP_EVERY,
-    SWEEP_LINE_BATCH,
+    SWEEP_LINE_BATCH, SWEEP_PASSES_BATCH,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +149,9 @@ struct Line {
     drawn: HashMap<u64, u64>,
     called: HashMap<u64, Called>,
     active: HashMap<u64, Active>,
+    /// The passes of `active` (and some removed since), oldest first: each
+    /// sweep looks at a batch from the front and puts the live ones back.
+    passes: VecDeque<u64>,
     next_number: u64,
     next_direct: u64,
     tokens: f64,
@@ -172,6 +175,7 @@ impl Line {
             drawn: HashMap::new(),
             called: HashMap::new(),
             active: HashMap::new(),
+            passes: VecDeque::new(),
             next_number: 1,
             next_direct: 0,
             // A new room lets its first burst in at once.
@@ -209,7 +213,7 @@ impl Line {
             return;
         }
         self.last_sweep = now;
-        self.active.retain(|_, a| !a.expired(now, limits));
+        self.sweep_passes(now, limits);
         let before = self.called.len();
         self.called
             .retain(|_, c| now.saturating_duration_since(c.at) <= limits.ticket_timeout);
@@ -217,6 +221,33 @@ impl Line {
         self.abandoned += lost;
         outcome.abandoned += lost as u32;
         self.sweep_line(now, limits, outcome);
+    }
+
+    /// Expires passes past their session, a bounded batch a sweep (all of
+    /// them up to [`SWEEP_PASSES_BATCH`], every one within 50 sweeps above
+    /// it): a room of a million passes does not hold its lock for a scan of
+    /// them all. A pass used after its session is refused at once anyway.
+    fn sweep_passes(&mut self, now: Instant, limits: &Limits) {
+        let batch = SWEEP_PASSES_BATCH.max(self.passes.len() / 50);
+        for _ in 0..batch.min(self.passes.len()) {
+            let Some(pass) = self.passes.pop_front() else {
+                break;
+            };
+            match self.active.get(&pass) {
+                Some(active) if active.expired(now, limits) => {
+                    self.active.remove(&pass);
+                }
+                Some(_) => self.passes.push_back(pass),
+                None => {}
+            }
+        }
+    }
+
+    /// A new pass.
+    fn admit(&mut self, pass: u64, active: Active) {
+        if self.active.insert(pass, active).is_none() {
+            self.passes.push_back(pass);
+        }
     }
 
     /// Marks abandoned places anywhere in the line as gone, a bounded batch
@@ -338,8 +369,7 @@ impl Line {
     /// Turns a called ticket into a pass for `client`.
     fn pick_up(&mut self, seq: u64, client: u64, now: Instant) -> Option<Admission> {
         let called = self.called.remove(&seq)?;
-        self.active
-            .insert(seq, Active::new(now, called.number, client));
+        self.admit(seq, Active::new(now, called.number, client));
         let waited = now.saturating_duration_since(called.joined);
         if waited.is_zero() {
             self.admitted_direct += 1;
@@ -432,7 +462,7 @@ impl RoomLine for MemoryLine {
             let number = line.next_number;
             line.next_number += 1;
             if line.active.len() < MAX_PASSES {
-                line.active.insert(pass, Active::new(now, number, client));
+                line.admit(pass, Active::new(now, number, client));
             }
             line.admitted_direct += 1;
             let admission = Admission {
@@ -591,11 +621,47 @@ impl RoomLine for MemoryLine {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn the_memory_line_keeps_the_rules_of_the_spec() {
         crate::store::room::spec::run_all(|| Arc::new(MemoryLine::new())).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_expires_a_bounded_batch_of_passes_and_keeps_the_live_ones() {
+        let limits = Limits {
+            may_call: true,
+            paused: false,
+            open: true,
+            max_active: None,
+            per_second: None,
+            session: Duration::from_secs(5),
+            max_session: Duration::from_secs(3600),
+            max_waiting: None,
+            ticket_timeout: Duration::from_secs(60),
+        };
+        let start = Instant::now();
+        let mut line = Line::new(start);
+        let stale = 3 * SWEEP_PASSES_BATCH as u64;
+        for pass in 0..stale {
+            line.admit(pass, Active::new(start, pass, 1));
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let now = Instant::now();
+        line.admit(stale, Active::new(now, stale, 1));
+        line.sweep_passes(now, &limits);
+        assert_eq!(
+            line.active.len() as u64,
+            stale + 1 - SWEEP_PASSES_BATCH as u64
+        );
+        for _ in 0..3 {
+            line.sweep_passes(now, &limits);
+        }
+        assert_eq!(line.active.len(), 1, "every expired pass is gone");
+        assert!(line.active.contains_key(&stale), "the live pass stays");
+        assert_eq!(line.passes.len(), 1);
     }
 }

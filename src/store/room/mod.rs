@@ -50,6 +50,8 @@ pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// it removes from the head at most: every operation does bounded work (the
 /// rest go with the next ones).
 pub(crate) const SWEEP_LINE_BATCH: usize = 2_000;
+/// Passes a memory line's sweep looks at, at least (all of them below it).
+pub(crate) const SWEEP_PASSES_BATCH: usize = 4_096;
 /// How often a pass (or a called ticket, once picked up) may move to another
 /// network. A pass serves one network at a time: a request from another one
 /// moves it there and the previous one loses it. A shopper whose phone goes
