@@ -132,10 +132,13 @@ pub struct Metrics {
     /// Handles made for a route or backend by name ([`Metrics::handles`]),
     /// by type and name: a reload of 10 000 routes finds them instead of
     /// asking the registry for each series again.
-    handles: Arc<Mutex<HashMap<(TypeId, Box<str>), Arc<dyn Any + Send + Sync>>>>,
+    handles: Arc<Mutex<Handles>>,
     /// `ordergate_store_*`: the shared store's health and fallbacks.
     pub store: super::store::StoreMetrics,
 }
+
+/// Handles by their type and the name they were made for.
+type Handles = HashMap<(TypeId, Box<str>), Arc<dyn Any + Send + Sync>>;
 
 /// What a keyed request met: the `result` label of `ordergate_idempotency_total`.
 #[derive(

@@ -134,10 +134,9 @@ impl Balancer {
                 Some(hash) => {
                     let ring = points.load();
                     let start = ring.partition_point(|&(point, _)| point < hash);
-                    let found = (0..ring.len())
+                    (0..ring.len())
                         .map(|step| ring[(start + step) % ring.len()].1)
-                        .find(|&i| ok(i));
-                    found
+                        .find(|&i| ok(i))
                 }
                 None => scan_from(fastrand::usize(0..n.max(1)), n, ok),
             },
