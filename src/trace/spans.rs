@@ -109,7 +109,7 @@ pub fn build<'p>(
         span_id: edge_id.clone(),
         trace_state: trace_state.clone(),
         parent_span_id: trace.parent_id.map(|id| id.to_vec()).unwrap_or_default(),
-        flags: 0,
+        flags: span_flags(trace.parent_id.is_some()),
         name: match ending.route {
             Some(route) => format!("{} {route}", ending.method),
             None => ending.method.to_string(),
@@ -136,6 +136,7 @@ pub fn build<'p>(
             span_id: super::record::new_span_id().to_vec(),
             trace_state: trace_state.clone(),
             parent_span_id: edge_id.clone(),
+            flags: span_flags(false),
             name: name.to_string(),
             kind: SpanKind::Internal as i32,
             start_time_unix_nano: at(step.start),
@@ -181,6 +182,7 @@ pub fn build<'p>(
             span_id: attempt.span_id.to_vec(),
             trace_state: trace_state.clone(),
             parent_span_id: edge_id.clone(),
+            flags: span_flags(false),
             name: format!("attempt {}", i + 1),
             kind: SpanKind::Client as i32,
             start_time_unix_nano: at(attempt.start),
@@ -191,6 +193,15 @@ pub fn build<'p>(
         });
     }
     spans
+}
+
+/// OTLP span flags: sampled (it is exported), and whether the parent is
+/// remote (the client's span) or local (the edge span), said explicitly.
+fn span_flags(remote_parent: bool) -> u32 {
+    const SAMPLED: u32 = 0x01;
+    const HAS_IS_REMOTE: u32 = 0x100;
+    const IS_REMOTE: u32 = 0x200;
+    SAMPLED | HAS_IS_REMOTE | if remote_parent { IS_REMOTE } else { 0 }
 }
 
 fn status(failed: bool, why: Option<&str>) -> Status {
