@@ -1194,8 +1194,11 @@ fn finish_trace(
     trace: &crate::trace::Trace,
     status: u16,
 ) {
-    let route = ctx.route_and_pool();
     let page = ctx.outcome.is_some_and(|o| o.page_kind().is_some());
+    if !trace.keep(page) {
+        return;
+    }
+    let route = ctx.route_and_pool();
     let ending = crate::trace::Ending {
         request_id: &ctx.request_id,
         method: request.method.as_str(),

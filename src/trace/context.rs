@@ -9,12 +9,12 @@
 //! Nothing here allocates.
 
 use http::header::GetAll;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// Header names.
-pub const TRACEPARENT: &str = "traceparent";
+/// Header names (as `HeaderName`s: a lookup by one skips parsing the name).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// See [`TRACEPARENT`].
-pub const TRACESTATE: &str = "tracestate";
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Longest `tracestate` kept, in bytes (the spec's propagation minimum).
 pub const MAX_TRACESTATE_BYTES: usize = 512;
@@ -297,8 +297,8 @@ mod tests {
 
     #[test]
     fn two_traceparent_headers_are_none() {
-        assert!(client_traceparent(&headers(TRACEPARENT, &[GOOD])).is_some());
-        assert!(client_traceparent(&headers(TRACEPARENT, &[GOOD, GOOD])).is_none());
+        assert!(client_traceparent(&headers(TRACEPARENT.as_str(), &[GOOD])).is_some());
+        assert!(client_traceparent(&headers(TRACEPARENT.as_str(), &[GOOD, GOOD])).is_none());
         assert!(client_traceparent(&HeaderMap::new()).is_none());
     }
 
@@ -311,7 +311,8 @@ mod tests {
 
     #[test]
     fn tracestate_is_kept_only_when_valid() {
-        let valid = |values: &[&str]| client_tracestate_is_valid(&headers(TRACESTATE, values));
+        let valid =
+            |values: &[&str]| client_tracestate_is_valid(&headers(TRACESTATE.as_str(), values));
         assert!(valid(&["congo=t61rcWkgMzE"]));
         assert!(valid(&["rojo=00f067aa0ba902b7, congo=t61rcWkgMzE"]));
         assert!(valid(&["rojo=1", "congo=2"]));

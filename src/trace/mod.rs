@@ -30,16 +30,18 @@ pub use spans::{build, Ending};
 /// and removes the client's `tracestate` unless it is passed on.
 pub fn set_upstream_headers(trace: &Trace, upstream: &mut RequestHeader) -> pingora::Result<()> {
     if let Some(value) = trace.upstream_traceparent() {
-        upstream.insert_header(context::TRACEPARENT, value)?;
+        // A `&'static str` name costs pingora no copy of it for its case map.
+        upstream.insert_header("traceparent", value)?;
     }
-    if !trace.keep_tracestate && upstream.headers.contains_key(context::TRACESTATE) {
-        upstream.remove_header(context::TRACESTATE);
+    if !trace.keep_tracestate && upstream.headers.contains_key(&context::TRACESTATE) {
+        upstream.remove_header(&context::TRACESTATE);
     }
     Ok(())
 }
 
 /// The end of a traced request: when it is kept, its spans are built and
-/// queued for export (or counted dropped when the queue is full).
+/// queued for export (or counted dropped when the queue is full). The caller
+/// asks [`Trace::keep`] first, so that an unkept request builds nothing.
 pub fn finish<'p>(
     trace: &Trace,
     exporter: &Exporter,
@@ -78,7 +80,7 @@ pub fn finish<'p>(
 }
 
 /// Every value of a header, joined with commas.
-fn joined(headers: &HeaderMap, name: &str) -> String {
+fn joined(headers: &HeaderMap, name: http::HeaderName) -> String {
     let values: Vec<&str> = headers
         .get_all(name)
         .iter()

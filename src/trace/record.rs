@@ -4,6 +4,7 @@
 //! request that is kept ([`Trace::keep`]).
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
@@ -109,12 +110,11 @@ pub struct Trace {
     pub keep_tracestate: bool,
     /// Kept by the ratio (or the client's flag) from the start.
     pub head_sampled: bool,
-    /// Wall-clock time of the request's start.
-    pub start: SystemTime,
-    /// The same moment on the monotonic clock.
+    /// The request's start on the monotonic clock (the wall clock is read
+    /// only for a kept trace, [`Trace::wall_start`]).
     started: Instant,
-    /// `trace_id` as 32 lower-case hex digits.
-    hex: [u8; 32],
+    /// `trace_id` as 32 lower-case hex digits, written when first asked for.
+    hex: OnceLock<[u8; 32]>,
     /// The waiting room's decision.
     pub room: Option<Step>,
     /// The wait for a pool slot.
@@ -134,19 +134,14 @@ impl Trace {
     pub fn start(headers: &HeaderMap, sampler: &Sampler, started: Instant) -> Trace {
         let client = context::client_traceparent(headers);
         let trace_id = client.map_or_else(new_trace_id, |c| c.trace_id);
-        let mut hex = [0u8; 32];
-        context::write_hex(&trace_id, &mut hex);
         Trace {
             trace_id,
             span_id: new_span_id(),
             parent_id: client.map(|c| c.parent_id),
             keep_tracestate: client.is_some() && context::client_tracestate_is_valid(headers),
             head_sampled: sampler.head(&trace_id, client.as_ref()),
-            start: SystemTime::now()
-                .checked_sub(started.elapsed())
-                .unwrap_or_else(SystemTime::now),
             started,
-            hex,
+            hex: OnceLock::new(),
             room: None,
             queue: None,
             attempts: Vec::new(),
@@ -157,7 +152,19 @@ impl Trace {
 
     /// The trace id as 32 lower-case hex digits (for logs and pages).
     pub fn trace_id_hex(&self) -> &str {
-        std::str::from_utf8(&self.hex).unwrap_or_default()
+        let hex = self.hex.get_or_init(|| {
+            let mut hex = [0u8; 32];
+            context::write_hex(&self.trace_id, &mut hex);
+            hex
+        });
+        std::str::from_utf8(hex).unwrap_or_default()
+    }
+
+    /// The wall-clock time of the request's start.
+    pub fn wall_start(&self) -> SystemTime {
+        SystemTime::now()
+            .checked_sub(self.started.elapsed())
+            .unwrap_or_else(SystemTime::now)
     }
 
     /// Time since the request's start.

@@ -47,7 +47,8 @@ pub fn build<'p>(
     pool_name: impl Fn(usize) -> &'p str,
 ) -> Vec<Span> {
     let end = trace.now();
-    let at = |offset: Duration| unix_nanos(trace.start, offset);
+    let start = trace.wall_start();
+    let at = |offset: Duration| unix_nanos(start, offset);
     let trace_id = trace.trace_id.to_vec();
     let edge_id = trace.span_id.to_vec();
     let trace_state = ending.tracestate.unwrap_or_default().to_string();
