@@ -1,7 +1,9 @@
 # Sourced by ab-cpu.sh and instructions.sh: a temporary directory removed at
 # exit with every process started, a free loopback port, one nginx backend
 # answering 200 on $backend, and the config of side A or B (AB_SERVER,
-# AB_ROUTE; AB_SERVER_B, AB_ROUTE_B replace them for B).
+# AB_ROUTE, AB_EXTRA; AB_SERVER_B, AB_ROUTE_B, AB_EXTRA_B replace them for B).
+# AB_EXTRA is TOML appended after the route: top-level tables such as
+# [tracing].
 
 need_tools() { # tool... -> exit 1 naming the first one missing
   for tool in "$@"; do
@@ -50,9 +52,11 @@ NGINX
 
 write_config() { # side(a|b) port file -> one worker, one pool on $backend, one route
   local side=$1 port=$2 file=$3 server_extra=${AB_SERVER:-} route_extra=${AB_ROUTE:-}
+  local extra=${AB_EXTRA:-}
   if [ "$side" = b ]; then
     server_extra=${AB_SERVER_B-$server_extra}
     route_extra=${AB_ROUTE_B-$route_extra}
+    extra=${AB_EXTRA_B-$extra}
   fi
   cat >"$file" <<TOML
 [server]
@@ -74,6 +78,8 @@ backends = [ { addr = "127.0.0.1:$backend" } ]
 name = "all"
 pool = "orders"
 $route_extra
+
+$extra
 TOML
 }
 

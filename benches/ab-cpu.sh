@@ -13,6 +13,8 @@
 # is appended to [server]. AB_ROUTE_B and AB_SERVER_B, when set, replace them
 # for B only: one binary twice then measures a feature on against off
 # (AB_SERVER_B='trusted_proxies = ["127.0.0.1"]' benches/ab-cpu.sh X X).
+# AB_EXTRA (AB_EXTRA_B for B) is appended after the route: top-level tables
+# such as [tracing].
 #
 # Needs wrk, nginx and taskset (apt-get install wrk nginx util-linux).
 # Sends traffic only to 127.0.0.1 and stops by itself.

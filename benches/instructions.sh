@@ -11,9 +11,13 @@
 #
 #   benches/instructions.sh BINARY_A BINARY_B [FEW] [MANY]
 #
-# AB_SERVER / AB_ROUTE (both sides) and AB_SERVER_B / AB_ROUTE_B (B only) add
-# TOML to [server] and the route, as in ab-cpu.sh: one binary twice measures a
-# feature on against off.
+# AB_SERVER / AB_ROUTE / AB_EXTRA (both sides) and AB_SERVER_B / AB_ROUTE_B /
+# AB_EXTRA_B (B only) add TOML to [server], the route and the end of the file
+# (top-level tables), as in ab-cpu.sh: one binary twice measures a feature on
+# against off, e.g. tracing at 1% with the collector unreachable:
+#
+#   AB_EXTRA_B=$'[tracing]\notlp = "http://127.0.0.1:9"\nratio = 0.01' \
+#     benches/instructions.sh target/release/ordergate target/release/ordergate
 #
 # Needs valgrind, nginx and python3 (apt-get install valgrind nginx). Sends
 # traffic only to 127.0.0.1 and stops by itself.

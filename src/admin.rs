@@ -514,6 +514,20 @@ fn edge_status(config: &crate::config::Config) -> Value {
 
 /// A route's header rules: the names only (a value may be a credential for
 /// the backend).
+/// `[tracing]` as served: off, or where spans go and how many are kept.
+fn tracing_status(config: &crate::config::Config) -> Value {
+    match &config.tracing {
+        None => json!({ "enabled": false }),
+        Some(tracing) => json!({
+            "enabled": true,
+            "otlp": tracing.otlp.to_string(),
+            "ratio": tracing.ratio,
+            "client_sampled": tracing.client_sampled,
+            "service_name": tracing.service_name,
+        }),
+    }
+}
+
 fn header_rules_status(rules: &crate::config::HeaderRules) -> Value {
     json!({
         "set": rules.set.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(),
@@ -583,6 +597,8 @@ fn status(state: &State) -> Value {
         "store": state.store_status(),
         "tls": state.tls_status(),
         "edge": edge_status(&state.config()),
+        "tracing": tracing_status(&state.config()),
+        "error_samples": state.error_samples.list(),
         "route_stats": snapshot
             .routes
             .iter()

@@ -18,6 +18,7 @@ use crate::retry::{Attempt, Failure};
 use crate::route::Route;
 use crate::state::Snapshot;
 use crate::stream::{OpenStream, StreamKind};
+use crate::trace::Trace;
 use crate::upstream::{InFlight, Pool};
 
 /// State of one request through the proxy phases.
@@ -85,6 +86,8 @@ pub struct RequestCtx {
     pub stream: Option<StreamKind>,
     /// The stream the backend opened, counted open while it lasts.
     pub open_stream: Option<OpenStream>,
+    /// The request's trace, when `[tracing]` is on.
+    pub trace: Option<Box<Trace>>,
 }
 
 impl RequestCtx {
@@ -118,7 +121,27 @@ impl RequestCtx {
             kept: None,
             stream: None,
             open_stream: None,
+            trace: None,
         }
+    }
+
+    /// Starts the request's trace from the client's headers, when the
+    /// snapshot has tracing on.
+    pub fn start_trace(&mut self, headers: &HeaderMap) {
+        if let Some(sampler) = &self.snapshot.tracing {
+            self.trace = Some(Box::new(Trace::start(headers, sampler, self.started)));
+        }
+    }
+
+    /// The trace id, as 32 hex digits, when the request is traced.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace.as_deref().map(Trace::trace_id_hex)
+    }
+
+    /// Time since the request's start, when it is traced (the start of a
+    /// step the trace records when it ends).
+    pub fn trace_mark(&self) -> Option<Duration> {
+        self.trace.as_deref().map(Trace::now)
     }
 
     /// The matched route and the pool serving it, once the request was classified.
@@ -186,6 +209,14 @@ impl RequestCtx {
             self.request_id,
             pool.name
         );
+        let from = self.pool.unwrap_or_else(|| {
+            self.route
+                .and_then(|index| self.snapshot.routes.get(index))
+                .map_or(0, |route| route.config.pool)
+        });
+        if let Some(trace) = self.trace.as_deref_mut() {
+            trace.failed_over(from, backup);
+        }
         self.pool = Some(backup);
         true
     }

@@ -9,6 +9,7 @@
 //! new_ctx                  state      hold the current config Snapshot for the whole request
 //! request_filter           client     the shopper's address: the peer, or whom a trusted proxy names
 //!                          forward    request id
+//!                          trace      W3C trace context: the client's trace, or a new one
 //!                          connection request head size                     (over → 431 page)
 //!                          route      Route by host, path prefix, method    (none → 404 page)
 //!                          ctx        the serving Pool: the route's, or its backup while it is down
@@ -27,6 +28,7 @@
 //! fail_to_connect,         upstream   passive health (outlier ejection)
 //! error_while_proxy        retry      order safety, conditions, budget, deadline → another Backend
 //! upstream_request_filter  forward    X-Forwarded-For / -Proto, X-Request-Id
+//!                          trace      traceparent naming this attempt's span
 //! upstream_response_filter upstream   latency, passive health; retry a retryable status;
 //!                          respond    swap a 5xx body for the page
 //!                          stream     an opened stream gives its pool slot back
@@ -36,6 +38,7 @@
 //!                          stale      or a kept copy of the read; the page decides the connection
 //! logging                  idempotency settle the keyed request's record
 //! logging                  telemetry  metrics, access log; the slot and the in-flight count end
+//!                          trace      kept (ratio, page, retry) → spans to the OTLP export queue
 //! ```
 //!
 //! Beside them: `upstream::checker` (active probes, on the pools its caller
@@ -87,4 +90,5 @@ pub mod state;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod trace;
 pub mod upstream;

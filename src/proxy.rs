@@ -75,6 +75,7 @@ impl Proxy {
             wait_seconds: ctx.retry_after,
             link: ctx.orders_link(outcome),
             notice: ctx.notice.as_deref(),
+            trace_id: ctx.trace_id(),
         };
         let forced_close = self.forced_close(ctx);
         let sent = respond::send(session, ctx.pages(), outcome, &context, forced_close).await?;
@@ -125,6 +126,7 @@ impl Proxy {
                 .get("x-request-id")
                 .map(|v| v.as_bytes()),
         );
+        ctx.start_trace(&session.req_header().headers);
         if path::normalize_request(session.req_header_mut(), ctx.snapshot.limits.path).is_err() {
             return Some(Outcome::BadRequest);
         }
@@ -258,7 +260,12 @@ impl Proxy {
             client_ip: ctx.client.ip,
         };
         let pressure = crate::room::Pressure::of_pool(pool);
-        let (view, cookie) = match room.decide(&request, pressure, Instant::now()).await {
+        let since = ctx.trace_mark();
+        let decision = room.decide(&request, pressure, Instant::now()).await;
+        if let (Some(trace), Some(since)) = (ctx.trace.as_deref_mut(), since) {
+            trace.room_decided(since, decision.as_str(), decision.position());
+        }
+        let (view, cookie) = match decision {
             crate::room::Decision::Pass(cookie) => {
                 ctx.room_cookie = cookie;
                 return Ok(None);
@@ -295,6 +302,7 @@ impl Proxy {
             .rejection(ctx.route_name(), Outcome::WaitingRoom.reason());
         let page = respond::RoomPage {
             request_id: &ctx.request_id,
+            trace_id: ctx.trace_id(),
             room,
             view,
             set_cookie,
@@ -334,7 +342,15 @@ impl Proxy {
         let request = session.req_header();
         let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
         let fingerprint = idempotency::fingerprint(&request.method, target, &body);
-        match edge.begin(&key, &fingerprint).await {
+        let verdict = edge.begin(&key, &fingerprint).await;
+        if let Some(trace) = ctx.trace.as_deref_mut() {
+            trace.idempotency = Some(match &verdict {
+                Verdict::Forward => "first",
+                Verdict::Replay(_) => "replay",
+                Verdict::Refuse(outcome) => outcome.reason(),
+            });
+        }
+        match verdict {
             Verdict::Forward => {
                 ctx.keyed = Some(Box::new(KeyedRequest::new(key)));
                 Ok(None)
@@ -352,6 +368,7 @@ impl Proxy {
     /// wait, or its page. A pool whose queue is full hands the request to its
     /// backup pool, if it has one.
     async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let since = ctx.trace_mark();
         loop {
             let Some((route, pool)) = ctx.route_and_pool() else {
                 return self.reject(session, ctx, Outcome::Internal).await;
@@ -380,6 +397,13 @@ impl Proxy {
                 admitted = admission.admit(priority, deadline) => admitted,
                 () = client_closed(session) => return Err(client_left(ctx)),
             };
+            if let (Some(trace), Some(since)) = (ctx.trace.as_deref_mut(), since) {
+                match &admitted {
+                    Ok(permit) if permit.queued() => trace.queued(since, "admitted"),
+                    Ok(_) => {}
+                    Err(reject) => trace.queued(since, reject.outcome().reason()),
+                }
+            }
             match admitted {
                 Ok(permit) => return Ok(self.admitted(ctx, permit, priority)),
                 Err(reject) if reject.falls_back(backup.is_some()) => {
@@ -554,8 +578,9 @@ fn is_final(status: http::StatusCode) -> bool {
     !status.is_informational() || status == http::StatusCode::SWITCHING_PROTOCOLS
 }
 
-/// Feeds a failed attempt into passive health and the attempt metrics.
-fn record_failure(ctx: &RequestCtx, failure: Failure) {
+/// Feeds a failed attempt into passive health, the attempt metrics and the trace.
+fn record_failure(ctx: &mut RequestCtx, failure: Failure) {
+    trace_failure(ctx, failure);
     let (signal, result) = match failure {
         Failure::Status(code) => (Signal::from_status(code), UpstreamResult::ServerError),
         Failure::ConnectFailed => (Signal::GatewayFailure, UpstreamResult::ConnectFailed),
@@ -564,6 +589,17 @@ fn record_failure(ctx: &RequestCtx, failure: Failure) {
     };
     if let (Some((_, pool)), Some(in_flight)) = (ctx.route_and_pool(), &ctx.in_flight) {
         pool.record_result(in_flight.backend(), result, signal, in_flight.elapsed());
+    }
+}
+
+/// Ends the current attempt's span with `failure`, when the request is traced.
+fn trace_failure(ctx: &mut RequestCtx, failure: Failure) {
+    if let Some(trace) = ctx.trace.as_deref_mut() {
+        let status = match failure {
+            Failure::Status(code) => Some(code),
+            _ => None,
+        };
+        trace.attempt_failed(failure.as_str(), status);
     }
 }
 
@@ -591,20 +627,21 @@ fn decide_retry(
 ) -> bool {
     // The snapshot outlives the borrows of ctx below (which may move the
     // request to a backup pool).
+    trace_failure(ctx, failure);
     let snapshot = Arc::clone(&ctx.snapshot);
     let Some((route, pool)) = ctx.route_and_pool_in(&snapshot) else {
         return false;
     };
     let replay_safe = replay_safe(session, route);
     let attempt = ctx.attempt(failure, replay_safe, retry_after);
-    let retried = match retry_verdict(route, pool, &attempt) {
+    let (retried, decision) = match retry_verdict(route, pool, &attempt) {
         Ok(backoff) => {
             ctx.backoff = Some(backoff);
-            true
+            (true, "retry")
         }
         // Out of tries on this pool: its backup pool takes the request (only
         // where the request may be sent again at all; ctx logs the move).
-        Err(stop) if stop.tries_backup() && ctx.move_to_backup(replay_safe) => true,
+        Err(stop) if stop.tries_backup() && ctx.move_to_backup(replay_safe) => (true, "failover"),
         Err(stop) => {
             state
                 .metrics
@@ -613,9 +650,12 @@ fn decide_retry(
             ctx.retry_after = retry_after
                 .map(respond::retry_after_seconds)
                 .or(ctx.retry_after);
-            false
+            (false, stop.as_str())
         }
     };
+    if let Some(trace) = ctx.trace.as_deref_mut() {
+        trace.attempt_decided(decision);
+    }
     if retried {
         state.metrics.retry(&route.config.name, failure.as_str());
     }
@@ -741,7 +781,11 @@ impl ProxyHttp for Proxy {
                 format!("pool {pool} has no backend that can take the request"),
             ));
         };
-        ctx.tried.push(pick.in_flight.backend().addr);
+        let backend = pick.in_flight.backend().addr;
+        ctx.tried.push(backend);
+        if let (Some(trace), Some(pool)) = (ctx.trace.as_deref_mut(), ctx.pool) {
+            trace.attempt_started(backend, pool);
+        }
         ctx.in_flight = Some(pick.in_flight);
         Ok(Box::new(pick.peer))
     }
@@ -832,6 +876,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         forward::add_headers(upstream_request, &ctx.client, &ctx.request_id)?;
+        if let Some(trace) = ctx.trace.as_deref() {
+            crate::trace::set_upstream_headers(trace, upstream_request)?;
+        }
         match ctx.route_and_pool() {
             Some((route, _)) => rewrite::upstream_request(&route.config, upstream_request),
             None => Ok(()),
@@ -861,6 +908,9 @@ impl ProxyHttp for Proxy {
             ctx.reached_backend = Some(Outcome::UpstreamStatus(status));
             let why = format!("backend answered {status}");
             return Err(Error::explain(RETRYABLE_STATUS, why).into_up());
+        }
+        if let Some(trace) = ctx.trace.as_deref_mut() {
+            trace.attempt_answered(status);
         }
         record_answer(ctx, status, !retryable);
         if intercept {
@@ -1030,6 +1080,12 @@ impl ProxyHttp for Proxy {
             Some((route, _)) => route.metrics.observe(status, total.as_secs_f64()),
             None => self.state.metrics.unrouted(status, total.as_secs_f64()),
         }
+        if let Some(trace) = ctx.trace.as_deref() {
+            finish_trace(&self.state, session.req_header(), ctx, trace, status);
+        }
+        if status >= 500 || ctx.outcome.is_some_and(|o| o != Outcome::ClientGone) {
+            self.state.error_samples.offer(|| error_sample(ctx, status));
+        }
         if self.access_log.enabled() {
             self.access_log
                 .write(&access_record(session.req_header(), ctx, status, total));
@@ -1096,6 +1152,7 @@ fn access_record<'a>(
     AccessRecord {
         time: crate::telemetry::now_rfc3339(),
         request_id: &ctx.request_id,
+        trace_id: ctx.trace_id(),
         client: ctx.client.ip,
         route: route.map(|(r, _)| r.config.name.as_str()),
         pool: route.map(|(_, p)| p.name.as_str()),
@@ -1117,12 +1174,61 @@ fn debug_access_line(request: &RequestHeader, ctx: &RequestCtx, status: u16) {
     let tried: Vec<String> = ctx.tried.iter().map(ToString::to_string).collect();
     log::info!(
         target: "access",
-        "{} {} {} status={} tried={} outcome={}",
+        "{} {} {} status={} tried={} outcome={} trace={}",
         ctx.request_id,
         request.method,
         request.uri,
         status,
         if tried.is_empty() { "-".to_string() } else { tried.join(",") },
         ctx.outcome.map_or("-", Outcome::reason),
+        ctx.trace_id().unwrap_or("-"),
     );
+}
+
+/// The end of a traced request: its spans go to the export queue when it is
+/// kept ([`crate::trace::finish`]).
+fn finish_trace(
+    state: &State,
+    request: &RequestHeader,
+    ctx: &RequestCtx,
+    trace: &crate::trace::Trace,
+    status: u16,
+) {
+    let page = ctx.outcome.is_some_and(|o| o.page_kind().is_some());
+    if !trace.keep(page) {
+        return;
+    }
+    let route = ctx.route_and_pool();
+    let ending = crate::trace::Ending {
+        request_id: &ctx.request_id,
+        method: request.method.as_str(),
+        path: request.uri.path(),
+        status,
+        route: route.map(|(r, _)| r.config.name.as_str()),
+        pool: route.map(|(_, p)| p.name.as_str()),
+        outcome: ctx.ending(),
+        page,
+        room: route
+            .and_then(|(r, _)| ctx.snapshot.rooms.for_route(&r.config.name))
+            .map(|room| room.settings.name.as_str()),
+        tracestate: None,
+    };
+    let pools = &ctx.snapshot.pools;
+    crate::trace::finish(trace, &state.tracer, &request.headers, ending, |i| {
+        pools.get(i).map_or("", |p| p.name.as_str())
+    });
+}
+
+/// What `/status` shows of a request that ended in an error.
+fn error_sample(ctx: &RequestCtx, status: u16) -> crate::telemetry::ErrorSample {
+    crate::telemetry::ErrorSample {
+        time: crate::telemetry::now_rfc3339(),
+        request_id: ctx.request_id.clone(),
+        trace_id: ctx.trace_id().map(str::to_string),
+        route: ctx
+            .route_and_pool()
+            .map(|(route, _)| route.config.name.clone()),
+        status,
+        outcome: ctx.ending(),
+    }
 }

@@ -377,6 +377,11 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         "dns resolver",
         DnsResolver::new(Arc::clone(&state) as Arc<dyn DnsHost>),
     ));
+    // Always started: a reload may turn tracing on.
+    server.add_service(background_service(
+        "trace exporter",
+        crate::trace::ExportService::new(Arc::clone(&state.tracer)),
+    ));
     server.add_service(background_service(
         "reload watcher",
         ReloadWatcher::new(Arc::clone(&state)),

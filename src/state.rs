@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub https_port: u16,
     /// `Strict-Transport-Security` on answers over HTTPS (`rewrite`).
     pub hsts: Option<http::HeaderValue>,
+    /// `[tracing]`: which requests are kept by chance; `None`: tracing off.
+    pub tracing: Option<crate::trace::Sampler>,
 }
 
 /// The result of the last reload attempt, for the admin status.
@@ -109,6 +111,10 @@ pub struct State {
     pub metrics: Metrics,
     /// Maintenance windows opened from the admin API (outlive reloads).
     pub maintenance: crate::maintenance::LiveWindows,
+    /// Spans waiting for export, and where they go (follows reloads).
+    pub tracer: Arc<crate::trace::Exporter>,
+    /// The last requests that ended in an error, for `/status`.
+    pub error_samples: crate::telemetry::ErrorSamples,
 }
 
 impl State {
@@ -134,6 +140,10 @@ impl State {
             .iter()
             .map(|t| (t.listen, Arc::new(CertResolver::new(t))))
             .collect();
+        let tracer = Arc::new(crate::trace::Exporter::new(
+            config.tracing.clone(),
+            metrics.registered(crate::telemetry::TracingMetrics::new),
+        ));
         State {
             current: ArcSwap::from_pointee(snapshot),
             config: ArcSwap::from_pointee(config.clone()),
@@ -152,6 +162,8 @@ impl State {
             tls,
             metrics,
             maintenance: crate::maintenance::LiveWindows::default(),
+            tracer,
+            error_samples: crate::telemetry::ErrorSamples::default(),
         }
     }
 
@@ -253,6 +265,7 @@ impl State {
             retired.retain(|old| old.strong_count() > 0);
             retired.push(Arc::downgrade(&old));
         }
+        self.tracer.configure(config.tracing.clone());
         self.config.store(Arc::new(config));
     }
 
@@ -543,6 +556,10 @@ impl Snapshot {
             trust: config.server.trust.clone(),
             https_port: config.server.https_port,
             hsts: config.server.hsts.clone(),
+            tracing: config
+                .tracing
+                .as_ref()
+                .map(|t| crate::trace::Sampler::new(t.ratio, t.client_sampled)),
         }
     }
 }

@@ -31,6 +31,46 @@ pub struct FileConfig {
     pub store: Option<FileStore>,
     /// `[dns]`: the resolver for backends given by name.
     pub dns: Option<FileDns>,
+    /// `[tracing]`: trace context and spans over OTLP.
+    pub tracing: Option<FileTracing>,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTracing {
+    /// The OTLP/HTTP collector's URL.
+    pub otlp: Option<String>,
+    /// Share of traces kept by chance.
+    pub ratio: Option<FileNumber>,
+    /// Keep traces the client marks sampled.
+    pub client_sampled: Option<bool>,
+    /// `service.name` of the spans.
+    pub service_name: Option<String>,
+    /// Longest wait for the collector.
+    pub timeout: Option<String>,
+    /// Longest wait before a batch is sent.
+    pub interval: Option<String>,
+}
+
+/// A number written with or without a fraction (`1` or `0.25`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum FileNumber {
+    /// A whole number.
+    Int(i64),
+    /// A number with a fraction.
+    Float(f64),
+}
+
+impl FileNumber {
+    /// The value as a float.
+    pub fn as_f64(self) -> f64 {
+        match self {
+            FileNumber::Int(n) => n as f64,
+            FileNumber::Float(x) => x,
+        }
+    }
 }
 
 /// `[dns]`.

@@ -18,6 +18,7 @@ mod room;
 mod schema;
 mod store;
 pub mod tls;
+mod tracing;
 mod upstream_tls;
 mod validate;
 
@@ -34,6 +35,7 @@ pub use admission::{AdmissionConfig, LimitConfig, Priority};
 pub use dns::{is_host_name, DnsConfig, DnsTarget, NamedBackend};
 pub use room::{Bypass, RoomConfig, RoomMode, Secret};
 pub use store::{RedisConfig, StoreConfig};
+pub use tracing::{OtlpEndpoint, TracingConfig};
 pub use upstream_tls::{CaBundle, ClientCert, UpstreamTlsConfig};
 
 pub use duration::{parse_duration, parse_time};
@@ -62,6 +64,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[dns]`: how backends given by name are resolved.
     pub dns: DnsConfig,
+    /// `[tracing]`: trace context and spans over OTLP. Default: off.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// `[maintenance]` / `[routes.maintenance]`: a planned maintenance window.
@@ -967,6 +971,15 @@ impl Config {
                 self.dns.min_ttl,
                 self.dns.max_ttl,
                 self.dns.timeout
+            );
+        }
+        if let Some(tracing) = &self.tracing {
+            let _ = writeln!(
+                out,
+                "tracing: spans to {} (OTLP/HTTP), {}% of requests kept by chance{}, and every request that ends in a page or is retried",
+                tracing.otlp,
+                tracing.ratio * 100.0,
+                if tracing.client_sampled { " or by the client's sampled flag" } else { "" }
             );
         }
         if let StoreConfig::Redis(redis) = &self.store {

@@ -43,6 +43,8 @@ enum Kind {
     StrMap,
     /// An RFC 3339 time: a TOML date-time or a string.
     Time,
+    /// A number, whole or with a fraction (`0.01`, `1`).
+    Number,
 }
 
 impl Kind {
@@ -69,6 +71,7 @@ impl Kind {
             Kind::IntMap => "a table of whole numbers, e.g. { critical = 50 }".to_string(),
             Kind::StrMap => "a table of strings, e.g. { \"x-shop\" = \"cn\" }".to_string(),
             Kind::Time => "an RFC 3339 time, e.g. \"2026-12-01T02:00:00Z\"".to_string(),
+            Kind::Number => "a number, e.g. 0.01 or 1".to_string(),
         }
     }
 
@@ -85,6 +88,7 @@ impl Kind {
             (Kind::IntMap, Value::Table(map)) => map.values().all(Value::is_integer),
             (Kind::StrMap, Value::Table(map)) => map.values().all(Value::is_str),
             (Kind::Time, Value::String(_) | Value::Datetime(_)) => true,
+            (Kind::Number, Value::Integer(_) | Value::Float(_)) => true,
             _ => false,
         }
     }
@@ -356,6 +360,15 @@ const DNS: &[Field] = &[
     f("timeout", Kind::Duration),
 ];
 
+const TRACING: &[Field] = &[
+    f("otlp", Kind::Str),
+    f("ratio", Kind::Number),
+    f("client_sampled", Kind::Bool),
+    f("service_name", Kind::Str),
+    f("timeout", Kind::Duration),
+    f("interval", Kind::Duration),
+];
+
 const ROOT: &[Field] = &[
     f("server", Kind::Table("server", SERVER)),
     f("pools", Kind::Tables("pools", POOL)),
@@ -366,6 +379,7 @@ const ROOT: &[Field] = &[
     f("maintenance", Kind::Table("maintenance", MAINTENANCE)),
     f("store", Kind::Table("store", STORE)),
     f("dns", Kind::Table("dns", DNS)),
+    f("tracing", Kind::Table("tracing", TRACING)),
 ];
 
 /// The key path of an entry of `pools` or `routes`: `pools[0] "orders"`, or
@@ -592,6 +606,7 @@ mod tests {
                 Value::String("x".to_string()),
             )])),
             Kind::Time => Value::String("2026-12-01T02:00:00Z".to_string()),
+            Kind::Number => Value::Float(0.5),
         }
     }
 

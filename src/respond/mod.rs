@@ -90,6 +90,9 @@ pub struct PageContext<'a> {
     pub link: Option<&'a str>,
     /// The operator's own words for this page (a maintenance window's message).
     pub notice: Option<&'a str>,
+    /// The W3C trace id (32 lower-case hex digits, ordergate's own or a
+    /// validated client's), in the JSON only; `None` when tracing is off.
+    pub trace_id: Option<&'a str>,
 }
 
 impl<'a> PageContext<'a> {
@@ -101,6 +104,7 @@ impl<'a> PageContext<'a> {
             wait_seconds: None,
             link: None,
             notice: None,
+            trace_id: None,
         }
     }
 }
@@ -111,6 +115,8 @@ struct JsonPage<'a> {
     error: JsonError<'a>,
     retry_after: Option<u32>,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     orders_url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,6 +138,8 @@ struct JsonRoom<'a> {
     message: &'a str,
     retry_after: Option<u32>,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
 }
 
 /// What the waiting room's page shows, beside the request id.
@@ -139,6 +147,8 @@ struct JsonRoom<'a> {
 pub struct RoomPage<'a> {
     /// The request id.
     pub request_id: &'a str,
+    /// The trace id, when tracing is on (JSON only).
+    pub trace_id: Option<&'a str>,
     /// The room's name.
     pub room: &'a str,
     /// Position, estimate, refresh.
@@ -180,6 +190,7 @@ pub fn render_room(
     let context = PageContext {
         retry_after: Some(room.view.refresh),
         wait_seconds: room.view.estimated_wait,
+        trace_id: room.trace_id,
         ..PageContext::new(room.request_id)
     };
     let (mut header, body) =
@@ -241,6 +252,7 @@ fn render_with(
             message: &page.message,
             retry_after,
             request_id: context.request_id,
+            trace_id: context.trace_id,
         };
         let body = serde_json::to_vec(&json)
             .or_else(|e| Error::e_because(ErrorType::InternalError, "encoding a page", e))?;
@@ -256,6 +268,7 @@ fn render_with(
             },
             retry_after,
             request_id: context.request_id,
+            trace_id: context.trace_id,
             orders_url: context.link,
             notice: context.notice,
         };

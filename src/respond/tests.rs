@@ -303,6 +303,7 @@ fn retry_after_and_wait_can_be_overridden() {
         wait_seconds: Some(45),
         link: None,
         notice: None,
+        trace_id: None,
     };
     let (head, body) = render(&pages, Outcome::Shed, &html, &context).expect("page");
     assert_eq!(header(&head, "retry-after"), Some("30"));
@@ -629,6 +630,7 @@ fn the_waiting_room_page_shows_the_place_and_the_estimate() {
     };
     let room = RoomPage {
         request_id: "req-42",
+        trace_id: None,
         room: "sale",
         view,
         set_cookie: Some("ordergate_room_sale=t.x; Path=/"),
@@ -718,4 +720,27 @@ fn the_waiting_room_page_shows_the_place_and_the_estimate() {
     assert!(html.contains("活动将在 120 秒后开始"), "{html}");
     assert!(!html.contains("排第"), "{html}");
     assert_eq!(header(&head, "set-cookie"), None);
+}
+
+#[test]
+fn the_json_page_carries_the_trace_id_and_only_when_traced() {
+    let pages = Pages::builtin();
+    let json = request(None, None);
+    let traced = PageContext {
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        ..PageContext::new("req-42")
+    };
+    let (_, body) = render(&pages, Outcome::UpstreamReset, &json, &traced).expect("page");
+    let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(page["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(page["request_id"], "req-42");
+    let (_, body) = render(
+        &pages,
+        Outcome::UpstreamReset,
+        &json,
+        &PageContext::new("req-42"),
+    )
+    .expect("page");
+    let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert!(page.get("trace_id").is_none(), "{page}");
 }

@@ -239,6 +239,26 @@ pub enum Decision {
     TooManyArrivals,
 }
 
+impl Decision {
+    /// A bounded label for traces: `pass`, `wait`, `full`, `too_many_arrivals`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Pass(_) => "pass",
+            Decision::Wait(..) => "wait",
+            Decision::Full => "full",
+            Decision::TooManyArrivals => "too_many_arrivals",
+        }
+    }
+
+    /// The place in line, when the shopper waits.
+    pub fn position(&self) -> Option<u64> {
+        match self {
+            Decision::Wait(view, _) => view.position,
+            _ => None,
+        }
+    }
+}
+
 /// A request as the room sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {

@@ -8,7 +8,9 @@
 //! [`Fault`]), set from the command line and changed at run time with
 //! `PUT /__sim/mode`.
 //!
-//! Endpoints (every answer is JSON and carries `x-sim-backend: <address>`):
+//! Endpoints (every answer is JSON and carries `x-sim-backend: <address>`;
+//! an order-service answer to a request with a `traceparent` echoes it in
+//! `x-sim-traceparent`):
 //!
 //! | endpoint | answer |
 //! | --- | --- |

@@ -26,6 +26,9 @@ pub(crate) const SIM_PREFIX: &str = "/__sim/";
 
 /// Header naming the listen address that answered.
 const X_SIM_BACKEND: HeaderName = HeaderName::from_static("x-sim-backend");
+/// Header echoing the `traceparent` the backend received (tests of tracing
+/// see which span a proxy named as the parent of the attempt that answered).
+const X_SIM_TRACEPARENT: HeaderName = HeaderName::from_static("x-sim-traceparent");
 /// Header marking the answer to a repeated idempotency key.
 const IDEMPOTENT_REPLAY: HeaderName = HeaderName::from_static("idempotent-replay");
 /// Request header carrying the idempotency key of an order.
@@ -78,6 +81,7 @@ async fn order_service(
         None => None,
     };
     let (parts, body) = request.into_parts();
+    let traceparent = parts.headers.get("traceparent").cloned();
     let body = read_body(body).await;
     if mode.fault == Fault::Hang {
         // hyper drops this future when the client goes away.
@@ -88,11 +92,14 @@ async fn order_service(
         tokio::time::sleep(delay).await;
     }
 
-    let reply = match (mode.status, body) {
+    let mut reply = match (mode.status, body) {
         (Some(status), _) => forced_status(status),
         (None, Ok(body)) => route(&parts, &body, listener, fleet),
         (None, Err(reply)) => reply,
     };
+    if let Some(traceparent) = traceparent {
+        reply = reply.header(X_SIM_TRACEPARENT, traceparent);
+    }
     if mode.fault == Fault::ResetAfterBody {
         // The effect (e.g. a new order) has happened; the answer is lost.
         return abort(control, Abort::Reset).await;

@@ -20,6 +20,8 @@ pub struct AccessRecord<'a> {
     pub time: String,
     /// The request id.
     pub request_id: &'a str,
+    /// The W3C trace id (32 hex digits), when tracing is on.
+    pub trace_id: Option<&'a str>,
     /// The shopper's address (the connection's peer, or the client a
     /// trusted proxy names).
     pub client: Option<std::net::IpAddr>,
@@ -177,6 +179,7 @@ mod tests {
         let record = |id| AccessRecord {
             time: now_rfc3339(),
             request_id: id,
+            trace_id: None,
             client: None,
             route: None,
             pool: None,

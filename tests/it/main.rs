@@ -26,5 +26,6 @@ mod sni;
 mod sre;
 mod stale;
 mod streams;
+mod tracing;
 mod trust;
 mod upstream_tls;

@@ -16,6 +16,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod tracing;
 mod trust;
 mod values;
 
@@ -75,6 +76,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
         .map(|m| maintenance::maintenance("maintenance", m, &mut problems));
     let store = store::store(file.store.as_ref(), &mut problems);
     let dns = dns::dns(file.dns.as_ref(), &mut problems);
+    let tracing = tracing::tracing(file.tracing.as_ref(), &mut problems);
     if problems.0.is_empty() {
         Ok(Config {
             server,
@@ -87,6 +89,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
             maintenance,
             store,
             dns,
+            tracing,
         })
     } else {
         Err(problems.0)

@@ -331,3 +331,37 @@ fn backends_by_name_and_dns_settings() {
         "an IP backend has no name"
     );
 }
+
+#[test]
+fn tracing_is_off_by_default_and_checked_when_on() {
+    assert_eq!(Config::from_toml(GOOD).expect("valid").tracing, None);
+    let on = Config::from_toml(&format!(
+        "{GOOD}\n[tracing]\notlp = \"http://127.0.0.1:4318\"\nratio = 1\n"
+    ))
+    .expect("valid");
+    let tracing = on.tracing.expect("on");
+    assert_eq!(tracing.otlp.to_string(), "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(tracing.ratio, 1.0);
+    assert!(!tracing.client_sampled);
+    assert_eq!(tracing.service_name, "ordergate");
+    assert_eq!(tracing.interval, Duration::from_secs(1));
+    let found = errors(&format!(
+        "{GOOD}\n[tracing]\nratio = -0.5\ntimeout = \"0s\"\nservice_name = \"\"\nsampled = true\n"
+    ));
+    for wanted in [
+        "tracing.otlp: is required",
+        "tracing.ratio: -0.5 is not a share",
+        "tracing.timeout: \"0s\" must be longer than zero",
+        "tracing.service_name",
+        "tracing.sampled: unknown key",
+    ] {
+        assert!(
+            found.iter().any(|e| e.contains(wanted)),
+            "{wanted}: {found:#?}"
+        );
+    }
+    let nan = errors(&format!(
+        "{GOOD}\n[tracing]\notlp = \"http://127.0.0.1:4318\"\nratio = nan\n"
+    ));
+    assert!(nan.iter().any(|e| e.contains("tracing.ratio")), "{nan:#?}");
+}
