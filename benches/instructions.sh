@@ -26,39 +26,21 @@ source "$(dirname "$0")/ab-common.sh"
 need_tools valgrind nginx python3
 start_backend
 
-cat >"$dir/client.py" <<'EOF'
-import http.client, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-for _ in range(n):
-    connection.request("GET", "/api/products/1", headers={"Host": "shop.test"})
-    answer = connection.getresponse()
-    answer.read()
-    if answer.status != 200:
-        sys.exit(f"status {answer.status}")
-EOF
+write_client
 
 # Instructions of one run of `bin` serving `n` requests (config of side `name`).
 instructions() {
   local bin=$1 name=$2 n=$3 port
   port=$(free_port)
   write_config "$name" "$port" "$dir/$name.toml"
-  local out="$dir/$name-$n.callgrind"
-  valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$bin" run --config "$dir/$name.toml" >"$dir/$name-$n.log" 2>&1 &
-  local pid=$!
-  wait_listening "$port"
-  python3 "$dir/client.py" "$port" "$n"
-  kill -TERM "$pid"
-  wait "$pid" || true
-  awk '/^summary:/ { print $2 }' "$out"
+  callgrind_count "$name" "$port" "$n" "$bin" run --config "$dir/$name.toml"
 }
 
 per_request() { # bin name -> instructions per request
   local low high
   low=$(instructions "$1" "$2" "$few")
   high=$(instructions "$1" "$2" "$many")
-  awk -v l="$low" -v h="$high" -v n=$((many - few)) 'BEGIN { printf "%.0f\n", (h - l) / n }'
+  per_request_of "$low" "$high" $((many - few))
 }
 
 ia=$(per_request "$a" a)
