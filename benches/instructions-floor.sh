@@ -16,9 +16,9 @@
 #   nginx            nginx as the proxy (one process: master_process off),
 #                    with the same nets (benches/peers/nginx.conf.tmpl's)
 #
-# and prints each count with ordergate's ratio to it. Deterministic: the same
-# binaries give the same counts to a fraction of a percent, however busy the
-# machine is.
+# and prints each count with ordergate's ratio to it. Each proxy, the client
+# and the backend share one CPU at nice -20 (ab-common.sh; INSTR_CPU picks
+# it): repeated runs of one binary on this busy machine differ by 0.1-0.7%.
 #
 #   benches/instructions-floor.sh [FEW] [MANY]
 #
@@ -49,7 +49,7 @@ for bin in "$ordergate" "$floor"; do
     exit 1
   }
 done
-start_backend
+start_backend "${instr_pin[@]}"
 write_client
 
 nginx_proxy_config() { # port file -> nginx as a proxy, one process, ordergate's nets

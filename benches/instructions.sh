@@ -6,8 +6,9 @@
 # backend; a client sends FEW and then MANY requests on one keep-alive
 # connection in two runs, and (instructions(MANY) - instructions(FEW)) /
 # (MANY - FEW) is the cost of one request, start-up and shutdown cancelled
-# out. The same binary, inputs and config give the same count to within a
-# fraction of a percent.
+# out. The binary, the client and the backend share one CPU at nice -20
+# (ab-common.sh, INSTR_CPU): repeated runs of one binary on this busy machine
+# then differ by 0.1-0.7% (spread over CPUs at normal priority: up to 5%).
 #
 #   benches/instructions.sh BINARY_A BINARY_B [FEW] [MANY]
 #
@@ -24,7 +25,7 @@ few=${3:-200}
 many=${4:-1200}
 source "$(dirname "$0")/ab-common.sh"
 need_tools valgrind nginx python3
-start_backend
+start_backend "${instr_pin[@]}"
 
 write_client
 
