@@ -6,8 +6,9 @@
 # backend; a client sends FEW and then MANY requests on one keep-alive
 # connection in two runs, and (instructions(MANY) - instructions(FEW)) /
 # (MANY - FEW) is the cost of one request, start-up and shutdown cancelled
-# out. The same binary, inputs and config give the same count to within a
-# fraction of a percent.
+# out. The binary, the client and the backend share one CPU at nice -20
+# (ab-common.sh, INSTR_CPU): repeated runs of one binary on this busy machine
+# then differ by 0.1-0.7% (spread over CPUs at normal priority: up to 5%).
 #
 #   benches/instructions.sh BINARY_A BINARY_B [FEW] [MANY]
 #
@@ -28,41 +29,23 @@ few=${3:-200}
 many=${4:-1200}
 source "$(dirname "$0")/ab-common.sh"
 need_tools valgrind nginx python3
-start_backend
+start_backend "${instr_pin[@]}"
 
-cat >"$dir/client.py" <<'EOF'
-import http.client, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-for _ in range(n):
-    connection.request("GET", "/api/products/1", headers={"Host": "shop.test"})
-    answer = connection.getresponse()
-    answer.read()
-    if answer.status != 200:
-        sys.exit(f"status {answer.status}")
-EOF
+write_client
 
 # Instructions of one run of `bin` serving `n` requests (config of side `name`).
 instructions() {
   local bin=$1 name=$2 n=$3 port
   port=$(free_port)
   write_config "$name" "$port" "$dir/$name.toml"
-  local out="$dir/$name-$n.callgrind"
-  valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$bin" run --config "$dir/$name.toml" >"$dir/$name-$n.log" 2>&1 &
-  local pid=$!
-  wait_listening "$port"
-  python3 "$dir/client.py" "$port" "$n"
-  kill -TERM "$pid"
-  wait "$pid" || true
-  awk '/^summary:/ { print $2 }' "$out"
+  callgrind_count "$name" "$port" "$n" "$bin" run --config "$dir/$name.toml"
 }
 
 per_request() { # bin name -> instructions per request
   local low high
   low=$(instructions "$1" "$2" "$few")
   high=$(instructions "$1" "$2" "$many")
-  awk -v l="$low" -v h="$high" -v n=$((many - few)) 'BEGIN { printf "%.0f\n", (h - l) / n }'
+  per_request_of "$low" "$high" $((many - few))
 }
 
 ia=$(per_request "$a" a)

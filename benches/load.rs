@@ -101,7 +101,8 @@ scenarios:
                    only unless --targets; exit 1 on raw errors
 
 options:
-  --targets LIST     direct,ordergate,pingora-floor,pingora-floor-timeouts,nginx,haproxy
+  --targets LIST     direct,ordergate,pingora-floor,pingora-floor-timeouts,pingora-floor-nets,
+                     nginx,haproxy
                      (default: all available, the floors only in steady, new-connections
                      and connections; smoke: ordergate)
   --duration SECS    main phase length: steady/new-connections each phase (default 10),
@@ -309,7 +310,12 @@ fn run() -> i32 {
             // The floor only tells something where cost per request is measured.
             Kind::ALL
                 .into_iter()
-                .filter(|k| !matches!(k, Kind::PingoraFloor | Kind::PingoraFloorTimeouts))
+                .filter(|k| {
+                    !matches!(
+                        k,
+                        Kind::PingoraFloor | Kind::PingoraFloorTimeouts | Kind::PingoraFloorNets
+                    )
+                })
                 .collect()
         }
     });

@@ -416,15 +416,20 @@ pub(crate) enum Kind {
     /// The same floor with the backend timeouts ordergate always sets (read,
     /// write, connect, pool idle): what those timers alone cost in pingora.
     PingoraFloorTimeouts,
+    /// The floor with every safety net ordergate puts on a request: the
+    /// timeouts, a request id (to the backend and on the answer), the
+    /// forwarding headers set and the client's claims removed.
+    PingoraFloorNets,
 }
 
 impl Kind {
     /// Every kind, in report order.
-    pub(crate) const ALL: [Kind; 6] = [
+    pub(crate) const ALL: [Kind; 7] = [
         Kind::Direct,
         Kind::Ordergate,
         Kind::PingoraFloor,
         Kind::PingoraFloorTimeouts,
+        Kind::PingoraFloorNets,
         Kind::Nginx,
         Kind::Haproxy,
     ];
@@ -438,6 +443,7 @@ impl Kind {
             Kind::Haproxy => "haproxy",
             Kind::PingoraFloor => "pingora-floor",
             Kind::PingoraFloorTimeouts => "pingora-floor-timeouts",
+            Kind::PingoraFloorNets => "pingora-floor-nets",
         }
     }
 
@@ -450,7 +456,7 @@ impl Kind {
     pub(crate) fn available(self) -> bool {
         let program = match self {
             Kind::Direct | Kind::Ordergate => return true,
-            Kind::PingoraFloor | Kind::PingoraFloorTimeouts => {
+            Kind::PingoraFloor | Kind::PingoraFloorTimeouts | Kind::PingoraFloorNets => {
                 return build_pingora_floor().is_some()
             }
             Kind::Nginx => "nginx",
@@ -521,8 +527,9 @@ impl Target {
             Kind::Ordergate => start_ordergate(spec, tweaks),
             Kind::Nginx => start_nginx(spec, tweaks),
             Kind::Haproxy => start_haproxy(spec, tweaks),
-            Kind::PingoraFloor => start_pingora_floor(spec, tweaks, false),
-            Kind::PingoraFloorTimeouts => start_pingora_floor(spec, tweaks, true),
+            Kind::PingoraFloor => start_pingora_floor(spec, tweaks, None),
+            Kind::PingoraFloorTimeouts => start_pingora_floor(spec, tweaks, Some("--timeouts")),
+            Kind::PingoraFloorNets => start_pingora_floor(spec, tweaks, Some("--nets")),
         }
     }
 
@@ -794,10 +801,12 @@ fn build_pingora_floor_now() -> Option<PathBuf> {
     }
 }
 
+/// Starts `examples/pingora_floor` bare (`mode` None) or with `--timeouts` or
+/// `--nets` (the timeouts and the other safety nets).
 fn start_pingora_floor(
     spec: &ProxySpec,
     tweaks: &Tweaks,
-    timeouts: bool,
+    mode: Option<&str>,
 ) -> Result<Target, String> {
     let program = build_pingora_floor().ok_or("pingora-floor: no build")?;
     let dir = TempDir::new("pingora-floor")?;
@@ -805,11 +814,11 @@ fn start_pingora_floor(
     let log = std::fs::File::create(dir.path.join("stderr.log"))
         .map_err(|e| format!("create log: {e}"))?;
     let mut command = proxy_command(&program, &tweaks.wrapper);
-    if timeouts {
+    if let Some(mode) = mode {
         // ordergate's defaults: connect 1 s, the pool's request timeout for
         // reads and writes, 60 s idle in the pool.
         command.args([
-            "--timeouts".to_string(),
+            mode.to_string(),
             format!("{}", spec.read_timeout.as_millis()),
         ]);
     }

@@ -39,6 +39,7 @@ fn color(kind: Kind) -> &'static str {
         Kind::Haproxy => "#1f77b4",
         Kind::PingoraFloor => "#9467bd",
         Kind::PingoraFloorTimeouts => "#c5b0d5",
+        Kind::PingoraFloorNets => "#8c564b",
     }
 }
 
