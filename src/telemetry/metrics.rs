@@ -137,8 +137,9 @@ pub struct Metrics {
     pub store: super::store::StoreMetrics,
 }
 
-/// Handles by their type and the name they were made for.
-type Handles = HashMap<(TypeId, Box<str>), Arc<dyn Any + Send + Sync>>;
+/// Handles by their type, then by the name they were made for (looked up
+/// by `&str`: a reload allocates no key).
+type Handles = HashMap<TypeId, HashMap<Box<str>, Arc<dyn Any + Send + Sync>>>;
 
 /// What a keyed request met: the `result` label of `ordergate_idempotency_total`.
 #[derive(
@@ -702,15 +703,23 @@ impl Metrics {
         name: &str,
         make: impl FnOnce() -> T,
     ) -> T {
-        let key = (TypeId::of::<T>(), Box::<str>::from(name));
-        if let Some(found) = self.handles.lock().get(&key) {
-            if let Some(found) = found.downcast_ref::<T>() {
-                return found.clone();
-            }
+        let kind = TypeId::of::<T>();
+        let found = self
+            .handles
+            .lock()
+            .get(&kind)
+            .and_then(|by_name| by_name.get(name))
+            .and_then(|found| found.downcast_ref::<T>().cloned());
+        if let Some(found) = found {
+            return found;
         }
         // Made outside the lock: `make` may ask for other handles.
         let made = make();
-        self.handles.lock().insert(key, Arc::new(made.clone()));
+        self.handles
+            .lock()
+            .entry(kind)
+            .or_default()
+            .insert(name.into(), Arc::new(made.clone()));
         made
     }
 
