@@ -224,11 +224,12 @@ impl Line {
     }
 
     /// Expires passes past their session, a bounded batch a sweep (all of
-    /// them up to [`SWEEP_PASSES_BATCH`], every one within 50 sweeps above
-    /// it): a room of a million passes does not hold its lock for a scan of
-    /// them all. A pass used after its session is refused at once anyway.
+    /// them up to [`SWEEP_PASSES_BATCH`], every one within 200 sweeps, 50 s,
+    /// above it: only a room without `max_active` has that many): a room of a
+    /// million passes does not hold its lock for a scan of them all. A pass
+    /// used after its session is refused at once anyway.
     fn sweep_passes(&mut self, now: Instant, limits: &Limits) {
-        let batch = SWEEP_PASSES_BATCH.max(self.passes.len() / 50);
+        let batch = SWEEP_PASSES_BATCH.max(self.passes.len() / 200);
         for _ in 0..batch.min(self.passes.len()) {
             let Some(pass) = self.passes.pop_front() else {
                 break;
