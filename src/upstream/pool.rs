@@ -49,8 +49,8 @@ pub struct Pool {
     metrics: Vec<BackendMetrics>,
     panics: prometheus::IntCounter,
     balancer: Balancer,
-    /// What [`Pool::counts`] last found, and until when it holds.
-    counts: parking_lot::Mutex<Option<(Counts, u64, Instant)>>,
+    /// What [`Pool::counts`] last found.
+    counts: parking_lot::Mutex<Option<KeptCounts>>,
     connect_timeout: Duration,
     request_timeout: Duration,
     idle_timeout: Duration,
@@ -75,6 +75,14 @@ struct Counts {
     serving_cap: usize,
     /// The same over every backend but drained ones (panic mode).
     panic_cap: usize,
+}
+
+/// Counts as found at an availability epoch, good until an instant.
+#[derive(Debug, Clone, Copy)]
+struct KeptCounts {
+    counts: Counts,
+    epoch: u64,
+    until: Instant,
 }
 
 /// A backend picked for one attempt.
@@ -269,9 +277,9 @@ impl Pool {
     fn counts(&self, now: Instant) -> Counts {
         let epoch = availability_epoch();
         let mut cached = self.counts.lock();
-        if let Some((counts, at_epoch, until)) = *cached {
-            if at_epoch == epoch && now < until {
-                return counts;
+        if let Some(kept) = *cached {
+            if kept.epoch == epoch && now < kept.until {
+                return kept.counts;
             }
         }
         let mut counts = Counts::default();
@@ -294,7 +302,11 @@ impl Pool {
                 Availability::Unhealthy(_) => counts.panic_cap += cap,
             }
         }
-        *cached = Some((counts, epoch, until));
+        *cached = Some(KeptCounts {
+            counts,
+            epoch,
+            until,
+        });
         counts
     }
 
