@@ -46,7 +46,13 @@ pub struct ErrorSamples {
 impl ErrorSamples {
     /// Takes a sample made by `make`, unless one was taken within [`EVERY`].
     pub fn offer(&self, make: impl FnOnce() -> ErrorSample) {
-        let now = EPOCH.elapsed().as_millis() as u64 + 1;
+        self.offer_at(EPOCH.elapsed(), make);
+    }
+
+    /// [`ErrorSamples::offer`] at `since_epoch` after the process's first
+    /// sample clock reading.
+    fn offer_at(&self, since_epoch: Duration, make: impl FnOnce() -> ErrorSample) {
+        let now = since_epoch.as_millis() as u64 + 1;
         let last = self.last.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < EVERY.as_millis() as u64 {
             return;
@@ -91,12 +97,13 @@ mod tests {
     #[test]
     fn samples_are_spaced_and_bounded() {
         let samples = ErrorSamples::default();
-        samples.offer(|| sample("a"));
-        samples.offer(|| sample("b"));
+        let mut at = Duration::from_secs(1);
+        samples.offer_at(at, || sample("a"));
+        samples.offer_at(at + EVERY / 2, || sample("b"));
         assert_eq!(samples.list().len(), 1, "the second came too soon");
         for i in 0..KEEP + 2 {
-            std::thread::sleep(EVERY + Duration::from_millis(2));
-            samples.offer(|| sample(&format!("n{i}")));
+            at += EVERY + Duration::from_millis(2);
+            samples.offer_at(at, || sample(&format!("n{i}")));
         }
         let list = samples.list();
         assert_eq!(list.len(), KEEP);
