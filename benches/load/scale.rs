@@ -286,7 +286,7 @@ fn reload(quick: bool, failures: &mut Vec<String>) -> Result<(String, Value), St
         .unwrap_or(5);
     for _ in 0..rounds.max(1) {
         let start = thread_cpu_ms();
-        black_box(toml::from_str::<toml::Table>(&text_config).map_err(|e| e.to_string())?);
+        black_box(toml::de::DeTable::parse(&text_config).map_err(|e| e.to_string())?);
         toml_ms.push(thread_cpu_ms() - start);
         let start = thread_cpu_ms();
         parse(&text_config)?;
@@ -307,7 +307,7 @@ fn reload(quick: bool, failures: &mut Vec<String>) -> Result<(String, Value), St
     let wall_ms = median(wall_ms);
     let backends = pools * per_pool;
     let text = format!(
-        "\n### Reload: {backends} backends in {pools} pools, {routes} routes ({} KiB of TOML)\n\n| step | CPU ms (median of {rounds}) |\n|---|--:|\n| TOML to a table (the toml crate alone) | {toml_ms:.1} |\n| read, parse and validate | {parse_ms:.1} |\n| build the snapshot and swap it in | {:.1} |\n| the whole reload | {total_ms:.1} |\n| the whole reload, wall clock (load of the machine included) | {wall_ms:.1} |\n\nPromise: under {} ms.\n",
+        "\n### Reload: {backends} backends in {pools} pools, {routes} routes ({} KiB of TOML)\n\n| step | CPU ms (median of {rounds}) |\n|---|--:|\n| TOML parsed (the toml crate alone) | {toml_ms:.1} |\n| read, parse and validate | {parse_ms:.1} |\n| build the snapshot and swap it in | {:.1} |\n| the whole reload | {total_ms:.1} |\n| the whole reload, wall clock (load of the machine included) | {wall_ms:.1} |\n\nPromise: under {} ms.\n",
         text_config.len() / 1024,
         (total_ms - parse_ms).max(0.0),
         RELOAD_BUDGET.as_millis()

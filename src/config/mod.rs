@@ -1,7 +1,7 @@
 //! Configuration: the TOML an operator writes, and the typed config the proxy runs on.
 //!
 //! ```text
-//! ordergate.toml --toml--> Table --schema::check--> --serde--> FileConfig --validate()--> Config
+//! ordergate.toml --toml--> DeTable --schema::check--> --serde--> FileConfig --validate()--> Config
 //!                          (schema.rs: unknown keys   (file.rs: a    (validate/: every
 //!                           and wrong types reported  mirror of the   check, all errors at
 //!                           with key paths, dropped)  TOML)           once, key paths)
@@ -841,24 +841,26 @@ impl Config {
     /// Parses and validates a config from TOML text; relative paths in it are
     /// resolved against `base` (the config file's directory).
     pub fn from_toml_in(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+        let mut root = toml::de::DeTable::parse(text).map_err(|e| {
             vec![ConfigError {
                 path: String::new(),
                 message: format!("invalid TOML: {}", e.to_string().trim_end()),
             }]
         })?;
         // Unknown keys and wrong types first, each dropped once reported...
-        let mut problems = schema::check(&mut table);
-        let file: FileConfig = match toml::Value::Table(table).try_into() {
-            Ok(file) => file,
-            Err(e) => {
-                problems.push(ConfigError {
-                    path: String::new(),
-                    message: format!("invalid config: {}", e.to_string().trim_end()),
-                });
-                return Err(problems);
-            }
-        };
+        let mut problems = schema::check(root.get_mut());
+        let file: FileConfig =
+            match serde::Deserialize::deserialize(toml::de::Deserializer::from(root)) {
+                Ok(file) => file,
+                Err(mut e) => {
+                    e.set_input(Some(text));
+                    problems.push(ConfigError {
+                        path: String::new(),
+                        message: format!("invalid config: {}", e.to_string().trim_end()),
+                    });
+                    return Err(problems);
+                }
+            };
         // ...then every check of the rest, reported together; a key already
         // reported is not reported again as missing.
         match validate::validate(file, base) {

@@ -24,14 +24,14 @@ pub(super) fn dns(file: Option<&FileDns>, problems: &mut Problems) -> DnsConfig 
         }
     }
     let min_ttl = duration_or(
-        "dns.min_ttl",
+        &"dns.min_ttl",
         file.min_ttl.as_deref(),
         defaults.min_ttl,
         false,
         problems,
     );
     let max_ttl = duration_or(
-        "dns.max_ttl",
+        &"dns.max_ttl",
         file.max_ttl.as_deref(),
         defaults.max_ttl,
         false,
@@ -56,7 +56,7 @@ pub(super) fn dns(file: Option<&FileDns>, problems: &mut Problems) -> DnsConfig 
         min_ttl,
         max_ttl: max_ttl.max(min_ttl),
         timeout: duration_or(
-            "dns.timeout",
+            &"dns.timeout",
             file.timeout.as_deref(),
             defaults.timeout,
             false,

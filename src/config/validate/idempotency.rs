@@ -1,5 +1,6 @@
 //! `[routes.idempotency]`: keyed orders that happen at most once.
 
+use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 * KIB;
 /// Validates the table; `retry_header` is the retry section's
 /// `idempotency_key_header`, the default key header.
 pub(super) fn idempotency(
-    at: &str,
+    at: &dyn fmt::Display,
     file: &FileIdempotency,
     retry_header: &HeaderName,
     problems: &mut Problems,
@@ -55,28 +56,28 @@ pub(super) fn idempotency(
         }
     };
     let ttl = duration_or(
-        &format!("{at}.ttl"),
+        &format_args!("{at}.ttl"),
         file.ttl.as_deref(),
         DEFAULT_TTL,
         false,
         problems,
     );
     let wait_for_first = duration_or(
-        &format!("{at}.wait_for_first"),
+        &format_args!("{at}.wait_for_first"),
         file.wait_for_first.as_deref(),
         DEFAULT_WAIT_FOR_FIRST,
         true,
         problems,
     );
     let max_bytes = size(
-        &format!("{at}.max_bytes"),
+        &format_args!("{at}.max_bytes"),
         file.max_bytes.as_ref(),
         DEFAULT_MAX_BYTES,
         (64 * KIB, 64 * 1024 * MIB),
         problems,
     );
     let max_response_bytes = size(
-        &format!("{at}.max_response_bytes"),
+        &format_args!("{at}.max_response_bytes"),
         file.max_response_bytes.as_ref(),
         DEFAULT_MAX_RESPONSE_BYTES,
         (0, 16 * MIB),
@@ -103,7 +104,7 @@ pub(super) fn idempotency(
         methods,
         required: file.required.unwrap_or(false),
         ttl,
-        scope: scope(&format!("{at}.scope"), file.scope.as_deref(), problems),
+        scope: scope(&format_args!("{at}.scope"), file.scope.as_deref(), problems),
         per_shopper_headers: per_shopper_headers(at, file.per_shopper_headers.as_deref(), problems),
         backend_dedupes: file.backend_dedupes.unwrap_or(false),
         max_bytes,
@@ -115,7 +116,7 @@ pub(super) fn idempotency(
 
 /// Header names, each valid.
 fn per_shopper_headers(
-    at: &str,
+    at: &dyn fmt::Display,
     names: Option<&[String]>,
     problems: &mut Problems,
 ) -> Vec<HeaderName> {
@@ -138,7 +139,7 @@ fn per_shopper_headers(
 
 /// The scope: required, so that one shopper's key never replays to another
 /// unless the config says so.
-fn scope(at: &str, text: Option<&str>, problems: &mut Problems) -> IdempotencyScope {
+fn scope(at: &dyn fmt::Display, text: Option<&str>, problems: &mut Problems) -> IdempotencyScope {
     const CHOICES: &str = "\"cookie:NAME\" (e.g. \"cookie:session\"), \"header:NAME\", \"authorization\", \"client_ip\", or \"global\" to share keys between shoppers";
     let scope = match text {
         None => {

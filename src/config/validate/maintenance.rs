@@ -1,5 +1,6 @@
 //! `[maintenance]` and `[routes.maintenance]`: planned maintenance windows.
 
+use std::fmt;
 use std::str::FromStr;
 
 use http::header::HeaderName;
@@ -9,7 +10,7 @@ use crate::config::file::FileMaintenance;
 use crate::config::{parse_time, Cidr, MaintenanceConfig};
 
 pub(super) fn maintenance(
-    at: &str,
+    at: &dyn fmt::Display,
     file: &FileMaintenance,
     problems: &mut Problems,
 ) -> MaintenanceConfig {

@@ -20,6 +20,7 @@ mod tracing;
 mod trust;
 mod values;
 
+use std::fmt;
 use std::path::Path;
 
 use super::{Config, ConfigError, FileConfig, PoolConfig};
@@ -32,9 +33,11 @@ use server::{access_log, admin, check_listeners_apart, server};
 pub(super) struct Problems(Vec<ConfigError>);
 
 impl Problems {
-    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    /// Reports a problem at `path`; paths are written out only here, so
+    /// callers pass them as `format_args!` or a lazy [`fmt::Display`].
+    pub(super) fn add(&mut self, path: impl fmt::Display, message: impl Into<String>) {
         self.0.push(ConfigError {
-            path: path.into(),
+            path: path.to_string(),
             message: message.into(),
         });
     }
@@ -73,7 +76,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Conf
     let maintenance = file
         .maintenance
         .as_ref()
-        .map(|m| maintenance::maintenance("maintenance", m, &mut problems));
+        .map(|m| maintenance::maintenance(&"maintenance", m, &mut problems));
     let store = store::store(file.store.as_ref(), &mut problems);
     let dns = dns::dns(file.dns.as_ref(), &mut problems);
     let tracing = tracing::tracing(file.tracing.as_ref(), &mut problems);

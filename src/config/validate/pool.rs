@@ -2,6 +2,7 @@
 //! retry budget and the admission queue.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -39,21 +40,21 @@ pub(super) fn pool(
     check_name(&at, &file.name, problems);
     let balance = balance(&at, file, problems);
     let connect_timeout = duration_or(
-        &format!("{at}.connect_timeout"),
+        &format_args!("{at}.connect_timeout"),
         file.connect_timeout.as_deref(),
         DEFAULT_CONNECT_TIMEOUT,
         false,
         problems,
     );
     let request_timeout = duration_or(
-        &format!("{at}.request_timeout"),
+        &format_args!("{at}.request_timeout"),
         file.request_timeout.as_deref(),
         DEFAULT_REQUEST_TIMEOUT,
         false,
         problems,
     );
     let idle_timeout = duration_or(
-        &format!("{at}.idle_timeout"),
+        &format_args!("{at}.idle_timeout"),
         file.idle_timeout.as_deref(),
         DEFAULT_IDLE_TIMEOUT,
         false,
@@ -66,7 +67,7 @@ pub(super) fn pool(
         );
     }
     let max_in_flight = count(
-        &format!("{at}.max_in_flight"),
+        &format_args!("{at}.max_in_flight"),
         file.max_in_flight,
         DEFAULT_MAX_IN_FLIGHT,
         1,
@@ -85,7 +86,7 @@ pub(super) fn pool(
             );
         };
         match backend(
-            &format!("{at}.backends[{i}]"),
+            &format_args!("{at}.backends[{i}]"),
             entry,
             max_in_flight,
             problems,
@@ -112,31 +113,35 @@ pub(super) fn pool(
         health: file
             .health
             .as_ref()
-            .map(|h| health(&format!("{at}.health"), h, problems)),
-        outlier: outlier(&format!("{at}.outlier"), file.outlier.as_ref(), problems),
+            .map(|h| health(&format_args!("{at}.health"), h, problems)),
+        outlier: outlier(
+            &format_args!("{at}.outlier"),
+            file.outlier.as_ref(),
+            problems,
+        ),
         panic_threshold: percent(
-            &format!("{at}.panic_threshold"),
+            &format_args!("{at}.panic_threshold"),
             file.panic_threshold,
             50,
             problems,
         ),
         slow_start: duration_or(
-            &format!("{at}.slow_start"),
+            &format_args!("{at}.slow_start"),
             file.slow_start.as_deref(),
             Duration::ZERO,
             true,
             problems,
         ),
         retry_budget: retry_budget(
-            &format!("{at}.retry_budget"),
+            &format_args!("{at}.retry_budget"),
             file.retry_budget.as_ref(),
             problems,
         ),
-        admission: admission(&format!("{at}.queue"), file.queue.as_ref(), problems),
+        admission: admission(&format_args!("{at}.queue"), file.queue.as_ref(), problems),
         // Resolved by `backups` once every pool is known.
         backup: None,
         failback_after: duration_or(
-            &format!("{at}.failback_after"),
+            &format_args!("{at}.failback_after"),
             file.failback_after.as_deref(),
             Duration::from_secs(10),
             true,
@@ -145,14 +150,14 @@ pub(super) fn pool(
         tls: file
             .tls
             .as_ref()
-            .and_then(|t| tls(&format!("{at}.tls"), t, base, by_name_only, problems)),
+            .and_then(|t| tls(&format_args!("{at}.tls"), t, base, by_name_only, problems)),
     }
 }
 
 /// `[pools.tls]`; `None` when something is wrong (and reported). Files are
 /// taken relative to the config file's directory.
 pub(super) fn tls(
-    at: &str,
+    at: &dyn fmt::Display,
     file: &FileUpstreamTls,
     base: &Path,
     by_name_only: bool,
@@ -269,7 +274,7 @@ pub(super) fn backups(files: &[FilePool], pools: &mut [PoolConfig], problems: &m
 }
 
 pub(super) fn admission(
-    at: &str,
+    at: &dyn fmt::Display,
     file: Option<&FileQueue>,
     problems: &mut Problems,
 ) -> AdmissionConfig {
@@ -285,14 +290,20 @@ pub(super) fn admission(
         }
     };
     let queue_timeout = duration_or(
-        &format!("{at}.timeout"),
+        &format_args!("{at}.timeout"),
         file.and_then(|f| f.timeout.as_deref()),
         Duration::from_secs(5),
         false,
         problems,
     );
     let bound = |key: &str, value: Option<i64>, default: usize, problems: &mut Problems| {
-        count(&format!("{at}.{key}"), value, default as u32, 1, problems) as usize
+        count(
+            &format_args!("{at}.{key}"),
+            value,
+            default as u32,
+            1,
+            problems,
+        ) as usize
     };
     let limit = match file.and_then(|f| f.limit.as_ref()) {
         None => LimitConfig::Capacity,
@@ -350,8 +361,12 @@ pub(super) fn admission(
     for (class, share) in file.and_then(|f| f.reserved.as_ref()).into_iter().flatten() {
         match priority(class) {
             Ok(p) => {
-                reserved[p as usize] =
-                    percent(&format!("{at}.reserved.{class}"), Some(*share), 0, problems)
+                reserved[p as usize] = percent(
+                    &format_args!("{at}.reserved.{class}"),
+                    Some(*share),
+                    0,
+                    problems,
+                )
             }
             Err(message) => problems.add(format!("{at}.reserved.{class}"), message),
         }
@@ -371,7 +386,11 @@ pub(super) fn admission(
     }
 }
 
-pub(super) fn health(at: &str, file: &FileHealth, problems: &mut Problems) -> HealthConfig {
+pub(super) fn health(
+    at: &dyn fmt::Display,
+    file: &FileHealth,
+    problems: &mut Problems,
+) -> HealthConfig {
     let probe = match file.kind.as_deref().unwrap_or("http") {
         "http" => {
             let path = file.path.clone().unwrap_or_else(|| "/health".to_string());
@@ -407,7 +426,7 @@ pub(super) fn health(at: &str, file: &FileHealth, problems: &mut Problems) -> He
                     .iter()
                     .enumerate()
                     .filter_map(|(i, code)| {
-                        status(&format!("{at}.expect_status[{i}]"), *code, problems)
+                        status(&format_args!("{at}.expect_status[{i}]"), *code, problems)
                     })
                     .collect(),
             };
@@ -443,14 +462,14 @@ pub(super) fn health(at: &str, file: &FileHealth, problems: &mut Problems) -> He
         }
     };
     let interval = duration_or(
-        &format!("{at}.interval"),
+        &format_args!("{at}.interval"),
         file.interval.as_deref(),
         Duration::from_secs(1),
         false,
         problems,
     );
     let timeout = duration_or(
-        &format!("{at}.timeout"),
+        &format_args!("{at}.timeout"),
         file.timeout.as_deref(),
         Duration::from_millis(500),
         false,
@@ -467,21 +486,21 @@ pub(super) fn health(at: &str, file: &FileHealth, problems: &mut Problems) -> He
         interval,
         timeout,
         jitter: duration_or(
-            &format!("{at}.jitter"),
+            &format_args!("{at}.jitter"),
             file.jitter.as_deref(),
             interval / 10,
             true,
             problems,
         ),
         healthy_threshold: count(
-            &format!("{at}.healthy_threshold"),
+            &format_args!("{at}.healthy_threshold"),
             file.healthy_threshold,
             2,
             1,
             problems,
         ),
         unhealthy_threshold: count(
-            &format!("{at}.unhealthy_threshold"),
+            &format_args!("{at}.unhealthy_threshold"),
             file.unhealthy_threshold,
             2,
             1,
@@ -492,21 +511,21 @@ pub(super) fn health(at: &str, file: &FileHealth, problems: &mut Problems) -> He
 }
 
 pub(super) fn outlier(
-    at: &str,
+    at: &dyn fmt::Display,
     file: Option<&FileOutlier>,
     problems: &mut Problems,
 ) -> OutlierConfig {
     let get = |f: fn(&FileOutlier) -> Option<i64>| file.and_then(f);
     let get_str = |f: fn(&FileOutlier) -> Option<&String>| file.and_then(f).map(String::as_str);
     let base_ejection = duration_or(
-        &format!("{at}.base_ejection"),
+        &format_args!("{at}.base_ejection"),
         get_str(|f| f.base_ejection.as_ref()),
         Duration::from_secs(5),
         false,
         problems,
     );
     let max_ejection = duration_or(
-        &format!("{at}.max_ejection"),
+        &format_args!("{at}.max_ejection"),
         get_str(|f| f.max_ejection.as_ref()),
         Duration::from_secs(60),
         false,
@@ -520,14 +539,14 @@ pub(super) fn outlier(
     }
     OutlierConfig {
         consecutive_gateway_failures: count(
-            &format!("{at}.consecutive_gateway_failures"),
+            &format_args!("{at}.consecutive_gateway_failures"),
             get(|f| f.consecutive_gateway_failures),
             3,
             0,
             problems,
         ),
         consecutive_5xx: count(
-            &format!("{at}.consecutive_5xx"),
+            &format_args!("{at}.consecutive_5xx"),
             get(|f| f.consecutive_5xx),
             5,
             0,
@@ -536,7 +555,7 @@ pub(super) fn outlier(
         base_ejection,
         max_ejection,
         max_ejected_percent: percent(
-            &format!("{at}.max_ejected_percent"),
+            &format_args!("{at}.max_ejected_percent"),
             get(|f| f.max_ejected_percent),
             50,
             problems,
@@ -545,19 +564,19 @@ pub(super) fn outlier(
 }
 
 pub(super) fn retry_budget(
-    at: &str,
+    at: &dyn fmt::Display,
     file: Option<&FileRetryBudget>,
     problems: &mut Problems,
 ) -> RetryBudgetConfig {
     RetryBudgetConfig {
         percent: percent(
-            &format!("{at}.percent"),
+            &format_args!("{at}.percent"),
             file.and_then(|f| f.percent),
             20,
             problems,
         ),
         min_per_second: count(
-            &format!("{at}.min_per_second"),
+            &format_args!("{at}.min_per_second"),
             file.and_then(|f| f.min_per_second),
             3,
             0,
@@ -566,7 +585,7 @@ pub(super) fn retry_budget(
     }
 }
 
-pub(super) fn balance(at: &str, file: &FilePool, problems: &mut Problems) -> Balance {
+pub(super) fn balance(at: &dyn fmt::Display, file: &FilePool, problems: &mut Problems) -> Balance {
     const NAMES: &str = "round_robin, random, least_request, peak_ewma, consistent_hash";
     let name = file.balance.as_deref().unwrap_or("round_robin");
     let balance = match name {
@@ -642,13 +661,13 @@ enum Parsed {
 }
 
 fn backend(
-    at: &str,
+    at: &dyn fmt::Display,
     file: &FileBackend,
     pool_max_in_flight: u32,
     problems: &mut Problems,
 ) -> Option<Parsed> {
     let max_in_flight = count(
-        &format!("{at}.max_in_flight"),
+        &format_args!("{at}.max_in_flight"),
         file.max_in_flight,
         pool_max_in_flight,
         1,

@@ -1,6 +1,7 @@
 //! `server.https_redirect`, `https_port`, `[server.hsts]` and the routes'
 //! `request_headers` / `response_headers`: what the edge changes on the way.
 
+use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ const NOT_RULED: [&str; 11] = [
 ];
 
 pub(super) fn header_rules(
-    at: &str,
+    at: &dyn fmt::Display,
     file: Option<&FileHeaderRules>,
     problems: &mut Problems,
 ) -> HeaderRules {
@@ -96,7 +97,7 @@ pub(super) fn https_port(value: Option<i64>, problems: &mut Problems) -> u16 {
 pub(super) fn hsts(file: Option<&FileHsts>, problems: &mut Problems) -> Option<HeaderValue> {
     let file = file?;
     let max_age = duration_or(
-        "server.hsts.max_age",
+        &"server.hsts.max_age",
         file.max_age.as_deref(),
         DEFAULT_HSTS_MAX_AGE,
         true,

@@ -1,6 +1,7 @@
 //! `[[rooms]]`: waiting rooms in front of routes.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ pub(super) fn rooms(
         check_name(&at, &file.name, problems);
         if !names.insert(file.name.as_str()) {
             problems.add(
-                &at,
+                at,
                 "this room name is already used by an earlier room; room names must be unique (they name the shoppers' cookies)",
             );
         }
@@ -72,7 +73,7 @@ pub(super) fn rooms(
     rooms
 }
 
-fn room(at: &str, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
+fn room(at: &dyn fmt::Display, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
     let positive = |key: &str, value: Option<i64>, problems: &mut Problems| match value {
         None => None,
         Some(n @ 1..=100_000_000) => Some(n as u32),
@@ -93,14 +94,14 @@ fn room(at: &str, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
         );
     }
     let session = duration_or(
-        &format!("{at}.session"),
+        &format_args!("{at}.session"),
         file.session.as_deref(),
         DEFAULT_SESSION,
         false,
         problems,
     );
     let max_session = duration_or(
-        &format!("{at}.max_session"),
+        &format_args!("{at}.max_session"),
         file.max_session.as_deref(),
         DEFAULT_MAX_SESSION.max(session),
         false,
@@ -135,7 +136,7 @@ fn room(at: &str, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
         }
     };
     let refresh = duration_or(
-        &format!("{at}.refresh"),
+        &format_args!("{at}.refresh"),
         file.refresh.as_deref(),
         DEFAULT_REFRESH,
         false,
@@ -148,7 +149,7 @@ fn room(at: &str, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
         );
     }
     let ticket_timeout = duration_or(
-        &format!("{at}.ticket_timeout"),
+        &format_args!("{at}.ticket_timeout"),
         file.ticket_timeout.as_deref(),
         DEFAULT_TICKET_TIMEOUT,
         false,
@@ -200,13 +201,13 @@ fn room(at: &str, file: &FileRoom, problems: &mut Problems) -> RoomConfig {
         bypass: file
             .bypass
             .as_ref()
-            .map(|b| bypass(&format!("{at}.bypass"), b, problems))
+            .map(|b| bypass(&format_args!("{at}.bypass"), b, problems))
             .unwrap_or_default(),
         opens_at,
     }
 }
 
-fn secret(at: &str, file: &FileRoom, problems: &mut Problems) -> Secret {
+fn secret(at: &dyn fmt::Display, file: &FileRoom, problems: &mut Problems) -> Secret {
     let (key, value) = match (&file.secret, &file.secret_env) {
         (Some(_), Some(_)) => {
             problems.add(at, "set secret or secret_env, not both");
@@ -243,7 +244,7 @@ fn secret(at: &str, file: &FileRoom, problems: &mut Problems) -> Secret {
     Secret(value.into_bytes())
 }
 
-fn bypass(at: &str, file: &FileBypass, problems: &mut Problems) -> Bypass {
+fn bypass(at: &dyn fmt::Display, file: &FileBypass, problems: &mut Problems) -> Bypass {
     let paths = file.paths.clone().unwrap_or_default();
     for (j, path) in paths.iter().enumerate() {
         if !path.starts_with('/') {

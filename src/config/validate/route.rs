@@ -3,6 +3,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -46,7 +47,7 @@ pub(super) fn routes(
         check_name(&at, &file.name, problems);
         if !names.insert(file.name.as_str()) {
             problems.add(
-                &at,
+                at,
                 "this route name is already used by an earlier route; route names must be unique",
             );
         }
@@ -64,7 +65,7 @@ pub(super) fn routes(
             Entry::Occupied(earlier) => {
                 let earlier = *earlier.get();
                 problems.add(
-                    &at,
+                    at,
                     format!(
                         "matches exactly the same requests as routes[{earlier}] {:?}, so it would never be used; change its host, path_prefix or methods",
                         files[earlier].name
@@ -81,7 +82,7 @@ pub(super) fn routes(
 }
 
 pub(super) fn route(
-    at: &str,
+    at: &dyn fmt::Display,
     file: &FileRoute,
     pools: &[FilePool],
     base: &Path,
@@ -159,17 +160,17 @@ pub(super) fn route(
             })
             .collect()
     });
-    let retry = retry(&format!("{at}.retry"), file.retry.as_ref(), problems);
+    let retry = retry(&format_args!("{at}.retry"), file.retry.as_ref(), problems);
     let idempotency = file.idempotency.as_ref().map(|table| {
         super::idempotency::idempotency(
-            &format!("{at}.idempotency"),
+            &format_args!("{at}.idempotency"),
             table,
             &retry.idempotency_key_header,
             problems,
         )
     });
     let timeout = duration_or(
-        &format!("{at}.timeout"),
+        &format_args!("{at}.timeout"),
         file.timeout.as_deref(),
         Duration::from_secs(15),
         false,
@@ -194,29 +195,28 @@ pub(super) fn route(
         pages: file
             .pages
             .as_ref()
-            .and_then(|dir| load_pages(&format!("{at}.pages"), base, dir, problems)),
+            .and_then(|dir| load_pages(&format_args!("{at}.pages"), base, dir, problems)),
         rate_limit: file
             .rate_limit
             .as_ref()
-            .map(|r| rate_limit(&format!("{at}.rate_limit"), r, problems)),
+            .map(|r| rate_limit(&format_args!("{at}.rate_limit"), r, problems)),
         max_body_bytes: size(
-            &format!("{at}.max_body_bytes"),
+            &format_args!("{at}.max_body_bytes"),
             file.max_body_bytes.as_ref(),
             DEFAULT_MAX_BODY_BYTES,
             (0, 1 << 40),
             problems,
         ),
         idempotency,
-        maintenance: file
-            .maintenance
-            .as_ref()
-            .map(|m| super::maintenance::maintenance(&format!("{at}.maintenance"), m, problems)),
+        maintenance: file.maintenance.as_ref().map(|m| {
+            super::maintenance::maintenance(&format_args!("{at}.maintenance"), m, problems)
+        }),
         stale: file
             .stale
             .as_ref()
-            .map(|table| super::stale::stale(&format!("{at}.stale"), table, problems)),
+            .map(|table| super::stale::stale(&format_args!("{at}.stale"), table, problems)),
         stream_idle_timeout: duration_or(
-            &format!("{at}.stream_idle_timeout"),
+            &format_args!("{at}.stream_idle_timeout"),
             file.stream_idle_timeout.as_deref(),
             DEFAULT_STREAM_IDLE_TIMEOUT,
             false,
@@ -226,12 +226,12 @@ pub(super) fn route(
         https_redirect: file.https_redirect.unwrap_or(https_redirect),
         strip_prefix: file.strip_prefix.unwrap_or(false),
         request_headers: super::rewrite::header_rules(
-            &format!("{at}.request_headers"),
+            &format_args!("{at}.request_headers"),
             file.request_headers.as_ref(),
             problems,
         ),
         response_headers: super::rewrite::header_rules(
-            &format!("{at}.response_headers"),
+            &format_args!("{at}.response_headers"),
             file.response_headers.as_ref(),
             problems,
         ),
@@ -239,7 +239,7 @@ pub(super) fn route(
 }
 
 pub(super) fn rate_limit(
-    at: &str,
+    at: &dyn fmt::Display,
     file: &FileRateLimit,
     problems: &mut Problems,
 ) -> RateLimitConfig {
@@ -278,9 +278,9 @@ pub(super) fn rate_limit(
     RateLimitConfig {
         requests_per_second,
         key,
-        burst: count(&format!("{at}.burst"), file.burst, 0, 0, problems),
+        burst: count(&format_args!("{at}.burst"), file.burst, 0, 0, problems),
         max_clients: count(
-            &format!("{at}.max_clients"),
+            &format_args!("{at}.max_clients"),
             file.max_clients,
             DEFAULT_RATE_LIMIT_MAX_CLIENTS,
             1000,
@@ -289,11 +289,15 @@ pub(super) fn rate_limit(
     }
 }
 
-pub(super) fn retry(at: &str, file: Option<&FileRetry>, problems: &mut Problems) -> RetryConfig {
+pub(super) fn retry(
+    at: &dyn fmt::Display,
+    file: Option<&FileRetry>,
+    problems: &mut Problems,
+) -> RetryConfig {
     let duration =
         |key: &str, text: Option<&String>, default: Duration, problems: &mut Problems| {
             duration_or(
-                &format!("{at}.{key}"),
+                &format_args!("{at}.{key}"),
                 text.map(String::as_str),
                 default,
                 false,

@@ -71,14 +71,14 @@ pub(super) fn admin(file: &FileAdmin, problems: &mut Problems) -> AdminConfig {
         token,
         hosts: admin_hosts(file.hosts.as_deref().unwrap_or_default(), problems),
         max_connections: count(
-            "admin.max_connections",
+            &"admin.max_connections",
             file.max_connections,
             DEFAULT_ADMIN_MAX_CONNECTIONS,
             1,
             problems,
         ),
         header_timeout: duration_or(
-            "admin.header_timeout",
+            &"admin.header_timeout",
             file.header_timeout.as_deref(),
             DEFAULT_ADMIN_HEADER_TIMEOUT,
             false,
@@ -217,21 +217,21 @@ pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) ->
         }
     };
     let grace_period = duration_or(
-        "server.grace_period",
+        &"server.grace_period",
         file.grace_period.as_deref(),
         DEFAULT_GRACE_PERIOD,
         true,
         problems,
     );
     let shutdown_delay = duration_or(
-        "server.shutdown_delay",
+        &"server.shutdown_delay",
         file.shutdown_delay.as_deref(),
         Duration::ZERO,
         true,
         problems,
     );
     let upstream_keepalive = count(
-        "server.upstream_keepalive",
+        &"server.upstream_keepalive",
         file.upstream_keepalive,
         DEFAULT_UPSTREAM_KEEPALIVE,
         // pingora's pool misbehaves at 0 (it keeps connections and warns on every request).
@@ -248,31 +248,33 @@ pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) ->
     );
     let pages = match &file.pages {
         None => Pages::builtin(),
-        Some(dir) => load_pages("server.pages", base, dir, problems).unwrap_or_else(Pages::builtin),
+        Some(dir) => {
+            load_pages(&"server.pages", base, dir, problems).unwrap_or_else(Pages::builtin)
+        }
     };
     let max_request_header_bytes = size(
-        "server.max_request_header_bytes",
+        &"server.max_request_header_bytes",
         file.max_request_header_bytes.as_ref(),
         DEFAULT_MAX_REQUEST_HEADER_BYTES,
         (KIB, MAX_REQUEST_HEADER_BYTES),
         problems,
     ) as usize;
     let header_timeout = duration_or(
-        "server.header_timeout",
+        &"server.header_timeout",
         file.header_timeout.as_deref(),
         DEFAULT_HEADER_TIMEOUT,
         false,
         problems,
     );
     let keepalive_timeout = duration_or(
-        "server.keepalive_timeout",
+        &"server.keepalive_timeout",
         file.keepalive_timeout.as_deref(),
         DEFAULT_KEEPALIVE_TIMEOUT,
         true,
         problems,
     );
     let read_buffer = size(
-        "server.read_buffer",
+        &"server.read_buffer",
         file.read_buffer.as_ref(),
         DEFAULT_READ_BUFFER,
         (512, 4 * MIB),
@@ -295,7 +297,7 @@ pub(super) fn server(file: &FileServer, base: &Path, problems: &mut Problems) ->
         https_port: super::rewrite::https_port(file.https_port, problems),
         hsts: super::rewrite::hsts(file.hsts.as_ref(), problems),
         proxy_protocol: super::trust::proxy_protocol(
-            "server.proxy_protocol",
+            &"server.proxy_protocol",
             file.proxy_protocol.as_deref(),
             &trust,
             problems,

@@ -1,5 +1,6 @@
 //! `[routes.stale]`: stale answers for reads when the backends fail.
 
+use std::fmt;
 use std::time::Duration;
 
 use super::values::{duration_or, size, status, KIB, MIB};
@@ -7,13 +8,17 @@ use super::Problems;
 use crate::config::file::FileStale;
 use crate::config::StaleConfig;
 
-pub(super) fn stale(at: &str, file: &FileStale, problems: &mut Problems) -> StaleConfig {
+pub(super) fn stale(
+    at: &dyn fmt::Display,
+    file: &FileStale,
+    problems: &mut Problems,
+) -> StaleConfig {
     let statuses = match &file.statuses {
         None => vec![200],
         Some(codes) => codes
             .iter()
             .enumerate()
-            .filter_map(|(i, code)| status(&format!("{at}.statuses[{i}]"), *code, problems))
+            .filter_map(|(i, code)| status(&format_args!("{at}.statuses[{i}]"), *code, problems))
             .collect(),
     };
     let (mut on_error, mut on_overload) = (true, false);
@@ -32,14 +37,14 @@ pub(super) fn stale(at: &str, file: &FileStale, problems: &mut Problems) -> Stal
     }
     StaleConfig {
         max_age: duration_or(
-            &format!("{at}.max_age"),
+            &format_args!("{at}.max_age"),
             file.max_age.as_deref(),
             Duration::from_secs(600),
             false,
             problems,
         ),
         max_bytes: size(
-            &format!("{at}.max_bytes"),
+            &format_args!("{at}.max_bytes"),
             file.max_bytes.as_ref(),
             64 * MIB,
             (64 * KIB, 64 * 1024 * MIB),
@@ -54,7 +59,11 @@ pub(super) fn stale(at: &str, file: &FileStale, problems: &mut Problems) -> Stal
 }
 
 /// Cookie names, each a valid token (RFC 6265 `cookie-name`).
-fn ignore_cookies(at: &str, names: Option<&[String]>, problems: &mut Problems) -> Vec<String> {
+fn ignore_cookies(
+    at: &dyn fmt::Display,
+    names: Option<&[String]>,
+    problems: &mut Problems,
+) -> Vec<String> {
     let names = names.unwrap_or_default();
     for (i, name) in names.iter().enumerate() {
         let token = !name.is_empty()

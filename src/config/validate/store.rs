@@ -80,7 +80,7 @@ fn redis(file: &FileStore, problems: &mut Problems) -> Option<RedisConfig> {
         );
     }
     let timeout = duration_or(
-        "store.timeout",
+        &"store.timeout",
         file.timeout.as_deref(),
         DEFAULT_TIMEOUT,
         false,

@@ -5,6 +5,7 @@
 //! because which of them a shopper gets would be a guess.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -27,7 +28,7 @@ pub(super) fn listeners(
         .enumerate()
         .filter_map(|(i, entry)| {
             listener(
-                &format!("server.tls[{i}]"),
+                &format_args!("server.tls[{i}]"),
                 entry,
                 base,
                 seen,
@@ -39,7 +40,7 @@ pub(super) fn listeners(
 }
 
 fn listener(
-    at: &str,
+    at: &dyn fmt::Display,
     entry: &FileTls,
     base: &Path,
     seen: &mut HashSet<SocketAddr>,
@@ -47,7 +48,7 @@ fn listener(
     problems: &mut Problems,
 ) -> Option<TlsConfig> {
     let proxy_protocol = super::trust::proxy_protocol(
-        &format!("{at}.proxy_protocol"),
+        &format_args!("{at}.proxy_protocol"),
         entry.proxy_protocol.as_deref(),
         trust,
         problems,
@@ -119,7 +120,7 @@ fn listener(
 /// A certificate and key, loaded and checked; problems are reported at
 /// `{at}.cert` or `{at}.key`.
 fn load(
-    at: &str,
+    at: &dyn fmt::Display,
     cert: &str,
     key: &str,
     base: &Path,
@@ -137,7 +138,7 @@ fn load(
 }
 
 fn certificate(
-    at: &str,
+    at: &dyn fmt::Display,
     file: &FileTlsCertificate,
     base: &Path,
     problems: &mut Problems,
@@ -186,7 +187,7 @@ fn certificate(
 /// problem naming both; so is a strict listener whose default has no names
 /// (no handshake could get it).
 fn check_names(
-    at: &str,
+    at: &dyn fmt::Display,
     default: (&Path, &CertKey),
     certificates: &[(String, TlsCertificate)],
     strict_sni: bool,

@@ -58,14 +58,14 @@ pub(super) fn tracing(
         );
     }
     let timeout = duration_or(
-        "tracing.timeout",
+        &"tracing.timeout",
         file.timeout.as_deref(),
         DEFAULT_TIMEOUT,
         false,
         problems,
     );
     let interval = duration_or(
-        "tracing.interval",
+        &"tracing.interval",
         file.interval.as_deref(),
         DEFAULT_INTERVAL,
         false,

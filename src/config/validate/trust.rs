@@ -1,6 +1,7 @@
 //! `[server] trusted_proxies`, `client_ip_header` and the listeners'
 //! `proxy_protocol`: whose word ordergate takes for the client's address.
 
+use std::fmt;
 use std::str::FromStr;
 
 use http::header::HeaderName;
@@ -47,7 +48,7 @@ pub(super) fn trust(file: &FileServer, problems: &mut Problems) -> TrustConfig {
 /// believed from a trusted proxy, so a listener that expects one needs
 /// `trusted_proxies`.
 pub(super) fn proxy_protocol(
-    at: &str,
+    at: &dyn fmt::Display,
     text: Option<&str>,
     trust: &TrustConfig,
     problems: &mut Problems,

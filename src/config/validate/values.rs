@@ -2,6 +2,7 @@
 //! names, addresses, methods, priorities, pages directories): each reports a
 //! problem with its key path and returns a usable default, so checking goes on.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
@@ -16,7 +17,7 @@ pub(super) const KIB: u64 = 1024;
 pub(super) const MIB: u64 = 1024 * KIB;
 
 pub(super) fn load_pages(
-    at: &str,
+    at: &dyn fmt::Display,
     base: &Path,
     dir: &str,
     problems: &mut Problems,
@@ -41,7 +42,7 @@ pub(super) fn priority(name: &str) -> Result<Priority, String> {
     })
 }
 
-pub(super) fn status(at: &str, code: i64, problems: &mut Problems) -> Option<u16> {
+pub(super) fn status(at: &dyn fmt::Display, code: i64, problems: &mut Problems) -> Option<u16> {
     if (100..=599).contains(&code) {
         Some(code as u16)
     } else {
@@ -50,7 +51,12 @@ pub(super) fn status(at: &str, code: i64, problems: &mut Problems) -> Option<u16
     }
 }
 
-pub(super) fn percent(at: &str, value: Option<i64>, default: u8, problems: &mut Problems) -> u8 {
+pub(super) fn percent(
+    at: &dyn fmt::Display,
+    value: Option<i64>,
+    default: u8,
+    problems: &mut Problems,
+) -> u8 {
     match value {
         None => default,
         Some(v @ 0..=100) => v as u8,
@@ -64,7 +70,7 @@ pub(super) fn percent(at: &str, value: Option<i64>, default: u8, problems: &mut 
 /// A size in bytes, written as a whole number (`65536`) or with a unit
 /// (`"64KiB"`, `"1MiB"`, `"512B"`), within `range`.
 pub(super) fn size(
-    at: &str,
+    at: &dyn fmt::Display,
     value: Option<&toml::Value>,
     default: u64,
     range: (u64, u64),
@@ -118,7 +124,7 @@ pub(super) fn parse_size(text: &str) -> Option<u64> {
 
 /// A whole number of at least `min` (and at most a million, to catch typos).
 pub(super) fn count(
-    at: &str,
+    at: &dyn fmt::Display,
     value: Option<i64>,
     default: u32,
     min: i64,
@@ -157,7 +163,7 @@ pub(super) fn method(name: &str) -> Result<Method, String> {
 }
 
 /// Names become metric labels and log fields: keep them short and plain.
-pub(super) fn check_name(at: &str, name: &str, problems: &mut Problems) {
+pub(super) fn check_name(at: &dyn fmt::Display, name: &str, problems: &mut Problems) {
     if name.is_empty() {
         problems.add(
             format!("{at}.name"),
@@ -186,7 +192,7 @@ pub(super) fn socket_addr(text: &str) -> Result<SocketAddr, String> {
 }
 
 pub(super) fn duration_or(
-    path: &str,
+    path: &dyn fmt::Display,
     text: Option<&str>,
     default: Duration,
     zero_allowed: bool,
