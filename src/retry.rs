@@ -291,8 +291,9 @@ mod tests {
                 "[[pools]]\nname = \"p\"\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n[[routes]]\nname = \"r\"\npool = \"p\"\n[routes.idempotency]\nscope = \"global\"\nbackend_dedupes = {dedupes}\n"
             );
             let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e:?}"));
-            let route = config.routes[0].clone();
-            (route.retry, route.idempotency.expect("idempotency on"))
+            let route = &config.routes[0];
+            let edge = route.idempotency.clone().expect("idempotency on");
+            (route.retry.clone(), edge)
         };
         let keyed = headers(&[("idempotency-key", "k-1")]);
         let replay = |method: &Method, policy: &RetryConfig, edge: Option<&IdempotencyConfig>| {

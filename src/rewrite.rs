@@ -139,10 +139,10 @@ mod tests {
         let text = format!(
             "[[pools]]\nname = \"p\"\nbackends = [{{ addr = \"127.0.0.1:1\" }}]\n[[routes]]\nname = \"r\"\npool = \"p\"\npath_prefix = \"/shop/\"\n{extra}\n"
         );
-        crate::config::Config::from_toml(&text)
+        let routes = crate::config::Config::from_toml(&text)
             .unwrap_or_else(|e| panic!("{e:?}"))
-            .routes
-            .remove(0)
+            .routes;
+        std::sync::Arc::unwrap_or_clone(routes[0].clone())
     }
 
     fn request(method: &str, target: &str, host: &str) -> RequestHeader {

@@ -408,7 +408,7 @@ pub struct FileRoute {
     /// Overall deadline of a request, retries included.
     pub timeout: Option<String>,
     /// `[routes.retry]`.
-    pub retry: Option<FileRetry>,
+    pub retry: Option<Box<FileRetry>>,
     /// Priority class.
     pub priority: Option<String>,
     /// Replace upstream 5xx bodies with the page.
@@ -416,23 +416,23 @@ pub struct FileRoute {
     /// Pages directory for this route.
     pub pages: Option<String>,
     /// `[routes.rate_limit]`.
-    pub rate_limit: Option<FileRateLimit>,
+    pub rate_limit: Option<Box<FileRateLimit>>,
     /// Largest request body.
     pub max_body_bytes: Option<toml::Value>,
     /// `[routes.idempotency]`.
-    pub idempotency: Option<FileIdempotency>,
+    pub idempotency: Option<Box<FileIdempotency>>,
     /// `[routes.maintenance]`.
-    pub maintenance: Option<FileMaintenance>,
+    pub maintenance: Option<Box<FileMaintenance>>,
     /// `[routes.stale]`.
-    pub stale: Option<FileStale>,
+    pub stale: Option<Box<FileStale>>,
     /// Redirect plain-HTTP requests to HTTPS.
     pub https_redirect: Option<bool>,
     /// Strip the path prefix from the path the backend gets.
     pub strip_prefix: Option<bool>,
     /// `[routes.request_headers]`.
-    pub request_headers: Option<FileHeaderRules>,
+    pub request_headers: Option<Box<FileHeaderRules>>,
     /// `[routes.response_headers]`.
-    pub response_headers: Option<FileHeaderRules>,
+    pub response_headers: Option<Box<FileHeaderRules>>,
     /// Idle limit of WebSockets, event streams and long polls.
     pub stream_idle_timeout: Option<String>,
     /// Every request on the route is a long poll.

@@ -25,6 +25,7 @@ mod validate;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -49,7 +50,7 @@ pub struct Config {
     /// Pools of backends, in file order.
     pub pools: Vec<PoolConfig>,
     /// Routes, in file order (the route table sorts them by specificity).
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<Arc<RouteConfig>>,
     /// Waiting rooms, in file order.
     pub rooms: Vec<RoomConfig>,
     /// The admin listener, when `[admin]` is present.

@@ -10,13 +10,27 @@ use parking_lot::Mutex;
 /// Live entries by key, held weakly.
 #[derive(Debug)]
 pub struct WeakMap<K, V> {
-    entries: Mutex<HashMap<K, Weak<V>>>,
+    entries: Mutex<Entries<K, V>>,
 }
+
+#[derive(Debug)]
+struct Entries<K, V> {
+    by_key: HashMap<K, Weak<V>>,
+    /// How many entries the last sweep kept: the next sweep waits until the
+    /// map has doubled, so a reload of n entries sweeps O(1) times, not n.
+    kept: usize,
+}
+
+/// Below this many entries, dead ones are not worth a sweep.
+const SWEEP_FROM: usize = 64;
 
 impl<K, V> Default for WeakMap<K, V> {
     fn default() -> Self {
         WeakMap {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                by_key: HashMap::new(),
+                kept: 0,
+            }),
         }
     }
 }
@@ -24,12 +38,16 @@ impl<K, V> Default for WeakMap<K, V> {
 impl<K: Eq + Hash, V> WeakMap<K, V> {
     /// The entry for `key`: `make` gets the live one, if any, and returns the
     /// entry to use from now on (the same one, an adjusted copy, or a new
-    /// one). Entries nobody holds any more are dropped on the way.
+    /// one). Entries nobody holds any more are dropped on the way, each time
+    /// the map has doubled since the last sweep.
     pub fn get_or_create(&self, key: K, make: impl FnOnce(Option<Arc<V>>) -> Arc<V>) -> Arc<V> {
         let mut entries = self.entries.lock();
-        entries.retain(|_, weak| weak.strong_count() > 0);
-        let entry = make(entries.get(&key).and_then(Weak::upgrade));
-        entries.insert(key, Arc::downgrade(&entry));
+        if entries.by_key.len() >= (2 * entries.kept).max(SWEEP_FROM) {
+            entries.by_key.retain(|_, weak| weak.strong_count() > 0);
+            entries.kept = entries.by_key.len();
+        }
+        let entry = make(entries.by_key.get(&key).and_then(Weak::upgrade));
+        entries.by_key.insert(key, Arc::downgrade(&entry));
         entry
     }
 
@@ -39,7 +57,7 @@ impl<K: Eq + Hash, V> WeakMap<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: Eq + Hash + ?Sized,
     {
-        self.entries.lock().get(key).and_then(Weak::upgrade)
+        self.entries.lock().by_key.get(key).and_then(Weak::upgrade)
     }
 }
 
@@ -59,5 +77,25 @@ mod tests {
         assert!(map.get("a").is_none(), "nobody holds it");
         let fresh = map.get_or_create("a", |live| live.unwrap_or_else(|| Arc::new(3)));
         assert_eq!(*fresh, 3);
+    }
+
+    #[test]
+    fn dead_entries_are_swept_once_the_map_doubles() {
+        let map: WeakMap<u32, u32> = WeakMap::default();
+        let held: Vec<Arc<u32>> = (0..100)
+            .map(|i| map.get_or_create(i, |_| Arc::new(i)))
+            .collect();
+        drop(held);
+        for i in 100..1000 {
+            drop(map.get_or_create(i, |_| Arc::new(i)));
+        }
+        let entries = map.entries.lock();
+        assert!(
+            entries.by_key.len() <= 2 * entries.kept.max(SWEEP_FROM),
+            "{} entries after sweeps that kept {}",
+            entries.by_key.len(),
+            entries.kept
+        );
+        assert!(entries.by_key.len() < 1000, "dead entries were swept");
     }
 }

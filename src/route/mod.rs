@@ -37,7 +37,7 @@ const IDEMPOTENCY_LEASE_MARGIN: Duration = Duration::from_secs(10);
 pub struct Route {
     /// What the config file says of the route: what it matches, where it
     /// sends, its deadlines, retries, pages and protections.
-    pub config: RouteConfig,
+    pub config: Arc<RouteConfig>,
     /// Counts the rate limit of `config.rate_limit` (shared across snapshots,
     /// and across instances with Redis).
     pub rate_limiter: Option<Arc<dyn RateLimiter>>,
@@ -93,7 +93,7 @@ pub struct RouteTable {
 impl RouteTable {
     /// Compiles validated routes into a table, with metric handles and their
     /// live state.
-    pub fn new(configs: &[RouteConfig], metrics: &Metrics, live: &LiveState) -> RouteTable {
+    pub fn new(configs: &[Arc<RouteConfig>], metrics: &Metrics, live: &LiveState) -> RouteTable {
         // Most specific first; a stable sort keeps file order among equals.
         // The order is found on indices: a route is over a kilobyte, and
         // 10 000 of them moved through a merge sort would cost a reload
@@ -129,7 +129,7 @@ impl RouteTable {
                 }),
                 metrics: metrics.handles(&c.name, || metrics.route(&c.name)),
                 streams: metrics.handles(&c.name, || RouteStreams::new(metrics, &c.name)),
-                config: c.clone(),
+                config: Arc::clone(c),
             })
             .collect();
         let matchers: Vec<Matcher> = routes
@@ -198,10 +198,10 @@ mod tests {
         methods: Option<&[Method]>,
     ) -> RouteConfig {
         let text = "[[pools]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\nname = \"r\"\npool = \"p\"\n";
-        let template = crate::config::Config::from_toml(text)
+        let routes = crate::config::Config::from_toml(text)
             .expect("valid")
-            .routes
-            .remove(0);
+            .routes;
+        let template = Arc::unwrap_or_clone(routes[0].clone());
         RouteConfig {
             name: name.to_string(),
             host: host.map(str::to_string),
@@ -212,7 +212,8 @@ mod tests {
     }
 
     fn table(configs: &[RouteConfig]) -> RouteTable {
-        RouteTable::new(configs, &Metrics::new(), &LiveState::default())
+        let configs: Vec<Arc<RouteConfig>> = configs.iter().cloned().map(Arc::new).collect();
+        RouteTable::new(&configs, &Metrics::new(), &LiveState::default())
     }
 
     fn name<'a>(
@@ -288,7 +289,7 @@ mod tests {
     async fn rate_limits_count_per_client_key() {
         let text = "[[pools]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n[[routes]]\nname = \"r\"\npool = \"p\"\n[routes.rate_limit]\nrequests_per_second = 2\nkey = \"header:x-user\"\n";
         let config = crate::config::Config::from_toml(text).expect("valid");
-        let table = table(&config.routes);
+        let table = RouteTable::new(&config.routes, &Metrics::new(), &LiveState::default());
         let route = table.get(0).expect("route");
         let mut alice = HeaderMap::new();
         alice.insert("x-user", http::HeaderValue::from_static("alice"));

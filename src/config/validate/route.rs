@@ -2,10 +2,12 @@
 //! limits, pages and the body limit.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -30,7 +32,7 @@ pub(super) fn routes(
     base: &Path,
     https_redirect: bool,
     problems: &mut Problems,
-) -> Vec<RouteConfig> {
+) -> Vec<Arc<RouteConfig>> {
     if files.is_empty() {
         problems.add(
             "routes",
@@ -38,10 +40,10 @@ pub(super) fn routes(
         );
     }
     let mut names = HashSet::new();
-    // What each route matches (the prefix without its trailing `/`, the
-    // methods as a set) → the first route that matches it.
-    let mut matchers: HashMap<_, usize> = HashMap::new();
-    let mut routes = Vec::new();
+    // What each route matches → the first route that matches it.
+    let mut matchers: HashMap<SameRequests, usize, foldhash::fast::RandomState> =
+        HashMap::default();
+    let mut routes = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
         let at = entry_path("routes", i, &file.name);
         check_name(&at, &file.name, problems);
@@ -51,17 +53,8 @@ pub(super) fn routes(
                 "this route name is already used by an earlier route; route names must be unique",
             );
         }
-        let route = route(&at, file, pools, base, https_redirect, problems);
-        let methods: Option<BTreeSet<&str>> = route
-            .methods
-            .as_ref()
-            .map(|m| m.iter().map(Method::as_str).collect());
-        let matcher = (
-            route.host.clone(),
-            route.path_prefix.trim_end_matches('/').to_owned(),
-            methods.map(|m| m.into_iter().map(str::to_owned).collect::<Vec<_>>()),
-        );
-        match matchers.entry(matcher) {
+        let route = Arc::new(route(&at, file, pools, base, https_redirect, problems));
+        match matchers.entry(SameRequests(Arc::clone(&route))) {
             Entry::Occupied(earlier) => {
                 let earlier = *earlier.get();
                 problems.add(
@@ -79,6 +72,42 @@ pub(super) fn routes(
         routes.push(route);
     }
     routes
+}
+
+/// A route as what it matches, for finding two routes that match the same
+/// requests: the same host, the same prefix (a trailing `/` does not count)
+/// and the same methods in any order.
+struct SameRequests(Arc<RouteConfig>);
+
+impl SameRequests {
+    fn prefix(&self) -> &str {
+        self.0.path_prefix.trim_end_matches('/')
+    }
+}
+
+impl PartialEq for SameRequests {
+    fn eq(&self, other: &Self) -> bool {
+        let same_methods = match (&self.0.methods, &other.0.methods) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.iter().all(|m| b.contains(m)) && b.iter().all(|m| a.contains(m))
+            }
+            _ => false,
+        };
+        self.0.host == other.0.host && self.prefix() == other.prefix() && same_methods
+    }
+}
+
+impl Eq for SameRequests {}
+
+impl Hash for SameRequests {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Not the methods themselves: `eq` tells apart the few routes of one
+        // host and prefix that differ by methods.
+        self.0.host.hash(state);
+        self.prefix().hash(state);
+        self.0.methods.is_some().hash(state);
+    }
 }
 
 pub(super) fn route(
@@ -160,7 +189,7 @@ pub(super) fn route(
             })
             .collect()
     });
-    let retry = retry(&format_args!("{at}.retry"), file.retry.as_ref(), problems);
+    let retry = retry(&format_args!("{at}.retry"), file.retry.as_deref(), problems);
     let idempotency = file.idempotency.as_ref().map(|table| {
         super::idempotency::idempotency(
             &format_args!("{at}.idempotency"),
@@ -227,12 +256,12 @@ pub(super) fn route(
         strip_prefix: file.strip_prefix.unwrap_or(false),
         request_headers: super::rewrite::header_rules(
             &format_args!("{at}.request_headers"),
-            file.request_headers.as_ref(),
+            file.request_headers.as_deref(),
             problems,
         ),
         response_headers: super::rewrite::header_rules(
             &format_args!("{at}.response_headers"),
-            file.response_headers.as_ref(),
+            file.response_headers.as_deref(),
             problems,
         ),
     }

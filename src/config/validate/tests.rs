@@ -170,6 +170,14 @@ fn routes_that_differ_only_by_a_trailing_slash_or_method_order_are_the_same() {
     assert!(errors(&same)
         .iter()
         .any(|e| e.contains("routes[0] \"a\"") && e.contains("never be used")));
+    let repeated = format!(
+        "{base}{}{}",
+        route("a", "/api", "[\"GET\", \"GET\", \"POST\"]"),
+        route("b", "/api", "[\"POST\", \"GET\"]")
+    );
+    assert!(errors(&repeated)
+        .iter()
+        .any(|e| e.contains("never be used")));
     let different = format!(
         "{base}{}{}",
         route("a", "/api", "[\"GET\"]"),
