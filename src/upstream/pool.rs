@@ -46,7 +46,7 @@ pub struct Pool {
     caps: Vec<u32>,
     /// The DNS name each backend was resolved from (`None`: given as `IP:PORT`).
     names: Vec<Option<Arc<str>>>,
-    metrics: Vec<BackendMetrics>,
+    metrics: Vec<Arc<BackendMetrics>>,
     panics: prometheus::IntCounter,
     balancer: Balancer,
     /// What [`Pool::counts`] last found.
@@ -136,9 +136,8 @@ impl Pool {
             metrics: backends
                 .iter()
                 .map(|b| {
-                    let addr = b.addr.to_string();
-                    metrics.handles(&format!("{}\0{addr}", config.name), || {
-                        metrics.backend(&config.name, &addr)
+                    metrics.handles(&format!("{}\0{}", config.name, b.addr), || {
+                        Arc::new(metrics.backend(&config.name, &b.addr.to_string()))
                     })
                 })
                 .collect(),
