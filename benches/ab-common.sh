@@ -1,5 +1,6 @@
-# Sourced by ab-cpu.sh, instructions.sh and instructions-floor.sh: a temporary
-# directory removed at exit with every process started, a free loopback port,
+# Sourced by ab-cpu.sh, idle-memory.sh, instructions.sh and
+# instructions-floor.sh: a temporary directory removed at exit with every
+# process started, a free loopback port,
 # one nginx backend answering 200 on $backend, the config of side A or B
 # (AB_SERVER, AB_ROUTE, AB_EXTRA; AB_SERVER_B, AB_ROUTE_B, AB_EXTRA_B replace
 # them for B; AB_EXTRA is TOML appended after the route: top-level tables such
