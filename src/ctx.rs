@@ -21,6 +21,12 @@ use crate::stream::{OpenStream, StreamKind};
 use crate::trace::Trace;
 use crate::upstream::{InFlight, Pool};
 
+/// The context as pingora holds it: boxed. pingora keeps the context inline
+/// in its request future (in more than one place), and that future is copied
+/// to the heap byte by byte at the start of every request; a box keeps it the
+/// size of a pointer there (about 1.1 KiB less to copy per request).
+pub type Ctx = Box<RequestCtx>;
+
 /// State of one request through the proxy phases.
 #[derive(Debug)]
 pub struct RequestCtx {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::admission::{Permit, Priority, Reject};
 use crate::connection;
-use crate::ctx::RequestCtx;
+use crate::ctx::{Ctx, RequestCtx};
 use crate::forward::{self, request_host};
 use crate::idempotency::{self, KeyedRequest, Verdict};
 use crate::kept::StoredAnswer;
@@ -704,12 +704,12 @@ fn final_status(session: &Session, ctx: &RequestCtx) -> u16 {
 
 #[async_trait]
 impl ProxyHttp for Proxy {
-    type CTX = RequestCtx;
+    type CTX = Ctx;
 
-    fn new_ctx(&self) -> RequestCtx {
+    fn new_ctx(&self) -> Ctx {
         // pingora calls this right after it parsed the request head.
         crate::connection::head_received();
-        RequestCtx::new(self.state.snapshot())
+        Box::new(RequestCtx::new(self.state.snapshot()))
     }
 
     // A marker that the connection carried a request before: the next request's
@@ -717,12 +717,12 @@ impl ProxyHttp for Proxy {
     fn persist_connection_context(
         &self,
         _session: &Session,
-        _ctx: &RequestCtx,
+        _ctx: &Ctx,
     ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
         Some(Box::new(()))
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if let Some(outcome) = self.classify(session, ctx) {
             return self.reject(session, ctx, outcome).await;
         }
@@ -746,11 +746,7 @@ impl ProxyHttp for Proxy {
         self.admit(session, ctx).await
     }
 
-    async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.proxying = true;
         if let Some(backoff) = ctx.backoff.take() {
             tokio::time::sleep(backoff).await;
@@ -797,7 +793,7 @@ impl ProxyHttp for Proxy {
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         // From here on the request may reach the backend.
         ctx.connected = true;
@@ -809,7 +805,7 @@ impl ProxyHttp for Proxy {
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
-        _ctx: &RequestCtx,
+        _ctx: &Ctx,
         _error: &Error,
         context: ProxyWarnLogContext,
     ) -> bool {
@@ -820,7 +816,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.fail_before_backend(Outcome::ConnectFailed);
@@ -841,7 +837,7 @@ impl ProxyHttp for Proxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -873,7 +869,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         forward::add_headers(upstream_request, &ctx.client, &ctx.request_id)?;
         if let Some(trace) = ctx.trace.as_deref() {
@@ -889,7 +885,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         if !is_final(upstream_response.status) {
             // 100 Continue and friends: the final answer is still to come.
@@ -927,7 +923,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         let Some(chunk) = body else {
             return Ok(());
@@ -954,7 +950,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some((route, _)) = ctx.route_and_pool() {
@@ -983,7 +979,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if let Some(chunk) = body {
             ctx.bytes_sent += chunk.len();
@@ -996,7 +992,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         ctx.record_body(body.as_ref(), end_of_stream);
         if end_of_stream {
@@ -1012,7 +1008,7 @@ impl ProxyHttp for Proxy {
     // An intercepted 5xx is answered with a page; logging it as an error too
     // would double every backend error in the log. A shopper who closed the
     // connection is no error of the proxy's either (the access log has it).
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, error: &Error) -> bool {
         // Running out of descriptors is logged once per episode (telemetry).
         error.etype() == &INTERCEPTED_STATUS
             || out_of_descriptors(error)
@@ -1025,7 +1021,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         error: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> FailToProxy {
         let outcome = *ctx
             .outcome
@@ -1056,7 +1052,7 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
         // The backend's in-flight count ends before the pool slot is handed to
         // the next waiter, so that waiter finds the backend under its cap.
         ctx.in_flight = None;
