@@ -14,6 +14,10 @@ use pingora::http::RequestHeader;
 
 use crate::client::Client;
 
+/// The request id's header. A name built once: a lookup by `&str` parses the
+/// name on every request.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Longest client-supplied request id that is kept.
 const MAX_REQUEST_ID_LEN: usize = 128;
 

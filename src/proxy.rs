@@ -123,7 +123,7 @@ impl Proxy {
             session
                 .req_header()
                 .headers
-                .get("x-request-id")
+                .get(&forward::X_REQUEST_ID)
                 .map(|v| v.as_bytes()),
         );
         ctx.start_trace(&session.req_header().headers);
