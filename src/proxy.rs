@@ -588,7 +588,7 @@ fn record_failure(ctx: &mut RequestCtx, failure: Failure) {
         Failure::Timeout => (Signal::GatewayFailure, UpstreamResult::Timeout),
     };
     if let (Some((_, pool)), Some(in_flight)) = (ctx.route_and_pool(), &ctx.in_flight) {
-        pool.record_result(in_flight.backend(), result, signal, in_flight.elapsed());
+        pool.record_attempt(in_flight, result, signal, in_flight.elapsed());
     }
 }
 
@@ -1097,25 +1097,23 @@ impl ProxyHttp for Proxy {
 /// counted as a failure).
 fn record_answer(ctx: &mut RequestCtx, status: u16, record_health: bool) {
     ctx.outcome = None;
-    ctx.upstream_time = ctx.in_flight.as_ref().map(InFlight::elapsed);
+    // One reading of the clock: the upstream time is the latency sample.
+    let latency = ctx.in_flight.as_ref().map(InFlight::elapsed);
+    ctx.upstream_time = latency;
     if ctx.stream == Some(stream::StreamKind::LongPoll) {
         // A long poll's answer is slow by design: no latency sample.
         return;
     }
-    if let (Some(in_flight), Some((_, pool))) = (&ctx.in_flight, ctx.route_and_pool()) {
-        let latency = in_flight.elapsed();
+    if let (Some(in_flight), Some(latency), Some((_, pool))) =
+        (&ctx.in_flight, latency, ctx.route_and_pool())
+    {
         if record_health {
             let result = if status >= 500 {
                 UpstreamResult::ServerError
             } else {
                 UpstreamResult::Success
             };
-            pool.record_result(
-                in_flight.backend(),
-                result,
-                Signal::from_status(status),
-                latency,
-            );
+            pool.record_attempt(in_flight, result, Signal::from_status(status), latency);
         }
         if let Some(permit) = ctx.permit.as_mut() {
             permit.record(latency, status >= 500);

@@ -404,7 +404,7 @@ impl Pool {
         let backend = &self.backends[index];
         Some(Pick {
             peer: self.peer(index, timeout),
-            in_flight: backend.start_request(),
+            in_flight: backend.start_request().at_slot(index),
             panic,
         })
     }
@@ -447,11 +447,42 @@ impl Pool {
         signal: Signal,
         latency: Duration,
     ) {
-        if let Some(metrics) = self
-            .positions
-            .get(&backend.addr)
-            .and_then(|&i| self.metrics.get(i))
-        {
+        let slot = self.positions.get(&backend.addr).copied();
+        self.record_at(slot, backend, result, signal, latency);
+    }
+
+    /// [`Pool::record_result`] for an attempt this pool picked: the
+    /// backend's place comes with it, rather than from a lookup by address
+    /// (a hash of the address on every answer).
+    pub fn record_attempt(
+        &self,
+        in_flight: &InFlight,
+        result: UpstreamResult,
+        signal: Signal,
+        latency: Duration,
+    ) {
+        let backend = in_flight.backend();
+        let slot = in_flight
+            .slot()
+            .filter(|&i| {
+                self.backends
+                    .get(i)
+                    .is_some_and(|b| Arc::ptr_eq(b, backend))
+            })
+            .or_else(|| self.positions.get(&backend.addr).copied());
+        self.record_at(slot, backend, result, signal, latency);
+    }
+
+    /// [`Pool::record_result`] for the backend at `slot` (its metrics).
+    fn record_at(
+        &self,
+        slot: Option<usize>,
+        backend: &Backend,
+        result: UpstreamResult,
+        signal: Signal,
+        latency: Duration,
+    ) {
+        if let Some(metrics) = slot.and_then(|i| self.metrics.get(i)) {
             metrics.attempt(result);
         }
         backend.observe(latency, signal != Signal::Success);
