@@ -783,7 +783,7 @@ impl ProxyHttp for Proxy {
             trace.attempt_started(backend, pool);
         }
         ctx.in_flight = Some(pick.in_flight);
-        Ok(Box::new(pick.peer))
+        Ok(pick.peer)
     }
 
     async fn connected_to_upstream(

@@ -88,8 +88,9 @@ struct KeptCounts {
 /// A backend picked for one attempt.
 #[derive(Debug)]
 pub struct Pick {
-    /// Where to connect, with the pool's timeouts.
-    pub peer: HttpPeer,
+    /// Where to connect, with the pool's timeouts (boxed, as pingora takes
+    /// it: built in place rather than copied on the way).
+    pub peer: Box<HttpPeer>,
     /// The request, counted in flight at the backend.
     pub in_flight: InFlight,
     /// Whether the pool was in panic mode (too few healthy backends) for this pick.
@@ -516,12 +517,12 @@ impl Pool {
 
     /// The pingora peer for a backend of this pool, with the pool's TLS and connect timeout;
     /// `timeout` bounds each wait for the backend to send more of its answer.
-    fn peer(&self, index: usize, timeout: Duration) -> HttpPeer {
+    fn peer(&self, index: usize, timeout: Duration) -> Box<HttpPeer> {
         let backend = &self.backends[index];
-        let mut peer = match &self.tls {
+        let mut peer = Box::new(match &self.tls {
             Some(tls) => tls.peer(backend.addr, self.backend_name(index)),
             None => HttpPeer::new(backend.addr, false, String::new()),
-        };
+        });
         peer.options.connection_timeout = Some(self.connect_timeout.min(timeout));
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
