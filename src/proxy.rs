@@ -898,7 +898,10 @@ impl ProxyHttp for Proxy {
         };
         let retryable = route.config.retry.on.statuses.contains(&status);
         let intercept = route.config.intercept_errors && status >= 500;
-        let backend_retry_after = retry::backend_retry_after(&upstream_response.headers);
+        // Read only where it is used: most answers are neither.
+        let backend_retry_after = (retryable || intercept)
+            .then(|| retry::backend_retry_after(&upstream_response.headers))
+            .flatten();
         let failure = Failure::Status(status);
         if retryable && after_failure(&self.state, session, ctx, failure, backend_retry_after) {
             ctx.reached_backend = Some(Outcome::UpstreamStatus(status));
