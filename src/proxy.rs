@@ -484,16 +484,19 @@ impl Proxy {
     /// backup pools in turn.
     fn pick(&self, session: &Session, ctx: &mut RequestCtx, timeout: Duration) -> Option<Pick> {
         let headers = &session.req_header().headers;
-        let (may_replay, stream_idle) = ctx.route_and_pool().map_or((false, None), |(route, _)| {
-            let stream_idle = ctx.stream.map(|_| route.config.stream_idle_timeout);
-            (replay_safe(session, route), stream_idle)
-        });
+        let stream_idle = ctx
+            .route_and_pool()
+            .and_then(|(route, _)| ctx.stream.map(|_| route.config.stream_idle_timeout));
         loop {
             let (_, pool) = ctx.route_and_pool()?;
             let timeout = stream::read_timeout(stream_idle, timeout.min(pool.request_timeout()));
             if let Some(pick) = pool.pick(headers, ctx.client.ip, &ctx.tried, timeout) {
                 return Some(pick);
             }
+            // Asked only here: nearly every pick succeeds.
+            let may_replay = ctx
+                .route_and_pool()
+                .is_some_and(|(route, _)| replay_safe(session, route));
             if !ctx.move_to_backup(may_replay) {
                 return None;
             }
