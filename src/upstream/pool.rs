@@ -536,6 +536,36 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    #[test]
+    fn an_attempt_is_counted_for_its_backend_picked_or_not() {
+        let text = "[[pools]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:9000\" }, { addr = \"127.0.0.1:9001\" }]\n[[routes]]\nname = \"r\"\npool = \"p\"\n";
+        let config = Config::from_toml(text).unwrap_or_else(|e| panic!("{e:?}"));
+        let served = crate::upstream::dns::Resolutions::default().served(&config.pools[0]);
+        let metrics = Metrics::new();
+        let pool = Pool::new(&config.pools[0], &served, &Registry::default(), &metrics);
+        let pick = pool
+            .pick(&HeaderMap::new(), None, &[], Duration::from_secs(1))
+            .expect("a backend");
+        let picked = pick.in_flight.backend().addr;
+        let record = |in_flight: &InFlight| {
+            pool.record_attempt(
+                in_flight,
+                UpstreamResult::Success,
+                Signal::Success,
+                Duration::ZERO,
+            )
+        };
+        record(&pick.in_flight);
+        // Not from a pick (no slot): found by its address.
+        let other = if picked.port() == 9000 { 1 } else { 0 };
+        record(&pool.backends()[other].start_request());
+        let attempts = metrics.attempt_totals();
+        for backend in pool.backends() {
+            let counted = &attempts[&("p".to_string(), backend.addr.to_string())];
+            assert_eq!(counted["success"], 1, "{}", backend.addr);
+        }
+    }
+
     fn pool(extra: &str, backends: usize) -> Pool {
         let list: Vec<String> = (0..backends)
             .map(|i| format!("{{ addr = \"127.0.0.1:{}\" }}", 9000 + i))
