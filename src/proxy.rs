@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::admission::{Permit, Priority, Reject};
 use crate::connection;
-use crate::ctx::RequestCtx;
+use crate::ctx::{Ctx, RequestCtx};
 use crate::forward::{self, request_host};
 use crate::idempotency::{self, KeyedRequest, Verdict};
 use crate::kept::StoredAnswer;
@@ -123,7 +123,7 @@ impl Proxy {
             session
                 .req_header()
                 .headers
-                .get("x-request-id")
+                .get(&forward::X_REQUEST_ID)
                 .map(|v| v.as_bytes()),
         );
         ctx.start_trace(&session.req_header().headers);
@@ -484,16 +484,19 @@ impl Proxy {
     /// backup pools in turn.
     fn pick(&self, session: &Session, ctx: &mut RequestCtx, timeout: Duration) -> Option<Pick> {
         let headers = &session.req_header().headers;
-        let (may_replay, stream_idle) = ctx.route_and_pool().map_or((false, None), |(route, _)| {
-            let stream_idle = ctx.stream.map(|_| route.config.stream_idle_timeout);
-            (replay_safe(session, route), stream_idle)
-        });
+        let stream_idle = ctx
+            .route_and_pool()
+            .and_then(|(route, _)| ctx.stream.map(|_| route.config.stream_idle_timeout));
         loop {
             let (_, pool) = ctx.route_and_pool()?;
             let timeout = stream::read_timeout(stream_idle, timeout.min(pool.request_timeout()));
             if let Some(pick) = pool.pick(headers, ctx.client.ip, &ctx.tried, timeout) {
                 return Some(pick);
             }
+            // Asked only here: nearly every pick succeeds.
+            let may_replay = ctx
+                .route_and_pool()
+                .is_some_and(|(route, _)| replay_safe(session, route));
             if !ctx.move_to_backup(may_replay) {
                 return None;
             }
@@ -588,7 +591,7 @@ fn record_failure(ctx: &mut RequestCtx, failure: Failure) {
         Failure::Timeout => (Signal::GatewayFailure, UpstreamResult::Timeout),
     };
     if let (Some((_, pool)), Some(in_flight)) = (ctx.route_and_pool(), &ctx.in_flight) {
-        pool.record_result(in_flight.backend(), result, signal, in_flight.elapsed());
+        pool.record_attempt(in_flight, result, signal, in_flight.elapsed());
     }
 }
 
@@ -704,12 +707,12 @@ fn final_status(session: &Session, ctx: &RequestCtx) -> u16 {
 
 #[async_trait]
 impl ProxyHttp for Proxy {
-    type CTX = RequestCtx;
+    type CTX = Ctx;
 
-    fn new_ctx(&self) -> RequestCtx {
+    fn new_ctx(&self) -> Ctx {
         // pingora calls this right after it parsed the request head.
         crate::connection::head_received();
-        RequestCtx::new(self.state.snapshot())
+        Box::new(RequestCtx::new(self.state.snapshot()))
     }
 
     // A marker that the connection carried a request before: the next request's
@@ -717,12 +720,12 @@ impl ProxyHttp for Proxy {
     fn persist_connection_context(
         &self,
         _session: &Session,
-        _ctx: &RequestCtx,
+        _ctx: &Ctx,
     ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
         Some(Box::new(()))
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if let Some(outcome) = self.classify(session, ctx) {
             return self.reject(session, ctx, outcome).await;
         }
@@ -746,11 +749,7 @@ impl ProxyHttp for Proxy {
         self.admit(session, ctx).await
     }
 
-    async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.proxying = true;
         if let Some(backoff) = ctx.backoff.take() {
             tokio::time::sleep(backoff).await;
@@ -787,7 +786,7 @@ impl ProxyHttp for Proxy {
             trace.attempt_started(backend, pool);
         }
         ctx.in_flight = Some(pick.in_flight);
-        Ok(Box::new(pick.peer))
+        Ok(pick.peer)
     }
 
     async fn connected_to_upstream(
@@ -797,7 +796,7 @@ impl ProxyHttp for Proxy {
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         // From here on the request may reach the backend.
         ctx.connected = true;
@@ -809,7 +808,7 @@ impl ProxyHttp for Proxy {
     fn suppress_proxy_warn_log(
         &self,
         _session: &Session,
-        _ctx: &RequestCtx,
+        _ctx: &Ctx,
         _error: &Error,
         context: ProxyWarnLogContext,
     ) -> bool {
@@ -820,7 +819,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.fail_before_backend(Outcome::ConnectFailed);
@@ -841,7 +840,7 @@ impl ProxyHttp for Proxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -873,7 +872,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         forward::add_headers(upstream_request, &ctx.client, &ctx.request_id)?;
         if let Some(trace) = ctx.trace.as_deref() {
@@ -889,7 +888,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         if !is_final(upstream_response.status) {
             // 100 Continue and friends: the final answer is still to come.
@@ -902,7 +901,10 @@ impl ProxyHttp for Proxy {
         };
         let retryable = route.config.retry.on.statuses.contains(&status);
         let intercept = route.config.intercept_errors && status >= 500;
-        let backend_retry_after = retry::backend_retry_after(&upstream_response.headers);
+        // Read only where it is used: most answers are neither.
+        let backend_retry_after = (retryable || intercept)
+            .then(|| retry::backend_retry_after(&upstream_response.headers))
+            .flatten();
         let failure = Failure::Status(status);
         if retryable && after_failure(&self.state, session, ctx, failure, backend_retry_after) {
             ctx.reached_backend = Some(Outcome::UpstreamStatus(status));
@@ -927,7 +929,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         let Some(chunk) = body else {
             return Ok(());
@@ -954,7 +956,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         response.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some((route, _)) = ctx.route_and_pool() {
@@ -983,7 +985,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         if let Some(chunk) = body {
             ctx.bytes_sent += chunk.len();
@@ -996,7 +998,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
         ctx.record_body(body.as_ref(), end_of_stream);
         if end_of_stream {
@@ -1012,7 +1014,7 @@ impl ProxyHttp for Proxy {
     // An intercepted 5xx is answered with a page; logging it as an error too
     // would double every backend error in the log. A shopper who closed the
     // connection is no error of the proxy's either (the access log has it).
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, error: &Error) -> bool {
         // Running out of descriptors is logged once per episode (telemetry).
         error.etype() == &INTERCEPTED_STATUS
             || out_of_descriptors(error)
@@ -1025,7 +1027,7 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         error: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Ctx,
     ) -> FailToProxy {
         let outcome = *ctx
             .outcome
@@ -1056,7 +1058,7 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
         // The backend's in-flight count ends before the pool slot is handed to
         // the next waiter, so that waiter finds the backend under its cap.
         ctx.in_flight = None;
@@ -1101,25 +1103,23 @@ impl ProxyHttp for Proxy {
 /// counted as a failure).
 fn record_answer(ctx: &mut RequestCtx, status: u16, record_health: bool) {
     ctx.outcome = None;
-    ctx.upstream_time = ctx.in_flight.as_ref().map(InFlight::elapsed);
+    // One reading of the clock: the upstream time is the latency sample.
+    let latency = ctx.in_flight.as_ref().map(InFlight::elapsed);
+    ctx.upstream_time = latency;
     if ctx.stream == Some(stream::StreamKind::LongPoll) {
         // A long poll's answer is slow by design: no latency sample.
         return;
     }
-    if let (Some(in_flight), Some((_, pool))) = (&ctx.in_flight, ctx.route_and_pool()) {
-        let latency = in_flight.elapsed();
+    if let (Some(in_flight), Some(latency), Some((_, pool))) =
+        (&ctx.in_flight, latency, ctx.route_and_pool())
+    {
         if record_health {
             let result = if status >= 500 {
                 UpstreamResult::ServerError
             } else {
                 UpstreamResult::Success
             };
-            pool.record_result(
-                in_flight.backend(),
-                result,
-                Signal::from_status(status),
-                latency,
-            );
+            pool.record_attempt(in_flight, result, Signal::from_status(status), latency);
         }
         if let Some(permit) = ctx.permit.as_mut() {
             permit.record(latency, status >= 500);

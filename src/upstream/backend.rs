@@ -167,6 +167,7 @@ impl Backend {
         InFlight {
             backend: Arc::clone(self),
             started: Instant::now(),
+            slot: None,
         }
     }
 
@@ -322,12 +323,25 @@ impl Backend {
 pub struct InFlight {
     backend: Arc<Backend>,
     started: Instant,
+    /// The backend's place in the pool that picked it, when a pool did.
+    slot: Option<usize>,
 }
 
 impl InFlight {
     /// The backend this request went to.
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
+    }
+
+    /// The same request, noted as picked from the backend at `slot` of a pool.
+    pub fn at_slot(mut self, slot: usize) -> InFlight {
+        self.slot = Some(slot);
+        self
+    }
+
+    /// The backend's place in the pool that picked it ([`InFlight::at_slot`]).
+    pub fn slot(&self) -> Option<usize> {
+        self.slot
     }
 
     /// Time since the request was sent to the backend.

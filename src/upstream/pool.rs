@@ -88,8 +88,9 @@ struct KeptCounts {
 /// A backend picked for one attempt.
 #[derive(Debug)]
 pub struct Pick {
-    /// Where to connect, with the pool's timeouts.
-    pub peer: HttpPeer,
+    /// Where to connect, with the pool's timeouts (boxed, as pingora takes
+    /// it: built in place rather than copied on the way).
+    pub peer: Box<HttpPeer>,
     /// The request, counted in flight at the backend.
     pub in_flight: InFlight,
     /// Whether the pool was in panic mode (too few healthy backends) for this pick.
@@ -403,7 +404,7 @@ impl Pool {
         let backend = &self.backends[index];
         Some(Pick {
             peer: self.peer(index, timeout),
-            in_flight: backend.start_request(),
+            in_flight: backend.start_request().at_slot(index),
             panic,
         })
     }
@@ -446,11 +447,42 @@ impl Pool {
         signal: Signal,
         latency: Duration,
     ) {
-        if let Some(metrics) = self
-            .positions
-            .get(&backend.addr)
-            .and_then(|&i| self.metrics.get(i))
-        {
+        let slot = self.positions.get(&backend.addr).copied();
+        self.record_at(slot, backend, result, signal, latency);
+    }
+
+    /// [`Pool::record_result`] for an attempt this pool picked: the
+    /// backend's place comes with it, rather than from a lookup by address
+    /// (a hash of the address on every answer).
+    pub fn record_attempt(
+        &self,
+        in_flight: &InFlight,
+        result: UpstreamResult,
+        signal: Signal,
+        latency: Duration,
+    ) {
+        let backend = in_flight.backend();
+        let slot = in_flight
+            .slot()
+            .filter(|&i| {
+                self.backends
+                    .get(i)
+                    .is_some_and(|b| Arc::ptr_eq(b, backend))
+            })
+            .or_else(|| self.positions.get(&backend.addr).copied());
+        self.record_at(slot, backend, result, signal, latency);
+    }
+
+    /// [`Pool::record_result`] for the backend at `slot` (its metrics).
+    fn record_at(
+        &self,
+        slot: Option<usize>,
+        backend: &Backend,
+        result: UpstreamResult,
+        signal: Signal,
+        latency: Duration,
+    ) {
+        if let Some(metrics) = slot.and_then(|i| self.metrics.get(i)) {
             metrics.attempt(result);
         }
         backend.observe(latency, signal != Signal::Success);
@@ -484,12 +516,12 @@ impl Pool {
 
     /// The pingora peer for a backend of this pool, with the pool's TLS and connect timeout;
     /// `timeout` bounds each wait for the backend to send more of its answer.
-    fn peer(&self, index: usize, timeout: Duration) -> HttpPeer {
+    fn peer(&self, index: usize, timeout: Duration) -> Box<HttpPeer> {
         let backend = &self.backends[index];
-        let mut peer = match &self.tls {
+        let mut peer = Box::new(match &self.tls {
             Some(tls) => tls.peer(backend.addr, self.backend_name(index)),
             None => HttpPeer::new(backend.addr, false, String::new()),
-        };
+        });
         peer.options.connection_timeout = Some(self.connect_timeout.min(timeout));
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
@@ -502,6 +534,36 @@ impl Pool {
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn an_attempt_is_counted_for_its_backend_picked_or_not() {
+        let text = "[[pools]]\nname = \"p\"\nbackends = [{ addr = \"127.0.0.1:9000\" }, { addr = \"127.0.0.1:9001\" }]\n[[routes]]\nname = \"r\"\npool = \"p\"\n";
+        let config = Config::from_toml(text).unwrap_or_else(|e| panic!("{e:?}"));
+        let served = crate::upstream::dns::Resolutions::default().served(&config.pools[0]);
+        let metrics = Metrics::new();
+        let pool = Pool::new(&config.pools[0], &served, &Registry::default(), &metrics);
+        let pick = pool
+            .pick(&HeaderMap::new(), None, &[], Duration::from_secs(1))
+            .expect("a backend");
+        let picked = pick.in_flight.backend().addr;
+        let record = |in_flight: &InFlight| {
+            pool.record_attempt(
+                in_flight,
+                UpstreamResult::Success,
+                Signal::Success,
+                Duration::ZERO,
+            )
+        };
+        record(&pick.in_flight);
+        // Not from a pick (no slot): found by its address.
+        let other = if picked.port() == 9000 { 1 } else { 0 };
+        record(&pool.backends()[other].start_request());
+        let attempts = metrics.attempt_totals();
+        for backend in pool.backends() {
+            let counted = &attempts[&("p".to_string(), backend.addr.to_string())];
+            assert_eq!(counted["success"], 1, "{}", backend.addr);
+        }
+    }
 
     fn pool(extra: &str, backends: usize) -> Pool {
         let list: Vec<String> = (0..backends)
