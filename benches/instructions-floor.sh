@@ -25,7 +25,8 @@
 # ORDERGATE and FLOOR name the binaries (default: target/release/ordergate and
 # target/release/examples/pingora_floor, built by
 # `cargo build --release --bin ordergate --example pingora_floor`); TARGETS
-# picks a subset (e.g. TARGETS="ordergate floor-nets"); INSTR_KEEP=DIR keeps
+# picks a subset (e.g. TARGETS="ordergate floor-nets"); INSTR_RUNS (default
+# 3) how many runs each figure is the median of; INSTR_KEEP=DIR keeps
 # the callgrind files for `callgrind_annotate --inclusive=yes FILE`.
 # ORDERGATE_ENV, when set, is a list of VAR=value put in ordergate's
 # environment (used by pingora-patched.sh).
@@ -39,6 +40,9 @@ many=${2:-1200}
 ordergate=${ORDERGATE:-$root/target/release/ordergate}
 floor=${FLOOR:-$root/target/release/examples/pingora_floor}
 targets=${TARGETS:-ordergate floor floor-timeouts floor-nets nginx}
+# Runs of one binary differ by up to 0.7% (pingora's timer thread): each
+# figure is the median of INSTR_RUNS runs.
+instr_runs=${INSTR_RUNS:-3}
 # ordergate's pool request_timeout in write_config: the floors' read/write timeout.
 timeout_ms=10000
 source "$(dirname "$0")/ab-common.sh"
@@ -124,13 +128,17 @@ instructions() { # target n -> instructions of one run serving n requests
 
 declare -A count
 for target in $targets; do
-  low=$(instructions "$target" "$few")
-  high=$(instructions "$target" "$many")
-  count[$target]=$(per_request_of "$low" "$high" $((many - few)))
-  echo "$target: ${count[$target]} instructions per request" >&2
+  runs=()
+  for _ in $(seq "$instr_runs"); do
+    low=$(instructions "$target" "$few")
+    high=$(instructions "$target" "$many")
+    runs+=("$(per_request_of "$low" "$high" $((many - few)))")
+  done
+  count[$target]=$(printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  echo "$target: ${count[$target]} instructions per request (runs: ${runs[*]})" >&2
 done
 
-echo "instructions per keep-alive request ((${many} - ${few}) requests, callgrind)"
+echo "instructions per keep-alive request ((${many} - ${few}) requests, callgrind, median of $instr_runs runs)"
 printf '| %-16s | %12s | %14s |\n' target instructions "ordergate ÷ it"
 printf '|%s|%s|%s|\n' ------------------ "-------------:" "---------------:"
 for target in $targets; do

@@ -236,12 +236,17 @@ fn list_has(
         .any(wanted)
 }
 
-/// Whether a media type (with or without parameters) is `expected`.
+/// Whether a media type (with or without parameters) is `expected`. Runs
+/// on every answer's `Content-Type`: a value too short to hold `expected`
+/// is refused before any splitting.
 fn media_type_is(value: &str, expected: &str) -> bool {
-    value
-        .split(';')
-        .next()
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case(expected))
+    if value.len() < expected.len() {
+        return false;
+    }
+    let media = value.split_once(';').map_or(value, |(media, _)| media);
+    // Header values are visible ASCII, spaces and tabs: ASCII trimming is
+    // the whole of it.
+    media.trim_ascii().eq_ignore_ascii_case(expected)
 }
 
 #[cfg(test)]
@@ -296,6 +301,12 @@ mod tests {
         assert_eq!(opened(200, &sse), Some(StreamKind::EventStream));
         let json = headers(&[("content-type", "application/json")]);
         assert_eq!(opened(200, &json), None);
+        let long = headers(&[("content-type", "application/json; charset=utf-8")]);
+        assert_eq!(opened(200, &long), None);
+        let spaced = headers(&[("content-type", "text/event-stream ;charset=utf-8")]);
+        assert_eq!(opened(200, &spaced), Some(StreamKind::EventStream));
+        let prefix = headers(&[("content-type", "text/event-streams")]);
+        assert_eq!(opened(200, &prefix), None);
     }
 
     #[test]
