@@ -17,7 +17,8 @@ pub struct WeakMap<K, V> {
 struct Entries<K, V> {
     by_key: HashMap<K, Weak<V>>,
     /// How many entries the last sweep kept: the next sweep waits until the
-    /// map has doubled, so a reload of n entries sweeps O(1) times, not n.
+    /// map has doubled, so sweeping costs O(1) a lookup, amortized (a sweep
+    /// a lookup made a reload of n backends O(n²)).
     kept: usize,
 }
 
