@@ -242,23 +242,19 @@ impl RequestCtx {
         if self.reached_backend.is_some() && !replay_safe {
             return false;
         }
-        let Some((_, pool)) = self.route_and_pool() else {
+        let Some((route, pool)) = self.route_and_pool() else {
             return false;
         };
         let Some(backup) = pool.backup() else {
             return false;
         };
+        let from = self.pool.unwrap_or(route.config.pool);
         pool.fail_over();
         log::debug!(
             "request {}: pool {} has no more tries for it, moved to its backup pool",
             self.request_id,
             pool.name
         );
-        let from = self.pool.unwrap_or_else(|| {
-            self.route
-                .and_then(|index| self.snapshot.routes.get(index))
-                .map_or(0, |route| route.config.pool)
-        });
         if let Some(trace) = self.trace.as_deref_mut() {
             trace.failed_over(from, backup);
         }

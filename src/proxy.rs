@@ -630,7 +630,6 @@ fn decide_retry(
 ) -> bool {
     // The snapshot outlives the borrows of ctx below (which may move the
     // request to a backup pool).
-    trace_failure(ctx, failure);
     let snapshot = Arc::clone(&ctx.snapshot);
     let Some((route, pool)) = ctx.route_and_pool_in(&snapshot) else {
         return false;
@@ -827,6 +826,7 @@ impl ProxyHttp for Proxy {
             // ordergate's own limit, not the backend's fault: no health
             // signal; a later try may find a descriptor free.
             crate::telemetry::out_of_descriptors("connecting to backends");
+            trace_failure(ctx, Failure::ConnectFailed);
             decide_retry(&self.state, session, ctx, Failure::ConnectFailed, None)
         } else {
             after_failure(&self.state, session, ctx, Failure::ConnectFailed, None)
