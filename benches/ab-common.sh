@@ -85,11 +85,21 @@ $extra
 TOML
 }
 
-wait_listening() { # port -> returns once it accepts (60 s at most)
-  for _ in $(seq 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+wait_listening() { # port [seconds] [pid] -> 0 once it accepts; 1 after the
+  # seconds (default 60) or as soon as the process pid has died
+  local port=$1 tries=$((${2:-60} * 10)) pid=${3:-}
+  for _ in $(seq "$tries"); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      return 1
+    fi
     sleep 0.1
   done
+  return 1
+}
+
+median() { # [file] -> the median of the numbers in it (or on stdin)
+  sort -n "${1:--}" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 write_client() { # -> $dir/client.py PORT N: N GETs on one keep-alive connection
@@ -123,7 +133,8 @@ EOF
 instr_pin=()
 if [ "${INSTR_CPU:-1}" != none ] && command -v taskset >/dev/null 2>&1; then
   instr_pin=(taskset -c "${INSTR_CPU:-1}")
-  if nice -n -20 true 2>/dev/null; then
+  # GNU nice runs the command even when it may not raise the priority.
+  if [ "$(nice -n -20 nice 2>/dev/null)" = -20 ]; then
     instr_pin=(nice -n -20 "${instr_pin[@]}")
   fi
 fi
@@ -135,16 +146,12 @@ callgrind_count() { # name port n command... -> instructions on stdout
   env ${CALLGRIND_ENV:-} "${instr_pin[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$dir/$name-$n.log" 2>&1 &
   local pid=$!
   # Start-up under valgrind on a busy machine can take minutes.
-  local waited=0
-  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-    sleep 0.2
-    waited=$((waited + 1))
-    if [ "$waited" -gt 3000 ]; then
-      echo "$name did not listen on $port within 10 minutes" >&2
-      kill -TERM "$pid"
-      return 1
-    fi
-  done
+  wait_listening "$port" 600 "$pid" || {
+    echo "$name did not listen on $port within 10 minutes (or exited); log:" >&2
+    tail -5 "$dir/$name-$n.log" >&2
+    kill -TERM "$pid" 2>/dev/null
+    return 1
+  }
   "${instr_pin[@]}" python3 "$dir/client.py" "$port" "$n" || {
     echo "$name: the client failed; log:" >&2
     tail -5 "$dir/$name-$n.log" >&2

@@ -72,7 +72,6 @@ for round in $(seq "$rounds"); do
   run_round b "$pid_b" >>"$dir/b.us"
   echo "round $round: A $(tail -1 "$dir/a.us") µs, B $(tail -1 "$dir/b.us") µs per request" >&2
 done
-median() { sort -n "$1" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ma=$(median "$dir/a.us")
 mb=$(median "$dir/b.us")
 echo "CPU per request (median of $rounds rounds of ${seconds}s, µs): A $ma, B $mb, B/A $(awk -v a="$ma" -v b="$mb" 'BEGIN { printf "%.3f", b / a }')"

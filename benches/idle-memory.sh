@@ -57,31 +57,15 @@ listen = \"127.0.0.1:$port\"
 cert = \"$dir/cert.pem\"
 key = \"$dir/key.pem\""
   fi
-  cat >"$dir/og.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$plain_port"]
-threads = 1
-grace_period = "0s"
-keepalive_timeout = "120s"
-
-$tls
-
-[log]
-access = "off"
-
-[[pools]]
-name = "orders"
-backends = [ { addr = "127.0.0.1:$backend" } ]
-
-[[routes]]
-name = "all"
-pool = "orders"
-TOML
-  (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true; exec "$bin" run --config "$dir/og.toml" >"$dir/og.log" 2>&1) &
+  AB_SERVER='keepalive_timeout = "120s"' AB_ROUTE="" AB_EXTRA="$tls" \
+    write_config a "$plain_port" "$dir/og.toml"
+  "$bin" run --config "$dir/og.toml" >"$dir/og.log" 2>&1 &
   pid=$!
+  pids+=("$pid")
   python3 - "$port" "$pid" "$connections" "$kind" <<'PY'
 import socket, ssl, sys, time
 port, pid, n, kind = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+socket.setdefaulttimeout(60)
 context = ssl.create_default_context()
 context.check_hostname = False
 context.verify_mode = ssl.CERT_NONE
@@ -140,7 +124,6 @@ for round in 1 2 3; do
   measure "$bin_b" "$kind_b" >>"$dir/b"
   echo "round $round: $label_a $(tail -1 "$dir/a") KiB, $label_b $(tail -1 "$dir/b") KiB per idle connection" >&2
 done
-median() { sort -n "$1" | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ma=$(median "$dir/a")
 mb=$(median "$dir/b")
 echo "memory per idle keep-alive connection ($connections connections, median of 3, KiB): $label_a $ma, $label_b $mb, $label_b - $label_a $(awk -v a="$ma" -v b="$mb" 'BEGIN { printf "%.1f", b - a }'), $label_b/$label_a $(awk -v a="$ma" -v b="$mb" 'BEGIN { printf "%.3f", b / a }')"

@@ -134,7 +134,7 @@ for target in $targets; do
     high=$(instructions "$target" "$many")
     runs+=("$(per_request_of "$low" "$high" $((many - few)))")
   done
-  count[$target]=$(printf '%s\n' "${runs[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  count[$target]=$(printf '%s\n' "${runs[@]}" | median)
   echo "$target: ${count[$target]} instructions per request (runs: ${runs[*]})" >&2
 done
 

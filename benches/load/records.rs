@@ -64,14 +64,7 @@ struct Plan {
 
 impl Plan {
     fn of(ctx: &Ctx<'_>) -> Plan {
-        if ctx.smoke {
-            Plan {
-                sizes: vec![1_000, 10_000],
-                batches: 5,
-                rooms: vec![1, 10],
-                passes_per_room: 100,
-            }
-        } else if ctx.opts.quick {
+        if ctx.opts.quick {
             Plan {
                 sizes: vec![1_000, 10_000, 100_000],
                 batches: 9,

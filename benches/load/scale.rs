@@ -54,7 +54,7 @@ const ALGORITHMS: [&str; 5] = [
 ];
 
 pub(crate) fn run(ctx: &Ctx<'_>) -> Result<ScenarioResult, String> {
-    let quick = ctx.opts.quick || ctx.smoke;
+    let quick = ctx.opts.quick;
     let mut summary = String::new();
     let mut failures = Vec::new();
 
