@@ -242,24 +242,32 @@ impl RequestCtx {
         if self.reached_backend.is_some() && !replay_safe {
             return false;
         }
-        let Some((route, pool)) = self.route_and_pool() else {
+        let Some((_, pool)) = self.route_and_pool() else {
             return false;
         };
         let Some(backup) = pool.backup() else {
             return false;
         };
-        let from = self.pool.unwrap_or(route.config.pool);
         pool.fail_over();
         log::debug!(
             "request {}: pool {} has no more tries for it, moved to its backup pool",
             self.request_id,
             pool.name
         );
-        if let Some(trace) = self.trace.as_deref_mut() {
-            trace.failed_over(from, backup);
-        }
-        self.pool = Some(backup);
+        self.move_to_pool(backup);
         true
+    }
+
+    /// The request goes on in pool `to`, its pool's backup (a failover, or a
+    /// queue too full to wait in); a traced request records the move.
+    pub fn move_to_pool(&mut self, to: usize) {
+        let from = self
+            .route_and_pool_in(&self.snapshot)
+            .map(|(route, _)| self.pool.unwrap_or(route.config.pool));
+        if let (Some(trace), Some(from)) = (self.trace.as_deref_mut(), from) {
+            trace.failed_over(from, to);
+        }
+        self.pool = Some(to);
     }
 
     /// The pages for this request: the route's own, or the server's.

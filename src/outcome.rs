@@ -191,6 +191,12 @@ impl Outcome {
         }
     }
 
+    /// Whether the shopper is answered with one of ordergate's pages: every
+    /// outcome but a shopper who left.
+    pub fn has_page(self) -> bool {
+        self != Outcome::ClientGone
+    }
+
     /// The index of this outcome's page kind in [`PAGE_KINDS`]; `None` for
     /// `ClientGone`.
     pub fn page_kind(self) -> Option<usize> {
@@ -211,7 +217,7 @@ pub const BODY_TOO_LARGE: ErrorType = ErrorType::new("RequestBodyTooLarge");
 /// table per kind.
 pub static PAGE_KINDS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     Outcome::iter()
-        .filter(|outcome| *outcome != Outcome::ClientGone)
+        .filter(|outcome| outcome.has_page())
         .map(Outcome::reason)
         .collect()
 });

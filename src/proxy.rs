@@ -408,7 +408,9 @@ impl Proxy {
                 Ok(permit) => return Ok(self.admitted(ctx, permit, priority)),
                 Err(reject) if reject.falls_back(backup.is_some()) => {
                     ctx.queue_wait = ctx.started.elapsed();
-                    ctx.pool = backup;
+                    if let Some(backup) = backup {
+                        ctx.move_to_pool(backup);
+                    }
                 }
                 Err(reject) => return self.turned_away(session, ctx, reject).await,
             }
@@ -1037,7 +1039,7 @@ impl ProxyHttp for Proxy {
         }
         // Once the backend's header went out, the only honest signal left is to
         // cut the connection: the shopper's client then sees a truncated answer.
-        let can_answer = outcome != Outcome::ClientGone && !answer_started(session);
+        let can_answer = outcome.has_page() && !answer_started(session);
         let mut keep_alive = false;
         if can_answer {
             match self.answer(session, ctx, outcome).await {
@@ -1082,10 +1084,11 @@ impl ProxyHttp for Proxy {
             Some((route, _)) => route.metrics.observe(status, total.as_secs_f64()),
             None => self.state.metrics.unrouted(status, total.as_secs_f64()),
         }
+        let page = ctx.outcome.is_some_and(Outcome::has_page);
         if let Some(trace) = ctx.trace.as_deref() {
-            finish_trace(&self.state, session.req_header(), ctx, trace, status);
+            finish_trace(&self.state, session.req_header(), ctx, trace, status, page);
         }
-        if status >= 500 || ctx.outcome.is_some_and(|o| o != Outcome::ClientGone) {
+        if status >= 500 || page {
             self.state.error_samples.offer(|| error_sample(ctx, status));
         }
         if self.access_log.enabled() {
@@ -1185,16 +1188,17 @@ fn debug_access_line(request: &RequestHeader, ctx: &RequestCtx, status: u16) {
     );
 }
 
-/// The end of a traced request: its spans go to the export queue when it is
-/// kept ([`crate::trace::finish`]).
+/// The end of a traced request (`page`: it ended in one of ordergate's
+/// pages): its spans go to the export queue when it is kept
+/// ([`crate::trace::finish`]).
 fn finish_trace(
     state: &State,
     request: &RequestHeader,
     ctx: &RequestCtx,
     trace: &crate::trace::Trace,
     status: u16,
+    page: bool,
 ) {
-    let page = ctx.outcome.is_some_and(|o| o.page_kind().is_some());
     if !trace.keep(page) {
         return;
     }

@@ -287,8 +287,7 @@ impl State {
     }
 
     /// Rebuilds the snapshot from the current config after an answer changed
-    /// the addresses of a backend name. Like [`State::rebuild`], not a config
-    /// generation.
+    /// the addresses of a backend name. Not a config generation.
     pub fn rebuild_for_dns(&self) {
         let _serial = self.reload_lock.lock();
         let config = Config::clone(&self.config());

@@ -92,7 +92,7 @@ mod tests {
         }
         let entries = map.entries.lock();
         assert!(
-            entries.by_key.len() <= 2 * entries.kept.max(SWEEP_FROM),
+            entries.by_key.len() <= (2 * entries.kept).max(SWEEP_FROM),
             "{} entries after sweeps that kept {}",
             entries.by_key.len(),
             entries.kept

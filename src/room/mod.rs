@@ -46,7 +46,10 @@ pub use metrics::{RoomMetrics, RoomVecs};
 impl Bypass {
     fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
         self.methods.contains(method)
-            || self.paths.iter().any(|prefix| prefix_matches(prefix, path))
+            || self
+                .paths
+                .iter()
+                .any(|prefix| crate::route::prefix_matches(prefix, path))
             || self.header.as_ref().is_some_and(|(name, want)| {
                 headers.get_all(name).iter().any(|value| {
                     want.as_ref()
@@ -666,14 +669,6 @@ fn whole_seconds(d: Duration) -> u32 {
     u32::try_from(d.as_millis().div_ceil(1000))
         .unwrap_or(u32::MAX)
         .max(1)
-}
-
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    }
 }
 
 #[cfg(test)]

@@ -68,7 +68,9 @@ fn key(prefix: &str) -> &str {
     prefix.trim_end_matches('/')
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+/// Whether `path` is `prefix` or lies under it, at a `/` (a trailing `/` of
+/// the prefix does not count). Routes and waiting rooms match by this rule.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(key(prefix)) {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,

@@ -13,7 +13,7 @@
 
 mod index;
 
-pub use index::{Matcher, RouteIndex};
+pub use index::{prefix_matches, Matcher, RouteIndex};
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -138,7 +138,8 @@ pub struct Metrics {
 }
 
 /// Handles by their type, then by the name they were made for (looked up
-/// by `&str`: a reload allocates no key). A reload of 10 000 routes looks
+/// by `&str`: a route's name allocates no key; a backend's is its pool and
+/// address, formatted). A reload of 10 000 routes looks
 /// up tens of thousands of names: foldhash, not SipHash (names come from the
 /// operator's file, not from clients).
 type Handles = HashMap<TypeId, HashMap<Box<str>, Arc<dyn Any + Send + Sync>, Fold>, Fold>;

@@ -253,7 +253,7 @@ impl Trace {
     /// by chance, or a retry, which is always kept).
     pub fn upstream_traceparent(&self) -> Option<HeaderValue> {
         let attempt = self.attempts.last()?;
-        let sampled = self.head_sampled || self.attempts.len() > 1 || !self.failovers.is_empty();
+        let sampled = self.keep(false);
         let text = context::format_traceparent(
             &self.trace_id,
             &attempt.span_id,

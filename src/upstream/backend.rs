@@ -142,8 +142,8 @@ impl Backend {
         self.drained.load(Ordering::Relaxed)
     }
 
-    /// Overrides the config's weight (0 restores it). Takes effect when the
-    /// snapshot is rebuilt.
+    /// Overrides the config's weight (0 restores it). The serving pool takes
+    /// it at its next pick ([`crate::upstream::Pool::set_weight`]).
     pub fn set_weight_override(&self, weight: u32) {
         self.weight_override.store(weight, Ordering::Relaxed);
     }

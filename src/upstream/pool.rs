@@ -440,20 +440,8 @@ impl Pool {
 
     /// Feeds one attempt's result into metrics, the backend's passive health and
     /// load, and ejects it when it crossed a threshold and the pool may lose it.
-    pub fn record_result(
-        &self,
-        backend: &Backend,
-        result: UpstreamResult,
-        signal: Signal,
-        latency: Duration,
-    ) {
-        let slot = self.positions.get(&backend.addr).copied();
-        self.record_at(slot, backend, result, signal, latency);
-    }
-
-    /// [`Pool::record_result`] for an attempt this pool picked: the
-    /// backend's place comes with it, rather than from a lookup by address
-    /// (a hash of the address on every answer).
+    /// The backend's place in the pool comes with an attempt this pool picked,
+    /// rather than from a lookup by address (a hash on every answer).
     pub fn record_attempt(
         &self,
         in_flight: &InFlight,
@@ -473,7 +461,20 @@ impl Pool {
         self.record_at(slot, backend, result, signal, latency);
     }
 
-    /// [`Pool::record_result`] for the backend at `slot` (its metrics).
+    /// [`Pool::record_attempt`] for a backend named by itself (tests).
+    #[cfg(test)]
+    pub fn record_result(
+        &self,
+        backend: &Backend,
+        result: UpstreamResult,
+        signal: Signal,
+        latency: Duration,
+    ) {
+        let slot = self.positions.get(&backend.addr).copied();
+        self.record_at(slot, backend, result, signal, latency);
+    }
+
+    /// [`Pool::record_attempt`] for the backend at `slot` (its metrics).
     fn record_at(
         &self,
         slot: Option<usize>,

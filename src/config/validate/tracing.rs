@@ -83,6 +83,6 @@ pub(super) fn tracing(
         client_sampled: file.client_sampled.unwrap_or(false),
         service_name,
         timeout,
-        interval: interval.max(MIN_INTERVAL),
+        interval,
     })
 }
